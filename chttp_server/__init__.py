@@ -1,0 +1,67 @@
+"""Certified HTTP, the receiving half: exactly-once processing for WSGI applications.
+
+::
+
+    from chttp_server import CertifiedMiddleware, Resource
+
+    class Account(Resource):
+        def handle_post(self, req):
+            req.chttp.session.add(...)   # commits together with the stored response
+            return {"balance": 42}
+
+    app = CertifiedMiddleware(Account(), db_url="sqlite:///chttp.db", upgrade_schema=True)
+
+See ``PROTOCOL.md`` for the wire contract this implements.
+"""
+
+from __future__ import annotations
+
+from chttp_server.context import CertifiedContext, get_context
+from chttp_server.errors import (
+    ChttpServerError,
+    ConfigurationError,
+    InvalidFirstSent,
+    InvalidMessageId,
+    MessageAcknowledged,
+    MessageExpired,
+    MessageGone,
+    MessageIdRequired,
+    MessageIdReused,
+    MessageInProgress,
+    MessageNotFound,
+    MessageTooOld,
+    ProtocolError,
+    ResponseTooLarge,
+    SchemaOutOfDateError,
+    StoreUnavailable,
+)
+from chttp_server.middleware import CertifiedMiddleware, remote_user_scope, require_for_methods
+from chttp_server.resource import Request, Resource
+from chttp_server.store import MessageStore
+
+__all__ = [
+    "CertifiedMiddleware",
+    "Resource",
+    "Request",
+    "CertifiedContext",
+    "get_context",
+    "MessageStore",
+    "remote_user_scope",
+    "require_for_methods",
+    "ChttpServerError",
+    "ConfigurationError",
+    "SchemaOutOfDateError",
+    "ProtocolError",
+    "InvalidMessageId",
+    "MessageIdRequired",
+    "InvalidFirstSent",
+    "MessageNotFound",
+    "MessageInProgress",
+    "MessageGone",
+    "MessageAcknowledged",
+    "MessageExpired",
+    "MessageTooOld",
+    "MessageIdReused",
+    "ResponseTooLarge",
+    "StoreUnavailable",
+]

@@ -1,0 +1,78 @@
+"""What a handler sees of its certified request: ``environ["chttp.context"]``.
+
+The context carries the message's identity and the one database transaction that the
+message record shares with the handler (PROTOCOL.md §2). Whatever the handler writes
+through :attr:`CertifiedContext.connection` or :attr:`CertifiedContext.session` commits
+with the stored response, or not at all.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+__all__ = ["CertifiedContext", "ENVIRON_KEY", "get_context"]
+
+#: The environ key under which the middleware publishes the context.
+ENVIRON_KEY = "chttp.context"
+
+
+class CertifiedContext:
+    """The certified request being processed: its id, scope and shared transaction."""
+
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        scope: str,
+        fingerprint: str,
+        connection: Connection,
+        received_at: datetime,
+        expires_at: datetime,
+        environ: dict[str, Any],
+    ) -> None:
+        self.message_id = message_id
+        self.scope = scope
+        self.fingerprint = fingerprint
+        self.connection = connection
+        self.received_at = received_at
+        self.expires_at = expires_at
+        self.environ = environ
+        #: Always False inside a handler: a replay answers from the store and never runs it.
+        self.replayed = False
+        self._session: Session | None = None
+        #: Set by the sender package when a handler makes certified sends of its own.
+        self.extensions: dict[str, Any] = {}
+
+    @property
+    def session(self) -> Session:
+        """An ORM session bound to the shared connection, made on first use.
+
+        It joins the request's transaction: ``session.commit()`` only flushes into it
+        and the middleware commits once, with the stored response (SQLAlchemy's
+        ``join_transaction_mode="conditional_savepoint"``).
+        """
+        if self._session is None:
+            self._session = Session(bind=self.connection, autoflush=True)
+        return self._session
+
+    def flush(self) -> None:
+        """Push pending ORM changes into the transaction before the response is stored."""
+        if self._session is not None:
+            self._session.flush()
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def __repr__(self) -> str:
+        return f"<CertifiedContext scope={self.scope!r} message_id={self.message_id!r}>"
+
+
+def get_context(environ: dict[str, Any]) -> CertifiedContext | None:
+    """The context of a certified request, ``None`` for one that is not certified."""
+    return environ.get(ENVIRON_KEY)

@@ -1,0 +1,234 @@
+"""Errors raised by the receiver.
+
+::
+
+    ChttpServerError
+     ├── ConfigurationError            (also ValueError; raised at construction time)
+     ├── SchemaOutOfDateError          the database is not at this code's migration head
+     └── ProtocolError                 an HTTP answer of PROTOCOL.md §4, as problem+json
+          ├── InvalidMessageId         400 invalid-message-id          (webob HTTPBadRequest)
+          ├── MessageIdRequired        400 message-id-required         (HTTPBadRequest)
+          ├── InvalidFirstSent         400 invalid-first-sent          (HTTPBadRequest)
+          ├── MessageNotFound          404 message-not-found           (HTTPNotFound)
+          ├── MessageInProgress        409 message-in-progress         (HTTPConflict)
+          ├── MessageGone              410                              (HTTPGone)
+          │    ├── MessageAcknowledged     message-acknowledged
+          │    └── MessageExpired          message-expired
+          ├── MessageTooOld            412 message-too-old             (HTTPPreconditionFailed)
+          ├── MessageIdReused          422 message-id-reused           (HTTPUnprocessableEntity)
+          ├── ResponseTooLarge         500 response-too-large          (HTTPInternalServerError)
+          └── StoreUnavailable         503 store-unavailable           (HTTPServiceUnavailable)
+
+Every :class:`ProtocolError` is also the matching :mod:`webob.exc` class, so a WSGI
+stack that knows WebOb treats it as the HTTP answer it is; called as a WSGI application
+it renders RFC 9457 problem+json with the stable ``type`` that senders switch on.
+Exceptions keep their structured attributes (``message_id``, ``scope``, …) and pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar, Iterable
+
+import webob.exc
+from webob import Response
+
+from chttp_client.wire import PROBLEM_CONTENT_TYPE, Problem
+
+__all__ = [
+    "ChttpServerError",
+    "ConfigurationError",
+    "SchemaOutOfDateError",
+    "ProtocolError",
+    "InvalidMessageId",
+    "MessageIdRequired",
+    "InvalidFirstSent",
+    "MessageNotFound",
+    "MessageInProgress",
+    "MessageGone",
+    "MessageAcknowledged",
+    "MessageExpired",
+    "MessageTooOld",
+    "MessageIdReused",
+    "ResponseTooLarge",
+    "StoreUnavailable",
+    "problem_response",
+]
+
+
+class ChttpServerError(Exception):
+    """Root of every error this package raises."""
+
+
+class ConfigurationError(ChttpServerError, ValueError):
+    """The middleware or a resource was set up wrongly; raised at construction time."""
+
+
+class SchemaOutOfDateError(ChttpServerError):
+    """The database's chttp tables are not at the revision this code needs."""
+
+    def __init__(self, current: str | None, head: str, command: str) -> None:
+        super().__init__(current, head, command)
+        self.current = current
+        self.head = head
+        self.command = command
+
+    def __str__(self) -> str:
+        found = self.current or "no chttp tables"
+        return (
+            f"the chttp schema is at {found!s}, this code needs {self.head}; "
+            f"run `{self.command}` (or chttp_server.migrate.upgrade(...)) first"
+        )
+
+
+def problem_response(
+    status: int,
+    problem_type: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    headers: Iterable[tuple[str, str]] = (),
+    **members: Any,
+) -> Response:
+    """An RFC 9457 problem+json response."""
+    document: dict[str, Any] = {"type": problem_type, "title": title, "status": status}
+    if detail:
+        document["detail"] = detail
+    document.update({key: value for key, value in members.items() if value is not None})
+    response = Response(
+        status=status,
+        body=json.dumps(document).encode("utf-8"),
+        content_type=PROBLEM_CONTENT_TYPE,
+        charset=None,
+    )
+    for name, value in headers:
+        response.headerlist.append((name, value))
+    return response
+
+
+def _rebuild(cls: type[ProtocolError], kwargs: dict[str, Any]) -> ProtocolError:
+    return cls(**kwargs)
+
+
+class ProtocolError(ChttpServerError, webob.exc.WSGIHTTPException):
+    """An answer of PROTOCOL.md §4: raise it, or call it as a WSGI application."""
+
+    code: ClassVar[int] = 500
+    problem_type: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        message_id: str | None = None,
+        scope: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        webob.exc.WSGIHTTPException.__init__(self, detail=detail or self.title)
+        self.detail = detail or self.title
+        self.message_id = message_id
+        self.scope = scope
+        self.retry_after = retry_after
+
+    def _kwargs(self) -> dict[str, Any]:
+        return {
+            "detail": self.detail,
+            "message_id": self.message_id,
+            "scope": self.scope,
+            "retry_after": self.retry_after,
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self._kwargs()))
+
+    def __str__(self) -> str:
+        suffix = f" (message {self.message_id!r})" if self.message_id else ""
+        return f"{self.code} {self.problem_type}: {self.detail}{suffix}"
+
+    def to_response(self) -> Response:
+        """Render as problem+json; ``Retry-After`` when the sender may retry as is."""
+        headers = []
+        if self.retry_after is not None:
+            headers.append(("Retry-After", str(self.retry_after)))
+        return problem_response(
+            self.code,
+            self.problem_type,
+            self.title,
+            self.detail if self.detail != self.title else None,
+            headers=headers,
+            message_id=self.message_id,
+        )
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        return self.to_response()(environ, start_response)
+
+
+class InvalidMessageId(ProtocolError, webob.exc.HTTPBadRequest):
+    code = 400
+    problem_type = Problem.INVALID_MESSAGE_ID
+    title = "Invalid message id"
+
+
+class MessageIdRequired(ProtocolError, webob.exc.HTTPBadRequest):
+    code = 400
+    problem_type = Problem.MESSAGE_ID_REQUIRED
+    title = "A message id is required for this request"
+
+
+class InvalidFirstSent(ProtocolError, webob.exc.HTTPBadRequest):
+    code = 400
+    problem_type = Problem.INVALID_FIRST_SENT
+    title = "X-Message-First-Sent is not an HTTP-date"
+
+
+class MessageNotFound(ProtocolError, webob.exc.HTTPNotFound):
+    code = 404
+    problem_type = Problem.MESSAGE_NOT_FOUND
+    title = "No such message"
+
+
+class MessageInProgress(ProtocolError, webob.exc.HTTPConflict):
+    code = 409
+    problem_type = Problem.MESSAGE_IN_PROGRESS
+    title = "The message is still being processed"
+
+
+class MessageGone(ProtocolError, webob.exc.HTTPGone):
+    """The message was processed; its response is no longer available (PROTOCOL.md §3)."""
+
+    code = 410
+
+
+class MessageAcknowledged(MessageGone):
+    problem_type = Problem.MESSAGE_ACKNOWLEDGED
+    title = "The message was processed and its response acknowledged"
+
+
+class MessageExpired(MessageGone):
+    problem_type = Problem.MESSAGE_EXPIRED
+    title = "The message was processed and its response has expired"
+
+
+class MessageTooOld(ProtocolError, webob.exc.HTTPPreconditionFailed):
+    code = 412
+    problem_type = Problem.MESSAGE_TOO_OLD
+    title = "The message is older than this receiver's retention"
+
+
+class MessageIdReused(ProtocolError, webob.exc.HTTPUnprocessableEntity):
+    code = 422
+    problem_type = Problem.MESSAGE_ID_REUSED
+    title = "The message id was already used for a different request"
+
+
+class ResponseTooLarge(ProtocolError, webob.exc.HTTPInternalServerError):
+    code = 500
+    problem_type = Problem.RESPONSE_TOO_LARGE
+    title = "The response exceeds the storage cap and was rolled back"
+
+
+class StoreUnavailable(ProtocolError, webob.exc.HTTPServiceUnavailable):
+    code = 503
+    problem_type = Problem.STORE_UNAVAILABLE
+    title = "The message store is unavailable; the request was not processed"

@@ -1,0 +1,259 @@
+"""The message store: claim, complete, look up, acknowledge and purge certified messages.
+
+It speaks SQLAlchemy Core only and never sees WebOb: the middleware hands it keys,
+fingerprints and response parts, and owns the transaction. Every method that takes a
+``connection`` runs inside the caller's transaction, so the claim, the application's
+writes and the stored response commit or roll back as one (PROTOCOL.md §2).
+
+The claim is an ``INSERT … ON CONFLICT DO NOTHING``. On PostgreSQL a second transaction
+inserting the same key blocks on the first one's uncommitted row until it commits (then
+the insert does nothing and we read the committed row) or rolls back (then the insert
+succeeds and the claim is ours); ``lock_timeout`` bounds that wait. On SQLite every
+transaction starts with ``BEGIN IMMEDIATE`` (see :mod:`chttp_client.db`), so writers are
+serialised and a claimer can only ever meet committed rows.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Callable
+
+from sqlalchemy import Connection, Engine, delete, func, select, text, tuple_, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from chttp_server.errors import MessageInProgress, StoreUnavailable
+from chttp_server.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
+
+__all__ = ["MessageKey", "StoredMessage", "MessageStore", "utcnow"]
+
+#: PostgreSQL's SQLSTATE for "lock_timeout expired" (lock_not_available).
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+
+Headers = list[tuple[str, str]]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class MessageKey:
+    """``(scope, message_id)``: the stored key of PROTOCOL.md §1."""
+
+    scope: str
+    message_id: str
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A committed message row, as the middleware needs it to answer a retry."""
+
+    key: MessageKey
+    fingerprint: str
+    state: str
+    status: int | None
+    headers: Headers | None
+    body: bytes | None
+    received_at: datetime
+    expires_at: datetime
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.state == STATE_ACKNOWLEDGED
+
+    def expired(self, now: datetime) -> bool:
+        return now >= self.expires_at
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands timestamps back naive; they were stored as UTC.
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _row_to_message(row: object) -> StoredMessage:
+    headers = json.loads(row.headers) if row.headers is not None else None  # type: ignore[attr-defined]
+    return StoredMessage(
+        key=MessageKey(row.scope, row.message_id),  # type: ignore[attr-defined]
+        fingerprint=row.fingerprint,  # type: ignore[attr-defined]
+        state=row.state,  # type: ignore[attr-defined]
+        status=row.status,  # type: ignore[attr-defined]
+        headers=[(name, value) for name, value in headers] if headers is not None else None,
+        body=bytes(row.body) if row.body is not None else None,  # type: ignore[attr-defined]
+        received_at=_aware(row.received_at),  # type: ignore[attr-defined]
+        expires_at=_aware(row.expires_at),  # type: ignore[attr-defined]
+    )
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """True if ``error`` means the store could not be reached (rather than a bad query)."""
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return isinstance(error, (sa_exc.DisconnectionError, sa_exc.TimeoutError))
+
+
+class MessageStore:
+    """The ``chttp_messages`` table behind one engine."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        retention: timedelta,
+        claim_timeout: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.engine = engine
+        self.retention = retention
+        self.claim_timeout = claim_timeout
+        self.clock = clock
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._insert = pg_insert if self._postgresql else sqlite_insert
+
+    # -- connections -----------------------------------------------------------------
+
+    def begin(self) -> Connection:
+        """Open a connection and begin a transaction, or raise :class:`StoreUnavailable`."""
+        try:
+            connection = self.engine.connect()
+        except (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError) as exc:
+            raise StoreUnavailable(f"cannot reach the message store: {_first_line(exc)}") from exc
+        try:
+            connection.begin()
+        except sa_exc.DBAPIError as exc:
+            connection.close()
+            raise StoreUnavailable(f"cannot begin a transaction: {_first_line(exc)}") from exc
+        return connection
+
+    # -- the certified request's transaction -----------------------------------------
+
+    def claim(
+        self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
+    ) -> StoredMessage | None:
+        """Claim ``key`` for this transaction; return ``None`` if claimed, else the stored row.
+
+        Raises :class:`MessageInProgress` if another transaction still holds the key
+        after :attr:`claim_timeout` seconds (the transaction is then unusable: roll back).
+        ``now`` becomes the message's ``received_at``; its expiry follows from the retention.
+        """
+        statement = (
+            self._insert(messages)
+            .values(
+                scope=key.scope,
+                message_id=key.message_id,
+                fingerprint=fingerprint,
+                state=STATE_COMPLETED,
+                received_at=now,
+                expires_at=now + self.retention,
+            )
+            .on_conflict_do_nothing(index_elements=["scope", "message_id"])
+        )
+        for _attempt in range(3):
+            if self._postgresql:
+                # Bound only the claim's wait; the application's own statements keep the
+                # session's lock_timeout, restored right after.
+                connection.execute(
+                    text("SELECT set_config('lock_timeout', :ms, true)"),
+                    {"ms": f"{int(self.claim_timeout * 1000)}ms"},
+                )
+            try:
+                inserted = connection.execute(statement).rowcount
+            except sa_exc.OperationalError as exc:
+                if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
+                    raise MessageInProgress(
+                        f"another request with this id is still being processed after "
+                        f"{self.claim_timeout:g}s",
+                        message_id=key.message_id,
+                        retry_after=max(1, round(self.claim_timeout)),
+                    ) from exc
+                raise
+            if self._postgresql:
+                connection.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
+            if inserted == 1:
+                return None
+            existing = self.lookup(connection, key)
+            if existing is not None:
+                return existing
+            # The conflicting row was purged between our insert and our read: claim again.
+        raise MessageInProgress("the message row kept changing under the claim",
+                                message_id=key.message_id, retry_after=1)
+
+    def complete(
+        self, connection: Connection, key: MessageKey, status: int, headers: Headers, body: bytes
+    ) -> None:
+        """Store the response of the message claimed by this transaction."""
+        connection.execute(
+            update(messages)
+            .where(messages.c.scope == key.scope, messages.c.message_id == key.message_id)
+            .values(status=status, headers=json.dumps(headers), body=body)
+        )
+
+    # -- the message resource --------------------------------------------------------
+
+    def lookup(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
+        row = connection.execute(
+            select(messages).where(
+                messages.c.scope == key.scope, messages.c.message_id == key.message_id
+            )
+        ).first()
+        return _row_to_message(row) if row is not None else None
+
+    def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
+        """Drop the stored response, keep the tombstone; return the row as it was, or None."""
+        existing = self.lookup(connection, key)
+        if existing is None or existing.acknowledged:
+            return existing
+        connection.execute(
+            update(messages)
+            .where(messages.c.scope == key.scope, messages.c.message_id == key.message_id)
+            .values(state=STATE_ACKNOWLEDGED, status=None, headers=None, body=None)
+        )
+        return existing
+
+    # -- housekeeping ----------------------------------------------------------------
+
+    def purge(self, *, batch_size: int = 1000, max_batches: int | None = None) -> int:
+        """Delete expired rows in batches of ``batch_size``, each its own short transaction.
+
+        On PostgreSQL the batch is chosen with ``FOR UPDATE SKIP LOCKED`` so the purge
+        never waits on, nor blocks, a live claim. Returns the number of rows deleted.
+        """
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        total = 0
+        batches = 0
+        now = self.clock()
+        while max_batches is None or batches < max_batches:
+            victims = (
+                select(messages.c.scope, messages.c.message_id)
+                .where(messages.c.expires_at <= now)
+                .limit(batch_size)
+            )
+            if self._postgresql:
+                victims = victims.with_for_update(skip_locked=True)
+            with self.engine.begin() as connection:
+                deleted = connection.execute(
+                    delete(messages).where(
+                        tuple_(messages.c.scope, messages.c.message_id).in_(victims)
+                    )
+                ).rowcount
+            total += deleted
+            batches += 1
+            if deleted < batch_size:
+                break
+        return total
+
+    def count(self) -> int:
+        """How many message rows (completed and tombstones) the store holds."""
+        with self.engine.connect() as connection:
+            return int(connection.execute(select(func.count()).select_from(messages)).scalar_one())
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
