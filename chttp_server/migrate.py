@@ -41,7 +41,7 @@ UPGRADE_COMMAND = "chttp-server db upgrade --db URL"
 def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
     """Compare only our own tables: a host's tables in the same database are not ours."""
     if type_ == "table":
-        return bool(name) and name.startswith("chttp_") and name != VERSION_TABLE
+        return name is not None and name.startswith("chttp_") and name != VERSION_TABLE
     return True
 
 

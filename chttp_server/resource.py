@@ -82,7 +82,7 @@ class Resource:
         except ProtocolError as error:
             return error.to_response()
         except webob.exc.HTTPException as error:
-            return error  # type: ignore[return-value]
+            return error
         return to_response(result)
 
     def _handler_for(self, method: str) -> Callable[[Request], Any] | None:
