@@ -131,6 +131,16 @@ class ProtocolError(ChttpServerError, webob.exc.WSGIHTTPException):
         self.scope = scope
         self.retry_after = retry_after
 
+    # webob.Response (a base class) has a ``retry_after`` header property that reads the
+    # value back as a datetime; ours stays the delta-seconds integer (RFC 9110 §10.2.3).
+    @property  # type: ignore[override]
+    def retry_after(self) -> int | None:
+        return self._retry_after_seconds
+
+    @retry_after.setter
+    def retry_after(self, seconds: int | None) -> None:
+        self._retry_after_seconds = seconds
+
     def _kwargs(self) -> dict[str, Any]:
         return {
             "detail": self.detail,

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 from urllib.parse import quote, unquote
 
 from sqlalchemy import Connection, Engine
@@ -275,6 +276,16 @@ class CertifiedMiddleware:
                 raise StoreUnavailable(retry_after=self.retry_after, message_id=key.message_id) from exc
             raise
 
+    @contextmanager
+    def _store_errors(self, key: MessageKey) -> Iterator[None]:
+        """Turn a lost store connection into 503 ``store-unavailable``."""
+        try:
+            yield
+        except sa_exc.DBAPIError as exc:
+            if is_disconnect(exc):
+                raise StoreUnavailable(retry_after=self.retry_after, message_id=key.message_id) from exc
+            raise
+
     def _run_and_store(
         self,
         environ: dict[str, Any],
@@ -295,24 +306,32 @@ class CertifiedMiddleware:
         )
         environ[ENVIRON_KEY] = context
         try:
-            response = self._run_app(environ)
-            if response.status_code >= 500:
-                # "Stored iff committed": a 5xx leaves the key free for a fresh retry.
-                connection.rollback()
-                start_response(response.status, response.headers)
-                return [response.body]
-            if response.too_large:
-                raise ResponseTooLarge(
-                    f"the response body exceeds {self.max_response_bytes} bytes",
-                    message_id=key.message_id,
+            try:
+                response = self._run_app(environ)
+                context.flush()
+            except sa_exc.DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise StoreUnavailable(
+                        retry_after=self.retry_after, message_id=key.message_id
+                    ) from exc
+                # The application's own statement failed (a missing table, a deadlock):
+                # its error, rolled back by the caller; not "the store is unreachable".
+                raise
+            with self._store_errors(key):
+                if response.status_code >= 500:
+                    # "Stored iff committed": a 5xx leaves the key free for a fresh retry.
+                    connection.rollback()
+                    start_response(response.status, response.headers)
+                    return [response.body]
+                if response.too_large:
+                    raise ResponseTooLarge(
+                        f"the response body exceeds {self.max_response_bytes} bytes",
+                        message_id=key.message_id,
+                    )
+                self.store.complete(
+                    connection, key, response.status_code, response.headers, response.body
                 )
-            context.flush()
-            self.store.complete(connection, key, response.status_code, response.headers, response.body)
-            connection.commit()
-        except sa_exc.DBAPIError as exc:
-            if is_disconnect(exc):
-                raise StoreUnavailable(retry_after=self.retry_after, message_id=key.message_id) from exc
-            raise
+                connection.commit()
         finally:
             context.close()
         expires_at = received_at + self.store.retention
