@@ -1,0 +1,59 @@
+"""``python -m bench``: run every scenario and print the table (``--help`` for options)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench.load import WRK_INSTALL_HINT, wrk_available
+from bench.report import render
+from bench.scenarios import Options, run_all
+
+__all__ = ["main"]
+
+SCENARIOS = ("grid", "scale", "purge", "sender")
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--duration", type=float, default=None,
+                        help="seconds per measured run (default 6; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a fast pass: 1 s runs, concurrency 1 and 4, 10k vs 100k rows")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=None,
+                        help="client concurrencies (default 1 4 16)")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
+    parser.add_argument("--threads", type=int, default=4,
+                        help="gthread threads per worker (default 4)")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=None,
+                        help="run only these scenario groups")
+    parser.add_argument("--python-load", action="store_true",
+                        help="use the Python load generator even if wrk is installed")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    return Options(
+        duration=args.duration if args.duration is not None else (1.0 if quick else 6.0),
+        concurrencies=tuple(args.concurrency or ((1, 4) if quick else (1, 4, 16))),
+        scale_small=10_000,
+        scale_large=100_000 if quick else 1_000_000,
+        purge_rows=100_000 if quick else 1_000_000,
+        workers=args.workers,
+        threads=args.threads,
+        use_wrk=not args.python_load,
+        sender_functions=20 if quick else 200,
+        only=frozenset(args.only or ()),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    if options.use_wrk and not wrk_available():
+        print(f"{WRK_INSTALL_HINT}; falling back to the Python load generator "
+              "(rows are labelled; its own overhead caps the HTTP figures)", file=sys.stderr)
+    results = run_all(options)
+    print(render(results, options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

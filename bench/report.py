@@ -1,0 +1,135 @@
+"""The printed result: one table of measured rows, then the ratios against the targets.
+
+Targets come from issue 5 and are *compared*, never asserted: a missed target is shown
+as ``MISSED`` next to the measured ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from bench.load import LoadResult
+
+if TYPE_CHECKING:
+    from bench.scenarios import Options, Results
+
+__all__ = ["render"]
+
+
+def _row(name: str, concurrency: object, result: LoadResult) -> str:
+    notes = ", ".join(result.notes)
+    return (f"{name:<22} {concurrency!s:>4} {result.rps:>9.1f} {result.p50_ms:>8.2f} "
+            f"{result.p99_ms:>8.2f} {result.errors:>6}  {notes}")
+
+
+def _header(first: str = "scenario") -> list[str]:
+    return [f"{first:<22} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}",
+            "-" * 66]
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else math.nan
+
+
+def _verdict(value: float, target: float, *, at_least: bool = True) -> str:
+    if math.isnan(value):
+        return "n/a"
+    ok = value >= target if at_least else value <= target
+    return "met" if ok else "MISSED"
+
+
+def render(results: Results, options: Options) -> str:
+    lines: list[str] = []
+    s = results.settings
+    if s is not None:
+        lines.append(f"PostgreSQL {s.server_version}: fsync={s.fsync} synchronous_commit="
+                     f"{s.synchronous_commit} full_page_writes={s.full_page_writes}")
+    lines.append(f"load generator: {results.tool or 'n/a'}; {options.duration:g} s per run; "
+                 f"gunicorn gthread {options.workers} workers x {options.threads} threads")
+    lines.append("")
+    if results.grid:
+        lines += _header()
+        for concurrency in options.concurrencies:
+            for (name, c), result in results.grid.items():
+                if c == concurrency:
+                    lines.append(_row(name, c, result))
+        for name, reason in results.skipped.items():
+            lines.append(f"{name:<22} skipped: {reason}")
+        lines.append("")
+        lines.append("ratios (throughput)       conc   value  target")
+        lines.append("-" * 50)
+        for c in options.concurrencies:
+            grid = results.grid
+            bare = grid.get(("bare", c))
+            certified = grid.get(("certified", c))
+            replay = grid.get(("replay", c))
+            peer = grid.get(("peer (idemkit)", c))
+            floor = grid.get(("floor (pgbench)", c))
+            if bare and certified:
+                value = _ratio(certified.rps, bare.rps)
+                lines.append(f"certified / bare         {c:>4} {value:>7.2f}  >= 0.85 "
+                             f"{_verdict(value, 0.85)}")
+            if bare and replay:
+                value = _ratio(replay.rps, bare.rps)
+                lines.append(f"replay / bare            {c:>4} {value:>7.2f}  >= 1.00 "
+                             f"{_verdict(value, 1.0)}")
+            if peer and certified:
+                value = _ratio(certified.rps, peer.rps)
+                lines.append(f"certified / peer         {c:>4} {value:>7.2f}  >= 1.50 "
+                             f"{_verdict(value, 1.5)}")
+            elif certified:
+                lines.append(f"certified / peer         {c:>4}     n/a  (peer skipped)")
+            if floor and certified:
+                value = _ratio(certified.rps, floor.rps)
+                lines.append(f"certified / db floor     {c:>4} {value:>7.2f}  (share of the "
+                             "database's own insert rate)")
+            if floor and bare:
+                value = _ratio(bare.rps, floor.rps)
+                lines.append(f"bare / db floor          {c:>4} {value:>7.2f}")
+        lines.append("")
+    if results.scale:
+        lines.append("scale: stored messages vs latency (certified server)")
+        lines += _header("scenario @ stored rows")
+        for (kind, stored, c), result in results.scale.items():
+            lines.append(_row(f"{kind} @ {stored:,}", c, result))
+        lines.append("")
+        lines.append(f"p50 change {options.scale_small:,} -> {options.scale_large:,}   conc  "
+                     "change  target")
+        for kind in ("claim", "replay"):
+            for c in options.scale_concurrencies:
+                small = results.scale.get((kind, options.scale_small, c))
+                large = results.scale.get((kind, options.scale_large, c))
+                if small and large:
+                    change = _ratio(large.p50_ms, small.p50_ms) - 1
+                    lines.append(f"{kind:<31} {c:>4} {change:>+7.0%}  within 20% "
+                                 f"{_verdict(abs(change), 0.20, at_least=False)}")
+        lines.append("")
+    if results.purge:
+        p = results.purge
+        before: LoadResult = p["before"]  # type: ignore[assignment]
+        during: LoadResult = p["during"]  # type: ignore[assignment]
+        lines.append(f"purge of {p['deleted']:,} expired rows (MessageStore.purge) under "
+                     f"certified traffic at concurrency {p['concurrency']}")
+        lines += _header()
+        lines.append(_row("certified, before", p["concurrency"], before))
+        lines.append(_row("certified, during", p["concurrency"], during))
+        value = _ratio(during.rps, before.rps)
+        covered = p["purge_seconds"] >= p["window_seconds"] * 0.9  # type: ignore[operator]
+        lines.append(f"during / before: {value:.2f} (target >= 0.80 {_verdict(value, 0.8)}); "
+                     f"purge took {p['purge_seconds']:.1f} s for a {p['window_seconds']:.1f} s "
+                     f"window{'' if covered else ' (purge ended early: the window is diluted)'}")
+        lines.append("")
+    if results.sender:
+        sender = results.sender
+        if "skipped" in sender:
+            lines.append(f"sender: skipped: {sender['skipped']}")
+        else:
+            cps = sender["commits_per_function"]
+            lines.append(
+                f"sender: {sender['functions']} resumable functions x (10 persist() + 1 "
+                f"certified send): {sender['functions_per_s']:.1f} functions/s; "
+                f"{cps:.2f} commits per function (journal + receiver); "
+                f"journal commits per certified send {sender['journal_commits_per_send']:.2f} "
+                f"(target <= 2 {_verdict(sender['journal_commits_per_send'], 2, at_least=False)})")
+    return "\n".join(lines)

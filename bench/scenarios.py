@@ -1,0 +1,204 @@
+"""The scenarios of issue 5, run side by side on one database in one process.
+
+At each concurrency the floor, bare, certified, replay and peer rows run back to back
+(servers all booted beforehand), so slow drift of a shared machine touches every row of
+a concurrency alike. Then the scale runs (10 thousand vs 1 million stored messages), the
+purge run, and the sender run. Each step records what it measured, or why it did not.
+"""
+
+from __future__ import annotations
+
+import http.client
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable
+
+from bench.cluster import BenchDatabase, DatabaseSettings
+from bench.floor import pgbench_floor
+from bench.load import BODY, PATH, LoadResult, LoadSpec, run_load
+from bench.servers import Server
+
+__all__ = ["Options", "Results", "run_all", "TEMPLATE_ID"]
+
+TEMPLATE_ID = "template-0"
+
+
+@dataclass(frozen=True)
+class Options:
+    duration: float = 6.0                          # seconds per measured run
+    concurrencies: tuple[int, ...] = (1, 4, 16)
+    scale_concurrencies: tuple[int, ...] = (1, 4)
+    scale_small: int = 10_000
+    scale_large: int = 1_000_000
+    purge_rows: int = 1_000_000
+    workers: int = 4
+    threads: int = 4
+    use_wrk: bool = True
+    sender_functions: int = 200                    # resumable functions in the sender run
+    only: frozenset[str] = frozenset()             # empty: every scenario
+
+
+@dataclass
+class Results:
+    settings: DatabaseSettings | None = None
+    grid: dict[tuple[str, int], LoadResult] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    scale: dict[tuple[str, int, int], LoadResult] = field(default_factory=dict)
+    purge: dict[str, object] = field(default_factory=dict)
+    sender: dict[str, object] = field(default_factory=dict)
+    tool: str = ""
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _post(address: str, message_id: str) -> int:
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("POST", PATH, body=BODY, headers={
+            "Content-Type": "application/json", "X-Message-ID": message_id})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def run_all(options: Options) -> Results:
+    results = Results()
+    wanted = (lambda name: not options.only or name in options.only)
+    progress("starting a durable PostgreSQL cluster (fsync and synchronous_commit on)")
+    with BenchDatabase() as db:
+        results.settings = db.settings()
+        try:
+            db.init_peer_schema()
+            peer_ready = ""
+        except Exception as exc:  # the peer is optional: say exactly why it is missing
+            peer_ready = f"idemkit unavailable: {type(exc).__name__}: {exc}"
+        servers: dict[str, Server] = {}
+        try:
+            for mode in ("bare", "certified", "peer"):
+                if mode == "peer" and peer_ready:
+                    results.skipped["peer"] = peer_ready
+                    continue
+                progress(f"booting gunicorn ({mode}): {options.workers} workers x "
+                         f"{options.threads} threads; waiting for every worker")
+                try:
+                    servers[mode] = Server(mode, db.url, workers=options.workers,
+                                           threads=options.threads).__enter__()
+                except Exception as exc:
+                    if mode != "peer":
+                        raise
+                    results.skipped["peer"] = f"peer server failed: {exc}"
+            _warm_up(servers, options)
+            status = _post(servers["certified"].address, TEMPLATE_ID)
+            if status != 201:
+                raise RuntimeError(f"the template certified request answered {status}")
+            db.copy_messages(template_id=TEMPLATE_ID, prefix="r-", start=0,
+                             stop=options.scale_small)
+            if wanted("grid"):
+                _grid(db, servers, options, results)
+            if wanted("scale"):
+                _scale(db, servers, options, results)
+            if wanted("purge"):
+                _purge(db, servers, options, results)
+        finally:
+            for server in servers.values():
+                server.__exit__(None, None, None)
+        if wanted("sender"):
+            from bench.sender import run_sender
+
+            progress("sender: resumable functions with 10 persist() steps + one certified send")
+            results.sender = run_sender(db, options)
+    return results
+
+
+def _load(options: Options, server: Server, concurrency: int, **spec: object) -> LoadResult:
+    return run_load(LoadSpec(address=server.address, concurrency=concurrency,
+                             duration=options.duration, **spec),  # type: ignore[arg-type]
+                    use_wrk=options.use_wrk)
+
+
+def _warm_up(servers: dict[str, Server], options: Options) -> None:
+    """One second of load per server: pools opened, code paths hot, before any figure."""
+    warm = Options(duration=1.0, use_wrk=options.use_wrk)
+    for mode, server in servers.items():
+        header = "Idempotency-Key" if mode == "peer" else "X-Message-ID"
+        _load(warm, server, 4, kind="none" if mode == "bare" else "new", header=header)
+
+
+def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
+          results: Results) -> None:
+    runs: list[tuple[str, Callable[[int], LoadResult]]] = [
+        ("floor (pgbench)", lambda c: pgbench_floor(port=db.port, database=db.name,
+                                                    concurrency=c, duration=options.duration)),
+        ("bare", lambda c: _load(options, servers["bare"], c, kind="none")),
+        ("certified", lambda c: _load(options, servers["certified"], c, kind="new")),
+        ("replay", lambda c: _load(options, servers["certified"], c, kind="replay",
+                                   replay_ids=options.scale_small)),
+    ]
+    if "peer" in servers:
+        runs.append(("peer (idemkit)", lambda c: _load(options, servers["peer"], c,
+                                                       kind="new", header="Idempotency-Key")))
+    for concurrency in options.concurrencies:
+        for name, run in runs:
+            progress(f"{name} at concurrency {concurrency}")
+            results.grid[(name, concurrency)] = run(concurrency)
+            if name != "floor (pgbench)":
+                results.tool = results.tool or results.grid[(name, concurrency)].tool
+
+
+def _scale(db: BenchDatabase, servers: dict[str, Server], options: Options,
+           results: Results) -> None:
+    certified = servers["certified"]
+    for stored in (options.scale_small, options.scale_large):
+        progress(f"scale: loading {stored:,} stored messages")
+        if stored == options.scale_small:
+            db.delete_messages_except(TEMPLATE_ID)
+        db.copy_messages(template_id=TEMPLATE_ID, prefix="r-", start=0, stop=stored)
+        actual = db.message_count()
+        for concurrency in options.scale_concurrencies:
+            progress(f"scale: claim and replay at {actual:,} rows, concurrency {concurrency}")
+            results.scale[("claim", stored, concurrency)] = _load(
+                options, certified, concurrency, kind="new")
+            results.scale[("replay", stored, concurrency)] = _load(
+                options, certified, concurrency, kind="replay", replay_ids=stored)
+
+
+def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
+           results: Results) -> None:
+    from chttp_client.db import make_engine
+    from chttp_server.store import MessageStore
+
+    concurrency = 4
+    progress(f"purge: loading {options.purge_rows:,} expired messages")
+    db.copy_messages(template_id=TEMPLATE_ID, prefix="x-", start=0, stop=options.purge_rows,
+                     expired=True)
+    progress("purge: live certified traffic before the purge")
+    before = _load(options, servers["certified"], concurrency, kind="new")
+    engine = make_engine(db.url)
+    store = MessageStore(engine, retention=timedelta(days=15), claim_timeout=5.0)
+    outcome: dict[str, float] = {}
+
+    def purge() -> None:
+        began = time.monotonic()
+        outcome["deleted"] = store.purge()
+        outcome["seconds"] = time.monotonic() - began
+
+    progress("purge: MessageStore.purge() while the same traffic runs")
+    thread = threading.Thread(target=purge)
+    began = time.monotonic()
+    thread.start()
+    during = _load(options, servers["certified"], concurrency, kind="new")
+    window = time.monotonic() - began
+    thread.join()
+    engine.dispose()
+    results.purge = {"before": before, "during": during, "concurrency": concurrency,
+                     "deleted": int(outcome.get("deleted", 0)),
+                     "purge_seconds": outcome.get("seconds", float("nan")),
+                     "window_seconds": window}
