@@ -1,0 +1,32 @@
+"""The application ``test_crash`` serves with ``chttp-server serve`` and kills mid-handler.
+
+Its handler writes in two halves through the shared transaction. While the file
+``hold`` exists in ``$CHTTP_TEST_HOLD_DIR``, it stops between the halves, drops a
+``reached`` file so the test knows it is mid-transaction, and waits there until the
+process is killed. A half-written effect would show as an unequal count of halves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from chttp_server import Resource
+
+from tests.server.apps import record
+
+
+class Crashable(Resource):
+    def handle_post(self, req):
+        record(req, "first-half")
+        hold_dir = os.environ.get("CHTTP_TEST_HOLD_DIR")
+        if hold_dir and (Path(hold_dir) / "hold").exists():
+            (Path(hold_dir) / "reached").write_text(str(os.getpid()))
+            while (Path(hold_dir) / "hold").exists():
+                time.sleep(0.05)
+        record(req, "second-half")
+        return {"message_id": req.chttp.message_id, "pid": os.getpid(), "body": req.text}
+
+
+app = Crashable
