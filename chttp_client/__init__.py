@@ -1,8 +1,69 @@
 """Certified HTTP, the sending half: resumable functions and certified sends.
 
-The wire definitions both halves share live in :mod:`chttp_client.wire`.
+::
+
+    from chttp_client import resumable, Journal
+
+    journal = Journal("sqlite:///client.db")          # or a PostgreSQL URL
+
+    @resumable(journal)
+    def start_transferring_foo(escrow_url, amount, *, chttp_context):
+        local = chttp_context.persist(secrets.randbelow, 10**6)   # recorded once
+        response = chttp_context.post(escrow_url, json={"amount": amount})
+        return local + response.json()["random number"]
+
+    start_transferring_foo("http://…/escrow", 5)      # runs to completion, or raises
+    journal.resume_all()                              # at start-up: finish what a crash cut off
+
+The wire definitions both halves share live in :mod:`chttp_client.wire`; the
+crash-every-step test helper is :func:`chttp_client.testing.check_crash_resume`.
+This package imports no WebOb.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from chttp_client.codec import RecordedError
+from chttp_client.context import ResumableContext, StepEvent, StepRecord
+from chttp_client.errors import (
+    ChttpClientError,
+    DeadlineExceeded,
+    JournalError,
+    MessageGone,
+    MessageIdReused,
+    MessageRejected,
+    MessageTooOld,
+    NonDeterminismError,
+    OplogBusyError,
+    ProtocolAnswerError,
+    ResponseTooLarge,
+    SendError,
+    UnknownFunctionError,
+)
+from chttp_client.journal import Journal, OplogInfo, ResumeOutcome
+from chttp_client.resumable import resumable
+from chttp_client.sending import RetryPolicy
+
+__all__ = [
+    "resumable",
+    "Journal",
+    "RetryPolicy",
+    "ResumableContext",
+    "StepEvent",
+    "StepRecord",
+    "OplogInfo",
+    "ResumeOutcome",
+    "RecordedError",
+    "ChttpClientError",
+    "JournalError",
+    "NonDeterminismError",
+    "UnknownFunctionError",
+    "OplogBusyError",
+    "SendError",
+    "DeadlineExceeded",
+    "ProtocolAnswerError",
+    "MessageRejected",
+    "MessageGone",
+    "MessageTooOld",
+    "MessageIdReused",
+    "ResponseTooLarge",
+]

@@ -24,3 +24,91 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+# -- the sender's journal --------------------------------------------------------------
+#
+# One row per call of a resumable function (an "oplog") and one row per step it took,
+# in order. Records are JSON text (chttp_client.codec), never pickle. A send step is
+# written "recorded" (id + full request) before its first attempt and turned "done"
+# with the definitive response in one transaction; ``acknowledged_at`` is set once the
+# receiver confirmed our DELETE on ``message_url``. The lease columns keep two
+# processes from running one oplog at once (chttp_client.journal).
+
+from sqlalchemy import (  # noqa: E402 - kept beside the tables they build
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+OPLOG_OPEN = "open"
+OPLOG_DONE = "done"
+OPLOG_FAILED = "failed"
+STEP_RECORDED = "recorded"
+STEP_DONE = "done"
+KIND_PERSIST = "persist"
+KIND_SEND = "send"
+
+__all__ += [
+    "oplogs",
+    "oplog_steps",
+    "OPLOG_OPEN",
+    "OPLOG_DONE",
+    "OPLOG_FAILED",
+    "STEP_RECORDED",
+    "STEP_DONE",
+    "KIND_PERSIST",
+    "KIND_SEND",
+]
+
+oplogs = Table(
+    "chttp_oplogs",
+    metadata,
+    Column("id", String(64), nullable=False),
+    Column("function", String(255), nullable=False),
+    Column("version", Integer, nullable=False),
+    # JSON {"args": [...], "kwargs": {...}}
+    Column("arguments", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    # JSON {"value": ...} or {"error": {"type", "args", "message"}}
+    Column("result", Text, nullable=True),
+    Column("lease_owner", String(255), nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("id"),
+    CheckConstraint("state IN ('open', 'done', 'failed')", name="state"),
+    Index("ix_chttp_oplogs_state", "state"),
+)
+
+oplog_steps = Table(
+    "chttp_oplog_steps",
+    metadata,
+    Column("oplog_id", String(64), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("name", String(1024), nullable=False),
+    Column("state", String(16), nullable=False),
+    # persist: JSON {"value": ...} or {"error": {...}}; send: {"error": {...}} if it failed
+    Column("outcome", Text, nullable=True),
+    Column("message_id", String(128), nullable=True),
+    Column("fingerprint", String(64), nullable=True),
+    # JSON {"method", "url", "headers": [[name, value], ...], "body": {"$bytes": ...}}
+    Column("request", Text, nullable=True),
+    Column("first_sent_at", DateTime(timezone=True), nullable=True),
+    # JSON {"status", "headers": [[name, value], ...], "body": {"$bytes": ...}}
+    Column("response", Text, nullable=True),
+    Column("message_url", Text, nullable=True),
+    Column("acknowledged_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("oplog_id", "number"),
+    ForeignKeyConstraint(["oplog_id"], ["chttp_oplogs.id"], ondelete="CASCADE"),
+    CheckConstraint("kind IN ('persist', 'send')", name="kind"),
+    CheckConstraint("state IN ('recorded', 'done')", name="state"),
+    Index("ix_chttp_oplog_steps_message_id", "message_id"),
+)

@@ -1,0 +1,166 @@
+"""JSON records for the oplog: values, arguments, results and exceptions.
+
+The journal must store whatever a resumable function persists, receives and returns, and
+hand back *the same thing* on replay. JSON keeps records readable (``chttp-client show``)
+and safe to load (pickle would execute code from the database), so the few common types
+JSON lacks are written as one-key tagged objects::
+
+    bytes     {"$bytes": "<base64>"}        datetime {"$datetime": "<ISO 8601>"}
+    date      {"$date": "2026-11-28"}       time     {"$time": "12:00:00"}
+    UUID      {"$uuid": "…"}                Decimal  {"$decimal": "1.10"}
+    tuple     {"$tuple": [...]}             a dict whose only key starts with "$"
+                                            {"$dict": {...}} (so it never reads as a tag)
+
+Anything else raises :class:`TypeError` when it is recorded, so a value that cannot be
+replayed is refused on the first run rather than discovered after a crash. A function
+sees the *decoded* form even on its first run (see :func:`roundtrip`), so first run and
+replay behave alike.
+
+Exceptions are recorded as their import path and arguments and rebuilt with
+``cls(*args)``; one that cannot be rebuilt comes back as :class:`RecordedError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import uuid
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+
+__all__ = [
+    "encode",
+    "decode",
+    "dumps",
+    "loads",
+    "roundtrip",
+    "exception_record",
+    "rebuild_exception",
+    "RecordedError",
+]
+
+
+class RecordedError(Exception):
+    """An exception recorded in the oplog whose class could not be rebuilt on replay.
+
+    ``type_path`` is ``module:qualname`` of the original class, ``args`` its arguments.
+    """
+
+    def __init__(self, type_path: str, args: list[Any], message: str) -> None:
+        super().__init__(type_path, args, message)
+        self.type_path = type_path
+        self.recorded_args = args
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.type_path}: {self.message}"
+
+
+def encode(value: Any) -> Any:
+    """``value`` as plain JSON data, with the tagged forms above."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, time):
+        return {"$time": value.isoformat()}
+    if isinstance(value, uuid.UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, tuple):
+        return {"$tuple": [encode(item) for item in value]}
+    if isinstance(value, list):
+        return [encode(item) for item in value]
+    if isinstance(value, dict):
+        encoded = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"oplog records need str dict keys, not {type(key).__name__}")
+            encoded[key] = encode(item)
+        if len(encoded) == 1 and next(iter(encoded)).startswith("$"):
+            return {"$dict": encoded}
+        return encoded
+    raise TypeError(
+        f"cannot record a {type(value).__module__}.{type(value).__qualname__} in the oplog "
+        "(JSON, bytes, datetime, date, time, UUID, Decimal and tuples are supported)"
+    )
+
+
+_TAGS = {
+    "$bytes": lambda raw: base64.b64decode(raw),
+    "$datetime": datetime.fromisoformat,
+    "$date": date.fromisoformat,
+    "$time": time.fromisoformat,
+    "$uuid": uuid.UUID,
+    "$decimal": Decimal,
+}
+
+
+def decode(data: Any) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(data, list):
+        return [decode(item) for item in data]
+    if isinstance(data, dict):
+        if len(data) == 1:
+            (key, raw), = data.items()
+            if key in _TAGS:
+                return _TAGS[key](raw)
+            if key == "$tuple":
+                return tuple(decode(item) for item in raw)
+            if key == "$dict":
+                return {name: decode(item) for name, item in raw.items()}
+        return {name: decode(item) for name, item in data.items()}
+    return data
+
+
+def dumps(value: Any) -> str:
+    # sort_keys=False: dict order is part of the value a function sees.
+    return json.dumps(encode(value), separators=(",", ":"), allow_nan=True)
+
+
+def loads(text: str) -> Any:
+    return decode(json.loads(text))
+
+
+def roundtrip(value: Any) -> Any:
+    """``value`` as a replay will return it (tuples stay tuples, floats stay floats)."""
+    return loads(dumps(value))
+
+
+def _type_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def exception_record(error: BaseException) -> dict[str, Any]:
+    """A JSON-ready record of ``error``: type path, arguments and message."""
+    try:
+        args = encode(list(error.args))
+    except TypeError:
+        args = [str(error)]
+    return {"type": _type_path(type(error)), "args": args, "message": str(error)}
+
+
+def rebuild_exception(record: dict[str, Any]) -> BaseException:
+    """The exception ``record`` describes, or :class:`RecordedError` if it cannot be made."""
+    type_path = record["type"]
+    args = decode(record.get("args", []))
+    module_name, _, qualname = type_path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+        if isinstance(target, type) and issubclass(target, BaseException):
+            rebuilt = target(*args)
+            return rebuilt
+    except Exception:  # noqa: BLE001 - any failure means "cannot rebuild"
+        pass
+    return RecordedError(type_path, list(args), record.get("message", ""))

@@ -1,0 +1,200 @@
+"""Exceptions of the sending half.
+
+::
+
+    ChttpClientError
+    ├── JournalError                   the oplog cannot be used as asked
+    │   ├── NonDeterminismError        a replay asked for another step than the recorded one
+    │   ├── UnknownFunctionError       no registered function/version for an open oplog
+    │   └── OplogBusyError             another process holds the oplog's lease
+    └── SendError                      a certified send ended without a usable answer
+        ├── DeadlineExceeded           retried until the send's deadline passed
+        └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
+            ├── MessageRejected        400 invalid-message-id / message-id-required
+            ├── MessageGone            410 message-acknowledged / message-expired
+            ├── MessageTooOld          412 message-too-old
+            ├── MessageIdReused        422 message-id-reused
+            └── ResponseTooLarge       500 response-too-large (not retryable, §4)
+
+Every exception keeps its constructor arguments in ``args`` so that it pickles and so that
+the oplog can record it as ``type + args`` and rebuild it on replay
+(:mod:`chttp_client.codec`). A protocol answer also carries the recorded ``response``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chttp_client.wire import Problem
+
+__all__ = [
+    "ChttpClientError",
+    "JournalError",
+    "NonDeterminismError",
+    "UnknownFunctionError",
+    "OplogBusyError",
+    "SendError",
+    "DeadlineExceeded",
+    "ProtocolAnswerError",
+    "MessageRejected",
+    "MessageGone",
+    "MessageTooOld",
+    "MessageIdReused",
+    "ResponseTooLarge",
+    "protocol_error_for",
+]
+
+
+class ChttpClientError(Exception):
+    """Root of every error the sending half raises."""
+
+
+class JournalError(ChttpClientError):
+    """The journal cannot do what was asked with an oplog."""
+
+
+class NonDeterminismError(JournalError):
+    """A replayed function asked for a different step than the one its oplog recorded.
+
+    ``expected`` describes the recorded step, ``got`` the one the code asked for (for
+    example ``"send POST http://x/escrow body sha256 ab12…"`` vs the same with another
+    digest). The oplog is left exactly as it was: fix the code (or register the version
+    that wrote the oplog) and resume again.
+    """
+
+    def __init__(self, oplog_id: str, step: int, expected: str, got: str) -> None:
+        super().__init__(oplog_id, step, expected, got)
+        self.oplog_id = oplog_id
+        self.step = step
+        self.expected = expected
+        self.got = got
+
+    def __str__(self) -> str:
+        return (
+            f"oplog {self.oplog_id} step {self.step} diverged from its record: "
+            f"recorded {self.expected}, but the code now asks for {self.got}"
+        )
+
+
+class UnknownFunctionError(JournalError):
+    """An open oplog names a function/version that no ``@resumable`` registered."""
+
+    def __init__(self, oplog_id: str, function: str, version: int, registered: list[int]) -> None:
+        super().__init__(oplog_id, function, version, registered)
+        self.oplog_id = oplog_id
+        self.function = function
+        self.version = version
+        self.registered = registered
+
+    def __str__(self) -> str:
+        known = ", ".join(map(str, self.registered)) or "none"
+        return (
+            f"oplog {self.oplog_id} was written by {self.function} version {self.version}, "
+            f"which is not registered (registered versions: {known}); keep that version "
+            "decorated with @resumable(journal, version=...) until its oplogs are done"
+        )
+
+
+class OplogBusyError(JournalError):
+    """Another live process holds the lease of this oplog."""
+
+    def __init__(self, oplog_id: str, owner: str | None) -> None:
+        super().__init__(oplog_id, owner)
+        self.oplog_id = oplog_id
+        self.owner = owner
+
+    def __str__(self) -> str:
+        return f"oplog {self.oplog_id} is being run by {self.owner}"
+
+
+class SendError(ChttpClientError):
+    """A certified send ended without a usable answer."""
+
+    def __init__(self, message_id: str, method: str, url: str, detail: str) -> None:
+        super().__init__(message_id, method, url, detail)
+        self.message_id = message_id
+        self.method = method
+        self.url = url
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.url} (message {self.message_id}): {self.detail}"
+
+
+class DeadlineExceeded(SendError):
+    """The send was retried until its deadline passed without a definitive answer.
+
+    The receiver may or may not have processed it; the sender stops here so that a late
+    retry never meets a receiver that has forgotten the id (PROTOCOL.md §4).
+    """
+
+
+class ProtocolAnswerError(SendError):
+    """The receiver answered with a protocol error that retrying cannot change."""
+
+    status: int = 0
+
+    def __init__(
+        self, message_id: str, method: str, url: str, detail: str, problem_type: str = ""
+    ) -> None:
+        super().__init__(message_id, method, url, detail)
+        self.args = (message_id, method, url, detail, problem_type)
+        self.problem_type = problem_type
+        #: The receiver's answer (an :class:`httpx.Response`), when there was one.
+        self.response: Any = None
+
+
+class MessageRejected(ProtocolAnswerError):
+    """400: the receiver refused the id itself (malformed, or required and missing)."""
+
+    status = 400
+
+
+class MessageGone(ProtocolAnswerError):
+    """410: the message *was* processed, its response is no longer available (§3).
+
+    Never a reason to resend under a new id.
+    """
+
+    status = 410
+
+
+class MessageTooOld(ProtocolAnswerError):
+    """412: the receiver cannot judge a retry this old safely."""
+
+    status = 412
+
+
+class MessageIdReused(ProtocolAnswerError):
+    """422: the id was already used for a different request."""
+
+    status = 422
+
+
+class ResponseTooLarge(ProtocolAnswerError):
+    """500 ``response-too-large``: the receiver rolled back and will do so again."""
+
+    status = 500
+
+
+_BY_PROBLEM: dict[tuple[int, str], type[ProtocolAnswerError]] = {
+    (400, Problem.INVALID_MESSAGE_ID): MessageRejected,
+    (400, Problem.MESSAGE_ID_REQUIRED): MessageRejected,
+    (400, Problem.INVALID_FIRST_SENT): MessageRejected,
+    (410, Problem.MESSAGE_ACKNOWLEDGED): MessageGone,
+    (410, Problem.MESSAGE_EXPIRED): MessageGone,
+    (412, Problem.MESSAGE_TOO_OLD): MessageTooOld,
+    (422, Problem.MESSAGE_ID_REUSED): MessageIdReused,
+    (500, Problem.RESPONSE_TOO_LARGE): ResponseTooLarge,
+}
+
+
+def protocol_error_for(status: int, problem_type: str | None) -> type[ProtocolAnswerError] | None:
+    """The exception class for a protocol answer, ``None`` for an application's answer.
+
+    Only problem+json answers with one of PROTOCOL.md §4's types count: an application's
+    own 400 or 422 is a normal response the function may inspect.
+    """
+    if problem_type is None:
+        return None
+    return _BY_PROBLEM.get((status, problem_type.rsplit("/", 1)[-1]))

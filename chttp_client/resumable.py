@@ -1,0 +1,58 @@
+"""``@resumable(journal)``: make a function's steps recorded, replayable and resumable.
+
+::
+
+    @resumable(journal)                 # version 1
+    def transfer(url, amount, *, chttp_context): ...
+
+    @resumable(journal, version=2)      # new code; version-1 oplogs still replay with v1
+    def transfer(url, amount, *, chttp_context): ...
+
+Calling the decorated function starts a new oplog and runs it to completion (or raises
+what it raised). Oplogs are keyed by the function's *name* (``module.qualname`` unless
+``name=`` is given) and *version*: an open oplog is replayed by exactly the version that
+wrote it, because only that code is guaranteed to take the same steps. Keep an old
+version decorated until ``chttp-client list`` shows none of its oplogs open; an oplog
+whose version is gone is refused with
+:class:`~chttp_client.errors.UnknownFunctionError` and left intact.
+
+Arguments must be recordable by :mod:`chttp_client.codec` (they are stored so that a
+resume can call the function again); the result is returned as the codec decodes it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, TypeVar
+
+from chttp_client.journal import Journal, register
+
+__all__ = ["resumable"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def resumable(journal: Journal, *, version: int = 1, name: str | None = None) -> Callable[[F], F]:
+    """Decorate a function taking keyword ``chttp_context`` (see the module docstring)."""
+    if not isinstance(journal, Journal):
+        raise TypeError("@resumable needs a Journal: @resumable(journal)")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError("version must be a positive int")
+
+    def decorate(function: F) -> F:
+        key = name or f"{function.__module__}.{function.__qualname__}"
+        register(key, version, function)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if "chttp_context" in kwargs:
+                raise TypeError("chttp_context is supplied by @resumable; do not pass it")
+            return journal.run(key, version, function, args, kwargs)
+
+        wrapper.journal = journal  # type: ignore[attr-defined]
+        wrapper.chttp_name = key  # type: ignore[attr-defined]
+        wrapper.chttp_version = version  # type: ignore[attr-defined]
+        wrapper.chttp_function = function  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
