@@ -47,7 +47,7 @@ class RetryPolicy:
     timeout: float = 30.0
 
     def backoff(self, failures: int, rng: random.Random | None = None) -> float:
-        delay = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, failures - 1))
+        delay = min(self.max_backoff, self.initial_backoff * self.multiplier ** min(64, max(0, failures - 1)))
         if self.jitter:
             delay = (rng or random).uniform(delay / 2, delay)
         return delay

@@ -63,33 +63,47 @@ class Escrow(Resource):
 
 
 class Flaky(Resource):
-    """Fails ``failures`` times per message id with ``status`` (and Retry-After), then 201."""
+    """The resource behind :class:`Front`'s failures: 201 once an attempt gets through."""
 
-    def __init__(self, status: int = 503, failures: int = 2, retry_after: str | None = None) -> None:
-        self.status = status
-        self.failures = failures
-        self.retry_after = retry_after
+    def handle_post(self, req):
+        _record(req)
+        return webob.Response(status=201, json_body={"ok": True})
+
+
+class Front:
+    """WSGI in front of the middleware: fails the first ``failures`` attempts per id on /flaky.
+
+    Retryable answers come from *in front of* a certified receiver (a proxy, a rate
+    limiter) or from the middleware itself: a handler's own 4xx would be stored and
+    replayed (PROTOCOL.md §2), so 409/429 are produced here, like a proxy would.
+    """
+
+    def __init__(self, app: CertifiedMiddleware) -> None:
+        self.app = app
+        self.engine = app.engine
+        self.status = 503
+        self.failures = 0
+        self.retry_after: str | None = None
         self.seen: dict[str, int] = {}
         self.lock = threading.Lock()
 
-    def handle_post(self, req):
-        key = req.headers.get("X-Message-ID", "")
-        with self.lock:
-            self.seen[key] = self.seen.get(key, 0) + 1
-            attempt = self.seen[key]
-        if attempt <= self.failures:
-            headers = [("Retry-After", self.retry_after)] if self.retry_after else []
-            problem = self.status == 409
-            response = webob.Response(
-                status=self.status, headers=headers,
-                json_body={"type": "message-in-progress", "title": "busy", "status": 409} if problem
-                else {"error": "try later"},
-            )
-            if problem:
-                response.content_type = "application/problem+json"
-            return response
-        _record(req)
-        return webob.Response(status=201, json_body={"attempt": attempt})
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/flaky":
+            key = environ.get("HTTP_X_MESSAGE_ID", "")
+            with self.lock:
+                self.seen[key] = self.seen.get(key, 0) + 1
+                attempt = self.seen[key]
+            if attempt <= self.failures:
+                headers = [("Retry-After", self.retry_after)] if self.retry_after else []
+                if self.status == 409:
+                    body = b'{"type": "message-in-progress", "title": "busy", "status": 409}'
+                    headers.append(("Content-Type", "application/problem+json"))
+                else:
+                    body = b'{"error": "try later"}'
+                    headers.append(("Content-Type", "application/json"))
+                start_response(f"{self.status} Failing", headers)
+                return [body]
+        return self.app(environ, start_response)
 
 
 class Status(Resource):
@@ -109,12 +123,11 @@ class Status(Resource):
 
 class Root(Resource):
     def __init__(self) -> None:
-        self.flaky = Flaky()
-        self.children = {"escrow": Escrow(), "flaky": self.flaky, "status": Status()}
+        self.children = {"escrow": Escrow(), "flaky": Flaky(), "status": Status()}
 
 
-def make_receiver(db_url: str, **options: Any) -> CertifiedMiddleware:
-    """A CertifiedMiddleware app around :class:`Root` on its own database."""
+def make_receiver(db_url: str, **options: Any) -> Front:
+    """A CertifiedMiddleware app around :class:`Root` on its own database, behind :class:`Front`."""
     app = CertifiedMiddleware(Root(), db_url=db_url, upgrade_schema=True, **options)
     receiver_metadata.create_all(app.engine)
-    return app
+    return Front(app)
