@@ -1,0 +1,306 @@
+"""``chttp-server demo``: the escrow under fire, then an audit of every coin.
+
+Starts two ledgers and the escrow as separate server processes on loopback ports, each
+with its own database, and a client process that submits a stream of transfers, while
+a chaos loop SIGKILLs random processes — the client included — at random moments and
+starts them again. When every transfer has finished, everything stops and
+:func:`~chttp_examples.escrow.audit.audit` reads the databases: money conserved, no
+account negative, every transfer applied exactly once on every ledger. The exit status
+says whether the audit passed.
+
+Deliveries and replays are counted from the services' access logs (one line per
+certified request that got an answer): a delivery answered ``replayed`` is a retry that
+found its message already processed — a duplicate that plain HTTP would have applied
+twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, TextIO
+
+import httpx
+
+from chttp_examples.escrow.audit import AuditResult, audit
+from chttp_examples.escrow.chaos import Chaos, Service, wait_for_port
+from chttp_examples.escrow.client import LEDGER_ACCOUNTS, OPENING_BALANCE
+from chttp_examples.escrow.escrow import TERMINAL_STATES, init_escrow
+from chttp_examples.escrow.ledger import init_ledger
+from chttp_examples.escrow.progress import ProgressBar
+
+__all__ = ["Databases", "DemoReport", "run_demo", "add_arguments", "run"]
+
+
+@dataclass(frozen=True)
+class Databases:
+    """One database per service: ledger name → URL, the escrow's, the client's journal."""
+
+    ledgers: Mapping[str, str]
+    escrow: str
+    client: str
+
+    @classmethod
+    def sqlite(cls, directory: Path) -> Databases:
+        return cls(
+            ledgers={name: f"sqlite:///{directory / f'ledger-{name}.db'}" for name in LEDGER_ACCOUNTS},
+            escrow=f"sqlite:///{directory / 'escrow.db'}",
+            client=f"sqlite:///{directory / 'client.db'}",
+        )
+
+
+@dataclass
+class Deliveries:
+    """What one service's access log says: certified requests answered, and how."""
+
+    answered: int = 0
+    replayed: int = 0
+    messages: int = 0
+    server_errors: int = 0
+
+    @classmethod
+    def read(cls, path: Path) -> Deliveries:
+        result, ids = cls(), set()
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                parts = line.split()
+                if len(parts) != 6:
+                    continue   # a line cut short by SIGKILL
+                result.answered += 1
+                ids.add(parts[3])
+                result.replayed += parts[5] == "replayed"
+                result.server_errors += parts[4].startswith("5")
+        result.messages = len(ids)
+        return result
+
+
+@dataclass
+class DemoReport:
+    requested: int
+    seed: int
+    kill_rate: float
+    elapsed: float = 0.0
+    finished: bool = False
+    kills: Counter[str] = field(default_factory=Counter)
+    crashes: Counter[str] = field(default_factory=Counter)
+    deliveries: dict[str, Deliveries] = field(default_factory=dict)
+    audit: AuditResult = field(default_factory=AuditResult)
+    db_dir: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.finished and self.audit.ok
+
+    def render(self) -> str:
+        states = self.audit.states
+        answered = sum(d.answered for d in self.deliveries.values())
+        replayed = sum(d.replayed for d in self.deliveries.values())
+        messages = sum(d.messages for d in self.deliveries.values())
+        lines = [
+            "",
+            f"escrow demo — seed {self.seed}, kill rate {self.kill_rate}/s, {self.elapsed:.1f}s",
+            f"  transfers   requested {self.requested}, accepted {self.audit.transfers}, "
+            f"completed {states.get('completed', 0)}, refunded {states.get('refunded', 0)}"
+            + ("" if self.finished else "  (NOT FINISHED)"),
+            f"  killed      {sum(self.kills.values())} processes (SIGKILL): "
+            + ", ".join(f"{name} {n}" for name, n in sorted(self.kills.items())),
+        ]
+        if self.crashes:
+            lines.append("  crashed     " + ", ".join(f"{n} {c}" for n, c in sorted(self.crashes.items())))
+        lines.append(
+            f"  deliveries  {answered} certified requests answered for {messages} messages: "
+            f"{answered - messages} retries, of which {replayed} answered from the store "
+            "(Idempotent-Replayed)"
+        )
+        for name, d in sorted(self.deliveries.items()):
+            lines.append(f"                {name:<9} {d.answered} answered, {d.messages} messages, "
+                         f"{d.replayed} replayed")
+        lines.append(
+            f"  audit       money before {self.audit.total_before}, after {self.audit.total_after}; "
+            f"{self.audit.operations} ledger operations; "
+            + ("PASSED: every transfer applied exactly once on every ledger, no account negative"
+               if self.audit.ok else f"FAILED ({len(self.audit.failures)} problems)")
+        )
+        lines += [f"    ! {failure}" for failure in self.audit.failures[:20]]
+        if self.db_dir is not None:
+            lines.append(f"  databases and logs kept in {self.db_dir}")
+        return "\n".join(lines)
+
+
+def _poll_escrow(url: str) -> dict[str, Any] | None:
+    try:
+        return dict(httpx.get(f"{url}/transfers", timeout=1.0).json())
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def run_demo(
+    *,
+    # Transfers the client submits.
+    transfers: int = 200,
+    # Mean SIGKILLs per second; 0 for a calm run.
+    kill_rate: float = 1.0,
+    # Seeds the transfers and the chaos; None picks one (printed in the report).
+    seed: int | None = None,
+    # Where the databases and logs go; None: a temporary directory, removed if all went well.
+    db_dir: Path | None = None,
+    # The databases to use instead of SQLite files in db_dir (e.g. PostgreSQL).
+    databases: Databases | None = None,
+    # Transfers the client keeps unfinished at most.
+    window: int = 8,
+    # Give up (and fail) after this many seconds.
+    timeout: float = 600.0,
+    stream: TextIO = sys.stderr,
+) -> DemoReport:
+    seed = random.SystemRandom().randrange(10**6) if seed is None else seed
+    keep = db_dir is not None
+    directory = Path(db_dir) if db_dir is not None else Path(tempfile.mkdtemp(prefix="chttp-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        raise SystemExit(f"--db-dir {directory} is not empty; give a new or empty directory")
+    databases = databases or Databases.sqlite(directory)
+    report = DemoReport(requested=transfers, seed=seed, kill_rate=kill_rate)
+    rng = random.Random(seed)
+
+    balances = {name: {account: OPENING_BALANCE for account in accounts}
+                for name, accounts in LEDGER_ACCOUNTS.items()}
+    for name, url in databases.ledgers.items():
+        init_ledger(url, balances[name])
+    init_escrow(databases.escrow)
+
+    from chttp_server.testing import free_port
+
+    python = sys.executable
+    module = "chttp_examples.escrow"
+    ports = {name: free_port() for name in databases.ledgers}
+    escrow_port = free_port()
+    escrow_url = f"http://127.0.0.1:{escrow_port}"
+    services: list[Service] = []
+    for name, url in databases.ledgers.items():
+        services.append(Service(
+            f"ledger-{name}",
+            [python, "-m", f"{module}.serve", "ledger", "--db", url, "--port", str(ports[name]),
+             "--access-log", str(directory / f"ledger-{name}.access")],
+            directory / f"ledger-{name}.log", port=ports[name]))
+    services.append(Service(
+        "escrow",
+        [python, "-m", f"{module}.serve", "escrow", "--db", databases.escrow,
+         "--port", str(escrow_port), "--access-log", str(directory / "escrow.access")]
+        + [arg for name in databases.ledgers
+           for arg in ("--ledger", f"{name}=http://127.0.0.1:{ports[name]}")],
+        directory / "escrow.log", port=escrow_port))
+    client = Service(
+        "client",
+        [python, "-m", f"{module}.client", "--db", databases.client, "--escrow", escrow_url,
+         "--transfers", str(transfers), "--seed", str(seed), "--window", str(window),
+         "--marker", str(directory / "client.started"),
+         "--ready-file", str(directory / "client.ready")],
+        directory / "client.log", ready_file=directory / "client.ready", restart_until_success=True)
+    services.append(client)
+
+    bar = ProgressBar(transfers, stream=stream)
+    chaos = Chaos(services, kill_rate, rng, on_event=lambda text: None)
+    started = time.monotonic()
+    try:
+        for service in services[:-1]:
+            service.start()
+        for service in services[:-1]:
+            wait_for_port(service.port or 0, service=service)
+        client.start()
+        chaos.start()
+        summary: dict[str, Any] = {}
+        done = 0
+        while time.monotonic() - started < timeout:
+            summary = _poll_escrow(escrow_url) or summary
+            states = summary.get("states", {})
+            done = sum(states.get(state, 0) for state in TERMINAL_STATES)
+            kills = len(chaos.kills)
+            bar.update(done, f"completed {states.get('completed', 0)} refunded "
+                             f"{states.get('refunded', 0)} | kills {kills} | "
+                             f"{time.monotonic() - started:.0f}s")
+            if client.finished and summary.get("total") == transfers and done == transfers:
+                report.finished = True
+                break
+            time.sleep(0.2)
+        bar.close(done, "finished" if report.finished else "TIMED OUT")
+    finally:
+        chaos.stop()
+        for service in services:
+            service.stop()
+        report.elapsed = time.monotonic() - started
+    for _, name in chaos.kills:
+        report.kills[name] += 1
+    for service in services:
+        if service.failures:
+            report.crashes[service.name] = service.failures
+    for service in services[:-1]:
+        report.deliveries[service.name] = Deliveries.read(directory / f"{service.name}.access")
+    report.audit = audit(databases.ledgers, databases.escrow, requested=transfers)
+    if keep or not report.ok:
+        report.db_dir = directory
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+    return report
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--transfers", type=int, default=200,
+                        help="transfers the client submits (default: 200)")
+    parser.add_argument("--kill-rate", type=float, default=1.0,
+                        help="mean SIGKILLs per second, 0 for none (default: 1.0)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the transfers and the chaos (default: random, printed)")
+    parser.add_argument("--db-dir", type=Path, default=None,
+                        help="an empty directory for the databases and logs, kept afterwards "
+                             "(default: a temporary one, removed when the audit passes)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="run every service against a throwaway PostgreSQL cluster "
+                             "(needs the PostgreSQL server binaries)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="give up after this many seconds (default: 600)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo from parsed arguments; the exit status is 0 iff the audit passed."""
+    with _maybe_postgres(args.postgres) as databases:
+        report = run_demo(transfers=args.transfers, kill_rate=args.kill_rate, seed=args.seed,
+                          db_dir=args.db_dir, databases=databases, timeout=args.timeout)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+class _maybe_postgres:
+    def __init__(self, wanted: bool) -> None:
+        self.wanted = wanted
+        self.cluster: Any = None
+
+    def __enter__(self) -> Databases | None:
+        if not self.wanted:
+            return None
+        from chttp_server.testing import PostgresCluster
+
+        self.cluster = PostgresCluster().start()
+        return postgres_databases(self.cluster.create_database)
+
+    def __exit__(self, *_exc: Any) -> None:
+        if self.cluster is not None:
+            self.cluster.destroy()
+
+
+def postgres_databases(create_database: Any, prefix: str = "escrow_demo") -> Databases:
+    """One fresh PostgreSQL database per service, made with ``create_database(name) -> URL``."""
+    return Databases(
+        ledgers={name: create_database(f"{prefix}_ledger_{name.lower()}") for name in LEDGER_ACCOUNTS},
+        escrow=create_database(f"{prefix}_escrow"),
+        client=create_database(f"{prefix}_client"),
+    )

@@ -1,0 +1,223 @@
+"""The ledger service: accounts with balances that never go negative.
+
+A plain, naive bank: ``POST /accounts/<name>/withdraw`` subtracts, ``…/deposit`` and
+``…/refund`` add, and each applied operation is written to ``ledger_operations`` with the
+transfer it belongs to. Nothing in this code deduplicates anything — there is no unique
+constraint on the transfer id, no "have I seen this before?" query. Exactly-once comes
+entirely from :class:`~chttp_server.CertifiedMiddleware`: the handler's writes go through
+``req.chttp.connection``, the transaction that also stores the response, so a retried
+message is answered from the store and never runs the handler twice. That is why the
+audit can count rows in ``ledger_operations`` and demand exactly one per leg.
+
+A withdraw the balance cannot cover is refused with **402** (``insufficient-funds``).
+It is a definitive answer: stored like any other, replayed to every retry, and recorded
+as a ``refused`` operation so the audit sees refusals exactly once too. (Not 409 or 422:
+those statuses carry protocol meanings a sender acts on, PROTOCOL.md §4.)
+
+Routes::
+
+    GET  /accounts                     every account and balance (not certified)
+    GET  /accounts/<name>              one account
+    POST /accounts/<name>/withdraw     {"transfer": id, "amount": n}   certified
+    POST /accounts/<name>/deposit      {"transfer": id, "amount": n}   certified
+    POST /accounts/<name>/refund       {"transfer": id, "amount": n}   certified
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import webob
+import webob.exc
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from chttp_client.db import make_engine
+from chttp_server import CertifiedMiddleware, Resource, require_for_methods
+from chttp_server.migrate import upgrade
+
+__all__ = [
+    "metadata",
+    "accounts",
+    "operations",
+    "OPERATIONS",
+    "EFFECT",
+    "init_ledger",
+    "make_app",
+]
+
+#: The ledger's own tables, beside (not inside) chttp's ``MetaData``.
+metadata = MetaData()
+
+accounts = Table(
+    "ledger_accounts",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("opening", Integer, nullable=False),
+    Column("balance", Integer, nullable=False),
+    # Belt and braces: the handler already refuses; the database refuses too.
+    CheckConstraint("balance >= 0", name="balance_not_negative"),
+)
+
+operations = Table(
+    "ledger_operations",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("transfer", String(128), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),
+    Column("account", String(64), nullable=False),
+    Column("amount", Integer, nullable=False),
+    Column("message_id", String(128), nullable=False),
+)
+
+#: The certified operations and what each does to a balance.
+EFFECT: Mapping[str, int] = {"withdraw": -1, "deposit": +1, "refund": +1, "refused": 0}
+OPERATIONS = ("withdraw", "deposit", "refund")
+
+
+def init_ledger(db_url: str, balances: Mapping[str, int]) -> None:
+    """Create the tables (chttp's and the ledger's) and open ``balances`` if none exist yet."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+        metadata.create_all(engine)
+        with engine.begin() as connection:
+            if connection.execute(select(func.count()).select_from(accounts)).scalar_one() == 0:
+                connection.execute(insert(accounts), [
+                    {"name": name, "opening": amount, "balance": amount}
+                    for name, amount in balances.items()
+                ])
+    finally:
+        engine.dispose()
+
+
+def make_app(db_url: str, *, engine: Engine | None = None) -> CertifiedMiddleware:
+    """The ledger as a WSGI application; every POST must carry a message id."""
+    engine = engine or make_engine(db_url)
+    metadata.create_all(engine)
+    return CertifiedMiddleware(
+        LedgerRoot(engine), engine=engine, upgrade_schema=True,
+        require_id=require_for_methods("POST"),
+    )
+
+
+class LedgerRoot(Resource):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def child(self, segment: str) -> Resource | None:
+        return Accounts(self.engine) if segment == "accounts" else None
+
+    def handle_get(self, req: Any) -> Any:
+        return {"service": "ledger"}
+
+
+class Accounts(Resource):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def child(self, segment: str) -> Resource | None:
+        return Account(self.engine, segment)
+
+    def handle_get(self, req: Any) -> Any:
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(accounts).order_by(accounts.c.name)).all()
+        return {row.name: row.balance for row in rows}
+
+
+class Account(Resource):
+    def __init__(self, engine: Engine, name: str) -> None:
+        self.engine = engine
+        self.name = name
+
+    def child(self, segment: str) -> Resource | None:
+        return Operation(self.name, segment) if segment in OPERATIONS else None
+
+    def handle_get(self, req: Any) -> Any:
+        with self.engine.connect() as connection:
+            balance = _balance(connection, self.name)
+        if balance is None:
+            raise webob.exc.HTTPNotFound()
+        return {"account": self.name, "balance": balance}
+
+
+class Operation(Resource):
+    """``POST /accounts/<name>/<kind>``: one leg of a transfer, applied exactly once."""
+
+    def __init__(self, account: str, kind: str) -> None:
+        self.account = account
+        self.kind = kind
+
+    def handle_post(self, req: Any) -> Any:
+        transfer, amount = _parse_leg(req)
+        connection: Connection = req.chttp.connection   # the message's own transaction
+        if self.kind == "withdraw":
+            # One statement: atomic against a concurrent withdraw on PostgreSQL too.
+            statement = (
+                update(accounts)
+                .where(accounts.c.name == self.account, accounts.c.balance >= amount)
+                .values(balance=accounts.c.balance - amount)
+            )
+        else:
+            statement = (
+                update(accounts)
+                .where(accounts.c.name == self.account)
+                .values(balance=accounts.c.balance + amount)
+            )
+        row = connection.execute(statement.returning(accounts.c.balance)).first()
+        if row is None:
+            balance = _balance(connection, self.account)
+            if balance is None:
+                raise webob.exc.HTTPNotFound(f"no account {self.account!r}")
+            _record(req, transfer, "refused", self.account, amount)
+            return _problem(402, "insufficient-funds", "Insufficient funds",
+                            f"{self.account} holds {balance}, cannot withdraw {amount}",
+                            account=self.account, balance=balance, amount=amount)
+        _record(req, transfer, self.kind, self.account, amount)
+        return {"account": self.account, "operation": self.kind, "amount": amount,
+                "transfer": transfer, "balance": row.balance}
+
+
+def _record(req: Any, transfer: str, kind: str, account: str, amount: int) -> None:
+    req.chttp.connection.execute(insert(operations).values(
+        transfer=transfer, kind=kind, account=account, amount=amount,
+        message_id=req.chttp.message_id,
+    ))
+
+
+def _parse_leg(req: Any) -> tuple[str, int]:
+    try:
+        body = json.loads(req.body or b"null")
+        transfer, amount = body["transfer"], body["amount"]
+    except (ValueError, TypeError, KeyError):
+        raise webob.exc.HTTPBadRequest('expected {"transfer": id, "amount": n}') from None
+    if not isinstance(transfer, str) or not isinstance(amount, int) or isinstance(amount, bool) \
+            or amount <= 0:
+        raise webob.exc.HTTPBadRequest("transfer must be a string, amount a positive integer")
+    return transfer, amount
+
+
+def _balance(connection: Connection, name: str) -> int | None:
+    return connection.execute(
+        select(accounts.c.balance).where(accounts.c.name == name)
+    ).scalar_one_or_none()
+
+
+def _problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> webob.Response:
+    """An RFC 9457 problem document; as a 4xx it is stored and replayed like any answer."""
+    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+    return webob.Response(status=status, body=json.dumps(body).encode(),
+                          content_type="application/problem+json", charset=None)
