@@ -57,6 +57,7 @@ class Problem:
     INVALID_MESSAGE_ID = "invalid-message-id"
     MESSAGE_ID_REQUIRED = "message-id-required"
     INVALID_FIRST_SENT = "invalid-first-sent"
+    INCOMPLETE_BODY = "incomplete-body"
     MESSAGE_IN_PROGRESS = "message-in-progress"
     MESSAGE_ACKNOWLEDGED = "message-acknowledged"
     MESSAGE_EXPIRED = "message-expired"

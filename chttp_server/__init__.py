@@ -20,6 +20,7 @@ from chttp_server.context import CertifiedContext, get_context
 from chttp_server.errors import (
     ChttpServerError,
     ConfigurationError,
+    IncompleteBody,
     InvalidFirstSent,
     InvalidMessageId,
     MessageAcknowledged,
@@ -55,6 +56,7 @@ __all__ = [
     "InvalidMessageId",
     "MessageIdRequired",
     "InvalidFirstSent",
+    "IncompleteBody",
     "MessageNotFound",
     "MessageInProgress",
     "MessageGone",

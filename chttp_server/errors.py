@@ -9,6 +9,7 @@
           ├── InvalidMessageId         400 invalid-message-id          (webob HTTPBadRequest)
           ├── MessageIdRequired        400 message-id-required         (HTTPBadRequest)
           ├── InvalidFirstSent         400 invalid-first-sent          (HTTPBadRequest)
+          ├── IncompleteBody           400 incomplete-body             (HTTPBadRequest)
           ├── MessageNotFound          404 message-not-found           (HTTPNotFound)
           ├── MessageInProgress        409 message-in-progress         (HTTPConflict)
           ├── MessageGone              410                              (HTTPGone)
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidMessageId",
     "MessageIdRequired",
     "InvalidFirstSent",
+    "IncompleteBody",
     "MessageNotFound",
     "MessageInProgress",
     "MessageGone",
@@ -190,6 +192,19 @@ class InvalidFirstSent(ProtocolError, webob.exc.HTTPBadRequest):
     code = 400
     problem_type = Problem.INVALID_FIRST_SENT
     title = "X-Message-First-Sent is not an HTTP-date"
+
+
+class IncompleteBody(ProtocolError, webob.exc.HTTPBadRequest):
+    """The body ended before its ``Content-Length``: the upload was cut off.
+
+    Processing it would store the fingerprint of a truncated body, and the sender's
+    complete retry would then look like a reused id (422). Nothing is run or stored;
+    the sender retries as is.
+    """
+
+    code = 400
+    problem_type = Problem.INCOMPLETE_BODY
+    title = "The request body is shorter than its Content-Length"
 
 
 class MessageNotFound(ProtocolError, webob.exc.HTTPNotFound):

@@ -16,7 +16,7 @@ from chttp_client.wire import (
     parse_http_date,
     parse_idempotency_key,
 )
-from chttp_server.errors import InvalidFirstSent, InvalidMessageId
+from chttp_server.errors import IncompleteBody, InvalidFirstSent, InvalidMessageId
 
 __all__ = ["message_id_of", "first_sent_of", "read_body"]
 
@@ -78,7 +78,11 @@ def read_body(environ: dict[str, Any]) -> bytes:
             length = int(length_header)
         except ValueError:
             length = 0
-        body = stream.read(length) if length > 0 else b""
+        body = _read_exactly(stream, length) if length > 0 else b""
+        if len(body) < length:
+            raise IncompleteBody(
+                f"Content-Length is {length} but the body ended after {len(body)} bytes"
+            )
     elif environ.get("wsgi.input_terminated"):
         body = stream.read()
     else:
@@ -86,3 +90,17 @@ def read_body(environ: dict[str, Any]) -> bytes:
     environ["wsgi.input"] = io.BytesIO(body)
     environ["CONTENT_LENGTH"] = str(len(body))
     return body
+
+
+def _read_exactly(stream: Any, length: int) -> bytes:
+    """Read ``length`` bytes, or fewer only if the stream ends first (a short read is
+    allowed of a file-like object, so one ``read`` is not proof of a truncated body)."""
+    parts: list[bytes] = []
+    remaining = length
+    while remaining > 0:
+        part = stream.read(remaining)
+        if not part:
+            break
+        parts.append(part)
+        remaining -= len(part)
+    return b"".join(parts)

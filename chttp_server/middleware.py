@@ -17,7 +17,7 @@ import sys
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
@@ -380,6 +380,8 @@ class CertifiedMiddleware:
         headers += self._message_headers(environ, message.key, message.expires_at)
         headers.append((HEADER_REPLAYED, "true"))
         start_response(_status_line(message.status), headers)
+        if environ.get("REQUEST_METHOD", "GET").upper() == "HEAD":
+            return []  # RFC 9110 §9.3.2: the headers of GET, no content
         return [message.body]
 
     def _message_headers(self, environ: dict[str, Any], key: MessageKey, expires_at: Any) -> Headers:
@@ -393,7 +395,9 @@ class CertifiedMiddleware:
     def _message_resource(
         self, environ: dict[str, Any], start_response: Callable[..., Any], path: str
     ) -> Iterable[bytes]:
-        message_id = unquote(path[len(self.message_prefix):])
+        # PATH_INFO is already percent-decoded (PEP 3333); decoding again would let
+        # "/chttp/messages/a%253Ab" name message "a:b".
+        message_id = path[len(self.message_prefix):]
         method = environ.get("REQUEST_METHOD", "GET").upper()
         if method not in ("GET", "HEAD", "DELETE"):
             response = problem_response(405, "method-not-allowed", "Method not allowed",
