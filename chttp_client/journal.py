@@ -236,7 +236,8 @@ class Journal:
         context._flush_result(OPLOG_DONE, {"value": encoded})
         return codec.decode(encoded)
 
-    def resume(self, oplog_id: str, *, force: bool = False, **context_options: Any) -> Any:
+    def resume(self, oplog_id: str, *, force: bool = False, _only_open: bool = False,
+               **context_options: Any) -> Any:
         """Run the open oplog ``oplog_id`` to its end by replaying it; return its result.
 
         A finished oplog returns (or raises) its recorded result without running anything.
@@ -245,6 +246,8 @@ class Journal:
         self.ensure_schema()
         info = self.get(oplog_id)
         if info.state != OPLOG_OPEN:
+            if _only_open:  # resume_all: another process finished it since we listed it
+                raise OplogBusyError(oplog_id, "nobody: it finished meanwhile")
             return self._recorded_result(info)
         functions = _REGISTRY.get(info.function, {})
         function = functions.get(info.version)
@@ -275,7 +278,7 @@ class Journal:
             if info.function.startswith(INCOMING_PREFIX):
                 continue
             try:
-                value = self.resume(info.id)
+                value = self.resume(info.id, _only_open=True)
             except OplogBusyError as error:
                 outcomes.append(ResumeOutcome(info.id, info.function, info.version, "busy", error=error))
             except (UnknownFunctionError, NonDeterminismError) as error:
