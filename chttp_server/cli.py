@@ -6,6 +6,7 @@
     chttp-server db current --db URL      print the revision the database is at
     chttp-server purge --db URL           delete expired messages in bounded batches
     chttp-server serve --app module:attr --db URL [--host H] [--port N] [--threads N] [--upgrade]
+    chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
 
 ``serve`` runs the application under waitress, wrapped in :class:`CertifiedMiddleware`.
 ``--app`` names a plain WSGI application *or* a :class:`~chttp_server.Resource` (an
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(commands)
     _add_purge(commands)
     _add_serve(commands)
+    _add_demo(commands)
     return parser
 
 
@@ -154,7 +156,7 @@ def load_app(spec: str) -> Callable[..., Any]:
         target = target()
     if not callable(target):
         raise ConfigurationError(f"{spec} is not a WSGI application or Resource")
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -184,6 +186,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         app.engine.dispose()
     return 0
+
+
+# -- demo ------------------------------------------------------------------------------
+
+
+def _add_demo(commands: Any) -> None:
+    from chttp_examples.escrow import cli as demo_cli   # options only; the demo loads on run
+
+    demo = commands.add_parser(
+        "demo", help="the escrow under chaos: kill processes at random, then audit every coin")
+    demo_cli.add_arguments(demo)
+    demo.set_defaults(handler=demo_cli.run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,12 +31,13 @@ import httpx
 
 from chttp_examples.escrow.audit import AuditResult, audit
 from chttp_examples.escrow.chaos import Chaos, Service, wait_for_port
+from chttp_examples.escrow.cli import DEFAULT_KILL_RATE, DEFAULT_TRANSFERS
 from chttp_examples.escrow.client import LEDGER_ACCOUNTS, OPENING_BALANCE
 from chttp_examples.escrow.escrow import TERMINAL_STATES, init_escrow
 from chttp_examples.escrow.ledger import init_ledger
 from chttp_examples.escrow.progress import ProgressBar
 
-__all__ = ["Databases", "DemoReport", "run_demo", "add_arguments", "run"]
+__all__ = ["Databases", "DemoReport", "run_demo", "run", "postgres_databases"]
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,9 @@ def _poll_escrow(url: str) -> dict[str, Any] | None:
 def run_demo(
     *,
     # Transfers the client submits.
-    transfers: int = 200,
-    # Mean SIGKILLs per second; 0 for a calm run.
-    kill_rate: float = 1.0,
+    transfers: int = DEFAULT_TRANSFERS,
+    # Mean SIGKILLs per second over all processes; 0 for a calm run.
+    kill_rate: float = DEFAULT_KILL_RATE,
     # Seeds the transfers and the chaos; None picks one (printed in the report).
     seed: int | None = None,
     # Where the databases and logs go; None: a temporary directory, removed if all went well.
@@ -251,23 +252,6 @@ def run_demo(
 
 
 # -- the command line ------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--transfers", type=int, default=200,
-                        help="transfers the client submits (default: 200)")
-    parser.add_argument("--kill-rate", type=float, default=1.0,
-                        help="mean SIGKILLs per second, 0 for none (default: 1.0)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of the transfers and the chaos (default: random, printed)")
-    parser.add_argument("--db-dir", type=Path, default=None,
-                        help="an empty directory for the databases and logs, kept afterwards "
-                             "(default: a temporary one, removed when the audit passes)")
-    parser.add_argument("--postgres", action="store_true",
-                        help="run every service against a throwaway PostgreSQL cluster "
-                             "(needs the PostgreSQL server binaries)")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="give up after this many seconds (default: 600)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,41 @@
+"""The options of ``chttp-server demo``, kept apart so ``chttp-server --help`` stays fast.
+
+``chttp_server.cli`` registers the subcommand with :func:`add_arguments` and calls
+:func:`run`; the demo itself (and its imports) loads only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_arguments", "run", "DEFAULT_TRANSFERS", "DEFAULT_KILL_RATE"]
+
+#: Sized to finish in about a minute on a 2-core machine.
+DEFAULT_TRANSFERS = 100
+DEFAULT_KILL_RATE = 0.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--transfers", type=int, default=DEFAULT_TRANSFERS,
+                        help=f"transfers the client submits (default: {DEFAULT_TRANSFERS})")
+    parser.add_argument("--kill-rate", type=float, default=DEFAULT_KILL_RATE,
+                        help="mean SIGKILLs per second over all processes, 0 for none "
+                             f"(default: {DEFAULT_KILL_RATE})")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the transfers and the chaos (default: random, printed)")
+    parser.add_argument("--db-dir", type=Path, default=None,
+                        help="an empty directory for the databases and logs, kept afterwards "
+                             "(default: a temporary one, removed when the audit passes)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="run every service against a throwaway PostgreSQL cluster "
+                             "(needs the PostgreSQL server binaries)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="give up after this many seconds (default: 600)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; the exit status is 0 iff it finished and the audit passed."""
+    from chttp_examples.escrow import demo
+
+    return demo.run(args)
