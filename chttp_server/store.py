@@ -20,7 +20,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
-from sqlalchemy import Connection, Engine, delete, func, select, text, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    LargeBinary,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -34,6 +45,34 @@ __all__ = ["MessageKey", "StoredMessage", "MessageStore", "utcnow"]
 _PG_LOCK_NOT_AVAILABLE = "55P03"
 
 Headers = list[tuple[str, str]]
+
+
+#: The claim on PostgreSQL, in one round trip: the row's source sets a transaction-local
+#: ``lock_timeout`` before the insert can wait on a concurrent claim of the same key,
+#: and ``RETURNING`` (evaluated only for a row actually inserted, after any wait) puts
+#: it back to the session's value, as ``SET LOCAL lock_timeout TO DEFAULT`` would. On a
+#: conflict nothing is returned and the transaction only reads, then rolls back.
+_PG_CLAIM = text(
+    "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
+    "expires_at) "
+    "SELECT :scope, :message_id, :fingerprint, :state, :received_at, :expires_at "
+    "FROM (SELECT set_config('lock_timeout', :lock_timeout, true)) AS bounded_wait "
+    "ON CONFLICT (scope, message_id) DO NOTHING "
+    "RETURNING set_config('lock_timeout', "
+    "(SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout'), true)"
+)
+
+#: Built once: constructing a statement per request costs more Python than running it.
+_LOOKUP = select(messages).where(
+    messages.c.scope == bindparam("key_scope"), messages.c.message_id == bindparam("key_id")
+)
+_COMPLETE = (
+    update(messages)
+    .where(messages.c.scope == bindparam("key_scope"),
+           messages.c.message_id == bindparam("key_id"))
+    .values(status=bindparam("new_status"), headers=bindparam("new_headers"),
+            body=bindparam("new_body", type_=LargeBinary))
+)
 
 
 def utcnow() -> datetime:
@@ -141,6 +180,8 @@ class MessageStore:
         after :attr:`claim_timeout` seconds (the transaction is then unusable: roll back).
         ``now`` becomes the message's ``received_at``; its expiry follows from the retention.
         """
+        if self._postgresql:
+            return self._claim_postgresql(connection, key, fingerprint, now)
         statement = (
             self._insert(messages)
             .values(
@@ -154,15 +195,33 @@ class MessageStore:
             .on_conflict_do_nothing(index_elements=["scope", "message_id"])
         )
         for _attempt in range(3):
-            if self._postgresql:
-                # Bound only the claim's wait; the application's own statements keep the
-                # session's lock_timeout, restored right after.
-                connection.execute(
-                    text("SELECT set_config('lock_timeout', :ms, true)"),
-                    {"ms": f"{int(self.claim_timeout * 1000)}ms"},
-                )
+            # SQLite: BEGIN IMMEDIATE already serialised us; a conflict is a committed row.
+            inserted = connection.execute(statement).rowcount
+            if inserted == 1:
+                return None
+            existing = self.lookup(connection, key)
+            if existing is not None:
+                return existing
+            # The conflicting row was purged between our insert and our read: claim again.
+        raise MessageInProgress("the message row kept changing under the claim",
+                                message_id=key.message_id, retry_after=1)
+
+    def _claim_postgresql(
+        self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
+    ) -> StoredMessage | None:
+        """:meth:`claim` on PostgreSQL: one statement (see :data:`_PG_CLAIM`)."""
+        params = {
+            "scope": key.scope,
+            "message_id": key.message_id,
+            "fingerprint": fingerprint,
+            "state": STATE_COMPLETED,
+            "received_at": now,
+            "expires_at": now + self.retention,
+            "lock_timeout": f"{int(self.claim_timeout * 1000)}ms",
+        }
+        for _attempt in range(3):
             try:
-                inserted = connection.execute(statement).rowcount
+                inserted = connection.execute(_PG_CLAIM, params).first() is not None
             except sa_exc.OperationalError as exc:
                 if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
                     raise MessageInProgress(
@@ -172,9 +231,7 @@ class MessageStore:
                         retry_after=max(1, round(self.claim_timeout)),
                     ) from exc
                 raise
-            if self._postgresql:
-                connection.execute(text("SET LOCAL lock_timeout TO DEFAULT"))
-            if inserted == 1:
+            if inserted:
                 return None
             existing = self.lookup(connection, key)
             if existing is not None:
@@ -187,19 +244,16 @@ class MessageStore:
         self, connection: Connection, key: MessageKey, status: int, headers: Headers, body: bytes
     ) -> None:
         """Store the response of the message claimed by this transaction."""
-        connection.execute(
-            update(messages)
-            .where(messages.c.scope == key.scope, messages.c.message_id == key.message_id)
-            .values(status=status, headers=json.dumps(headers), body=body)
-        )
+        connection.execute(_COMPLETE, {
+            "key_scope": key.scope, "key_id": key.message_id,
+            "new_status": status, "new_headers": json.dumps(headers), "new_body": body,
+        })
 
     # -- the message resource --------------------------------------------------------
 
     def lookup(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
         row = connection.execute(
-            select(messages).where(
-                messages.c.scope == key.scope, messages.c.message_id == key.message_id
-            )
+            _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
         ).first()
         return _row_to_message(row) if row is not None else None
 
