@@ -17,9 +17,12 @@ SCENARIOS = ("grid", "scale", "purge", "sender")
 def parse_args(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--duration", type=float, default=None,
-                        help="seconds per measured run (default 6; 1 with --quick)")
+                        help="seconds per measured cell, split over the rounds (default 6; 1 with "
+                             "--quick)")
     parser.add_argument("--quick", action="store_true",
                         help="a fast pass: 1 s runs, concurrency 1 and 4, 10k vs 100k rows")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds per cell, reported as the median (default 3)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="client concurrencies (default 1 4 16)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
@@ -37,6 +40,7 @@ def parse_args(argv: list[str] | None) -> Options:
         scale_small=10_000,
         scale_large=100_000 if quick else 1_000_000,
         purge_rows=100_000 if quick else 1_000_000,
+        rounds=1 if quick else max(1, args.rounds),
         workers=args.workers,
         threads=args.threads,
         use_wrk=not args.python_load,

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LoadResult", "LoadSpec", "run_load", "wrk_available", "WRK_INSTALL_HINT", "BODY",
+__all__ = ["LoadResult", "LoadSpec", "run_load", "median_result", "wrk_available", "WRK_INSTALL_HINT", "BODY",
            "PATH"]
 
 PATH = "/items"
@@ -204,3 +204,21 @@ def summarise(latencies_s: list[float], elapsed: float, errors: int, *, tool: st
     return LoadResult(rps=len(ordered) / elapsed if elapsed > 0 else 0.0,
                       p50_ms=percentile(50), p99_ms=percentile(99),
                       requests=len(ordered) + errors, errors=errors, tool=tool)
+
+
+def median_result(results: list[LoadResult]) -> LoadResult:
+    """One cell from interleaved slices: the median of each figure, the sum of the counts."""
+    if len(results) == 1:
+        return results[0]
+    import statistics
+
+    notes = sorted({note for result in results for note in result.notes})
+    return LoadResult(
+        rps=statistics.median(r.rps for r in results),
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=statistics.median(r.p99_ms for r in results),
+        requests=sum(r.requests for r in results),
+        errors=sum(r.errors for r in results),
+        tool=results[0].tool,
+        notes=notes,
+    )

@@ -18,7 +18,7 @@ from typing import Callable
 
 from bench.cluster import BenchDatabase, DatabaseSettings
 from bench.floor import pgbench_floor
-from bench.load import BODY, PATH, LoadResult, LoadSpec, run_load
+from bench.load import BODY, PATH, LoadResult, LoadSpec, median_result, run_load
 from bench.servers import Server
 
 __all__ = ["Options", "Results", "run_all", "TEMPLATE_ID"]
@@ -28,7 +28,8 @@ TEMPLATE_ID = "template-0"
 
 @dataclass(frozen=True)
 class Options:
-    duration: float = 6.0                          # seconds per measured run
+    duration: float = 6.0                          # seconds per measured cell, all rounds
+    rounds: int = 3                                # interleaved rounds per cell (median)
     concurrencies: tuple[int, ...] = (1, 4, 16)
     scale_concurrencies: tuple[int, ...] = (1, 4)
     scale_small: int = 10_000
@@ -50,6 +51,14 @@ class Results:
     purge: dict[str, object] = field(default_factory=dict)
     sender: dict[str, object] = field(default_factory=dict)
     tool: str = ""
+
+
+def short_reason(error: BaseException) -> str:
+    """The first line of ``error`` and the last line of any log it carries."""
+    text = str(error).strip().splitlines()
+    log = getattr(error, "log", "").strip().splitlines()
+    last = next((line for line in reversed(log) if "Error" in line), log[-1] if log else "")
+    return "; ".join(part for part in (text[0] if text else type(error).__name__, last) if part)
 
 
 def progress(message: str) -> None:
@@ -94,7 +103,7 @@ def run_all(options: Options) -> Results:
                 except Exception as exc:
                     if mode != "peer":
                         raise
-                    results.skipped["peer"] = f"peer server failed: {exc}"
+                    results.skipped["peer"] = f"peer server failed: {short_reason(exc)}"
             _warm_up(servers, options)
             status = _post(servers["certified"].address, TEMPLATE_ID)
             if status != 201:
@@ -110,23 +119,37 @@ def run_all(options: Options) -> Results:
         finally:
             for server in servers.values():
                 server.__exit__(None, None, None)
+        results.tool = " + ".join(sorted(_TOOLS))
         if wanted("sender"):
             from bench.sender import run_sender
 
             progress("sender: resumable functions with 10 persist() steps + one certified send")
-            results.sender = run_sender(db, options)
+            try:
+                results.sender = run_sender(db, options)
+            except Exception as exc:  # report the failure, keep the other figures
+                results.sender = {"skipped": f"sender run failed: {type(exc).__name__}: {exc}"}
     return results
 
 
+def _slice(options: Options) -> float:
+    return max(1.0, options.duration / max(1, options.rounds))
+
+
 def _load(options: Options, server: Server, concurrency: int, **spec: object) -> LoadResult:
-    return run_load(LoadSpec(address=server.address, concurrency=concurrency,
-                             duration=options.duration, **spec),  # type: ignore[arg-type]
+    result = run_load(LoadSpec(address=server.address, concurrency=concurrency,
+                             duration=_slice(options), **spec),  # type: ignore[arg-type]
                     use_wrk=options.use_wrk)
+    _TOOLS.add(result.tool)
+    return result
+
+
+#: Which load generators produced the HTTP figures (wrk, or the labelled fallback).
+_TOOLS: set[str] = set()
 
 
 def _warm_up(servers: dict[str, Server], options: Options) -> None:
     """One second of load per server: pools opened, code paths hot, before any figure."""
-    warm = Options(duration=1.0, use_wrk=options.use_wrk)
+    warm = Options(duration=1.0, rounds=1, use_wrk=options.use_wrk)
     for mode, server in servers.items():
         header = "Idempotency-Key" if mode == "peer" else "X-Message-ID"
         _load(warm, server, 4, kind="none" if mode == "bare" else "new", header=header)
@@ -136,7 +159,7 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
           results: Results) -> None:
     runs: list[tuple[str, Callable[[int], LoadResult]]] = [
         ("floor (pgbench)", lambda c: pgbench_floor(port=db.port, database=db.name,
-                                                    concurrency=c, duration=options.duration)),
+                                                    concurrency=c, duration=_slice(options))),
         ("bare", lambda c: _load(options, servers["bare"], c, kind="none")),
         ("certified", lambda c: _load(options, servers["certified"], c, kind="new")),
         ("replay", lambda c: _load(options, servers["certified"], c, kind="replay",
@@ -145,12 +168,18 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
     if "peer" in servers:
         runs.append(("peer (idemkit)", lambda c: _load(options, servers["peer"], c,
                                                        kind="new", header="Idempotency-Key")))
+    # Each cell is measured in `rounds` slices, the scenarios interleaved round by round,
+    # and reported as the median: other load on a shared machine then hits every row of
+    # a concurrency alike instead of whichever happened to run during it.
     for concurrency in options.concurrencies:
-        for name, run in runs:
-            progress(f"{name} at concurrency {concurrency}")
-            results.grid[(name, concurrency)] = run(concurrency)
-            if name != "floor (pgbench)":
-                results.tool = results.tool or results.grid[(name, concurrency)].tool
+        slices: dict[str, list[LoadResult]] = {name: [] for name, _run in runs}
+        for round_number in range(options.rounds):
+            progress(f"concurrency {concurrency}, round {round_number + 1}/{options.rounds}: "
+                     + ", ".join(name for name, _run in runs))
+            for name, run in runs:
+                slices[name].append(run(concurrency))
+        for name, measured in slices.items():
+            results.grid[(name, concurrency)] = median_result(measured)
 
 
 def _scale(db: BenchDatabase, servers: dict[str, Server], options: Options,
@@ -164,10 +193,14 @@ def _scale(db: BenchDatabase, servers: dict[str, Server], options: Options,
         actual = db.message_count()
         for concurrency in options.scale_concurrencies:
             progress(f"scale: claim and replay at {actual:,} rows, concurrency {concurrency}")
-            results.scale[("claim", stored, concurrency)] = _load(
-                options, certified, concurrency, kind="new")
-            results.scale[("replay", stored, concurrency)] = _load(
-                options, certified, concurrency, kind="replay", replay_ids=stored)
+            claims: list[LoadResult] = []
+            replays: list[LoadResult] = []
+            for _round in range(options.rounds):
+                claims.append(_load(options, certified, concurrency, kind="new"))
+                replays.append(_load(options, certified, concurrency, kind="replay",
+                                     replay_ids=stored))
+            results.scale[("claim", stored, concurrency)] = median_result(claims)
+            results.scale[("replay", stored, concurrency)] = median_result(replays)
 
 
 def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
@@ -180,7 +213,8 @@ def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
     db.copy_messages(template_id=TEMPLATE_ID, prefix="x-", start=0, stop=options.purge_rows,
                      expired=True)
     progress("purge: live certified traffic before the purge")
-    before = _load(options, servers["certified"], concurrency, kind="new")
+    window = Options(duration=options.duration, rounds=1, use_wrk=options.use_wrk)
+    before = _load(window, servers["certified"], concurrency, kind="new")
     engine = make_engine(db.url)
     store = MessageStore(engine, retention=timedelta(days=15), claim_timeout=5.0)
     outcome: dict[str, float] = {}
@@ -194,11 +228,11 @@ def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
     thread = threading.Thread(target=purge)
     began = time.monotonic()
     thread.start()
-    during = _load(options, servers["certified"], concurrency, kind="new")
-    window = time.monotonic() - began
+    during = _load(window, servers["certified"], concurrency, kind="new")
+    window_seconds = time.monotonic() - began
     thread.join()
     engine.dispose()
     results.purge = {"before": before, "during": during, "concurrency": concurrency,
                      "deleted": int(outcome.get("deleted", 0)),
                      "purge_seconds": outcome.get("seconds", float("nan")),
-                     "window_seconds": window}
+                     "window_seconds": window_seconds}
