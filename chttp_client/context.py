@@ -87,7 +87,11 @@ class StepRecord:
 
     def describe(self) -> str:
         if self.kind == KIND_SEND:
-            return f"send {self.name} (body sha256 {(self.fingerprint or '')[:12]}…)"
+            preview = ""
+            if self.request is not None and "body" in self.request:
+                body = codec.decode(self.request["body"])
+                preview = f" {body[:80]!r}{'…' if len(body) > 80 else ''}"
+            return f"send {self.name} (body sha256 {(self.fingerprint or '')[:12]}…{preview})"
         return f"persist {self.name}"
 
 
@@ -164,6 +168,7 @@ class ResumableContext:
         self._number = 0
         self._poisoned: NonDeterminismError | None = None
         self._lock = threading.Lock()
+        self._body: bytes | None = None
 
     # -- public API --------------------------------------------------------------------
 
@@ -250,7 +255,8 @@ class ResumableContext:
         full_url = str(built.url)
         name = f"{method} {full_url}"
         digest = fingerprint(method, built.url.path, built.url.query.decode("ascii"), body)
-        number, record = self._next_step(KIND_SEND, name, digest)
+        number, record = self._next_step(KIND_SEND, name, digest, body)
+        self._body = body
         if record is not None and record.state == STEP_DONE:
             return self._replay_send(record)
         if record is None:
@@ -274,7 +280,8 @@ class ResumableContext:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _next_step(self, kind: str, name: str, digest: str | None) -> tuple[int, StepRecord | None]:
+    def _next_step(self, kind: str, name: str, digest: str | None,
+                   body: bytes | None = None) -> tuple[int, StepRecord | None]:
         if self._poisoned is not None:
             raise self._poisoned
         self._number += 1
@@ -283,7 +290,8 @@ class ResumableContext:
             return number, None
         record = self._recorded[number - 1]
         if record.kind != kind or record.name != name or record.fingerprint != digest:
-            got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest).describe()
+            got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest,
+                             request=_body_only(body)).describe()
             self._poisoned = NonDeterminismError(self.oplog_id, number, record.describe(), got)
             raise self._poisoned
         return number, record
@@ -299,7 +307,8 @@ class ResumableContext:
         """Raise :class:`NonDeterminismError` if step ``number`` differs from the reference."""
         if self._script is None:
             return
-        got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest)
+        got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest,
+                         request=_body_only(self._body if kind == KIND_SEND else None))
         if number > len(self._script):
             expected = "no step (the reference run ended here)"
         else:
@@ -427,6 +436,10 @@ class ResumableContext:
         """Write buffered persist records now (the receiver side, before a rollback)."""
         if self._writes.steps:
             self._commit(None, insert=False)
+
+
+def _body_only(body: bytes | None) -> dict[str, Any] | None:
+    return None if body is None else {"body": codec.encode(body)}
 
 
 def _seconds(value: float) -> Any:

@@ -209,8 +209,9 @@ class Journal:
         """Start a new oplog for ``function(*args, **kwargs)`` and run it to the end."""
         self.ensure_schema()
         arguments = codec.dumps({"args": list(args), "kwargs": kwargs})
+        oplog_id = context_options.pop("oplog_id", None) or str(uuid.uuid4())
         context = ResumableContext(
-            self, oplog_id=str(uuid.uuid4()), function=name, version=version,
+            self, oplog_id=oplog_id, function=name, version=version,
             arguments=arguments, owner=self._owner(), **context_options,
         )
         return self._execute(context, function)
