@@ -135,7 +135,7 @@ class ProtocolError(ChttpServerError, webob.exc.WSGIHTTPException):
 
     # webob.Response (a base class) has a ``retry_after`` header property that reads the
     # value back as a datetime; ours stays the delta-seconds integer (RFC 9110 §10.2.3).
-    @property  # type: ignore[override]
+    @property
     def retry_after(self) -> int | None:
         return self._retry_after_seconds
 

@@ -17,7 +17,8 @@ import pytest
 import webob
 import webob.exc
 import webtest
-from sqlalchemy import func, select
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import func, select, text
 
 import chttp_server
 from chttp_client.db import make_engine
@@ -69,9 +70,14 @@ class Conventions(Resource):
             record(req, "unencodable")
             return {"oops": object()}
 
+    class BadSql(Resource):
+        def handle_post(self, req):
+            record(req, "bad-sql")
+            req.chttp.connection.execute(text("SELECT * FROM no_such_table"))
+
     children = {
         "bytes": Bytes(), "text": Text(), "none": Nothing(), "dict": Mapping(),
-        "raised": Raised(), "unencodable": Unencodable(),
+        "raised": Raised(), "unencodable": Unencodable(), "bad-sql": BadSql(),
     }
 
 
@@ -331,6 +337,15 @@ def test_return_value_conventions_store_and_replay(app, engine, child, status, c
 def test_an_unencodable_return_value_is_an_error_and_rolled_back(app, engine):
     with pytest.raises(TypeError, match="JSON cannot encode"):
         app.post("/conventions/unencodable", b"", headers={"X-Message-ID": "bad-json"})
+    assert count_writes(engine) == 0 and stored(engine) == 0
+
+
+def test_the_applications_own_sql_error_is_its_error_not_store_unavailable(app, engine):
+    """A handler's failing statement (SQLite reports a missing table as an
+    OperationalError, like a lost connection) must surface as the application's
+    exception (a 500 from the server), not as 503 "the app was not run"."""
+    with pytest.raises(sa_exc.DBAPIError, match="no_such_table"):
+        app.post("/conventions/bad-sql", b"", headers={"X-Message-ID": "bad-sql"})
     assert count_writes(engine) == 0 and stored(engine) == 0
 
 
