@@ -9,10 +9,12 @@ process anywhere and start it again: ``journal.resume_all()`` replays the submis
 that were answered (same ids, so the escrow answers from its store and creates nothing
 twice) and carries on with the next one.
 
-Starting the stream exactly once is the same problem in miniature. The function's first
-step persists a marker; at start-up we resume first and only then look for the marker,
-so "the oplog exists but the marker does not" cannot be seen by the check: resuming that
-oplog writes the marker.
+Starting the stream exactly once is the same problem in miniature, and the journal
+answers it: at start-up we resume whatever is open, then start the stream only if the
+journal holds no oplog of it at all. An oplog is written with its first send, so "no
+oplog" means nothing ever left this process, and starting afresh is safe. (A marker
+file written through ``persist()`` would not do: a persist record becomes durable only
+with the next send, so a kill in between leaves a marker that no journal backs.)
 
 The transfers are a pure function of ``(seed, ref)`` and need no ``persist``: replaying
 them computes the same bodies. One in eight is meant to fail — a leg larger than all the
@@ -38,6 +40,8 @@ LEDGER_ACCOUNTS = {"A": ("alice", "bob", "carol"), "B": ("dave", "erin", "frank"
 OPENING_BALANCE = 1000
 #: A leg this large can never be gathered: more than all the money of both ledgers.
 IMPOSSIBLE_AMOUNT = 10 * OPENING_BALANCE * sum(len(names) for names in LEDGER_ACCOUNTS.values())
+#: The journal name of the resumable function that submits the stream.
+STREAM = "chttp_examples.escrow.submit_transfers"
 
 
 def make_transfer(seed: int, ref: int) -> dict[str, Any]:
@@ -64,11 +68,6 @@ def demo_retry_policy() -> Any:
     return RetryPolicy(initial_backoff=0.05, max_backoff=1.0, timeout=10.0)
 
 
-def _mark_started(marker: str) -> str:
-    Path(marker).touch()
-    return marker
-
-
 def _wait_for_room(escrow_url: str, window: int) -> None:
     """Backpressure: keep at most ``window`` transfers unfinished (plain GET, not state)."""
     while True:
@@ -85,10 +84,9 @@ def _wait_for_room(escrow_url: str, window: int) -> None:
 def make_stream_function(journal: Any) -> Any:
     from chttp_client import resumable
 
-    @resumable(journal, name="chttp_examples.escrow.submit_transfers")
-    def submit_transfers(escrow_url: str, count: int, seed: int, window: int, marker: str,
+    @resumable(journal, name=STREAM)
+    def submit_transfers(escrow_url: str, count: int, seed: int, window: int,
                          *, chttp_context: Any) -> list[str]:
-        chttp_context.persist(_mark_started, marker)
         accepted = []
         for ref in range(count):
             if not chttp_context.replaying:     # a replayed step sends nothing: no need to wait
@@ -108,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transfers", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--window", type=int, default=8, help="transfers in flight at most")
-    parser.add_argument("--marker", required=True, help="file that says the stream started")
     parser.add_argument("--ready-file", help="touched once the imports are done (for the demo)")
+    parser.add_argument("--attempt-log", help="one line per attempt of each certified send")
     return parser
 
 
@@ -120,13 +118,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chttp_client import Journal
 
     journal = Journal(args.db, retry=demo_retry_policy())
+    if args.attempt_log:
+        from chttp_examples.escrow.serve import log_send_attempts
+
+        log_send_attempts(journal, args.attempt_log)
     if args.ready_file:
         Path(args.ready_file).touch()
     submit_transfers = make_stream_function(journal)
     journal.resume_all()                   # finish a stream a kill cut off …
-    if not Path(args.marker).exists():     # … and start it only if it never started
-        submit_transfers(args.escrow, args.transfers, args.seed, args.window, args.marker)
-    return 0
+    streams = [oplog for oplog in journal.list() if oplog.function == STREAM]
+    if not streams:                        # … or start it, if it never started
+        submit_transfers(args.escrow, args.transfers, args.seed, args.window)
+        return 0
+    unfinished = [oplog for oplog in streams if oplog.state != "done"]
+    for oplog in unfinished:
+        print(f"client: stream oplog {oplog.id} is {oplog.state}", file=sys.stderr)
+    return 1 if unfinished else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

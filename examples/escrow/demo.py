@@ -83,6 +83,23 @@ class Deliveries:
 
 
 @dataclass
+class Attempts:
+    """What one sender's attempt log says: attempts, and the messages they carried."""
+
+    attempts: int = 0
+    messages: int = 0
+
+    @property
+    def retries(self) -> int:
+        return self.attempts - self.messages
+
+    @classmethod
+    def read(cls, path: Path) -> Attempts:
+        ids = path.read_text(encoding="utf-8").split() if path.exists() else []
+        return cls(attempts=len(ids), messages=len(set(ids)))
+
+
+@dataclass
 class DemoReport:
     requested: int
     seed: int
@@ -92,6 +109,7 @@ class DemoReport:
     kills: Counter[str] = field(default_factory=Counter)
     crashes: Counter[str] = field(default_factory=Counter)
     deliveries: dict[str, Deliveries] = field(default_factory=dict)
+    attempts: dict[str, Attempts] = field(default_factory=dict)
     audit: AuditResult = field(default_factory=AuditResult)
     db_dir: Path | None = None
 
@@ -115,14 +133,17 @@ class DemoReport:
         ]
         if self.crashes:
             lines.append("  crashed     " + ", ".join(f"{n} {c}" for n, c in sorted(self.crashes.items())))
+        sent = sum(a.attempts for a in self.attempts.values())
         lines.append(
-            f"  deliveries  {answered} certified requests answered for {messages} messages: "
-            f"{answered - messages} retries, of which {replayed} answered from the store "
-            "(Idempotent-Replayed)"
+            f"  senders     {sent} attempts for {sum(a.messages for a in self.attempts.values())} "
+            f"certified messages: {sum(a.retries for a in self.attempts.values())} retries ("
+            + ", ".join(f"{name} {a.retries}" for name, a in sorted(self.attempts.items())) + ")"
         )
-        for name, d in sorted(self.deliveries.items()):
-            lines.append(f"                {name:<9} {d.answered} answered, {d.messages} messages, "
-                         f"{d.replayed} replayed")
+        lines.append(
+            f"  receivers   {answered} answers for {messages} messages; {replayed} duplicates "
+            "answered from the store (Idempotent-Replayed) instead of running again ("
+            + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items())) + ")"
+        )
         lines.append(
             f"  audit       money before {self.audit.total_before}, after {self.audit.total_after}; "
             f"{self.audit.operations} ledger operations; "
@@ -193,7 +214,8 @@ def run_demo(
     services.append(Service(
         "escrow",
         [python, "-m", f"{module}.serve", "escrow", "--db", databases.escrow,
-         "--port", str(escrow_port), "--access-log", str(directory / "escrow.access")]
+         "--port", str(escrow_port), "--access-log", str(directory / "escrow.access"),
+         "--attempt-log", str(directory / "escrow.attempts")]
         + [arg for name in databases.ledgers
            for arg in ("--ledger", f"{name}=http://127.0.0.1:{ports[name]}")],
         directory / "escrow.log", port=escrow_port))
@@ -201,8 +223,8 @@ def run_demo(
         "client",
         [python, "-m", f"{module}.client", "--db", databases.client, "--escrow", escrow_url,
          "--transfers", str(transfers), "--seed", str(seed), "--window", str(window),
-         "--marker", str(directory / "client.started"),
-         "--ready-file", str(directory / "client.ready")],
+         "--ready-file", str(directory / "client.ready"),
+         "--attempt-log", str(directory / "client.attempts")],
         directory / "client.log", ready_file=directory / "client.ready", restart_until_success=True)
     services.append(client)
 
@@ -243,6 +265,8 @@ def run_demo(
             report.crashes[service.name] = service.failures
     for service in services[:-1]:
         report.deliveries[service.name] = Deliveries.read(directory / f"{service.name}.access")
+    for name in ("escrow", "client"):
+        report.attempts[name] = Attempts.read(directory / f"{name}.attempts")
     report.audit = audit(databases.ledgers, databases.escrow, requested=transfers)
     if keep or not report.ok:
         report.db_dir = directory

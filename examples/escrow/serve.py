@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
-__all__ = ["AccessLog", "main"]
+__all__ = ["AccessLog", "log_send_attempts", "main"]
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -57,6 +57,24 @@ class AccessLog:
         return result
 
 
+def log_send_attempts(journal: Any, path: str) -> None:
+    """Append the message id of every attempt of a certified send to ``path``.
+
+    Uses the journal's event hook; a second line with the same id is a retry — after a
+    timeout, a 5xx, or a crash and ``resume_all()`` (a resumed send keeps its id).
+    """
+    stream = open(path, "a", encoding="utf-8")
+    lock = threading.Lock()
+
+    def hook(event: Any) -> None:
+        if event.point == "send-attempt":
+            with lock:
+                stream.write(f"{event.message_id}\n")
+                stream.flush()
+
+    journal.fault_hook = hook
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chttp_examples.escrow.serve")
     parser.add_argument("service", choices=("ledger", "escrow"))
@@ -65,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ledger", action="append", default=[], metavar="NAME=URL",
                         help="a ledger the escrow may use (escrow only; repeat)")
     parser.add_argument("--access-log", metavar="FILE")
+    parser.add_argument("--attempt-log", metavar="FILE",
+                        help="escrow only: one line per attempt of each certified send")
     parser.add_argument("--threads", type=int, default=8)
     return parser
 
@@ -90,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.access_log:
         app = AccessLog(app, open(args.access_log, "a", encoding="utf-8"))
     if driver is not None:
+        if args.attempt_log:
+            log_send_attempts(driver.journal, args.attempt_log)
         driver.start()
     waitress.serve(app, host="127.0.0.1", port=args.port, threads=args.threads,
                    ident=f"chttp-{args.service}", _quiet=True)
