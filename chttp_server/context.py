@@ -4,6 +4,12 @@ The context carries the message's identity and the one database transaction that
 message record shares with the handler (PROTOCOL.md §2). Whatever the handler writes
 through :attr:`CertifiedContext.connection` or :attr:`CertifiedContext.session` commits
 with the stored response, or not at all.
+
+Side effects outside that transaction go through the context too:
+:meth:`CertifiedContext.persist` and :meth:`CertifiedContext.post` (``get``/``put``/
+``patch``/``delete``) are the sender's resumable steps, journaled outside the handler's
+transaction with ids derived from this message's ``(scope, id)``, so a retried incoming
+message re-sends the same outgoing messages (:mod:`chttp_client.incoming`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class CertifiedContext:
         received_at: datetime,
         expires_at: datetime,
         environ: dict[str, Any],
+        journal: Any = None,
     ) -> None:
         self.message_id = message_id
         self.scope = scope
@@ -46,6 +53,9 @@ class CertifiedContext:
         self._session: Session | None = None
         #: Set by the sender package when a handler makes certified sends of its own.
         self.extensions: dict[str, Any] = {}
+        #: The chttp_client.Journal for outgoing sends (None: chosen on first use).
+        self.journal = journal
+        self._outgoing: Any = None
 
     @property
     def session(self) -> Session:
@@ -64,7 +74,45 @@ class CertifiedContext:
         if self._session is not None:
             self._session.flush()
 
+    # -- the handler as a sender (chttp_client.incoming) --------------------------------
+
+    @property
+    def outgoing(self) -> Any:
+        """The handler's resumable sender, made on first use (imports chttp_client lazily)."""
+        if self._outgoing is None:
+            from chttp_client.incoming import IncomingSends, journal_for_engine
+
+            journal = self.journal or journal_for_engine(self.connection.engine)
+            self._outgoing = IncomingSends(journal, scope=self.scope, message_id=self.message_id)
+        return self._outgoing
+
+    def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Record a value once per incoming message; it survives the handler's rollback."""
+        return self.outgoing.persist(value_or_callable, *args, **kwargs)
+
+    def send(self, method: str, url: str, **options: Any) -> Any:
+        """A certified send whose id derives from this message's ``(scope, id)`` and step."""
+        return self.outgoing.send(method, url, **options)
+
+    def get(self, url: str, **options: Any) -> Any:
+        return self.send("GET", url, **options)
+
+    def post(self, url: str, **options: Any) -> Any:
+        return self.send("POST", url, **options)
+
+    def put(self, url: str, **options: Any) -> Any:
+        return self.send("PUT", url, **options)
+
+    def patch(self, url: str, **options: Any) -> Any:
+        return self.send("PATCH", url, **options)
+
+    def delete(self, url: str, **options: Any) -> Any:
+        return self.send("DELETE", url, **options)
+
     def close(self) -> None:
+        if self._outgoing is not None:
+            outgoing, self._outgoing = self._outgoing, None
+            outgoing.close()
         if self._session is not None:
             self._session.close()
             self._session = None

@@ -140,6 +140,9 @@ class CertifiedMiddleware:
         upgrade_schema: bool = False,
         # The receiver's notion of "now" (UTC); tests move it to reach expiry.
         clock: Callable[[], datetime] = utcnow,
+        # Where handlers' own certified sends are journaled (a chttp_client.Journal);
+        # None: this receiver's database on PostgreSQL (SQLite needs another file).
+        journal: Any = None,
     ) -> None:
         if isinstance(app, CertifiedMiddleware):
             raise ConfigurationError("CertifiedMiddleware is already applied to this application")
@@ -168,6 +171,7 @@ class CertifiedMiddleware:
         self.message_prefix = message_prefix
         self.scope = scope
         self.require_id = require_id
+        self.journal = journal
         self.retry_after = retry_after
         self._upgrade_schema = upgrade_schema
         self._schema_ready = False
@@ -303,6 +307,7 @@ class CertifiedMiddleware:
             received_at=received_at,
             expires_at=received_at + self.store.retention,
             environ=environ,
+            journal=self.journal,
         )
         environ[ENVIRON_KEY] = context
         try:

@@ -1,0 +1,120 @@
+"""Certified sends and ``persist()`` from inside a receiver's handler (``req.chttp``).
+
+A handler runs inside the receiver's transaction, which rolls back on a 5xx, an
+exception or a crash; the sender then retries the *incoming* message and the handler
+runs again. Whatever the handler sent out meanwhile already happened, so its outgoing
+messages must be the same ones again (PROTOCOL.md §2, last paragraph; §5, last bullet):
+
+* the handler's oplog id is derived from the incoming ``(scope, id)``, so a retry finds
+  the oplog of the earlier attempt and *replays* it (same persisted values, same
+  recorded answers, same ids, and a non-determinism error if the handler now asks for
+  something else);
+* outgoing message ids are ``chttp-<digest of (scope, id)>-<step number>``, derived, so
+  even a step whose record was lost would be resent under the same id;
+* the oplog lives in the journal's own transactions, never in the handler's, so it
+  survives the handler's rollback. Buffered ``persist()`` records are written with the
+  next send (as in :mod:`chttp_client.context`) and, at the latest, when the handler's
+  request ends (:meth:`IncomingSends.close`), whether it committed or rolled back.
+
+Where the journal lives: ``CertifiedMiddleware(app, …, journal=Journal(url))``. With no
+journal given, a PostgreSQL receiver journals in its own database (separate
+connections). A SQLite receiver needs a journal on *another* file: its handler's
+transaction holds the file's write lock (``BEGIN IMMEDIATE``) until it ends, so a second
+connection to the same file could not commit the outgoing record before the send.
+
+These oplogs are driven by incoming retries, not by ``resume_all()``, which skips them;
+their pending acknowledgements are still retried by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import Any
+
+import httpx
+from sqlalchemy import Engine
+
+from chttp_client import codec
+from chttp_client.context import ResumableContext, message_digest
+from chttp_client.errors import ChttpClientError, JournalError
+from chttp_client.journal import INCOMING_PREFIX, Journal
+
+__all__ = ["IncomingSends", "derived_message_id", "incoming_oplog_id", "journal_for_engine"]
+
+log = logging.getLogger("chttp_client")
+
+_JOURNALS: weakref.WeakKeyDictionary[Engine, Journal] = weakref.WeakKeyDictionary()
+_JOURNALS_LOCK = threading.Lock()
+
+
+def incoming_oplog_id(scope: str, message_id: str) -> str:
+    return "in-" + message_digest("chttp-incoming", scope, message_id)[:48]
+
+
+def derived_message_id(scope: str, message_id: str, step: int) -> str:
+    """The id of outgoing step ``step`` of the handler of incoming ``(scope, message_id)``."""
+    return f"chttp-{message_digest('chttp-outgoing', scope, message_id)[:32]}-{step}"
+
+
+def journal_for_engine(engine: Engine) -> Journal:
+    """The default journal of a PostgreSQL receiver: its own database, shared per engine."""
+    if engine.dialect.name == "sqlite":
+        raise ChttpClientError(
+            "a handler's certified sends need a journal outside the SQLite message store "
+            "(its file is locked by the handler's transaction): pass "
+            "CertifiedMiddleware(..., journal=Journal('sqlite:///outgoing.db'))"
+        )
+    with _JOURNALS_LOCK:
+        journal = _JOURNALS.get(engine)
+        if journal is None:
+            journal = _JOURNALS[engine] = Journal(engine=engine, upgrade_schema=False)
+        return journal
+
+
+class IncomingSends:
+    """The resumable context of one handler run (see the module docstring)."""
+
+    def __init__(self, journal: Journal, *, scope: str, message_id: str) -> None:
+        journal.ensure_schema()
+        self.journal = journal
+        oplog_id = incoming_oplog_id(scope, message_id)
+        owner = journal._owner()
+        try:
+            info = journal.get(oplog_id)
+        except JournalError:
+            info = None
+        if info is not None:
+            # The receiver's claim on (scope, id) already makes this handler run the only
+            # one for this message, so the earlier attempt's lease is taken over.
+            journal._take_lease(info, owner, force=True)
+        self.context = ResumableContext(
+            journal,
+            oplog_id=oplog_id,
+            function=INCOMING_PREFIX,
+            version=1,
+            arguments=codec.dumps({"args": [], "kwargs": {"scope": scope, "message_id": message_id}}),
+            recorded=info.steps if info is not None else (),
+            stored=info is not None,
+            owner=owner,
+            message_id_for=lambda step: derived_message_id(scope, message_id, step),
+        )
+
+    def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return self.context.persist(value_or_callable, *args, **kwargs)
+
+    def send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        return self.context.send(method, url, **options)
+
+    def close(self) -> None:
+        """Write buffered ``persist()`` records (the request is over, committed or not).
+
+        Best effort: records buffered since the last send were seen by nothing outside
+        this process, so losing them (journal unreachable) is harmless; it must not turn
+        an answer the receiver already committed into an error.
+        """
+        try:
+            self.context._flush_pending()
+        except Exception:  # noqa: BLE001
+            log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)
