@@ -49,12 +49,21 @@ def run_sender(db: BenchDatabase, options: Options) -> dict[str, object]:
 
         # A fresh name per run: the registry of resumable functions is process-wide.
         @resumable(journal, name=f"bench.sender.transfer.{uuid.uuid4().hex[:8]}")
-        def transfer(amount: int, *, chttp_context: Any) -> int:
+        def transfer(amount: int, steps: int = PERSIST_STEPS, sends: int = 1, *,
+                     chttp_context: Any) -> int:
             total = 0
-            for step in range(PERSIST_STEPS):
+            for step in range(steps):
                 total += chttp_context.persist(amount + step)
-            response = chttp_context.post(url, json={"amount": total})
-            return int(response.status_code)
+            status = 0
+            for _send in range(sends):
+                status = chttp_context.post(url, json={"amount": total}).status_code
+            return int(status)
+
+        def engine_commits_per_function(steps: int, sends: int, count: int) -> float:
+            commits["journal"] = 0
+            for n in range(count):
+                transfer(n, steps, sends)
+            return commits["journal"] / count
 
         try:
             transfer(0)  # schema, pools and code paths warm before the clock starts
@@ -72,16 +81,29 @@ def run_sender(db: BenchDatabase, options: Options) -> dict[str, object]:
             journal.wait_for_acknowledgements()
             time.sleep(0.7)  # pg_stat_database is updated by backends at most every 500 ms
             functions = options.sender_functions
+            engine_commits_with_acks = commits["journal"]
+            after_journal = _xact_commits(db, journal_db)
+            after_receiver = _xact_commits(db, db.name)
+            # The marginal cost of one more persist() step and one more send, in commits.
+            variants = max(5, functions // 10)
+            base = engine_commits_per_function(0, 1, variants)
+            per_persist = (engine_commits_per_function(PERSIST_STEPS, 1, variants) - base) \
+                / PERSIST_STEPS
+            per_send = engine_commits_per_function(0, 2, variants) - base
+            journal.wait_for_acknowledgements()
             return {
+                "commits_per_extra_persist": per_persist,
+                "commits_per_extra_send": per_send,
+                "commits_0_persist_1_send": base,
                 "functions": functions,
                 "functions_per_s": functions / elapsed,
                 "statuses": statuses,
                 "journal_commits_per_send": engine_commits_at_return / functions,
-                "journal_commits_per_function_with_acks": commits["journal"] / functions,
+                "journal_commits_per_function_with_acks": engine_commits_with_acks / functions,
                 "journal_xact_commits_per_function":
-                    (_xact_commits(db, journal_db) - before_journal) / functions,
+                    (after_journal - before_journal) / functions,
                 "receiver_xact_commits_per_function":
-                    (_xact_commits(db, db.name) - before_receiver) / functions,
+                    (after_receiver - before_receiver) / functions,
             }
         finally:
             journal.close()
