@@ -365,8 +365,11 @@ def make_app(
     engine: Engine | None = None,
     # Transfers driven at once.
     workers: int = 4,
-    # How the driver's sends retry (chttp_client.sending.RetryPolicy); None: the default.
+    # How the driver's sends retry (chttp_client.RetryPolicy); None: the default.
     retry_policy: Any = None,
+    # The driver's journal; None: one in the escrow's own database (tests pass one whose
+    # HTTP goes through httpx.WSGITransport).
+    journal: Any = None,
 ) -> tuple[CertifiedMiddleware, Driver]:
     """The escrow's WSGI application and its (not yet started) driver."""
     from chttp_client import Journal
@@ -374,7 +377,8 @@ def make_app(
     engine = engine or make_engine(db_url)
     metadata.create_all(engine)
     store = TransferStore(engine)
-    journal = Journal(db_url) if retry_policy is None else Journal(db_url, retry=retry_policy)
+    if journal is None:
+        journal = Journal(db_url) if retry_policy is None else Journal(db_url, retry=retry_policy)
     driver = Driver(journal, store, escrow_url, ledgers, workers=workers)
     app = CertifiedMiddleware(
         EscrowRoot(store, ledgers, driver.wake), engine=engine, upgrade_schema=True,

@@ -21,7 +21,7 @@ from chttp_examples.escrow.demo import Databases, postgres_databases, run_demo
 pytestmark = pytest.mark.slow
 
 SEED = 4242
-TRANSFERS = 12
+TRANSFERS = 10
 
 
 def _meant_to_fail(seed: int, count: int) -> int:
