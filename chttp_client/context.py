@@ -29,10 +29,9 @@ the DELETE is repeated by a later ``resume_all()`` (it is idempotent, PROTOCOL.m
 from __future__ import annotations
 
 import hashlib
-import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from urllib.parse import urljoin
 
@@ -167,7 +166,6 @@ class ResumableContext:
         self._writes = _Writes()
         self._number = 0
         self._poisoned: NonDeterminismError | None = None
-        self._lock = threading.Lock()
         self._body: bytes | None = None
 
     # -- public API --------------------------------------------------------------------
@@ -213,7 +211,7 @@ class ResumableContext:
 
     def now(self) -> datetime:
         """The current UTC time, persisted (``persist(utcnow)``)."""
-        return self.persist(_utcnow)  # type: ignore[no-any-return]
+        return self.persist(_utcnow)
 
     def get(self, url: str, **options: Any) -> httpx.Response:
         return self.send("GET", url, **options)
@@ -347,7 +345,7 @@ class ResumableContext:
             (HEADER_FIRST_SENT, format_http_date(first_sent)),
         ]
         policy = journal.retry
-        limit = policy.deadline if deadline is None else _seconds(deadline)
+        limit = policy.deadline if deadline is None else timedelta(seconds=deadline)
 
         def build() -> httpx.Request:
             return journal.http_client.build_request(
@@ -440,12 +438,6 @@ class ResumableContext:
 
 def _body_only(body: bytes | None) -> dict[str, Any] | None:
     return None if body is None else {"body": codec.encode(body)}
-
-
-def _seconds(value: float) -> Any:
-    from datetime import timedelta
-
-    return timedelta(seconds=value)
 
 
 def message_digest(*parts: str) -> str:

@@ -23,6 +23,7 @@ once, not after the lease time). Every commit of a run renews the lease and fail
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import queue
@@ -267,7 +268,7 @@ class Journal:
             self._release_lease(oplog_id, owner)
             raise
 
-    def resume_all(self) -> list[ResumeOutcome]:
+    def resume_all(self) -> builtins.list[ResumeOutcome]:
         """Resume every open oplog this process can lease, and retry pending acknowledgements.
 
         Never raises for one oplog's trouble: each gets a :class:`ResumeOutcome`.
@@ -300,11 +301,11 @@ class Journal:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def list_open(self) -> list[OplogInfo]:
+    def list_open(self) -> builtins.list[OplogInfo]:
         """Open oplogs, oldest first (without their steps)."""
         return self.list(state=OPLOG_OPEN)
 
-    def list(self, *, state: str | None = None, limit: int | None = None) -> list[OplogInfo]:
+    def list(self, *, state: str | None = None, limit: int | None = None) -> builtins.list[OplogInfo]:
         self.ensure_schema()
         query = select(oplogs).order_by(oplogs.c.created_at, oplogs.c.id)
         if state is not None:
@@ -392,7 +393,7 @@ class Journal:
         if renewed != 1:
             raise OplogBusyError(context.oplog_id, "another process (our lease was taken over)")
 
-    def _commit_steps(self, context: ResumableContext, pending: list[StepRecord],
+    def _commit_steps(self, context: ResumableContext, pending: builtins.list[StepRecord],
                       record: StepRecord | None, *, insert: bool) -> None:
         now = self.clock()
         with self.engine.begin() as connection:
@@ -412,7 +413,7 @@ class Journal:
                 )
             self._write_acks(connection)
 
-    def _finish(self, context: ResumableContext, pending: list[StepRecord], state: str,
+    def _finish(self, context: ResumableContext, pending: builtins.list[StepRecord], state: str,
                 result: dict[str, Any]) -> None:
         import json
 

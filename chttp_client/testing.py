@@ -151,7 +151,7 @@ def _check(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: dict[
     _run(journal, function, args, kwargs, oplog_id=reference_id)
     reference = list(journal.get(reference_id).steps)
     report = CrashResumeReport(reference, _outcome(journal, reference_id))
-    reference_ids = {s.message_id for s in reference if s.message_id}
+    reference_ids = {s.message_id for s in reference if s.message_id is not None}
 
     for step in reference:
         points = ["before-step"]
@@ -167,7 +167,7 @@ def _check(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: dict[
 
 
 def _crash_case(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-                reference: list[StepRecord], reference_ids: set[str | None],
+                reference: list[StepRecord], reference_ids: set[str],
                 reference_outcome: dict[str, Any], number: int, point: str) -> CrashCase:
     case = CrashCase(number, point)
     attempted: list[str | None] = []

@@ -1,0 +1,117 @@
+"""Records (codec), exceptions, the public API and the journal's schema vs its migration."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import uuid
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+import chttp_client
+from chttp_client import codec
+from chttp_client.db import make_engine
+from chttp_client.errors import DeadlineExceeded, MessageGone, NonDeterminismError, UnknownFunctionError
+from chttp_server import migrate
+from chttp_server.schema import metadata
+from tests.server.live import REPO_ROOT
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param(None, id="none"),
+    pytest.param([1, 2.5, "x", True], id="list"),
+    pytest.param(b"\x00\xffbytes", id="bytes"),
+    pytest.param(datetime(2026, 11, 28, 1, 2, 3, 456, tzinfo=timezone(timedelta(hours=2))), id="datetime"),
+    pytest.param(datetime(2026, 11, 28, 1, 2, 3), id="naive-datetime"),
+    pytest.param(date(2026, 11, 28), id="date"),
+    pytest.param(time(12, 30), id="time"),
+    pytest.param(uuid.UUID("12345678-1234-5678-1234-567812345678"), id="uuid"),
+    pytest.param(Decimal("10.10"), id="decimal"),
+    pytest.param((1, (b"a", Decimal("1"))), id="nested-tuple"),
+    pytest.param({"$bytes": "not a tag"}, id="dollar-key-dict"),
+    pytest.param({"a": {"b": [uuid.UUID(int=1)]}}, id="nested-dict"),
+])
+def test_codec_roundtrips(value):
+    back = codec.loads(codec.dumps(value))
+    assert back == value and type(back) is type(value)
+
+
+@pytest.mark.parametrize("value", [pytest.param(object(), id="object"), pytest.param({1: "x"}, id="int-key"),
+                                   pytest.param({1, 2}, id="set")])
+def test_codec_refuses_what_it_cannot_replay(value):
+    with pytest.raises(TypeError):
+        codec.dumps(value)
+
+
+def test_exceptions_rebuild_from_type_and_args():
+    rebuilt = codec.rebuild_exception(codec.exception_record(KeyError("k")))
+    assert type(rebuilt) is KeyError and rebuilt.args == ("k",)
+    deadline = DeadlineExceeded("id-1", "POST", "http://x/", "too late")
+    again = codec.rebuild_exception(codec.exception_record(deadline))
+    assert type(again) is DeadlineExceeded and again.message_id == "id-1" and str(again) == str(deadline)
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param(NonDeterminismError("o", 3, "send A", "send B"), id="non-determinism"),
+    pytest.param(UnknownFunctionError("o", "f", 1, [2]), id="unknown-function"),
+    pytest.param(MessageGone("id", "POST", "http://x/", "410 message-acknowledged", "message-acknowledged"),
+                 id="message-gone"),
+])
+def test_exceptions_pickle_with_their_attributes(error):
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is type(error) and str(again) == str(error) and again.args == error.args
+
+
+def test_public_api_is_pinned():
+    assert chttp_client.__all__ == [
+        "resumable", "Journal", "RetryPolicy", "ResumableContext", "StepEvent", "StepRecord",
+        "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError", "JournalError",
+        "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "SendError",
+        "DeadlineExceeded", "ProtocolAnswerError", "MessageRejected", "MessageGone",
+        "MessageTooOld", "MessageIdReused", "ResponseTooLarge",
+    ]
+    for name in chttp_client.__all__:
+        assert getattr(chttp_client, name) is not None
+
+
+def test_the_sender_imports_no_webob():
+    code = ("import sys, chttp_client, chttp_client.testing, chttp_client.cli, chttp_client.incoming; "
+            "print(sorted(m for m in sys.modules if m.startswith(('webob', 'chttp_server'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_journal_tables_match_their_migration(db_url):
+    migrate.upgrade(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={
+                "include_object": migrate.include_object, "compare_type": True,
+                "version_table": migrate.VERSION_TABLE})
+            diff = compare_metadata(context, metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+    assert migrate.current_revision(db_url) == "0002_oplogs" or migrate.head_revision() != "0002_oplogs"
+
+
+def test_journal_without_upgrade_refuses_a_missing_schema(sqlite_url):
+    from chttp_client import Journal, resumable
+    from chttp_server.errors import SchemaOutOfDateError
+
+    journal = Journal(sqlite_url, upgrade_schema=False)
+
+    @resumable(journal)
+    def f(*, chttp_context):
+        return 1
+
+    with pytest.raises(SchemaOutOfDateError):
+        f()
+    journal.close()
