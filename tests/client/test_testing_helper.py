@@ -93,3 +93,24 @@ def test_protocol_errors_are_outcomes_too(journal):
         return "fine"
 
     assert check_crash_resume(f).outcome == {"value": "fine"}
+
+
+def test_works_against_a_live_server(db_url, tmp_path):
+    from chttp_client import Journal
+    from tests.client.receiver import make_receiver
+    from tests.server.live import serve_in_thread
+
+    front = make_receiver(f"sqlite:///{tmp_path / 'live-receiver.db'}")
+    try:
+        with serve_in_thread(front) as base, Journal(db_url) as journal:
+            @resumable(journal)
+            def start_transferring_foo(escrow_url, amount, *, chttp_context):
+                local = chttp_context.persist(secrets.randbelow, 10**6)
+                response = chttp_context.post(escrow_url, json={"amount": amount})
+                return local + response.json()["random number"]
+
+            report = check_crash_resume(start_transferring_foo, f"{base}/escrow", 7)
+            assert len(report.cases) == 6 and report.failures == []
+        assert count_runs(front.engine) == 1
+    finally:
+        front.engine.dispose()
