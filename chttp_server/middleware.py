@@ -323,8 +323,9 @@ class CertifiedMiddleware:
                 # its error, rolled back by the caller; not "the store is unreachable".
                 raise
             with self._store_errors(key):
-                if response.status_code >= 500:
-                    # "Stored iff committed": a 5xx leaves the key free for a fresh retry.
+                if _means_try_again(response.status_code):
+                    # "Stored iff committed": a 5xx (or 429) leaves the key free for a
+                    # fresh retry.
                     connection.rollback()
                     start_response(response.status, response.headers)
                     return [response.body]
@@ -432,6 +433,16 @@ class CertifiedMiddleware:
             start_response("204 No Content", [])
             return []
         return self._replay(environ, start_response, message)
+
+
+def _means_try_again(status: int) -> bool:
+    """True for answers that tell the sender to come back later, which are never stored.
+
+    A 5xx is PROTOCOL.md §2's rule. 429 (RFC 6585 §4) is a 4xx but says "not now", and
+    the sender retries it (§5): stored, it would be replayed to every retry until the
+    sender's deadline, so it rolls back like a 5xx.
+    """
+    return status >= 500 or status == 429
 
 
 def _status_line(status: int) -> str:

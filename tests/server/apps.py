@@ -83,6 +83,14 @@ class Fail(Resource):
         return webob.Response(status=503, body=b"try later")
 
 
+class Throttle(Resource):
+    """429 says "not now": like a 5xx it must not be stored, or every retry would get it."""
+
+    def handle_post(self, req):
+        record(req, "throttle")
+        return webob.Response(status=429, headers=[("Retry-After", "1")], body=b"slow down")
+
+
 class Boom(Resource):
     def handle_post(self, req):
         record(req, "boom")
@@ -129,6 +137,7 @@ class Root(Resource):
         "binary": Binary(),
         "refuse": Refuse(),
         "fail": Fail(),
+        "throttle": Throttle(),
         "boom": Boom(),
         "large": Large(),
         "slow": Slow(),

@@ -220,6 +220,15 @@ def test_5xx_rolls_back_and_leaves_the_key_free(app, engine):
     assert count_writes(engine) == 1
 
 
+def test_429_rolls_back_and_leaves_the_key_free(app, engine):
+    response = post(app, "/throttle", "t-429")
+    assert response.status_int == 429
+    assert "X-Message-URL" not in response.headers
+    assert count_writes(engine) == 0
+    assert post(app, "/echo", "t-429").status_int == 201
+    assert count_writes(engine) == 1
+
+
 def test_exception_rolls_back_and_leaves_the_key_free(app, engine):
     with pytest.raises(RuntimeError, match="handler exploded"):
         post(app, "/boom", "x-1")
