@@ -47,8 +47,10 @@ STREAM = "chttp_examples.escrow.submit_transfers"
 def make_transfer(seed: int, ref: int) -> dict[str, Any]:
     """Transfer ``ref`` of the stream: one contributor and one recipient on each ledger."""
     rng = random.Random(f"{seed}/{ref}")
-    gather = [{"ledger": name, "account": rng.choice(accounts), "amount": rng.randint(1, 400)}
-              for name, accounts in LEDGER_ACCOUNTS.items()]
+    gather: list[dict[str, Any]] = [
+        {"ledger": name, "account": rng.choice(accounts), "amount": rng.randint(1, 400)}
+        for name, accounts in LEDGER_ACCOUNTS.items()
+    ]
     rng.shuffle(gather)                      # refusals then happen before and after a gather
     if rng.random() < 1 / 8:
         rng.choice(gather)["amount"] = IMPOSSIBLE_AMOUNT

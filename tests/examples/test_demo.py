@@ -16,7 +16,7 @@ import pytest
 
 from chttp_client.db import make_engine
 from chttp_examples.escrow.client import IMPOSSIBLE_AMOUNT, make_transfer
-from chttp_examples.escrow.demo import Databases, postgres_databases, run_demo
+from chttp_examples.escrow.demo import postgres_databases, run_demo
 
 pytestmark = pytest.mark.slow
 
