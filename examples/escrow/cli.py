@@ -13,7 +13,7 @@ __all__ = ["add_arguments", "run", "DEFAULT_TRANSFERS", "DEFAULT_KILL_RATE"]
 
 #: Sized to finish in about a minute on a 2-core machine.
 DEFAULT_TRANSFERS = 100
-DEFAULT_KILL_RATE = 0.5
+DEFAULT_KILL_RATE = 1.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

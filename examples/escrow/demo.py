@@ -128,8 +128,9 @@ class DemoReport:
             f"  transfers   requested {self.requested}, accepted {self.audit.transfers}, "
             f"completed {states.get('completed', 0)}, refunded {states.get('refunded', 0)}"
             + ("" if self.finished else "  (NOT FINISHED)"),
-            f"  killed      {sum(self.kills.values())} processes (SIGKILL): "
-            + ", ".join(f"{name} {n}" for name, n in sorted(self.kills.items())),
+            f"  killed      {sum(self.kills.values())} processes (SIGKILL)"
+            + "".join(": " + ", ".join(f"{name} {n}" for name, n in sorted(self.kills.items()))
+                      for _ in [0] if self.kills),
         ]
         if self.crashes:
             lines.append("  crashed     " + ", ".join(f"{n} {c}" for n, c in sorted(self.crashes.items())))
@@ -139,16 +140,17 @@ class DemoReport:
             f"certified messages: {sum(a.retries for a in self.attempts.values())} retries ("
             + ", ".join(f"{name} {a.retries}" for name, a in sorted(self.attempts.items())) + ")"
         )
+        indent = " " * 14
         lines.append(
             f"  receivers   {answered} answers for {messages} messages; {replayed} duplicates "
-            "answered from the store (Idempotent-Replayed) instead of running again ("
+            f"answered from the store\n{indent}(Idempotent-Replayed) instead of running again ("
             + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items())) + ")"
         )
         lines.append(
             f"  audit       money before {self.audit.total_before}, after {self.audit.total_after}; "
             f"{self.audit.operations} ledger operations; "
-            + ("PASSED: every transfer applied exactly once on every ledger, no account negative"
-               if self.audit.ok else f"FAILED ({len(self.audit.failures)} problems)")
+            + (f"PASSED: every\n{indent}transfer applied exactly once on every ledger, no account "
+               "negative" if self.audit.ok else f"FAILED ({len(self.audit.failures)} problems)")
         )
         lines += [f"    ! {failure}" for failure in self.audit.failures[:20]]
         if self.db_dir is not None:
