@@ -122,6 +122,7 @@ class DemoReport:
         answered = sum(d.answered for d in self.deliveries.values())
         replayed = sum(d.replayed for d in self.deliveries.values())
         messages = sum(d.messages for d in self.deliveries.values())
+        killed = ", ".join(f"{name} {n}" for name, n in sorted(self.kills.items()))
         lines = [
             "",
             f"escrow demo — seed {self.seed}, kill rate {self.kill_rate}/s, {self.elapsed:.1f}s",
@@ -129,8 +130,7 @@ class DemoReport:
             f"completed {states.get('completed', 0)}, refunded {states.get('refunded', 0)}"
             + ("" if self.finished else "  (NOT FINISHED)"),
             f"  killed      {sum(self.kills.values())} processes (SIGKILL)"
-            + "".join(": " + ", ".join(f"{name} {n}" for name, n in sorted(self.kills.items()))
-                      for _ in [0] if self.kills),
+            + (f": {killed}" if killed else ""),
         ]
         if self.crashes:
             lines.append("  crashed     " + ", ".join(f"{n} {c}" for n, c in sorted(self.crashes.items())))
