@@ -5,6 +5,7 @@
     chttp-client resume --db URL --import myapp.transfers   finish every open oplog
     chttp-client list   --db URL [--all]                    open (or all) oplogs
     chttp-client show   --db URL OPLOG_ID                   one oplog and its steps
+    chttp-client purge  --db URL --older-than-days N        delete old finished oplogs
 
 ``resume`` needs the code of the functions: ``--import`` (repeatable) imports the modules
 whose ``@resumable`` decorators register them. The functions run with this command's
@@ -12,6 +13,9 @@ journal (a default HTTP client); an application that configures its own client (
 certificates) should call ``journal.resume_all()`` at start-up instead.
 Exit status of ``resume``: 0 if every oplog finished (done or failed), 1 if any was
 refused (unknown version, non-determinism) and left open for a human.
+``purge`` keeps receiver handlers' oplogs and unacknowledged answers for
+``--horizon-days`` (default 15, the receiver's default retention; see
+:mod:`chttp_client.retention`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,10 @@ import argparse
 import importlib
 import json
 import sys
+from datetime import timedelta
 from typing import Sequence
+
+from chttp_client.retention import RECEIVER_RETENTION
 
 __all__ = ["main", "build_parser"]
 
@@ -35,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--all", action="store_true", help="finished oplogs too")
     show = commands.add_parser("show", help="show one oplog with its steps")
     show.add_argument("oplog_id")
-    for sub in (resume, listing, show):
+    purge = commands.add_parser("purge", help="delete finished oplogs older than N days")
+    purge.add_argument("--older-than-days", type=float, required=True, metavar="N",
+                       help="delete finished oplogs completed more than N days ago")
+    purge.add_argument("--horizon-days", type=float, default=RECEIVER_RETENTION.days, metavar="D",
+                       help="keep handler oplogs and unacknowledged answers this long "
+                            "(default: %(default)s, the receiver's default retention)")
+    purge.add_argument("--batch-size", type=int, default=1000, metavar="K",
+                       help="oplogs deleted per transaction (default: %(default)s)")
+    for sub in (resume, listing, show, purge):
         sub.add_argument("--db", required=True, metavar="URL", help="journal database URL")
     return parser
 
@@ -57,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{outcome.status}  {detail}")
             print(f"{len(outcomes)} oplog(s) resumed")
             return 1 if any(o.status == "refused" for o in outcomes) else 0
+        if args.command == "purge":
+            deleted = journal.purge(older_than=timedelta(days=args.older_than_days),
+                                    horizon=timedelta(days=args.horizon_days),
+                                    batch_size=args.batch_size)
+            print(f"{deleted} oplog(s) purged")
+            return 0
         if args.command == "list":
             infos = journal.list() if args.all else journal.list_open()
             for info in infos:

@@ -39,7 +39,7 @@ import httpx
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 from sqlalchemy.engine import URL
 
-from chttp_client import codec
+from chttp_client import codec, retention
 from chttp_client.context import ResumableContext, StepRecord
 from chttp_client.db import make_engine
 from chttp_client.errors import JournalError, NonDeterminismError, OplogBusyError, UnknownFunctionError
@@ -53,6 +53,7 @@ from chttp_client.schema import (
     oplogs,
 )
 from chttp_client.sending import RetryPolicy, utcnow
+from chttp_client.retention import RECEIVER_RETENTION
 
 __all__ = ["Journal", "OplogInfo", "ResumeOutcome", "register", "registered_versions", "INCOMING_PREFIX"]
 
@@ -292,6 +293,23 @@ class Journal:
                 outcomes.append(ResumeOutcome(info.id, info.function, info.version, "done", value=value))
         return outcomes
 
+    def purge(self, *, older_than: timedelta, horizon: timedelta = RECEIVER_RETENTION,
+              batch_size: int = 1000, max_batches: int | None = None) -> int:
+        """Delete finished oplogs (and their steps) whose completion is older than ``older_than``.
+
+        Never an open oplog, except a receiver handler's (``in-…``): those are never
+        marked done and go once their last activity is older than ``horizon`` (default
+        15 days, the receiver's default retention): once the receiver has forgotten the
+        incoming message, its retry can no longer be replayed anyway (PROTOCOL.md §4:
+        senders stop retrying well before that). A finished oplog whose answered send
+        still waits for its acknowledgement is kept until ``horizon`` too. Runs in
+        batches of ``batch_size``, each its own short transaction (PostgreSQL: ``FOR
+        UPDATE SKIP LOCKED``); returns how many oplogs were deleted. Details:
+        :mod:`chttp_client.retention`.
+        """
+        return retention.purge(self, older_than=older_than, horizon=horizon,
+                               batch_size=batch_size, max_batches=max_batches)
+
     @staticmethod
     def _recorded_result(info: OplogInfo) -> Any:
         result = info.result or {}
@@ -382,13 +400,13 @@ class Journal:
             connection.execute(insert(oplogs).values(
                 id=context.oplog_id, function=context.function, version=context.version,
                 arguments=context._arguments, state=OPLOG_OPEN, lease_owner=context._owner,
-                lease_expires_at=now + self.lease, created_at=now,
+                lease_expires_at=now + self.lease, created_at=now, updated_at=now,
             ))
             return
         renewed = connection.execute(
             update(oplogs)
             .where(oplogs.c.id == context.oplog_id, oplogs.c.lease_owner == context._owner)
-            .values(lease_expires_at=now + self.lease)
+            .values(lease_expires_at=now + self.lease, updated_at=now)
         ).rowcount
         if renewed != 1:
             raise OplogBusyError(context.oplog_id, "another process (our lease was taken over)")
@@ -427,7 +445,7 @@ class Journal:
                 ])
             connection.execute(
                 update(oplogs).where(oplogs.c.id == context.oplog_id).values(
-                    state=state, result=json.dumps(result), finished_at=now,
+                    state=state, result=json.dumps(result), finished_at=now, updated_at=now,
                     lease_owner=None, lease_expires_at=None,
                 )
             )
@@ -461,7 +479,7 @@ class Journal:
             taken = connection.execute(
                 update(oplogs)
                 .where(oplogs.c.id == info.id, oplogs.c.state == OPLOG_OPEN, condition)
-                .values(lease_owner=owner, lease_expires_at=now + self.lease)
+                .values(lease_owner=owner, lease_expires_at=now + self.lease, updated_at=now)
             ).rowcount
         if taken != 1:
             raise OplogBusyError(info.id, "a concurrent resumer")

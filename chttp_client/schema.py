@@ -82,9 +82,13 @@ oplogs = Table(
     Column("lease_expires_at", DateTime(timezone=True), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    # Last write of the oplog (its completion once finished); Journal.purge selects by it.
+    # Nullable only because migration 0003 added it; the code always sets it.
+    Column("updated_at", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("id"),
     CheckConstraint("state IN ('open', 'done', 'failed')", name="state"),
     Index("ix_chttp_oplogs_state", "state"),
+    Index("ix_chttp_oplogs_updated_at", "updated_at"),
 )
 
 oplog_steps = Table(

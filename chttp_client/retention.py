@@ -1,0 +1,114 @@
+"""Journal retention: removing oplogs nobody can need any more, in bounded batches.
+
+A finished oplog (``done``/``failed``) is only kept so that :meth:`Journal.resume` can
+return its recorded result and ``chttp-client show`` can explain it; nothing replays it.
+A receiver handler's oplog (:mod:`chttp_client.incoming`, ids ``in-…``) is never marked
+done: it is replayed by a *retry of its incoming message*, and no such retry can arrive
+once the receiver has forgotten that message: PROTOCOL.md §4 has senders stop retrying
+(default after 1 day) well before the receiver's retention (default 15 days), and an
+older retry is refused with 412 ``message-too-old``. So:
+
+* a finished oplog goes once its completion is older than ``older_than``, unless one of
+  its answered sends still waits for its acknowledgement (``DELETE`` on
+  ``X-Message-URL``, retried by ``resume_all()``); then it stays until ``horizon``,
+  when the receiver has forgotten the message and the DELETE would only meet a 404;
+* a handler oplog goes once its *last activity* is older than ``horizon`` (default: the
+  receiver's default retention, 15 days; pass the receiver's own ``retention`` if it
+  differs), and never while a live run holds its lease;
+* an ordinary open oplog is never removed: it is unfinished work for ``resume_all()``.
+
+Nothing younger than ``older_than`` is ever removed (the incoming and acknowledgement
+horizons are ``max(older_than, horizon)``). Ages are measured on
+``chttp_oplogs.updated_at`` (migration 0003), indexed.
+
+Each batch is its own short transaction: pick up to ``batch_size`` ids (on PostgreSQL
+with ``FOR UPDATE SKIP LOCKED``, so the purge never waits for nor blocks a run that holds
+a row), delete their steps, then the oplogs. SQLite's ``BEGIN IMMEDIATE`` serialises it
+with every other writer instead.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import and_, delete, exists, not_, or_, select
+
+from chttp_client.schema import (
+    KIND_SEND,
+    OPLOG_DONE,
+    OPLOG_FAILED,
+    STEP_DONE,
+    oplog_steps,
+    oplogs,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chttp_client.journal import Journal
+
+__all__ = ["RECEIVER_RETENTION", "purge"]
+
+#: The receiver's default retention (PROTOCOL.md §4): a message is remembered this long.
+RECEIVER_RETENTION = timedelta(days=15)
+
+
+def purge(
+    journal: Journal,
+    *,
+    older_than: timedelta,
+    # Handler oplogs and unacknowledged answers: kept this long after their last activity.
+    horizon: timedelta = RECEIVER_RETENTION,
+    # Oplogs deleted per transaction.
+    batch_size: int = 1000,
+    # Stop after this many batches (None: until nothing is left to purge).
+    max_batches: int | None = None,
+) -> int:
+    """Delete purgeable oplogs and their steps (see the module docstring); return how many."""
+    from chttp_client.journal import INCOMING_PREFIX
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if older_than < timedelta(0) or horizon < timedelta(0):
+        raise ValueError("older_than and horizon must not be negative")
+    journal.ensure_schema()
+    now = journal.clock()
+    cutoff = now - older_than
+    long_cutoff = now - max(older_than, horizon)
+    pending_ack = exists().where(
+        oplog_steps.c.oplog_id == oplogs.c.id,
+        oplog_steps.c.kind == KIND_SEND,
+        oplog_steps.c.state == STEP_DONE,
+        oplog_steps.c.message_url.is_not(None),
+        oplog_steps.c.acknowledged_at.is_(None),
+    )
+    finished = and_(
+        oplogs.c.function != INCOMING_PREFIX,
+        oplogs.c.state.in_((OPLOG_DONE, OPLOG_FAILED)),
+        or_(oplogs.c.updated_at < long_cutoff, not_(pending_ack)),
+    )
+    incoming = and_(
+        oplogs.c.function == INCOMING_PREFIX,
+        oplogs.c.updated_at < long_cutoff,
+        or_(oplogs.c.lease_expires_at.is_(None), oplogs.c.lease_expires_at <= now),
+    )
+    victims = (
+        select(oplogs.c.id)
+        .where(oplogs.c.updated_at < cutoff, or_(finished, incoming))
+        .order_by(oplogs.c.updated_at)
+        .limit(batch_size)
+    )
+    if journal.engine.dialect.name == "postgresql":
+        victims = victims.with_for_update(skip_locked=True, of=oplogs)
+    total = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        with journal.engine.begin() as connection:
+            ids = list(connection.execute(victims).scalars())
+            if ids:
+                connection.execute(delete(oplog_steps).where(oplog_steps.c.oplog_id.in_(ids)))
+                connection.execute(delete(oplogs).where(oplogs.c.id.in_(ids)))
+        total += len(ids)
+        batches += 1
+        if len(ids) < batch_size:
+            break
+    return total
