@@ -22,7 +22,9 @@ class Crashable(Resource):
         record(req, "first-half")
         hold_dir = os.environ.get("CHTTP_TEST_HOLD_DIR")
         if hold_dir and (Path(hold_dir) / "hold").exists():
-            (Path(hold_dir) / "reached").write_text(str(os.getpid()))
+            # Written aside, then renamed: the test must never see an empty file.
+            (Path(hold_dir) / "reached.tmp").write_text(str(os.getpid()))
+            os.replace(Path(hold_dir) / "reached.tmp", Path(hold_dir) / "reached")
             while (Path(hold_dir) / "hold").exists():
                 time.sleep(0.05)
         record(req, "second-half")
