@@ -149,6 +149,7 @@ class ResumableContext:
         owner: str | None = None,
         message_id_for: Callable[[int], str] | None = None,
         script: Sequence[StepRecord] | None = None,
+        run_deadline: timedelta | None = None,
     ) -> None:
         self.journal = journal
         self.oplog_id = oplog_id
@@ -167,6 +168,13 @@ class ResumableContext:
         self._number = 0
         self._poisoned: NonDeterminismError | None = None
         self._body: bytes | None = None
+        #: How long one *run* waits for a send's answer (receiver handlers, which hold a
+        #: transaction open meanwhile): past it the send raises DeadlineExceeded without
+        #: recording it, so the next run resends the same id. None: only the send's own
+        #: deadline, measured from its first attempt and recorded as final.
+        self._run_deadline = run_deadline
+        #: When this run last renewed its lease (Journal._renew_lease).
+        self._lease_renewed_at: datetime | None = None
 
     # -- public API --------------------------------------------------------------------
 
@@ -244,7 +252,10 @@ class ResumableContext:
         Returns the definitive response as an :class:`httpx.Response` rebuilt from its
         record (status, headers, body), identical on a first run and on a replay.
         Raises :class:`~chttp_client.errors.ProtocolAnswerError` subclasses for §4
-        protocol answers and :class:`~chttp_client.errors.DeadlineExceeded`.
+        protocol answers and :class:`~chttp_client.errors.DeadlineExceeded`: recorded
+        (final, replayed) when ``deadline`` passed; not recorded when only this run's
+        bound passed (receiver handlers: ``CertifiedMiddleware(handler_send_deadline=…)``),
+        so that the next run resends the same message.
         """
         method = method.upper()
         client = self.journal.http_client
@@ -357,11 +368,23 @@ class ResumableContext:
             self._event("send-attempt", record.number, KIND_SEND, record.name,
                         record.message_id, body)
 
+        deadline_at = first_sent + limit
+        run_deadline_at = None if self._run_deadline is None else journal.clock() + self._run_deadline
         attempt = deliver(
-            journal.http_client, build, deadline_at=first_sent + limit, policy=policy,
-            clock=journal.clock, sleep=journal.sleep, on_attempt=on_attempt,
+            journal.http_client, build,
+            deadline_at=deadline_at if run_deadline_at is None else min(deadline_at, run_deadline_at),
+            policy=policy, clock=journal.clock, sleep=journal.sleep, on_attempt=on_attempt,
             on_wait=lambda: journal._renew_lease(self),
         )
+        if attempt.response is None and run_deadline_at is not None and journal.clock() < deadline_at:
+            # Only this run gave up: the step stays "recorded" and the next run (a retry
+            # of the incoming message) resends it under the same id.
+            raise DeadlineExceeded(
+                record.message_id, request["method"], request["url"],
+                f"no definitive answer within this run's {self._run_deadline} "
+                f"({attempt.attempts} attempt(s); last: {attempt.last_error}); not recorded: "
+                "the next run resends the same message",
+            )
         if attempt.response is None:
             error = DeadlineExceeded(
                 record.message_id, request["method"], request["url"],

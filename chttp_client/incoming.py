@@ -23,7 +23,19 @@ transaction holds the file's write lock (``BEGIN IMMEDIATE``) until it ends, so 
 connection to the same file could not commit the outgoing record before the send.
 
 These oplogs are driven by incoming retries, not by ``resume_all()``, which skips them;
-their pending acknowledgements are still retried by it.
+their pending acknowledgements are still retried by it. ``Journal.purge`` removes them
+once the receiver's retention has passed since their last activity.
+
+Deadlines: the handler waits for each send's answer while its transaction (row locks,
+SQLite's write lock, a pooled connection) stays open, so a send does not retry for the
+journal's one-day deadline here. After ``CertifiedMiddleware(handler_send_deadline=…)``
+(default :data:`HANDLER_SEND_DEADLINE`, 30 s; ``None`` for no bound) the send raises
+:class:`~chttp_client.errors.DeadlineExceeded` *without recording it*. A handler should
+let it propagate: the middleware rolls back (the exception is a 500, the incoming key
+stays free), the incoming sender retries, and the retried handler replays its oplog and
+resends the same derived id, for another 30 s. The send's own deadline (the journal's
+``RetryPolicy.deadline`` or ``deadline=``, counted from its first attempt) is still
+final: once it passes, the error is recorded and replayed to every later retry.
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -41,9 +54,18 @@ from chttp_client.context import ResumableContext, message_digest
 from chttp_client.errors import ChttpClientError, JournalError
 from chttp_client.journal import INCOMING_PREFIX, Journal
 
-__all__ = ["IncomingSends", "derived_message_id", "incoming_oplog_id", "journal_for_engine"]
+__all__ = [
+    "HANDLER_SEND_DEADLINE",
+    "IncomingSends",
+    "derived_message_id",
+    "incoming_oplog_id",
+    "journal_for_engine",
+]
 
 log = logging.getLogger("chttp_client")
+
+#: The default bound on one handler run's wait for a send (see "Deadlines" above).
+HANDLER_SEND_DEADLINE = timedelta(seconds=30)
 
 _JOURNALS: weakref.WeakKeyDictionary[Engine, Journal] = weakref.WeakKeyDictionary()
 _JOURNALS_LOCK = threading.Lock()
@@ -76,7 +98,15 @@ def journal_for_engine(engine: Engine) -> Journal:
 class IncomingSends:
     """The resumable context of one handler run (see the module docstring)."""
 
-    def __init__(self, journal: Journal, *, scope: str, message_id: str) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        scope: str,
+        message_id: str,
+        # How long one handler run waits for a send's answer (None: the send's deadline).
+        send_deadline: timedelta | None = HANDLER_SEND_DEADLINE,
+    ) -> None:
         journal.ensure_schema()
         self.journal = journal
         oplog_id = incoming_oplog_id(scope, message_id)
@@ -99,6 +129,7 @@ class IncomingSends:
             stored=info is not None,
             owner=owner,
             message_id_for=lambda step: derived_message_id(scope, message_id, step),
+            run_deadline=send_deadline,
         )
 
     def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:

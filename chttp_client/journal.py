@@ -456,12 +456,12 @@ class Journal:
         if not context._stored:
             return
         now = self.clock()
-        last = getattr(context, "_lease_renewed_at", None)
+        last = context._lease_renewed_at
         if last is not None and now - last < self.lease / 2:
             return
         with self.engine.begin() as connection:
             self._open_oplog(connection, context, now)
-        context._lease_renewed_at = now  # type: ignore[attr-defined]
+        context._lease_renewed_at = now
 
     def _take_lease(self, info: OplogInfo, owner: str, *, force: bool) -> None:
         now = self.clock()

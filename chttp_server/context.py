@@ -14,7 +14,7 @@ message re-sends the same outgoing messages (:mod:`chttp_client.incoming`).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection
@@ -40,6 +40,7 @@ class CertifiedContext:
         expires_at: datetime,
         environ: dict[str, Any],
         journal: Any = None,
+        handler_send_deadline: timedelta | None = None,
     ) -> None:
         self.message_id = message_id
         self.scope = scope
@@ -55,6 +56,8 @@ class CertifiedContext:
         self.extensions: dict[str, Any] = {}
         #: The chttp_client.Journal for outgoing sends (None: chosen on first use).
         self.journal = journal
+        #: How long one run of the handler waits for a send's answer (None: no bound).
+        self.handler_send_deadline = handler_send_deadline
         self._outgoing: Any = None
 
     @property
@@ -83,7 +86,8 @@ class CertifiedContext:
             from chttp_client.incoming import IncomingSends, journal_for_engine
 
             journal = self.journal or journal_for_engine(self.connection.engine)
-            self._outgoing = IncomingSends(journal, scope=self.scope, message_id=self.message_id)
+            self._outgoing = IncomingSends(journal, scope=self.scope, message_id=self.message_id,
+                                           send_deadline=self.handler_send_deadline)
         return self._outgoing
 
     def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:

@@ -143,6 +143,11 @@ class CertifiedMiddleware:
         # Where handlers' own certified sends are journaled (a chttp_client.Journal);
         # None: this receiver's database on PostgreSQL (SQLite needs another file).
         journal: Any = None,
+        # How long one handler run waits for the answer to one of its own sends before
+        # the send raises DeadlineExceeded (unrecorded; the incoming retry resends it);
+        # short, because the handler's transaction stays open meanwhile. None: no bound
+        # but the journal's send deadline (chttp_client.incoming, "Deadlines").
+        handler_send_deadline: timedelta | None = timedelta(seconds=30),
     ) -> None:
         if isinstance(app, CertifiedMiddleware):
             raise ConfigurationError("CertifiedMiddleware is already applied to this application")
@@ -160,6 +165,8 @@ class CertifiedMiddleware:
             raise ConfigurationError("message_prefix must start and end with '/'")
         if retry_after < 0:
             raise ConfigurationError("retry_after must not be negative")
+        if handler_send_deadline is not None and handler_send_deadline <= timedelta(0):
+            raise ConfigurationError("handler_send_deadline must be positive (or None)")
         self.app = app
         if engine is None:
             engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout)  # type: ignore[arg-type]
@@ -172,6 +179,7 @@ class CertifiedMiddleware:
         self.scope = scope
         self.require_id = require_id
         self.journal = journal
+        self.handler_send_deadline = handler_send_deadline
         self.retry_after = retry_after
         self._upgrade_schema = upgrade_schema
         self._schema_ready = False
@@ -308,6 +316,7 @@ class CertifiedMiddleware:
             expires_at=received_at + self.store.retention,
             environ=environ,
             journal=self.journal,
+            handler_send_deadline=self.handler_send_deadline,
         )
         environ[ENVIRON_KEY] = context
         try:
