@@ -33,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, overload
 
 import httpx
 from sqlalchemy import Connection, Engine, and_, insert, select, update
@@ -109,6 +109,14 @@ class ResumeOutcome:
     error: BaseException | None = None
 
 
+@overload
+def _aware(moment: datetime) -> datetime: ...
+
+
+@overload
+def _aware(moment: None) -> None: ...
+
+
 def _aware(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
@@ -159,7 +167,10 @@ class Journal:
         if http_client is not None and transport is not None:
             raise JournalError("give http_client= or transport=, not both")
         self._own_engine = engine is None
-        self.engine = engine if engine is not None else make_engine(url)  # type: ignore[arg-type]
+        if engine is None:
+            assert url is not None  # exactly one of them, checked above
+            engine = make_engine(url)
+        self.engine = engine
         self._upgrade_schema = upgrade_schema
         self._schema_ready = False
         self._own_client = http_client is None
@@ -356,7 +367,7 @@ class Journal:
             id=row.id, function=row.function, version=row.version, state=row.state,
             arguments=codec.loads(row.arguments),
             result=json.loads(row.result) if row.result is not None else None,
-            lease_owner=row.lease_owner, created_at=_aware(row.created_at),  # type: ignore[arg-type]
+            lease_owner=row.lease_owner, created_at=_aware(row.created_at),
             steps=steps,
         )
 

@@ -133,8 +133,8 @@ def check_crash_resume(function: Callable[..., Any], *args: Any,
     (an ``AssertionError``) naming the first failing step, unless ``raise_on_failure``
     is false; returns the report.
     """
-    journal: Journal = getattr(function, "journal", None)  # type: ignore[assignment]
-    if journal is None or not hasattr(function, "chttp_function"):
+    journal = getattr(function, "journal", None)
+    if not isinstance(journal, Journal) or not hasattr(function, "chttp_function"):
         raise TypeError("check_crash_resume needs a @resumable function")
     saved_hook, saved_ack = journal.fault_hook, journal.acknowledge
     journal.acknowledge = False

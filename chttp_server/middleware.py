@@ -169,7 +169,8 @@ class CertifiedMiddleware:
             raise ConfigurationError("handler_send_deadline must be positive (or None)")
         self.app = app
         if engine is None:
-            engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout)  # type: ignore[arg-type]
+            assert db_url is not None  # exactly one of them, checked above
+            engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout)
         self.engine = engine
         self.store = MessageStore(
             self.engine, retention=retention, claim_timeout=claim_timeout, clock=clock

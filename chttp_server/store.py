@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy import (
     Connection,
     Engine,
     LargeBinary,
+    Row,
     bindparam,
     delete,
     func,
@@ -113,17 +114,17 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _row_to_message(row: object) -> StoredMessage:
-    headers = json.loads(row.headers) if row.headers is not None else None  # type: ignore[attr-defined]
+def _row_to_message(row: Row[Any]) -> StoredMessage:
+    headers = json.loads(row.headers) if row.headers is not None else None
     return StoredMessage(
-        key=MessageKey(row.scope, row.message_id),  # type: ignore[attr-defined]
-        fingerprint=row.fingerprint,  # type: ignore[attr-defined]
-        state=row.state,  # type: ignore[attr-defined]
-        status=row.status,  # type: ignore[attr-defined]
+        key=MessageKey(row.scope, row.message_id),
+        fingerprint=row.fingerprint,
+        state=row.state,
+        status=row.status,
         headers=[(name, value) for name, value in headers] if headers is not None else None,
-        body=bytes(row.body) if row.body is not None else None,  # type: ignore[attr-defined]
-        received_at=_aware(row.received_at),  # type: ignore[attr-defined]
-        expires_at=_aware(row.expires_at),  # type: ignore[attr-defined]
+        body=bytes(row.body) if row.body is not None else None,
+        received_at=_aware(row.received_at),
+        expires_at=_aware(row.expires_at),
     )
 
 

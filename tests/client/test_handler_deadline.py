@@ -106,8 +106,8 @@ def upstream(db_url, tmp_path):
         transport = Downstream(downstream, refuse)
         clock = FakeClock()
         engine = make_engine(db_url)
-        options = dict(transport=transport, clock=clock, sleep=clock.sleep,
-                       retry=RetryPolicy(jitter=False, deadline=send_deadline))
+        options = {"transport": transport, "clock": clock, "sleep": clock.sleep,
+                   "retry": RetryPolicy(jitter=False, deadline=send_deadline)}
         if engine.dialect.name == "sqlite":  # the handler's transaction locks db_url's file
             journal = Journal(f"sqlite:///{tmp_path / 'outgoing.db'}", **options)
         else:
@@ -174,7 +174,9 @@ def test_only_the_sends_own_deadline_is_recorded_as_final(upstream):
     app, relay, handler_journal, _downstream, transport = upstream(
         refuse=0, fail=100, send_deadline=timedelta(seconds=45))
     client = TestApp(app)
-    step_state = lambda: handler_journal.get(incoming_oplog_id("", "in-1")).steps[1].state  # noqa: E731
+
+    def step_state() -> str:
+        return handler_journal.get(incoming_oplog_id("", "in-1")).steps[1].state
 
     with pytest.raises(DeadlineExceeded, match="this run"):
         client.post_json("/relay", {}, headers={"X-Message-ID": "in-1"})
@@ -197,7 +199,7 @@ def test_only_the_sends_own_deadline_is_recorded_as_final(upstream):
 
 
 def test_no_run_bound_when_handler_send_deadline_is_none(upstream):
-    app, _relay, handler_journal, _downstream, transport = upstream(
+    app, _relay, _journal, _downstream, transport = upstream(
         refuse=0, fail=20, handler_send_deadline=None)
     # no run bound: the send retries until the downstream answers (the journal's 1 day)
     response = TestApp(app).post_json("/relay", {}, headers={"X-Message-ID": "in-2"})

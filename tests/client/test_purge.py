@@ -198,7 +198,7 @@ def test_postgresql_purge_skips_a_locked_oplog_instead_of_waiting(pg_url, fake_c
         for _ in range(2):
             with pytest.raises(ValueError):
                 fail()
-        locked_id = sorted(ids(journal))[0]
+        locked_id = min(ids(journal))
         fake_clock.now += 2 * DAY
         with engine.connect() as other:
             other.execute(text("SELECT id FROM chttp_oplogs WHERE id = :id FOR UPDATE"), {"id": locked_id})
