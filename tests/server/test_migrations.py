@@ -135,20 +135,8 @@ def test_cli_db_current_on_an_empty_database(sqlite_url):
 
 
 @pytest.mark.slow
-def test_the_wheel_ships_the_migrations(tmp_path):
-    # Build from a copy so the shared working tree gets no build/ or egg-info debris.
-    source = tmp_path / "src"
-    shutil.copytree(REPO_ROOT, source, ignore=shutil.ignore_patterns(
-        ".git", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", ".pytest_cache",
-        ".venv", "*.db", "*.db-*"))
-    out = tmp_path / "dist"
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--wheel-dir", str(out), str(source)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = out.glob("certified_http-*.whl")
+def test_the_wheel_ships_the_migrations(built_wheel):
+    wheel = built_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "chttp_server/migrations/env.py" in names
     assert "chttp_server/migrations/script.py.mako" in names
