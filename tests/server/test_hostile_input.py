@@ -21,12 +21,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
 
 import chttp_server
-from chttp_client.db import make_engine
 from chttp_server import CertifiedMiddleware, Resource
-from chttp_server.migrate import upgrade
 from chttp_server.schema import messages
 
-from .apps import Root, count_writes, host_metadata, record
+from .apps import Root, count_writes, record
 from .live import serve_in_thread
 
 
@@ -83,15 +81,6 @@ class Conventions(Resource):
 
 class Hostile(Root):
     children = {**Root.children, "conventions": Conventions()}
-
-
-@pytest.fixture
-def engine(db_url):
-    engine = make_engine(db_url)
-    host_metadata.create_all(engine)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -16,9 +16,8 @@ from sqlalchemy import create_engine
 from chttp_client.db import make_engine
 from chttp_client.wire import format_http_date
 from chttp_server import CertifiedMiddleware, ConfigurationError, require_for_methods
-from chttp_server.migrate import upgrade
 
-from .apps import BINARY_BODY, Root, count_writes, host_metadata
+from .apps import BINARY_BODY, Root, count_writes
 
 
 class Clock:
@@ -34,15 +33,6 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-def engine(db_url):
-    engine = make_engine(db_url)
-    host_metadata.create_all(engine)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
