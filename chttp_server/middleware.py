@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from http import HTTPStatus
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator
@@ -282,12 +283,8 @@ class CertifiedMiddleware:
     def _claim(
         self, connection: Connection, key: MessageKey, digest: str, now: datetime
     ) -> StoredMessage | None:
-        try:
+        with self._store_errors(key):
             return self.store.claim(connection, key, digest, now)
-        except sa_exc.DBAPIError as exc:
-            if is_disconnect(exc):
-                raise StoreUnavailable(retry_after=self.retry_after, message_id=key.message_id) from exc
-            raise
 
     @contextmanager
     def _store_errors(self, key: MessageKey) -> Iterator[None]:
@@ -456,8 +453,6 @@ def _means_try_again(status: int) -> bool:
 
 
 def _status_line(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
