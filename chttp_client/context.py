@@ -7,23 +7,41 @@ returned from its record instead. A step that asks for something else than its r
 raises :class:`~chttp_client.errors.NonDeterminismError` naming both, and poisons the
 context, so that even a function that swallows the error cannot record a result.
 
-Durability arrangement (≤ 2 commits per certified send)
--------------------------------------------------------
+Durability arrangement (n + 1 commits for n certified sends)
+------------------------------------------------------------
 * ``persist()`` records are *buffered in memory*. Nothing outside the process can depend
   on them until a send carries them out, so losing them in a crash is harmless: the
   re-run draws fresh values that nothing has seen.
-* A send's **first commit** writes, in one transaction, the oplog row (if this is its
-  first write), every buffered persist record, the send step in state ``recorded``
-  (message id, full request, first-sent time) and any acknowledgements finished since
-  the previous commit. Only then does the first attempt leave the process.
-* Its **second commit** stores the definitive response and marks the step ``done``.
-* The function's end commits its result with any persist records made after the last
-  send. So a function with *n* sends costs ``2n + 1`` commits, however many ``persist()``
-  calls it makes.
+* A send's **intent commit** writes, in one transaction, the oplog row (if this is its
+  first write), every buffered record (persist records, and the answer of the previous
+  send, see below), the send step in state ``recorded`` (message id, full request,
+  first-sent time) and any acknowledgements finished since the previous commit. Only
+  then does the first attempt leave the process.
+* Its **answer** (the definitive response, or the recorded deadline error, and the step
+  marked ``done``) is *buffered* like a persist record and written by the oplog's next
+  commit: the next send's intent commit, or the function's finish commit.
+* The function's end commits its result with every record buffered since the last send.
+  So a function with *n* sends costs ``n + 1`` commits (2 for the common single-send
+  function), however many ``persist()`` calls it makes.
 
-The acknowledgement (``DELETE`` on ``X-Message-URL``) runs on the journal's background
-thread after the second commit and is marked in a later commit; a lost mark only means
-the DELETE is repeated by a later ``resume_all()`` (it is idempotent, PROTOCOL.md §3).
+Why buffering the answer is safe: nothing that depends on the answer leaves the process
+before that next commit — the next send leaves only after its intent commit (which
+carries the answer), and the function's result is returned only after the finish commit.
+If the process dies in between, the step is still ``recorded`` in the journal, so the
+resume resends the *same* message id and the receiver replays its stored response
+without running its handler again (PROTOCOL.md §2); the function continues exactly as
+if it had read the answer from the journal.
+
+That argument holds only while the receiver still has the stored response, so the
+acknowledgement (``DELETE`` on ``X-Message-URL``, which lets the receiver drop it, and
+makes a resend meet 410) is queued **only after the commit that made the answer
+durable**. It runs on the journal's background thread and is marked in a later commit; a
+lost mark only means the DELETE is repeated by a later ``resume_all()`` (it is
+idempotent, PROTOCOL.md §3).
+
+A function about to cause a side effect outside the journal that must not happen twice
+or be forgotten (a token written to a file, a row in another database) calls
+:meth:`ResumableContext.checkpoint` first: it commits the buffered records now.
 """
 
 from __future__ import annotations
@@ -98,10 +116,12 @@ class StepRecord:
 class StepEvent:
     """What :attr:`Journal.fault_hook <chttp_client.journal.Journal.fault_hook>` is told.
 
-    ``point`` is one of ``before-step``, ``send-recorded`` (first commit done, nothing
+    ``point`` is one of ``before-step``, ``send-recorded`` (intent commit done, nothing
     sent yet), ``send-attempt`` (one attempt about to leave), ``send-answered`` (the
-    definitive answer is in memory, not yet recorded) and ``after-step``. Only steps that
-    really execute report events; replayed steps do not.
+    definitive answer is in memory, not yet buffered) and ``after-step`` (for a send: its
+    answer is buffered, recorded by the oplog's next commit — which the *next* send's
+    ``send-recorded`` follows). Only steps that really execute report events; replayed
+    steps do not.
     """
 
     point: str
@@ -115,9 +135,17 @@ class StepEvent:
 
 @dataclass
 class _Writes:
-    """Rows waiting for the next commit of this oplog."""
+    """What waits for the next commit of this oplog (the module docstring says why)."""
 
+    #: New persist steps, inserted by the next commit.
     steps: list[StepRecord] = field(default_factory=list)
+    #: Answered send steps (already stored as ``recorded``), updated to ``done`` by it.
+    answers: list[StepRecord] = field(default_factory=list)
+    #: ``(step number, X-Message-URL)`` to acknowledge once those answers are durable.
+    acks: list[tuple[int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.answers)
 
 
 def _callable_name(target: Callable[..., Any]) -> str:
@@ -194,6 +222,14 @@ class ResumableContext:
         ``persist(value)`` records ``value``; ``persist(callable, *args, **kwargs)`` calls
         it on the first run only (an exception it raises is recorded and re-raised on
         replay). The value comes back as the codec decodes it, even on the first run.
+
+        ``persist`` is for *values*: the record is buffered and committed with the next
+        send (or the function's end), because nothing outside the process can have seen
+        the value before then. A side effect that needs the value durable *before* it
+        happens (writing a persisted token to a file, another database, a message on a
+        non-certified channel) calls :meth:`checkpoint` first; otherwise a crash right
+        after the side effect loses the record and the resumed run draws a new value
+        that disagrees with what the outside world already holds.
         """
         is_call = callable(value_or_callable)
         name = _callable_name(value_or_callable) if is_call else "value"
@@ -216,6 +252,18 @@ class ResumableContext:
         )
         self._event("after-step", number, KIND_PERSIST, name)
         return self._replay_outcome(self._writes.steps[-1])
+
+    def checkpoint(self) -> None:
+        """Commit every buffered record now (one commit; nothing to write: no commit).
+
+        For a function about to cause a side effect outside the journal that depends on
+        persisted values or on a send's answer (see :meth:`persist`). On a replay it
+        writes only what this run added since the recorded steps, which may be nothing.
+        """
+        if self._poisoned is not None:
+            raise self._poisoned
+        if self._writes:
+            self._commit(None)
 
     def now(self) -> datetime:
         """The current UTC time, persisted (``persist(utcnow)``)."""
@@ -283,7 +331,7 @@ class ResumableContext:
                          "body": codec.encode(body)},
                 first_sent_at=self.journal.clock(),
             )
-            self._commit(record, insert=True)
+            self._commit(record)
             self._event("send-recorded", number, KIND_SEND, name, record.message_id, body)
         return self._deliver(record, deadline)
 
@@ -405,9 +453,11 @@ class ResumableContext:
             location = response.headers.get(HEADER_MESSAGE_URL)
             record.message_url = urljoin(request["url"], location) if location else None
         record.state = STEP_DONE
-        self._commit(record, insert=False)
+        # Buffered: the oplog's next commit records it, and only then may it be
+        # acknowledged (the module docstring says why).
+        self._writes.answers.append(record)
         if record.message_url is not None:
-            journal._queue_ack(self.oplog_id, record.number, record.message_url)
+            self._writes.acks.append((record.number, record.message_url))
         self._event("after-step", record.number, KIND_SEND, record.name, record.message_id, body)
         return self._replay_send(record)
 
@@ -441,22 +491,29 @@ class ResumableContext:
 
     # -- durability ----------------------------------------------------------------------
 
-    def _commit(self, record: StepRecord | None, *, insert: bool) -> None:
-        """One transaction: oplog row if new, buffered steps, ``record``, ack marks."""
-        steps = self._writes.steps
-        self.journal._commit_steps(self, steps, record, insert=insert)
-        self._writes = _Writes()
-        self._stored = True
+    def _commit(self, record: StepRecord | None) -> None:
+        """One transaction: oplog row if new, buffered records, new step ``record``, ack marks."""
+        writes = self._writes
+        self.journal._commit_steps(self, writes.steps + ([record] if record is not None else []),
+                                   writes.answers)
+        self._committed(writes)
 
     def _flush_result(self, state: str, result: dict[str, Any]) -> None:
-        self.journal._finish(self, self._writes.steps, state, result)
+        writes = self._writes
+        self.journal._finish(self, writes.steps, writes.answers, state, result)
+        self._committed(writes)
+
+    def _committed(self, writes: _Writes) -> None:
+        """After a commit: the buffer is durable, so its answers may be acknowledged."""
         self._writes = _Writes()
         self._stored = True
+        for number, url in writes.acks:
+            self.journal._queue_ack(self.oplog_id, number, url)
 
     def _flush_pending(self) -> None:
-        """Write buffered persist records now (the receiver side, before a rollback)."""
-        if self._writes.steps:
-            self._commit(None, insert=False)
+        """Write buffered records now (the receiver side, at the end of the request)."""
+        if self._writes:
+            self._commit(None)
 
 
 def _body_only(body: bytes | None) -> dict[str, Any] | None:

@@ -12,9 +12,15 @@ messages must be the same ones again (PROTOCOL.md §2, last paragraph; §5, last
 * outgoing message ids are ``chttp-<digest of (scope, id)>-<step number>``, derived, so
   even a step whose record was lost would be resent under the same id;
 * the oplog lives in the journal's own transactions, never in the handler's, so it
-  survives the handler's rollback. Buffered ``persist()`` records are written with the
-  next send (as in :mod:`chttp_client.context`) and, at the latest, when the handler's
-  request ends (:meth:`IncomingSends.close`), whether it committed or rolled back.
+  survives the handler's rollback. Buffered records — ``persist()`` values and the
+  answers of sends — are written with the next send's intent commit (as in
+  :mod:`chttp_client.context`) and, at the latest, when the handler's request ends
+  (:meth:`IncomingSends.close`), whether it committed or rolled back. Only then are
+  those answers acknowledged downstream. If that last write is lost (a crash, the
+  journal unreachable), a retried incoming message resends the same derived ids and the
+  downstream receivers replay their stored answers; if the handler had committed, no
+  retry comes and the downstream answers merely stay unacknowledged until the
+  downstream receivers' retention drops them.
 
 Where the journal lives: ``CertifiedMiddleware(app, …, journal=Journal(url))``. With no
 journal given, a PostgreSQL receiver journals in its own database (separate
@@ -139,11 +145,12 @@ class IncomingSends:
         return self.context.send(method, url, **options)
 
     def close(self) -> None:
-        """Write buffered ``persist()`` records (the request is over, committed or not).
+        """Write buffered records (the request is over, committed or not).
 
-        Best effort: records buffered since the last send were seen by nothing outside
-        this process, so losing them (journal unreachable) is harmless; it must not turn
-        an answer the receiver already committed into an error.
+        Best effort: persist records buffered since the last send were seen by nothing
+        outside this process, and a buffered answer is replayed by the downstream
+        receiver to the same derived id, so losing them (journal unreachable) is
+        harmless; it must not turn an answer the receiver already committed into an error.
         """
         try:
             self.context._flush_pending()

@@ -422,38 +422,42 @@ class Journal:
         if renewed != 1:
             raise OplogBusyError(context.oplog_id, "another process (our lease was taken over)")
 
-    def _commit_steps(self, context: ResumableContext, pending: builtins.list[StepRecord],
-                      record: StepRecord | None, *, insert: bool) -> None:
+    def _write_steps(self, connection: Connection, context: ResumableContext,
+                     inserts: builtins.list[StepRecord], answers: builtins.list[StepRecord]) -> None:
+        """Insert new steps; bring answered send steps (stored as ``recorded``) to ``done``."""
+        if inserts:
+            connection.execute(insert_steps(), [
+                {"oplog_id": context.oplog_id, "number": step.number, **self._step_values(step)}
+                for step in inserts
+            ])
+        for step in answers:
+            updated = connection.execute(
+                update(oplog_steps)
+                .where(oplog_steps.c.oplog_id == context.oplog_id,
+                       oplog_steps.c.number == step.number)
+                .values(**self._step_values(step))
+            ).rowcount
+            if updated != 1:  # an answer always follows its own intent commit
+                raise JournalError(f"oplog {context.oplog_id} has no step {step.number} to answer")
+
+    def _commit_steps(self, context: ResumableContext, inserts: builtins.list[StepRecord],
+                      answers: builtins.list[StepRecord]) -> None:
+        """One commit of a run: lease renewed (or oplog row inserted), steps, ack marks."""
         now = self.clock()
         with self.engine.begin() as connection:
             self._open_oplog(connection, context, now)
-            rows = list(pending) + ([record] if record is not None and insert else [])
-            if rows:
-                connection.execute(insert_steps(), [
-                    {"oplog_id": context.oplog_id, "number": step.number, **self._step_values(step)}
-                    for step in rows
-                ])
-            if record is not None and not insert:
-                connection.execute(
-                    update(oplog_steps)
-                    .where(oplog_steps.c.oplog_id == context.oplog_id,
-                           oplog_steps.c.number == record.number)
-                    .values(**self._step_values(record))
-                )
+            self._write_steps(connection, context, inserts, answers)
             self._write_acks(connection)
 
-    def _finish(self, context: ResumableContext, pending: builtins.list[StepRecord], state: str,
-                result: dict[str, Any]) -> None:
+    def _finish(self, context: ResumableContext, inserts: builtins.list[StepRecord],
+                answers: builtins.list[StepRecord], state: str, result: dict[str, Any]) -> None:
+        """The run's last commit: buffered steps and the oplog's result, lease released."""
         import json
 
         now = self.clock()
         with self.engine.begin() as connection:
             self._open_oplog(connection, context, now)
-            if pending:
-                connection.execute(insert_steps(), [
-                    {"oplog_id": context.oplog_id, "number": step.number, **self._step_values(step)}
-                    for step in pending
-                ])
+            self._write_steps(connection, context, inserts, answers)
             connection.execute(
                 update(oplogs).where(oplogs.c.id == context.oplog_id).values(
                     state=state, result=json.dumps(result), finished_at=now, updated_at=now,

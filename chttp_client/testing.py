@@ -17,7 +17,11 @@ How it works
    "answered" and "recorded" — the function runs again as a new oplog and a simulated
    crash (a ``BaseException`` raised from the journal's fault hook, which nothing
    records) stops it there. Whatever was not yet committed is lost, exactly as in a real
-   crash.
+   crash. A send's answer is recorded by the oplog's *next* commit (the next send's
+   intent commit or the finish, :mod:`chttp_client.context`), so a crash at a send's
+   ``send-answered`` or ``after-step``, or at any step before that next commit, loses
+   the answer and the resume must get it again from the receiver's replay; the next
+   send's ``send-recorded`` is the point right after the commit that recorded it.
 3. **Resume.** ``random`` is reseeded from the OS and the clock has moved on (a real
    restart has new randomness and time), then the oplog is resumed.
 4. **Compare.** The resumed run must reach the reference outcome and send the reference

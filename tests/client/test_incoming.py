@@ -11,14 +11,15 @@ import random
 import httpx
 import pytest
 import webob
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from webtest import TestApp
 
 from chttp_client import Journal, NonDeterminismError
 from chttp_client.db import make_engine
 from chttp_client.errors import ChttpClientError
-from chttp_client.incoming import derived_message_id, journal_for_engine
+from chttp_client.incoming import derived_message_id, incoming_oplog_id, journal_for_engine
 from chttp_server import CertifiedMiddleware, Resource
+from chttp_server.schema import messages
 from tests.client.conftest import BASE
 from tests.client.receiver import count_runs, make_receiver, receiver_metadata, receiver_runs, runs
 
@@ -101,6 +102,23 @@ def test_retried_incoming_message_resends_the_same_outgoing_message(chain):
     replay = app.post("/relay", headers={"X-Message-ID": "in-1"}, status=200)
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert count_runs(downstream.engine) == 1
+
+
+@pytest.mark.parametrize("status", [pytest.param(500, id="rolled-back"), pytest.param(200, id="committed")])
+def test_the_handlers_buffered_answer_is_journaled_when_the_request_ends(chain, status):
+    app, resource, downstream, journal, _engine = chain
+    resource.relay.failures = 1 if status == 500 else 0
+    app.post("/relay", headers={"X-Message-ID": "in-end"}, status=status)
+    journal.wait_for_acknowledgements()
+    persist, send = journal.get(incoming_oplog_id("", "in-end")).steps
+    assert persist.state == "done"
+    assert (send.state, send.response["status"]) == ("done", 201)
+    assert send.message_id == derived_message_id("", "in-end", 2)
+    # Journaled first, then acknowledged: the downstream may forget its answer.
+    assert send.acknowledged_at is not None
+    with downstream.engine.connect() as connection:
+        assert connection.execute(select(messages.c.state).where(
+            messages.c.message_id == send.message_id)).scalar_one() == "acknowledged"
 
 
 def test_other_incoming_ids_and_scopes_derive_other_outgoing_ids(chain):

@@ -239,11 +239,18 @@ def count_commits(engine) -> list[int]:
     return commits
 
 
-@pytest.mark.parametrize("persists", [pytest.param(0, id="no-persist"), pytest.param(5, id="5-persists")])
-def test_two_commits_per_send_however_many_persists(journal, persists):
+@pytest.mark.parametrize(("sends", "persists", "expected"), [
+    pytest.param(1, 0, 2, id="1-send-no-persist"),
+    pytest.param(1, 5, 2, id="1-send-5-persists"),
+    pytest.param(3, 0, 4, id="3-sends-no-persist"),
+    pytest.param(3, 5, 4, id="3-sends-5-persists-each"),
+])
+def test_n_plus_one_commits_for_n_sends_however_many_persists(journal, sends, persists, expected):
+    """Each send's intent commit carries the previous answer; the finish carries the last."""
+
     @resumable(journal)
     def f(*, chttp_context):
-        for _ in range(3):
+        for _ in range(sends):
             for _ in range(persists):
                 chttp_context.persist(random.random)
             chttp_context.post("http://receiver.test/escrow", json={})
@@ -253,7 +260,12 @@ def test_two_commits_per_send_however_many_persists(journal, persists):
     journal.ensure_schema()
     commits = count_commits(journal.engine)
     assert f() == "ok"
-    assert commits[0] == 2 * 3 + 1  # two per send, one for the result
+    assert commits[0] == expected == sends + 1
+    [info] = journal.list()
+    steps = journal.get(info.id).steps
+    assert len(steps) == sends * (persists + 1)
+    assert {s.state for s in steps} == {"done"}
+    assert all(s.response["status"] == 201 for s in steps if s.kind == "send")
 
 
 def test_journal_needs_exactly_one_store():
