@@ -144,6 +144,10 @@ class IncomingSends:
     def send(self, method: str, url: str, **options: Any) -> httpx.Response:
         return self.context.send(method, url, **options)
 
+    def checkpoint(self) -> None:
+        """Commit buffered records now (:meth:`ResumableContext.checkpoint`)."""
+        self.context.checkpoint()
+
     def close(self) -> None:
         """Write buffered records (the request is over, committed or not).
 
