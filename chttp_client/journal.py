@@ -283,7 +283,10 @@ class Journal:
     def resume_all(self) -> builtins.list[ResumeOutcome]:
         """Resume every open oplog this process can lease, and retry pending acknowledgements.
 
-        Never raises for one oplog's trouble: each gets a :class:`ResumeOutcome`.
+        Never raises for one oplog's trouble: each gets a :class:`ResumeOutcome`. An oplog
+        left ``busy`` (another live process holds it) or ``refused`` (unknown version,
+        non-determinism) is also logged at WARNING on the ``chttp_client`` logger, so a
+        start-up resume never skips one silently.
         """
         self.ensure_schema()
         self.acknowledge_pending()
@@ -294,9 +297,12 @@ class Journal:
             try:
                 value = self.resume(info.id, _only_open=True)
             except OplogBusyError as error:
+                log.warning("chttp: oplog %s (%s v%s) not resumed, busy: %s",
+                            info.id, info.function, info.version, error)
                 outcomes.append(ResumeOutcome(info.id, info.function, info.version, "busy", error=error))
             except (UnknownFunctionError, NonDeterminismError) as error:
-                log.error("chttp: cannot resume oplog %s: %s", info.id, error)
+                log.warning("chttp: oplog %s (%s v%s) not resumed, refused: %s",
+                            info.id, info.function, info.version, error)
                 outcomes.append(ResumeOutcome(info.id, info.function, info.version, "refused", error=error))
             except Exception as error:  # the function's own outcome, now recorded
                 outcomes.append(ResumeOutcome(info.id, info.function, info.version, "failed", error=error))

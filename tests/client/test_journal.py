@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -212,6 +213,36 @@ def test_unregistered_version_is_refused_and_left_open(journal):
     outcomes = [o for o in journal.resume_all() if o.oplog_id == oplog.id]
     assert [o.status for o in outcomes] == ["refused"]
     assert journal.get(oplog.id).state == "open"
+
+
+def test_resume_all_logs_every_busy_and_refused_oplog_as_a_warning(make_journal, caplog):
+    journal = make_journal(lease=timedelta(hours=1))  # this live process keeps its leases
+    busy_name, gone_name = f"busy-{uuid.uuid4()}", f"gone-{uuid.uuid4()}"
+
+    def body(*, chttp_context):
+        chttp_context.post("http://receiver.test/escrow", json={})
+
+    journal.fault_hook = crash_at("send-recorded", 1)
+    for name in (busy_name, gone_name):
+        with pytest.raises(Crash):
+            resumable(journal, name=name)(body)()
+    journal.fault_hook = None
+    by_name = {info.function: info.id for info in journal.list_open()}
+    from chttp_client import journal as journal_module
+
+    del journal_module._REGISTRY[gone_name]
+
+    with caplog.at_level(logging.WARNING, logger="chttp_client"):
+        outcomes = {o.oplog_id: o.status for o in journal.resume_all()}
+    assert outcomes == {by_name[busy_name]: "busy", by_name[gone_name]: "refused"}
+    warnings = {r.getMessage() for r in caplog.records
+                if r.name == "chttp_client" and r.levelno == logging.WARNING}
+    assert warnings == {
+        f"chttp: oplog {by_name[busy_name]} ({busy_name} v1) not resumed, busy: "
+        f"oplog {by_name[busy_name]} is being run by {journal.get(by_name[busy_name]).lease_owner}",
+        f"chttp: oplog {by_name[gone_name]} ({gone_name} v1) not resumed, refused: "
+        f"{UnknownFunctionError(by_name[gone_name], gone_name, 1, [])}",
+    }
 
 
 def test_unrebuildable_exception_comes_back_as_recorded_error(journal):
