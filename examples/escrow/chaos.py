@@ -173,10 +173,10 @@ class Chaos:
                 service.check()
             if time.monotonic() < next_kill:
                 continue
-            next_kill = self._next_kill()
             candidates = [s for s in self.services if s.ready_for() >= self.min_uptime]
             if not candidates:
-                continue
+                continue  # the kill stays due: it hits the first process to become ready
+            next_kill = self._next_kill()
             victim = self.rng.choice(candidates)
             downtime = self.rng.uniform(0.0, self.max_downtime)
             if victim.kill():
