@@ -94,6 +94,11 @@ class CertifiedContext:
         """Record a value once per incoming message; it survives the handler's rollback."""
         return self.outgoing.persist(value_or_callable, *args, **kwargs)
 
+    def checkpoint(self) -> None:
+        """Make the values persisted so far durable now, before a side effect that is
+        neither a certified send nor a write in this request's transaction."""
+        self.outgoing.checkpoint()
+
     def send(self, method: str, url: str, **options: Any) -> Any:
         """A certified send whose id derives from this message's ``(scope, id)`` and step."""
         return self.outgoing.send(method, url, **options)

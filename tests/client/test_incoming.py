@@ -140,6 +140,34 @@ def test_persist_survives_the_handlers_rollback(chain):
     assert resource.draw.values[0] == resource.draw.values[1] == answer.json["value"]
 
 
+def test_checkpoint_makes_a_handlers_persist_durable_before_the_request_ends(chain):
+    from chttp_client.errors import JournalError
+    from chttp_server.context import CertifiedContext
+    from chttp_server.store import utcnow
+
+    _app, _resource, _downstream, journal, engine = chain
+
+    def handler_context(connection):
+        return CertifiedContext(
+            message_id="cp-1", scope="", fingerprint="0" * 64, connection=connection,
+            received_at=utcnow(), expires_at=utcnow(), environ={}, journal=journal)
+
+    with engine.connect() as connection:
+        first = handler_context(connection)
+        value = first.persist(random.random)
+        with pytest.raises(JournalError):
+            journal.get(incoming_oplog_id("", "cp-1"))  # still buffered in memory
+        first.checkpoint()
+        (step,) = journal.get(incoming_oplog_id("", "cp-1")).steps
+        assert (step.kind, step.state) == ("persist", "done")
+        # The process "dies" here: first.close() never runs. A retry of the same
+        # incoming message gets the checkpointed value back, not a fresh draw.
+        first._outgoing = None
+        retry = handler_context(connection)
+        assert retry.persist(random.random) == value
+        retry.close()
+
+
 def test_a_retry_that_asks_for_another_send_is_refused(chain):
     app, resource, downstream, journal, _engine = chain
     app.post("/relay", headers={"X-Message-ID": "in-x"}, status=500)
