@@ -50,17 +50,21 @@ Headers = list[tuple[str, str]]
 
 #: The claim on PostgreSQL, in one round trip: the row's source sets a transaction-local
 #: ``lock_timeout`` before the insert can wait on a concurrent claim of the same key,
-#: and ``RETURNING`` (evaluated only for a row actually inserted, after any wait) puts
-#: it back to the session's value, as ``SET LOCAL lock_timeout TO DEFAULT`` would. On a
-#: conflict nothing is returned and the transaction only reads, then rolls back.
+#: first saving the value in force in the placeholder setting ``chttp.saved_lock_timeout``
+#: (the nested call is an argument, so it is evaluated first); ``RETURNING`` (evaluated
+#: only for a row actually inserted, after any wait) puts the saved value back, so the
+#: application's own statements keep their lock_timeout. On a conflict nothing is
+#: returned and the transaction only reads, then rolls back. (Reading the default from
+#: the ``pg_settings`` view instead cost ~1.8 ms per claim: it formats every setting.)
 _PG_CLAIM = text(
     "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
     "expires_at) "
     "SELECT :scope, :message_id, :fingerprint, :state, :received_at, :expires_at "
-    "FROM (SELECT set_config('lock_timeout', :lock_timeout, true)) AS bounded_wait "
+    "FROM (SELECT set_config('lock_timeout', :lock_timeout || left(set_config("
+    "'chttp.saved_lock_timeout', current_setting('lock_timeout'), true), 0), true)"
+    ") AS bounded_wait "
     "ON CONFLICT (scope, message_id) DO NOTHING "
-    "RETURNING set_config('lock_timeout', "
-    "(SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout'), true)"
+    "RETURNING set_config('lock_timeout', current_setting('chttp.saved_lock_timeout'), true)"
 )
 
 #: Built once: constructing a statement per request costs more Python than running it.

@@ -131,6 +131,15 @@ class Orm(Resource):
         return {"orm": True}
 
 
+class LockTimeout(Resource):
+    """Reports the lock_timeout the handler's statements run with (PostgreSQL)."""
+
+    def handle_post(self, req):
+        from sqlalchemy import text
+
+        return req.chttp.connection.execute(text("SHOW lock_timeout")).scalar_one()
+
+
 class Root(Resource):
     children = {
         "echo": Echo(),
@@ -142,6 +151,7 @@ class Root(Resource):
         "large": Large(),
         "slow": Slow(),
         "orm": Orm(),
+        "lock-timeout": LockTimeout(),
     }
 
     def handle_get(self, req):

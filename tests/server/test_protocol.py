@@ -16,6 +16,7 @@ from sqlalchemy import create_engine
 from chttp_client.db import make_engine
 from chttp_client.wire import format_http_date
 from chttp_server import CertifiedMiddleware, ConfigurationError, require_for_methods
+from chttp_server.migrate import upgrade
 
 from .apps import BINARY_BODY, Root, count_writes
 
@@ -232,6 +233,19 @@ def test_orm_session_joins_the_transaction(app, engine):
     # session.commit() inside the handler must not have committed past a later 5xx.
     assert post(app, "/orm?then=fail", "orm-2").status_int == 500
     assert count_writes(engine, "orm") == 1
+
+
+def test_the_claims_lock_timeout_does_not_leak_into_the_handler(pg_url):
+    # The claim bounds its own wait with a transaction-local lock_timeout; the
+    # application's statements must keep the session's value.
+    engine = make_engine(pg_url, connect_args={"options": "-c lock_timeout=7s"})
+    try:
+        upgrade(engine)
+        app = webtest.TestApp(CertifiedMiddleware(Root(), engine=engine, claim_timeout=2))
+        response = app.post("/lock-timeout", b"", headers={"X-Message-ID": "lt-1"})
+        assert response.text == "7s"
+    finally:
+        engine.dispose()
 
 
 def test_response_over_the_cap_is_500_and_rolled_back(app, engine):
