@@ -34,7 +34,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chttp_server.errors import MessageInProgress, StoreUnavailable
@@ -48,15 +47,22 @@ _PG_LOCK_NOT_AVAILABLE = "55P03"
 Headers = list[tuple[str, str]]
 
 
-#: The claim on PostgreSQL, in one round trip: the row's source sets a transaction-local
-#: ``lock_timeout`` before the insert can wait on a concurrent claim of the same key,
-#: first saving the value in force in the placeholder setting ``chttp.saved_lock_timeout``
-#: (the nested call is an argument, so it is evaluated first); ``RETURNING`` (evaluated
-#: only for a row actually inserted, after any wait) puts the saved value back, so the
-#: application's own statements keep their lock_timeout. On a conflict nothing is
-#: returned and the transaction only reads, then rolls back. (Reading the default from
-#: the ``pg_settings`` view instead cost ~1.8 ms per claim: it formats every setting.)
+#: The claim on PostgreSQL, in one round trip that also reads the row of a retry.
+#:
+#: * The insert's row source sets a transaction-local ``lock_timeout`` before the insert
+#:   can wait on a concurrent claim of the same key, first saving the value in force in
+#:   the placeholder setting ``chttp.saved_lock_timeout`` (the nested call is an argument,
+#:   so it is evaluated first). ``RETURNING``, evaluated only for a row actually
+#:   inserted (after any wait), puts the saved value back, so the application's own
+#:   statements keep their lock_timeout. (Reading the default from the ``pg_settings``
+#:   view instead cost ~1.8 ms per claim: it formats every setting.)
+#: * The outer query always returns one row: ``claimed`` (1 if the insert happened) and
+#:   the stored row if one is visible to the statement's snapshot, so a retry of a
+#:   completed message is answered without a second query. After waiting on a concurrent
+#:   claimer that then committed, the snapshot predates that commit and the row is not
+#:   visible: the caller reads it with a separate lookup.
 _PG_CLAIM = text(
+    "WITH claim AS ("
     "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
     "expires_at) "
     "SELECT :scope, :message_id, :fingerprint, :state, :received_at, :expires_at "
@@ -65,6 +71,10 @@ _PG_CLAIM = text(
     ") AS bounded_wait "
     "ON CONFLICT (scope, message_id) DO NOTHING "
     "RETURNING set_config('lock_timeout', current_setting('chttp.saved_lock_timeout'), true)"
+    ") "
+    "SELECT (SELECT count(*) FROM claim) AS claimed, stored.* "
+    "FROM (SELECT 1) AS one LEFT JOIN chttp_messages AS stored "
+    "ON stored.scope = :scope AND stored.message_id = :message_id"
 )
 
 #: Built once: constructing a statement per request costs more Python than running it.
@@ -157,7 +167,6 @@ class MessageStore:
         self.claim_timeout = claim_timeout
         self.clock = clock
         self._postgresql = engine.dialect.name == "postgresql"
-        self._insert = pg_insert if self._postgresql else sqlite_insert
 
     # -- connections -----------------------------------------------------------------
 
@@ -185,10 +194,29 @@ class MessageStore:
         after :attr:`claim_timeout` seconds (the transaction is then unusable: roll back).
         ``now`` becomes the message's ``received_at``; its expiry follows from the retention.
         """
-        if self._postgresql:
-            return self._claim_postgresql(connection, key, fingerprint, now)
+        insert_claim = self._insert_claim_postgresql if self._postgresql else self._insert_claim_sqlite
+        for _attempt in range(3):
+            claimed, existing = insert_claim(connection, key, fingerprint, now)
+            if claimed:
+                return None
+            if existing is None:
+                existing = self.lookup(connection, key)
+            if existing is not None:
+                return existing
+            # The conflicting row was purged between our insert and our read: claim again.
+        raise MessageInProgress("the message row kept changing under the claim",
+                                message_id=key.message_id, retry_after=1)
+
+    def _insert_claim_sqlite(
+        self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
+    ) -> tuple[bool, StoredMessage | None]:
+        """Insert the claim row: ``(True, None)`` if claimed, ``(False, None)`` on a conflict.
+
+        ``BEGIN IMMEDIATE`` already serialised this transaction, so a conflict can only be
+        a committed row.
+        """
         statement = (
-            self._insert(messages)
+            sqlite_insert(messages)
             .values(
                 scope=key.scope,
                 message_id=key.message_id,
@@ -199,22 +227,16 @@ class MessageStore:
             )
             .on_conflict_do_nothing(index_elements=["scope", "message_id"])
         )
-        for _attempt in range(3):
-            # SQLite: BEGIN IMMEDIATE already serialised us; a conflict is a committed row.
-            inserted = connection.execute(statement).rowcount
-            if inserted == 1:
-                return None
-            existing = self.lookup(connection, key)
-            if existing is not None:
-                return existing
-            # The conflicting row was purged between our insert and our read: claim again.
-        raise MessageInProgress("the message row kept changing under the claim",
-                                message_id=key.message_id, retry_after=1)
+        return connection.execute(statement).rowcount == 1, None
 
-    def _claim_postgresql(
+    def _insert_claim_postgresql(
         self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
-    ) -> StoredMessage | None:
-        """:meth:`claim` on PostgreSQL: one statement (see :data:`_PG_CLAIM`)."""
+    ) -> tuple[bool, StoredMessage | None]:
+        """Insert the claim row in one round trip (see :data:`_PG_CLAIM`).
+
+        ``(True, None)`` if claimed; ``(False, row)`` on a conflict, ``row`` being ``None``
+        when the conflicting row is not visible to this statement.
+        """
         params = {
             "scope": key.scope,
             "message_id": key.message_id,
@@ -224,26 +246,20 @@ class MessageStore:
             "expires_at": now + self.retention,
             "lock_timeout": f"{int(self.claim_timeout * 1000)}ms",
         }
-        for _attempt in range(3):
-            try:
-                inserted = connection.execute(_PG_CLAIM, params).first() is not None
-            except sa_exc.OperationalError as exc:
-                if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
-                    raise MessageInProgress(
-                        f"another request with this id is still being processed after "
-                        f"{self.claim_timeout:g}s",
-                        message_id=key.message_id,
-                        retry_after=max(1, round(self.claim_timeout)),
-                    ) from exc
-                raise
-            if inserted:
-                return None
-            existing = self.lookup(connection, key)
-            if existing is not None:
-                return existing
-            # The conflicting row was purged between our insert and our read: claim again.
-        raise MessageInProgress("the message row kept changing under the claim",
-                                message_id=key.message_id, retry_after=1)
+        try:
+            row = connection.execute(_PG_CLAIM, params).one()
+        except sa_exc.OperationalError as exc:
+            if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
+                raise MessageInProgress(
+                    f"another request with this id is still being processed after "
+                    f"{self.claim_timeout:g}s",
+                    message_id=key.message_id,
+                    retry_after=max(1, round(self.claim_timeout)),
+                ) from exc
+            raise
+        if row.claimed:
+            return True, None
+        return False, _row_to_message(row) if row.scope is not None else None
 
     def complete(
         self, connection: Connection, key: MessageKey, status: int, headers: Headers, body: bytes
