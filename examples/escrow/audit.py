@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import Row, Table, select
 
 from chttp_client.db import make_engine
 from chttp_examples.escrow import escrow, ledger
@@ -51,14 +51,19 @@ class AuditResult:
             self.failures.append(text)
 
 
-def ledger_totals(ledger_url: str) -> tuple[int, int]:
-    """(opening total, current total) of one ledger."""
-    engine = make_engine(ledger_url)
+def _read_all(db_url: str, table: Table) -> list[Row[Any]]:
+    """Every row of ``table`` in the database at ``db_url`` (the audit reads, never writes)."""
+    engine = make_engine(db_url)
     try:
         with engine.connect() as connection:
-            rows = connection.execute(select(ledger.accounts)).all()
+            return list(connection.execute(select(table)).all())
     finally:
         engine.dispose()
+
+
+def ledger_totals(ledger_url: str) -> tuple[int, int]:
+    """(opening total, current total) of one ledger."""
+    rows = _read_all(ledger_url, ledger.accounts)
     return sum(row.opening for row in rows), sum(row.balance for row in rows)
 
 
@@ -68,12 +73,7 @@ def audit(ledger_urls: Mapping[str, str], escrow_url: str, *, requested: int) ->
     expected: dict[str, Counter[Op]] = defaultdict(Counter)   # "ledger/transfer" → ops
     known: set[str] = set()
 
-    engine = make_engine(escrow_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(select(escrow.transfers)).all()
-    finally:
-        engine.dispose()
+    rows = _read_all(escrow_url, escrow.transfers)
     result.transfers = len(rows)
     refs = Counter(row.ref for row in rows)
     missing = [ref for ref in range(requested) if refs[ref] == 0]

@@ -102,16 +102,21 @@ def run_callers(base_url: str, resource: Gated, *, before_release) -> tuple[http
         return first.result(), [future.result() for future in duplicates]
 
 
-@pytest.mark.parametrize("db_url", [pytest.param("postgresql", id="postgresql")], indirect=True)
-def test_duplicates_wait_for_the_claimer_and_replay_its_response(pool_engine):
-    resource = Gated()
+def run_while_duplicates_wait(pool_engine, resource):
+    """Run the callers; release the first claimer once every duplicate waits on its claim."""
     app = CertifiedMiddleware(resource, engine=pool_engine, claim_timeout=60)
     with serve_in_thread(app, threads=CALLERS + 4) as base_url:
         def all_duplicates_blocked(_duplicates):
             wait_for(lambda: lock_waiters(pool_engine) == CALLERS - 1,
                      what=f"{CALLERS - 1} duplicates blocked on the claim")
 
-        first, duplicates = run_callers(base_url, resource, before_release=all_duplicates_blocked)
+        return run_callers(base_url, resource, before_release=all_duplicates_blocked)
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", id="postgresql")], indirect=True)
+def test_duplicates_wait_for_the_claimer_and_replay_its_response(pool_engine):
+    resource = Gated()
+    first, duplicates = run_while_duplicates_wait(pool_engine, resource)
 
     assert first.status_code == 200
     assert "Idempotent-Replayed" not in first.headers
@@ -162,13 +167,7 @@ def test_duplicates_get_409_with_retry_after_only_after_the_bounded_wait(pool_en
 @pytest.mark.parametrize("db_url", [pytest.param("postgresql", id="postgresql")], indirect=True)
 def test_a_waiter_takes_over_when_the_claimer_rolls_back(pool_engine):
     resource = Gated(first_fails=True)
-    app = CertifiedMiddleware(resource, engine=pool_engine, claim_timeout=60)
-    with serve_in_thread(app, threads=CALLERS + 4) as base_url:
-        def all_duplicates_blocked(_duplicates):
-            wait_for(lambda: lock_waiters(pool_engine) == CALLERS - 1,
-                     what=f"{CALLERS - 1} duplicates blocked on the claim")
-
-        first, duplicates = run_callers(base_url, resource, before_release=all_duplicates_blocked)
+    first, duplicates = run_while_duplicates_wait(pool_engine, resource)
 
     assert first.status_code == 500
     assert first.content == b"first claimer failed"
