@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import Engine, text
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_server.context import ENVIRON_KEY
 
 __all__ = ["make_app", "application", "MODES"]

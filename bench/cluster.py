@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg2
 
-from chttp_server import migrate
+from chttp_core import migrate
 from chttp_server.testing import PostgresCluster
 
 __all__ = ["BenchDatabase", "ITEMS_DDL"]

@@ -205,7 +205,7 @@ def _scale(db: BenchDatabase, servers: dict[str, Server], options: Options,
 
 def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
            results: Results) -> None:
-    from chttp_client.db import make_engine
+    from chttp_core.db import make_engine
     from chttp_server.store import MessageStore
 
     concurrency = 4

@@ -15,7 +15,7 @@
     start_transferring_foo("http://…/escrow", 5)      # runs to completion, or raises
     journal.resume_all()                              # at start-up: finish what a crash cut off
 
-The wire definitions both halves share live in :mod:`chttp_client.wire`; the
+The wire definitions both halves share live in :mod:`chttp_core.wire`; the
 crash-every-step test helper is :func:`chttp_client.testing.check_crash_resume`.
 This package imports no WebOb.
 """

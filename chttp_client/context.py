@@ -62,9 +62,9 @@ from chttp_client.errors import (
     ProtocolAnswerError,
     protocol_error_for,
 )
-from chttp_client.schema import KIND_PERSIST, KIND_SEND, STEP_DONE, STEP_RECORDED
+from chttp_core.schema import KIND_PERSIST, KIND_SEND, STEP_DONE, STEP_RECORDED
 from chttp_client.sending import deliver, problem_type_of
-from chttp_client.wire import (
+from chttp_core.wire import (
     HEADER_FIRST_SENT,
     HEADER_MESSAGE_ID,
     HEADER_MESSAGE_URL,

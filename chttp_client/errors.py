@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chttp_client.wire import Problem
+from chttp_core.errors import ChttpError
+from chttp_core.wire import Problem
 
 __all__ = [
     "ChttpClientError",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class ChttpClientError(Exception):
+class ChttpClientError(ChttpError):
     """Root of every error the sending half raises."""
 
 

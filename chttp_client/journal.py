@@ -1,9 +1,9 @@
 """``Journal``: where resumable functions record their oplogs, and how they are resumed.
 
 A journal is a database (SQLite file by default, or PostgreSQL) holding the tables of
-:mod:`chttp_client.schema`, plus the HTTP client the certified sends use. Creating one is
+:mod:`chttp_core.schema`, plus the HTTP client the certified sends use. Creating one is
 cheap; the schema is brought to this code's head lazily, on first use, through the
-project's one Alembic lineage (``chttp_server.migrate.upgrade``, imported only then), so
+project's one Alembic lineage (``chttp_core.migrate.upgrade``, imported only then), so
 ``Journal("sqlite:///client.db")`` just works. Hosts that run migrations themselves pass
 ``upgrade_schema=False`` and get :class:`~chttp_server.errors.SchemaOutOfDateError`
 naming the command if the schema is behind.
@@ -40,10 +40,11 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 from sqlalchemy.engine import URL
 
 from chttp_client import codec, retention
+from chttp_core import migrate
 from chttp_client.context import ResumableContext, StepRecord
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_client.errors import JournalError, NonDeterminismError, OplogBusyError, UnknownFunctionError
-from chttp_client.schema import (
+from chttp_core.schema import (
     KIND_SEND,
     OPLOG_DONE,
     OPLOG_FAILED,
@@ -203,8 +204,6 @@ class Journal:
         """Upgrade (or check) the schema once; called before the first database access."""
         if self._schema_ready:
             return
-        from chttp_server import migrate  # lazily: keeps WebOb out of a sender's imports
-
         if self._upgrade_schema:
             if migrate.current_revision(self.engine) != migrate.head_revision():
                 migrate.upgrade(self.engine)

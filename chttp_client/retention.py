@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import and_, delete, exists, not_, or_, select
 
-from chttp_client.schema import (
+from chttp_core.schema import (
     KIND_SEND,
     OPLOG_DONE,
     OPLOG_FAILED,

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import httpx
 
-from chttp_client.wire import PROBLEM_CONTENT_TYPE, Problem, parse_http_date
+from chttp_core.wire import PROBLEM_CONTENT_TYPE, Problem, parse_http_date
 
 __all__ = ["RetryPolicy", "Attempt", "deliver", "is_retryable", "problem_type_of", "retry_after_of"]
 

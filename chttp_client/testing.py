@@ -53,7 +53,7 @@ from chttp_client import codec
 from chttp_client.context import StepEvent, StepRecord
 from chttp_client.errors import NonDeterminismError
 from chttp_client.journal import Journal
-from chttp_client.schema import KIND_SEND
+from chttp_core.schema import KIND_SEND
 
 __all__ = ["check_crash_resume", "CrashResumeReport", "CrashCase", "CrashResumeFailure", "SimulatedCrash"]
 

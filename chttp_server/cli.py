@@ -30,7 +30,7 @@ import sys
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 
 __all__ = ["main", "build_parser", "load_app"]
 
@@ -67,7 +67,7 @@ def _add_db(commands: Any) -> None:
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from chttp_server import migrate
+    from chttp_core import migrate
 
     migrate.upgrade(args.db, args.revision)
     print(f"chttp schema at {migrate.current_revision(args.db)}")
@@ -75,7 +75,7 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def _cmd_db_current(args: argparse.Namespace) -> int:
-    from chttp_server import migrate
+    from chttp_core import migrate
 
     print(migrate.current_revision(args.db) or "(no chttp schema)")
     return 0

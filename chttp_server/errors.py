@@ -2,9 +2,8 @@
 
 ::
 
-    ChttpServerError
+    ChttpServerError                   (a chttp_core.ChttpError)
      ├── ConfigurationError            (also ValueError; raised at construction time)
-     ├── SchemaOutOfDateError          the database is not at this code's migration head
      └── ProtocolError                 an HTTP answer of PROTOCOL.md §4, as problem+json
           ├── InvalidMessageId         400 invalid-message-id          (webob HTTPBadRequest)
           ├── MessageIdRequired        400 message-id-required         (HTTPBadRequest)
@@ -34,7 +33,8 @@ from typing import Any, ClassVar, Iterable
 import webob.exc
 from webob import Response
 
-from chttp_client.wire import PROBLEM_CONTENT_TYPE, Problem
+from chttp_core.errors import ChttpError, SchemaOutOfDateError
+from chttp_core.wire import PROBLEM_CONTENT_TYPE, Problem
 
 __all__ = [
     "ChttpServerError",
@@ -58,29 +58,12 @@ __all__ = [
 ]
 
 
-class ChttpServerError(Exception):
+class ChttpServerError(ChttpError):
     """Root of every error this package raises."""
 
 
 class ConfigurationError(ChttpServerError, ValueError):
     """The middleware or a resource was set up wrongly; raised at construction time."""
-
-
-class SchemaOutOfDateError(ChttpServerError):
-    """The database's chttp tables are not at the revision this code needs."""
-
-    def __init__(self, current: str | None, head: str, command: str) -> None:
-        super().__init__(current, head, command)
-        self.current = current
-        self.head = head
-        self.command = command
-
-    def __str__(self) -> str:
-        found = self.current or "no chttp tables"
-        return (
-            f"the chttp schema is at {found!s}, this code needs {self.head}; "
-            f"run `{self.command}` (or chttp_server.migrate.upgrade(...)) first"
-        )
 
 
 def problem_response(

@@ -10,7 +10,7 @@ import io
 from datetime import datetime
 from typing import Any
 
-from chttp_client.wire import (
+from chttp_core.wire import (
     InvalidMessageIdError,
     is_valid_message_id,
     parse_http_date,

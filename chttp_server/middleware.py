@@ -23,8 +23,8 @@ from urllib.parse import quote
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-from chttp_client.db import make_engine
-from chttp_client.wire import (
+from chttp_core.db import make_engine
+from chttp_core.wire import (
     HEADER_MESSAGE_EXPIRES,
     HEADER_MESSAGE_URL,
     HEADER_REPLAYED,
@@ -32,7 +32,7 @@ from chttp_client.wire import (
     format_http_date,
     is_valid_message_id,
 )
-from chttp_server import migrate
+from chttp_core import migrate
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
 from chttp_server.errors import (
     ConfigurationError,
@@ -49,7 +49,8 @@ from chttp_server.errors import (
     problem_response,
 )
 from chttp_server.incoming import first_sent_of, message_id_of, read_body
-from chttp_server.store import MessageKey, MessageStore, StoredMessage, is_disconnect, utcnow
+from chttp_core.db import is_disconnect
+from chttp_server.store import MessageKey, MessageStore, StoredMessage, utcnow
 
 __all__ = ["CertifiedMiddleware", "remote_user_scope", "require_for_methods"]
 

@@ -9,7 +9,7 @@ The claim is an ``INSERT … ON CONFLICT DO NOTHING``. On PostgreSQL a second tr
 inserting the same key blocks on the first one's uncommitted row until it commits (then
 the insert does nothing and we read the committed row) or rolls back (then the insert
 succeeds and the claim is ours); ``lock_timeout`` bounds that wait. On SQLite every
-transaction starts with ``BEGIN IMMEDIATE`` (see :mod:`chttp_client.db`), so writers are
+transaction starts with ``BEGIN IMMEDIATE`` (see :mod:`chttp_core.db`), so writers are
 serialised and a claimer can only ever meet committed rows.
 """
 
@@ -37,7 +37,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chttp_server.errors import MessageInProgress, StoreUnavailable
-from chttp_server.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
+from chttp_core.db import is_disconnect
+from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 
 __all__ = ["MessageKey", "StoredMessage", "MessageStore", "utcnow"]
 
@@ -140,15 +141,6 @@ def _row_to_message(row: Row[Any]) -> StoredMessage:
         received_at=_aware(row.received_at),
         expires_at=_aware(row.expires_at),
     )
-
-
-def is_disconnect(error: BaseException) -> bool:
-    """True if ``error`` means the store could not be reached (rather than a bad query)."""
-    if isinstance(error, sa_exc.DBAPIError):
-        if error.connection_invalidated:
-            return True
-        return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError))
-    return isinstance(error, (sa_exc.DisconnectionError, sa_exc.TimeoutError))
 
 
 class MessageStore:

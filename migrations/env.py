@@ -1,6 +1,6 @@
 """Alembic environment for the chttp tables.
 
-It runs against a connection handed in by :mod:`chttp_server.migrate` (``config.attributes
+It runs against a connection handed in by :mod:`chttp_core.migrate` (``config.attributes
 ["connection"]``) or a URL (``sqlalchemy.url``). The version table is
 ``chttp_alembic_version`` and only ``chttp_*`` tables are compared, so this lineage lives
 beside a host application's own Alembic lineage in the same database without touching it.
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from chttp_client.db import make_engine
-from chttp_server.migrate import VERSION_TABLE, include_object
-from chttp_server.schema import metadata
+from chttp_core.db import make_engine
+from chttp_core.migrate import VERSION_TABLE, include_object
+from chttp_core.schema import metadata
 
 config = context.config
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from sqlalchemy import Row, Table, select
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_examples.escrow import escrow, ledger
 
 __all__ = ["AuditResult", "audit", "ledger_totals"]

@@ -41,9 +41,9 @@ from typing import Any, Callable, Mapping
 import webob.exc
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, Text, func, insert, select, update
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware, Resource, require_for_methods
-from chttp_server.migrate import upgrade
+from chttp_core.migrate import upgrade
 
 __all__ = [
     "metadata",

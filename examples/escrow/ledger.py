@@ -45,9 +45,9 @@ from sqlalchemy import (
     update,
 )
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware, Resource, require_for_methods
-from chttp_server.migrate import upgrade
+from chttp_core.migrate import upgrade
 
 __all__ = [
     "metadata",

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from chttp_client import resumable
-from chttp_server.schema import messages
+from chttp_core.schema import messages
 from tests.client.conftest import BASE, Crash, crash_at
 from tests.client.receiver import count_runs
 

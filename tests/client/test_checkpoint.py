@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from chttp_client import Journal, resumable
-from chttp_server.schema import messages
+from chttp_core.schema import messages
 from tests.client.checkpoint_app import NAME
 from tests.client.conftest import BASE, Crash, crash_at
 from tests.client.test_journal import count_commits

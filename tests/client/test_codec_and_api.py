@@ -15,10 +15,10 @@ from alembic.migration import MigrationContext
 
 import chttp_client
 from chttp_client import codec
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_client.errors import DeadlineExceeded, MessageGone, NonDeterminismError, UnknownFunctionError
-from chttp_server import migrate
-from chttp_server.schema import metadata
+from chttp_core import migrate
+from chttp_core.schema import metadata
 from tests.server.live import REPO_ROOT
 
 
@@ -104,7 +104,7 @@ def test_journal_tables_match_their_migration(db_url):
 
 def test_journal_without_upgrade_refuses_a_missing_schema(sqlite_url):
     from chttp_client import Journal, resumable
-    from chttp_server.errors import SchemaOutOfDateError
+    from chttp_core.errors import SchemaOutOfDateError
 
     journal = Journal(sqlite_url, upgrade_schema=False)
 

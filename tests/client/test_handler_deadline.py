@@ -26,7 +26,7 @@ from sqlalchemy import insert
 from webtest import TestApp
 
 from chttp_client import DeadlineExceeded, Journal, RetryPolicy, resumable
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_client.incoming import derived_message_id, incoming_oplog_id
 from chttp_server import CertifiedMiddleware, ConfigurationError, Resource
 from tests.client.conftest import FakeClock

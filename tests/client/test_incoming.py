@@ -15,11 +15,11 @@ from sqlalchemy import insert, select
 from webtest import TestApp
 
 from chttp_client import Journal, NonDeterminismError
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_client.errors import ChttpClientError
 from chttp_client.incoming import derived_message_id, incoming_oplog_id, journal_for_engine
 from chttp_server import CertifiedMiddleware, Resource
-from chttp_server.schema import messages
+from chttp_core.schema import messages
 from tests.client.conftest import BASE
 from tests.client.receiver import count_runs, make_receiver, receiver_metadata, receiver_runs, runs
 

@@ -13,9 +13,9 @@ from sqlalchemy import event, func, select, text
 
 from chttp_client import Journal, resumable
 from chttp_client.cli import main as cli_main
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_client.incoming import IncomingSends, incoming_oplog_id
-from chttp_client.schema import oplog_steps, oplogs
+from chttp_core.schema import oplog_steps, oplogs
 from tests.client.conftest import BASE, Crash, crash_at
 
 DAY = timedelta(days=1)
@@ -229,7 +229,7 @@ def test_cli_purge(make_journal, fake_clock, db_url, capsys):
 def test_migration_0003_backfills_the_last_activity_and_downgrades(db_url):
     from alembic import command
 
-    from chttp_server import migrate
+    from chttp_core import migrate
 
     engine = make_engine(db_url)
     try:

@@ -19,7 +19,7 @@ from chttp_client import (
 )
 from chttp_client.journal import register
 from chttp_client.sending import retry_after_of
-from chttp_server.schema import messages
+from chttp_core.schema import messages
 from tests.client.conftest import BASE, Crash, crash_at
 from tests.client.receiver import count_runs, runs
 
@@ -134,7 +134,7 @@ def test_connection_errors_are_retried_until_the_deadline(make_journal, fake_clo
 
 
 def test_retry_after_http_date(fake_clock):
-    from chttp_client.wire import format_http_date
+    from chttp_core.wire import format_http_date
 
     response = httpx.Response(503, headers={"Retry-After": format_http_date(fake_clock.now + timedelta(seconds=90))})
     assert retry_after_of(response, fake_clock.now) == pytest.approx(90, abs=1)

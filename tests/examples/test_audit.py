@@ -11,7 +11,7 @@ import json
 import pytest
 from sqlalchemy import insert, select, update
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_examples.escrow import escrow, ledger
 from chttp_examples.escrow.audit import audit
 from chttp_examples.escrow.demo import Databases, run_demo

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_examples.escrow.client import IMPOSSIBLE_AMOUNT, make_transfer
 from chttp_examples.escrow.demo import postgres_databases, run_demo
 

@@ -8,7 +8,7 @@ import pytest
 import webtest
 from sqlalchemy import select
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_examples.escrow import ledger
 
 

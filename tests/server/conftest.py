@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from chttp_client.db import make_engine
-from chttp_server.migrate import upgrade
+from chttp_core.db import make_engine
+from chttp_core.migrate import upgrade
 
 from .apps import host_metadata
 

@@ -21,10 +21,10 @@ import pytest
 import webob
 from sqlalchemy import func, select, text
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware, Resource
-from chttp_server.migrate import upgrade
-from chttp_server.schema import messages
+from chttp_core.migrate import upgrade
+from chttp_core.schema import messages
 
 from .apps import count_writes, host_metadata, record
 from .live import serve_in_thread, wait_for

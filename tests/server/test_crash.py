@@ -15,9 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from chttp_client.db import make_engine
-from chttp_server.migrate import upgrade
-from chttp_server.schema import messages
+from chttp_core.db import make_engine
+from chttp_core.migrate import upgrade
+from chttp_core.schema import messages
 
 from .apps import count_writes, host_metadata
 from .live import ServerProcess, wait_for

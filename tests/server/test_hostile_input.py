@@ -22,7 +22,7 @@ from sqlalchemy import func, select, text
 
 import chttp_server
 from chttp_server import CertifiedMiddleware, Resource
-from chttp_server.schema import messages
+from chttp_core.schema import messages
 
 from .apps import Root, count_writes, record
 from .live import serve_in_thread

@@ -1,6 +1,6 @@
 """Migrations: one lineage for every ``chttp_`` table, no drift, shipped in the wheel.
 
-DESIGN.md: the models (:data:`chttp_client.schema.metadata`, every table of both halves)
+DESIGN.md: the models (:data:`chttp_core.schema.metadata`, every table of both halves)
 and the Alembic revisions must describe the same schema on both databases, the lineage
 keeps its own version table beside a host's ``alembic_version``, and the scripts travel
 inside the wheel so ``chttp-server db upgrade`` works from an installed package. The
@@ -22,10 +22,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, text
 
-from chttp_client.db import make_engine
-from chttp_client.schema import metadata
-from chttp_server import migrate
-from chttp_server.schema import messages  # noqa: F401  (registers chttp_messages)
+from chttp_core.db import make_engine
+from chttp_core.schema import metadata
+from chttp_core import migrate
+from chttp_core.schema import messages  # noqa: F401  (registers chttp_messages)
 
 from .live import REPO_ROOT
 
@@ -56,7 +56,7 @@ def test_every_model_table_is_ours():
 
 
 def test_the_lineage_has_a_single_head_and_every_file_is_a_revision():
-    script = ScriptDirectory(str(files("chttp_server.migrations")))
+    script = ScriptDirectory(str(files("chttp_core.migrations")))
     assert len(script.get_heads()) == 1
     assert script.get_current_head() == migrate.head_revision()
     revisions = list(script.walk_revisions())
@@ -138,9 +138,9 @@ def test_cli_db_current_on_an_empty_database(sqlite_url):
 def test_the_wheel_ships_the_migrations(built_wheel):
     wheel = built_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert "chttp_server/migrations/env.py" in names
-    assert "chttp_server/migrations/script.py.mako" in names
+    assert "chttp_core/migrations/env.py" in names
+    assert "chttp_core/migrations/script.py.mako" in names
     for version in VERSIONS:
-        assert f"chttp_server/migrations/versions/{version}" in names
+        assert f"chttp_core/migrations/versions/{version}" in names
     assert "chttp_server/middleware.py" in names
     assert not any(name.startswith("tests/") for name in names)

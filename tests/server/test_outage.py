@@ -17,9 +17,9 @@ import webob
 import webtest
 from sqlalchemy import insert
 
-from chttp_client.db import make_engine
+from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware, get_context
-from chttp_server.migrate import upgrade
+from chttp_core.migrate import upgrade
 from chttp_server.testing import PostgresCluster
 
 from .apps import count_writes, host_metadata, host_writes

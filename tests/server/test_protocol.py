@@ -13,10 +13,10 @@ import pytest
 import webtest
 from sqlalchemy import create_engine
 
-from chttp_client.db import make_engine
-from chttp_client.wire import format_http_date
+from chttp_core.db import make_engine
+from chttp_core.wire import format_http_date
 from chttp_server import CertifiedMiddleware, ConfigurationError, require_for_methods
-from chttp_server.migrate import upgrade
+from chttp_core.migrate import upgrade
 
 from .apps import BINARY_BODY, Root, count_writes
 

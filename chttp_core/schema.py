@@ -2,15 +2,43 @@
 
 DESIGN.md: a single SQLAlchemy Core ``MetaData`` and a single Alembic lineage, all
 tables prefixed ``chttp_``, so the whole store can sit in a host application's database
-beside the host's own tables and migrations. The receiver's tables are declared in
-``chttp_server.schema`` on this same object; the sender's tables are declared here.
+beside the host's own tables and migrations. Both halves' tables are declared here: the
+receiver's message table and the sender's journal.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
 
-__all__ = ["metadata", "TABLE_PREFIX"]
+__all__ = [
+    "metadata",
+    "TABLE_PREFIX",
+    "messages",
+    "STATE_COMPLETED",
+    "STATE_ACKNOWLEDGED",
+    "oplogs",
+    "oplog_steps",
+    "OPLOG_OPEN",
+    "OPLOG_DONE",
+    "OPLOG_FAILED",
+    "STEP_RECORDED",
+    "STEP_DONE",
+    "KIND_PERSIST",
+    "KIND_SEND",
+]
 
 TABLE_PREFIX = "chttp_"
 
@@ -25,6 +53,36 @@ metadata = MetaData(
     }
 )
 
+# -- the receiver's messages ----------------------------------------------------------
+#
+# One row per certified message, keyed by ``(scope, message_id)`` (PROTOCOL.md §1). A row
+# only ever becomes visible to other transactions once it is *completed*: the claim, the
+# handler's writes and the stored response commit together, so no "processing" state is
+# ever stored. After the sender's acknowledgement the response columns are cleared and the
+# row stays as a tombstone until ``expires_at``; the purge deletes by ``expires_at``,
+# which is indexed.
+
+STATE_COMPLETED = "completed"
+STATE_ACKNOWLEDGED = "acknowledged"
+
+messages = Table(
+    "chttp_messages",
+    metadata,
+    Column("scope", String(255), nullable=False),
+    Column("message_id", String(128), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("status", Integer, nullable=True),
+    # JSON list of [name, value] pairs: order and repeated names survive intact.
+    Column("headers", Text, nullable=True),
+    Column("body", LargeBinary, nullable=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("scope", "message_id"),
+    CheckConstraint("state IN ('completed', 'acknowledged')", name="state"),
+    Index("ix_chttp_messages_expires_at", "expires_at"),
+)
+
 # -- the sender's journal --------------------------------------------------------------
 #
 # One row per call of a resumable function (an "oplog") and one row per step it took,
@@ -34,19 +92,6 @@ metadata = MetaData(
 # receiver confirmed our DELETE on ``message_url``. The lease columns keep two
 # processes from running one oplog at once (chttp_client.journal).
 
-from sqlalchemy import (  # noqa: E402 - kept beside the tables they build
-    CheckConstraint,
-    Column,
-    DateTime,
-    ForeignKeyConstraint,
-    Index,
-    Integer,
-    PrimaryKeyConstraint,
-    String,
-    Table,
-    Text,
-)
-
 OPLOG_OPEN = "open"
 OPLOG_DONE = "done"
 OPLOG_FAILED = "failed"
@@ -54,18 +99,6 @@ STEP_RECORDED = "recorded"
 STEP_DONE = "done"
 KIND_PERSIST = "persist"
 KIND_SEND = "send"
-
-__all__ += [
-    "oplogs",
-    "oplog_steps",
-    "OPLOG_OPEN",
-    "OPLOG_DONE",
-    "OPLOG_FAILED",
-    "STEP_RECORDED",
-    "STEP_DONE",
-    "KIND_PERSIST",
-    "KIND_SEND",
-]
 
 oplogs = Table(
     "chttp_oplogs",

@@ -1,6 +1,6 @@
 """Schema migrations for every ``chttp_`` table, from code and from the command line.
 
-The Alembic scripts ship inside the wheel as ``chttp_server.migrations`` (the top-level
+The Alembic scripts ship inside the wheel as ``chttp_core.migrations`` (the top-level
 ``migrations/`` folder, mapped by ``package_dir``) and are found with
 :mod:`importlib.resources`, so they work from a checkout, an editable install and a
 wheel alike. The lineage keeps its own version table, :data:`VERSION_TABLE`, so a host
@@ -20,8 +20,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 
-from chttp_client.db import make_engine
-from chttp_server.errors import SchemaOutOfDateError
+from chttp_core.db import make_engine
+from chttp_core.errors import SchemaOutOfDateError
 
 __all__ = [
     "VERSION_TABLE",
@@ -47,7 +47,7 @@ def include_object(obj: Any, name: str | None, type_: str, reflected: bool, comp
 
 @contextmanager
 def _config() -> Iterator[Config]:
-    with as_file(files("chttp_server.migrations")) as script_location:
+    with as_file(files("chttp_core.migrations")) as script_location:
         config = Config()
         config.set_main_option("script_location", str(script_location))
         yield config

@@ -15,9 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["normalize_url", "make_engine", "is_sqlite", "is_postgresql"]
+__all__ = ["normalize_url", "make_engine", "is_sqlite", "is_postgresql", "is_disconnect"]
 
 #: How long a SQLite writer waits for the database lock, in seconds.
 SQLITE_BUSY_TIMEOUT = 5.0
@@ -80,3 +81,12 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """True if ``error`` means the store could not be reached (rather than a bad query)."""
+    if isinstance(error, sa_exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        return isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError))
+    return isinstance(error, (sa_exc.DisconnectionError, sa_exc.TimeoutError))
