@@ -30,7 +30,7 @@ _WARNING = 2
 #: A citation of the contract: the document's name, then one or more section numbers
 #: ("docs/protocol.rst §2.3", "``PROTOCOL.md`` §1 and §4", "PROTOCOL.md §2, §5").
 _CITATION = re.compile(
-    r"(?:docs/protocol\.rst|PROTOCOL\.md)`{0,2}\s*"
+    r"(?:(?:docs/)?protocol\.rst|PROTOCOL\.md)`{0,2}\s*"
     r"(§\s*\d+(?:\.\d+)*(?:\s*(?:,|and|or)\s*§\s*\d+(?:\.\d+)*)*)"
 )
 _SECTION_NUMBER = re.compile(r"§\s*(\d+(?:\.\d+)*)")
@@ -175,6 +175,7 @@ def test_a_dangling_link_is_reported():
         pytest.param("PROTOCOL.md §2, last paragraph; §5", ["2"], id="stops-at-prose"),
         pytest.param("RFC 9110 §5.6.7", [], id="another-document"),
         pytest.param("docs/protocol.rst\n    §6", ["6"], id="wrapped"),
+        pytest.param("(protocol.rst §3.1)", ["3.1"], id="without-docs-prefix"),
     ],
 )
 def test_citations_are_recognised(text: str, numbers: list[Any]):
