@@ -171,10 +171,11 @@ class ConsoleApp:
         if isinstance(result, Response):
             return result
         template, context, *status = result
-        if request.method == "GET":
+        if request.method == "GET" and self.refresh:
             params = {k: v for k, v in request.GET.items() if k != "refresh"}
             context["pause_href"] = _href(request.path_info, **params, refresh=0)
-            context["resume_href"] = _href(request.path_info, **params)
+            if request.GET.get("refresh") == "0":
+                context["resume_href"] = _href(request.path_info, **params)
         return self._render(template, context, *status)
 
     def _render(self, template: str, context: dict[str, Any], status: int = 200) -> Response:

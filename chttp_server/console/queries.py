@@ -326,8 +326,8 @@ def _stalled(now: datetime) -> ColumnElement[bool]:
 
 
 def oplog_summary(connection: Connection, now: datetime) -> OplogSummary:
-    counts = dict(connection.execute(  # indexed: ix_chttp_oplogs_state
-        select(oplogs.c.state, func.count()).group_by(oplogs.c.state)).tuples().all())
+    counts = {state: n for state, n in connection.execute(  # indexed: ix_chttp_oplogs_state
+        select(oplogs.c.state, func.count()).group_by(oplogs.c.state))}
     stalled = connection.execute(
         select(func.count()).select_from(oplogs).where(_stalled(now))).scalar_one()
     oldest = connection.execute(
@@ -395,7 +395,10 @@ def _loads(text: str | None) -> Any:
 
 def _pretty(text: str) -> str:
     data = _loads(text)
-    return json.dumps(data, indent=1, ensure_ascii=False) if not isinstance(data, str) else data
+    if isinstance(data, str):
+        return data
+    compact = json.dumps(data, ensure_ascii=False)
+    return compact if len(compact) <= 100 else json.dumps(data, indent=2, ensure_ascii=False)
 
 
 def _step_row(step: Any) -> StepRow:
