@@ -56,6 +56,7 @@ class Window:
 
 
 WINDOWS = {window.name: window for window in (
+    Window("10m", timedelta(minutes=10), 20),
     Window("1h", timedelta(hours=1), 12),
     Window("24h", timedelta(hours=24), 24),
     Window("7d", timedelta(days=7), 28),

@@ -1,8 +1,10 @@
 """``chttp-server console``: its options, and the runner that serves it with waitress.
 
 ``chttp_server.cli`` registers the subcommand with :func:`add_arguments` and calls
-:func:`run`; Jinja2 and the pages load only when it runs. :func:`build_console` is
-also what another program (the escrow demo) uses to open a console beside itself.
+:func:`run`; Jinja2 and the pages load only when it runs. :func:`build_console` makes
+the WSGI application from code; :class:`ConsoleProcess` runs the command as a child
+process, which is how another program (the escrow demo) opens a console beside itself
+without sharing its threads or its fate.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import argparse
 import ipaddress
 import os
 import signal
+import subprocess
 import sys
+import tempfile
 from typing import Any, Sequence
 
 from chttp_core.errors import SchemaOutOfDateError
 from chttp_server.errors import ConfigurationError
 
-__all__ = ["add_arguments", "run", "build_console", "DEFAULT_PORT", "TOKEN_VARIABLE"]
+__all__ = ["add_arguments", "run", "build_console", "ConsoleProcess", "DEFAULT_PORT",
+           "TOKEN_VARIABLE"]
 
 DEFAULT_PORT = 8090
 #: Where the token may come from instead of --token (a command line is visible in ps).
@@ -119,3 +124,38 @@ def run(args: argparse.Namespace) -> int:
     finally:
         app.close()
     return 0
+
+
+class ConsoleProcess:
+    """``chttp-server console`` as a child process on a free loopback port (read-only).
+
+    ``url`` is where it serves; :meth:`stop` ends it. Raises :class:`RuntimeError` with
+    the command's complaint if it does not start.
+    """
+
+    def __init__(self, *, db: str | None, journal: str | None, refresh: int = 2) -> None:
+        command = [sys.executable, "-m", "chttp_server.cli", "console", "--port", "0",
+                   "--refresh", str(refresh)]
+        command += ["--db", db] if db else []
+        command += ["--journal", journal] if journal else []
+        # Its log goes to a file, not a pipe nobody reads (a full pipe would block it).
+        self._log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log,
+                                        stdin=subprocess.DEVNULL, text=True)
+        line = self.process.stdout.readline() if self.process.stdout else ""
+        if " on http" not in line:
+            self.process.kill()
+            self.process.communicate(timeout=30)
+            self._log.seek(0)
+            raise RuntimeError(f"the console did not start: {line}{self._log.read()}".strip())
+        self.url = line.split(" on ", 1)[1].strip()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover - waitress stops on SIGTERM
+            self.process.kill()
+            self.process.communicate()
+        self._log.close()

@@ -282,3 +282,46 @@ def test_the_wheel_ships_the_templates(built_wheel):
                  "oplog.html", "chart.html", "pager.html", "action.html", "error.html",
                  "console.css", "console.js"):
         assert f"chttp_server/console/templates/{name}" in names
+
+
+def test_long_lists_are_paged(db_url):
+    from datetime import timedelta
+
+    from sqlalchemy import insert
+
+    from chttp_core import migrate
+    from chttp_core.db import make_engine
+    from chttp_core.schema import oplogs
+
+    migrate.upgrade(db_url)
+    now = datetime.now(timezone.utc)
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(insert(messages), [
+                {"scope": "s", "message_id": f"m-{n:03}", "fingerprint": "0" * 64,
+                 "state": "completed", "status": 200, "headers": "[]", "body": b"",
+                 "received_at": now - timedelta(seconds=n), "expires_at": now + timedelta(days=1)}
+                for n in range(120)])
+            connection.execute(insert(oplogs), [
+                {"id": f"o-{n:03}", "function": "f", "version": 1, "arguments": "{}",
+                 "state": "done", "created_at": now - timedelta(seconds=n)} for n in range(51)])
+    finally:
+        engine.dispose()
+    app = build_console(db=db_url, journal=db_url)
+    try:
+        client = webtest.TestApp(app)
+        first = client.get("/messages?scope=s")
+        ids = [a.text for a in first.html.select("#messages td.id a")]
+        assert ids == [f"m-{n:03}" for n in range(50)]  # newest first
+        assert "120 matching · page 1 of 3" in first.html.find(class_="pager").text
+        second = first.click(linkid=None, href=r"page=2", index=0)
+        assert [a.text for a in second.html.select("#messages td.id a")][0] == "m-050"
+        third = client.get("/messages?scope=s&page=3")
+        assert len(third.html.select("#messages td.id a")) == 20
+        assert third.html.find("a", rel="prev")["href"] == "/messages?page=2&scope=s"
+        assert third.html.find("a", rel="next") is None
+        last = client.get("/oplogs?page=2")
+        assert [a.text for a in last.html.select("#oplogs td.id a")] == ["o-050"]
+    finally:
+        app.close()
