@@ -14,13 +14,14 @@ and an open oplog resumed, by ``POST`` with the token.
 
 The modules, one job each::
 
-    database   a read-only engine per database (no write lock, no writes)
-    queries    the read-only queries over the chttp_* tables, as dataclasses
-    chart      outcomes over time: counted in SQL, drawn as inline SVG
-    actions    the opt-in writes, through MessageStore and Journal, behind the token
-    present    the Jinja2 environment (autoescaped) and display helpers
-    app        the WSGI application: routes, checks, pages
-    cli        the ``chttp-server console`` options and their runner
+    database       a read-only engine per database (no write lock, no writes)
+    queries        read-only queries over the receiver's messages, as dataclasses
+    oplog_queries  the same over the sender's oplogs and their steps
+    chart          outcomes over time: counted in SQL, drawn as inline SVG
+    actions        the opt-in writes, through MessageStore and Journal, behind the token
+    present        the Jinja2 environment (autoescaped) and display helpers
+    app            the WSGI application: routes, checks, pages
+    cli            the ``chttp-server console`` options and their runner
 
 Templates, stylesheet and script are in ``templates/``; nothing is built.
 """

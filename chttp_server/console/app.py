@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 from sqlalchemy import exc as sa_exc
 from webob import Request, Response
 
-from chttp_server.console import chart, queries
+from chttp_server.console import chart, oplog_queries, queries
 from chttp_server.console.actions import Actions, ActionResult
 from chttp_server.console.database import ConsoleDatabase
 from chttp_server.console.present import ago, make_environment, preview_body
@@ -206,7 +206,7 @@ class ConsoleApp:
                     chart.message_outcomes(connection, now, window))
         if self.journal is not None:
             with self.journal.connect() as connection:
-                context["oplogs"] = queries.oplog_summary(connection, now)
+                context["oplogs"] = oplog_queries.oplog_summary(connection, now)
                 context["oplog_chart"] = chart.draw(chart.oplog_outcomes(connection, now, window))
         return "overview.html", context
 
@@ -234,7 +234,7 @@ class ConsoleApp:
         sends: list[tuple[str, int]] = []
         if self.journal is not None:
             with self.journal.connect() as connection:
-                sends = queries.sends_of_message(connection, message_id)
+                sends = oplog_queries.sends_of_message(connection, message_id)
         preview = None
         if detail.body is not None:
             preview = preview_body(detail.body, detail.row.body_size or 0)
@@ -244,13 +244,13 @@ class ConsoleApp:
     def _oplogs(self, request: Request, now: datetime) -> tuple[str, dict[str, Any]]:
         database = self._need(self.journal, "--journal")
         state = request.GET.get("state", "")
-        states = (*queries.OPLOG_STATES, "stalled")
-        search = queries.OplogFilter(text=request.GET.get("q", "").strip(),
+        states = (*oplog_queries.OPLOG_STATES, "stalled")
+        search = oplog_queries.OplogFilter(text=request.GET.get("q", "").strip(),
                                      state=state if state in states else "",
                                      page=_page_number(request))
         with database.connect() as connection:
-            summary = queries.oplog_summary(connection, now)
-            rows, total = queries.search_oplogs(connection, search, now)
+            summary = oplog_queries.oplog_summary(connection, now)
+            rows, total = oplog_queries.search_oplogs(connection, search, now)
         return "oplogs.html", {"summary": summary, "search": search, "rows": rows,
                                "total": total, "pages": _pages(total), "now": now,
                                "states": states, "refresh": self._refresh_of(request)}
@@ -259,7 +259,7 @@ class ConsoleApp:
         database = self._need(self.journal, "--journal")
         oplog_id = request.GET.get("id", "")
         with database.connect() as connection:
-            detail = queries.get_oplog(connection, oplog_id)
+            detail = oplog_queries.get_oplog(connection, oplog_id)
         if detail is None:
             raise _Refusal(404, f"no oplog {oplog_id!r}")
         return "oplog.html", {"oplog": detail, "o": detail.row, "now": now,

@@ -1,19 +1,15 @@
-"""The console's read-only queries over the receiver's messages and the sender's oplogs.
+"""The console's read-only queries over the receiver's messages (``chttp_messages``).
 
-They read the tables of :mod:`chttp_core.schema` (``chttp_messages``, ``chttp_oplogs``,
-``chttp_oplog_steps``) with SQLAlchemy Core and nothing else: the store and journal
-classes may change shape without the console noticing, and what the console shows is
-exactly what is stored. Every function takes an open :class:`~sqlalchemy.Connection`
-and the current time, and returns plain frozen dataclasses for the templates.
+The console reads the tables of :mod:`chttp_core.schema` with SQLAlchemy Core and
+nothing else: the store and journal classes may change shape without the console
+noticing, and what it shows is exactly what is stored. Every function takes an open
+:class:`~sqlalchemy.Connection` and the current time, and returns plain frozen
+dataclasses for the templates. The sender's tables have theirs in
+:mod:`~chttp_server.console.oplog_queries`; the helpers both use are public here.
 
-Records are shown as stored. In particular a recorded exception stays JSON text: the
-console never rebuilds it (rebuilding imports the module a record names, and the
-database is not trusted to name modules).
-
-What is *not* here: a receiver's message being processed right now. Its claim row is
-uncommitted (docs/protocol.rst §2), so no other transaction can see it; the oldest row a
-reader can see is the oldest *completed* one. On the sender's side an open oplog whose
-lease has lapsed is the "stuck" thing an operator looks for (:attr:`OplogSummary.stalled`).
+What is *not* here: a message being processed right now. Its claim row is uncommitted
+(docs/protocol.rst §2), so no other transaction can see it; the oldest row a reader can
+see is the oldest *completed* one.
 """
 
 from __future__ import annotations
@@ -23,42 +19,24 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, LargeBinary, Select, func, or_, select
+from sqlalchemy import ColumnElement, Connection, LargeBinary, Select, func, select
 
-from chttp_core.schema import (
-    KIND_SEND,
-    OPLOG_DONE,
-    OPLOG_FAILED,
-    OPLOG_OPEN,
-    STATE_ACKNOWLEDGED,
-    STATE_COMPLETED,
-    messages,
-    oplog_steps,
-    oplogs,
-)
+from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 
 __all__ = [
     "PAGE_SIZE",
     "PREVIEW_BYTES",
     "MESSAGE_STATES",
-    "OPLOG_STATES",
     "MessageSummary",
     "MessageFilter",
     "MessageRow",
     "MessageDetail",
-    "OplogSummary",
-    "OplogFilter",
-    "OplogRow",
-    "StepRow",
-    "OplogDetail",
     "message_summary",
     "search_messages",
     "get_message",
-    "oplog_summary",
-    "search_oplogs",
-    "get_oplog",
-    "sends_of_message",
     "aware",
+    "aware_not_null",
+    "paged",
 ]
 
 #: Rows per page of a list.
@@ -67,7 +45,6 @@ PAGE_SIZE = 50
 PREVIEW_BYTES = 4096
 #: The filters a message list offers: the stored states, plus rows past their expiry.
 MESSAGE_STATES = (STATE_COMPLETED, STATE_ACKNOWLEDGED, "expired")
-OPLOG_STATES = (OPLOG_OPEN, OPLOG_DONE, OPLOG_FAILED)
 
 
 def aware(moment: datetime | None) -> datetime | None:
@@ -77,13 +54,15 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _must(moment: datetime | None) -> datetime:
+def aware_not_null(moment: datetime | None) -> datetime:
+    """:func:`aware` for a ``NOT NULL`` column."""
     result = aware(moment)
     assert result is not None  # a NOT NULL column
     return result
 
 
-def _page_of(query: Select[Any], page: int, page_size: int) -> Select[Any]:
+def paged(query: Select[Any], page: int, page_size: int) -> Select[Any]:
+    """``query`` limited to page ``page`` (from 1) of ``page_size`` rows."""
     return query.limit(page_size).offset((max(page, 1) - 1) * page_size)
 
 
@@ -150,14 +129,14 @@ def message_summary(connection: Connection, now: datetime) -> MessageSummary:
     expired = connection.execute(  # indexed: ix_chttp_messages_expires_at
         select(func.count()).select_from(messages).where(messages.c.expires_at <= now)
     ).scalar_one()
-    oldest = [aware(row.oldest) for row in by_state.values() if row.oldest is not None]
-    newest = [aware(row.newest) for row in by_state.values() if row.newest is not None]
+    oldest = [aware_not_null(row.oldest) for row in by_state.values() if row.oldest is not None]
+    newest = [aware_not_null(row.newest) for row in by_state.values() if row.newest is not None]
     return MessageSummary(
         completed=by_state[STATE_COMPLETED].n if STATE_COMPLETED in by_state else 0,
         acknowledged=by_state[STATE_ACKNOWLEDGED].n if STATE_ACKNOWLEDGED in by_state else 0,
         expired=int(expired),
-        oldest_received=min(m for m in oldest if m) if oldest else None,
-        newest_received=max(m for m in newest if m) if newest else None,
+        oldest_received=min(oldest) if oldest else None,
+        newest_received=max(newest) if newest else None,
     )
 
 
@@ -177,7 +156,7 @@ def _message_conditions(search: MessageFilter, now: datetime) -> list[ColumnElem
 def _message_row(row: Any) -> MessageRow:
     return MessageRow(
         scope=row.scope, message_id=row.message_id, state=row.state, status=row.status,
-        received_at=_must(row.received_at), expires_at=_must(row.expires_at),
+        received_at=aware_not_null(row.received_at), expires_at=aware_not_null(row.expires_at),
         body_size=row.body_size,
     )
 
@@ -197,7 +176,7 @@ def search_messages(connection: Connection, search: MessageFilter, now: datetime
         select(func.count()).select_from(messages).where(*conditions)).scalar_one()
     query = (select(*_ROW_COLUMNS).where(*conditions)
              .order_by(messages.c.received_at.desc(), messages.c.scope, messages.c.message_id))
-    rows = connection.execute(_page_of(query, search.page, page_size))
+    rows = connection.execute(paged(query, search.page, page_size))
     return [_message_row(row) for row in rows], int(total)
 
 
@@ -225,203 +204,3 @@ def _headers(stored: str | None) -> list[tuple[str, str]] | None:
         return [(str(name), str(value)) for name, value in json.loads(stored)]
     except (ValueError, TypeError):
         return [("(unreadable headers)", stored)]
-
-
-# -- the sender's oplogs ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OplogSummary:
-    """Counts by state; ``stalled`` open oplogs have no live lease: nobody is running them."""
-
-    open: int
-    done: int
-    failed: int
-    stalled: int
-    oldest_open: OplogRow | None
-
-
-@dataclass(frozen=True)
-class OplogFilter:
-    """A search: a substring of the oplog id or of the function name, a state, a page."""
-
-    text: str = ""
-    state: str = ""
-    page: int = 1
-
-
-@dataclass(frozen=True)
-class OplogRow:
-    id: str
-    function: str
-    version: int
-    state: str
-    lease_owner: str | None
-    lease_expires_at: datetime | None
-    created_at: datetime
-    updated_at: datetime | None
-    finished_at: datetime | None
-    steps: int
-    sends: int
-
-    def lease_live(self, now: datetime) -> bool:
-        return self.lease_owner is not None and self.lease_expires_at is not None \
-            and self.lease_expires_at > now
-
-
-@dataclass(frozen=True)
-class StepRow:
-    """One step, its JSON columns unpacked for display (never decoded into objects)."""
-
-    number: int
-    kind: str
-    name: str
-    state: str
-    message_id: str | None
-    method: str | None
-    url: str | None
-    first_sent_at: datetime | None
-    status: int | None
-    message_url: str | None
-    acknowledged_at: datetime | None
-    error_type: str | None
-    error_message: str | None
-    value: str | None
-
-
-@dataclass(frozen=True)
-class OplogDetail:
-    row: OplogRow
-    arguments: str
-    result: str | None
-    steps: list[StepRow]
-
-
-def _step_count(*, sends_only: bool = False) -> Any:
-    query = select(func.count()).where(oplog_steps.c.oplog_id == oplogs.c.id)
-    if sends_only:
-        query = query.where(oplog_steps.c.kind == KIND_SEND)
-    return query.scalar_subquery()
-
-
-_OPLOG_COLUMNS = (
-    oplogs.c.id, oplogs.c.function, oplogs.c.version, oplogs.c.state, oplogs.c.lease_owner,
-    oplogs.c.lease_expires_at, oplogs.c.created_at, oplogs.c.updated_at, oplogs.c.finished_at,
-    _step_count().label("steps"), _step_count(sends_only=True).label("sends"),
-)
-
-
-def _oplog_row(row: Any) -> OplogRow:
-    return OplogRow(
-        id=row.id, function=row.function, version=row.version, state=row.state,
-        lease_owner=row.lease_owner, lease_expires_at=aware(row.lease_expires_at),
-        created_at=_must(row.created_at), updated_at=aware(row.updated_at),
-        finished_at=aware(row.finished_at), steps=int(row.steps), sends=int(row.sends),
-    )
-
-
-def _stalled(now: datetime) -> ColumnElement[bool]:
-    return (oplogs.c.state == OPLOG_OPEN) & or_(
-        oplogs.c.lease_expires_at.is_(None), oplogs.c.lease_expires_at <= now)
-
-
-def oplog_summary(connection: Connection, now: datetime) -> OplogSummary:
-    counts = {state: n for state, n in connection.execute(  # indexed: ix_chttp_oplogs_state
-        select(oplogs.c.state, func.count()).group_by(oplogs.c.state))}
-    stalled = connection.execute(
-        select(func.count()).select_from(oplogs).where(_stalled(now))).scalar_one()
-    oldest = connection.execute(
-        select(*_OPLOG_COLUMNS).where(oplogs.c.state == OPLOG_OPEN)
-        .order_by(oplogs.c.created_at, oplogs.c.id).limit(1)).first()
-    return OplogSummary(
-        open=int(counts.get(OPLOG_OPEN, 0)), done=int(counts.get(OPLOG_DONE, 0)),
-        failed=int(counts.get(OPLOG_FAILED, 0)), stalled=int(stalled),
-        oldest_open=_oplog_row(oldest) if oldest is not None else None,
-    )
-
-
-def search_oplogs(connection: Connection, search: OplogFilter, now: datetime, *,
-                  page_size: int = PAGE_SIZE) -> tuple[list[OplogRow], int]:
-    """One page of matching oplogs, newest first, and how many match in all.
-
-    The state filter also takes ``stalled`` (open, no live lease).
-    """
-    conditions: list[ColumnElement[bool]] = []
-    if search.text:
-        conditions.append(or_(oplogs.c.id.contains(search.text, autoescape=True),
-                              oplogs.c.function.contains(search.text, autoescape=True)))
-    if search.state == "stalled":
-        conditions.append(_stalled(now))
-    elif search.state:
-        conditions.append(oplogs.c.state == search.state)
-    total = connection.execute(
-        select(func.count()).select_from(oplogs).where(*conditions)).scalar_one()
-    query = (select(*_OPLOG_COLUMNS).where(*conditions)
-             .order_by(oplogs.c.created_at.desc(), oplogs.c.id))
-    rows = connection.execute(_page_of(query, search.page, page_size))
-    return [_oplog_row(row) for row in rows], int(total)
-
-
-def get_oplog(connection: Connection, oplog_id: str) -> OplogDetail | None:
-    row = connection.execute(
-        select(*_OPLOG_COLUMNS, oplogs.c.arguments, oplogs.c.result)
-        .where(oplogs.c.id == oplog_id)).first()
-    if row is None:
-        return None
-    steps = connection.execute(
-        select(oplog_steps).where(oplog_steps.c.oplog_id == oplog_id)
-        .order_by(oplog_steps.c.number))
-    return OplogDetail(row=_oplog_row(row), arguments=_pretty(row.arguments),
-                       result=_pretty(row.result) if row.result is not None else None,
-                       steps=[_step_row(step) for step in steps])
-
-
-def sends_of_message(connection: Connection, message_id: str) -> list[tuple[str, int]]:
-    """``(oplog id, step number)`` of every recorded send that used ``message_id``."""
-    return [(row.oplog_id, row.number) for row in connection.execute(  # indexed by message_id
-        select(oplog_steps.c.oplog_id, oplog_steps.c.number)
-        .where(oplog_steps.c.message_id == message_id)
-        .order_by(oplog_steps.c.oplog_id, oplog_steps.c.number).limit(20))]
-
-
-def _loads(text: str | None) -> Any:
-    if text is None:
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _pretty(text: str) -> str:
-    data = _loads(text)
-    if isinstance(data, str):
-        return data
-    compact = json.dumps(data, ensure_ascii=False)
-    return compact if len(compact) <= 100 else json.dumps(data, indent=2, ensure_ascii=False)
-
-
-def _step_row(step: Any) -> StepRow:
-    request = _loads(step.request)
-    response = _loads(step.response)
-    outcome = _loads(step.outcome)
-    request = request if isinstance(request, dict) else {}
-    response = response if isinstance(response, dict) else {}
-    error = outcome.get("error") if isinstance(outcome, dict) else None
-    error = error if isinstance(error, dict) else None
-    value = None
-    if isinstance(outcome, dict) and "value" in outcome:
-        value = json.dumps(outcome["value"], ensure_ascii=False)
-    status = response.get("status")
-    return StepRow(
-        number=step.number, kind=step.kind, name=step.name, state=step.state,
-        message_id=step.message_id,
-        method=str(request["method"]) if "method" in request else None,
-        url=str(request["url"]) if "url" in request else None,
-        first_sent_at=aware(step.first_sent_at),
-        status=status if isinstance(status, int) else None,
-        message_url=step.message_url, acknowledged_at=aware(step.acknowledged_at),
-        error_type=str(error.get("type")) if error else None,
-        error_message=str(error.get("message", "")) if error else None,
-        value=value,
-    )
