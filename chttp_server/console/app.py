@@ -272,6 +272,8 @@ class ConsoleApp:
             raise _Refusal(403, "this console is read-only: start it with --allow-actions "
                                 "and a token to enable actions")
         if not self.actions.token_matches(request.POST.get("token", "")):
+            log.warning("chttp console: %s refused, missing or wrong token (from %s)",
+                        request.path_info, request.remote_addr)
             raise _Refusal(403, "missing or wrong token: action refused")
         return self.actions
 
@@ -279,13 +281,18 @@ class ConsoleApp:
         actions = self._authorised(request)
         scope, message_id = request.POST.get("scope", ""), request.POST.get("id", "")
         result = actions.acknowledge(scope, message_id)
+        log.info("chttp console: acknowledge %r in scope %r (from %s): %s",
+                 message_id, scope, request.remote_addr, result.summary)
         back = _href("/message", scope=scope, id=message_id) if result.ok else "/messages"
         return self._action_page(result, back, now)
 
     def _resume(self, request: Request, now: datetime) -> tuple[str, dict[str, Any], int]:
         actions = self._authorised(request)
         oplog_id = request.POST.get("id", "")
-        return self._action_page(actions.resume(oplog_id), _href("/oplog", id=oplog_id), now)
+        result = actions.resume(oplog_id)
+        log.info("chttp console: resume %r (from %s): %s %s",
+                 oplog_id, request.remote_addr, result.summary, result.detail)
+        return self._action_page(result, _href("/oplog", id=oplog_id), now)
 
     @staticmethod
     def _action_page(result: ActionResult, back: str, now: datetime) -> tuple[str, dict[str, Any], int]:
