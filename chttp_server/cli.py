@@ -7,6 +7,7 @@
     chttp-server purge --db URL           delete expired messages in bounded batches
     chttp-server serve --app module:attr --db URL [--host H] [--port N] [--threads N] [--upgrade]
     chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
+    chttp-server console [--db URL] [--journal URL] [--host H] [--port N] [--allow-actions --token T]
 
 ``serve`` runs the application under waitress, wrapped in :class:`CertifiedMiddleware`.
 ``--app`` names a plain WSGI application *or* a :class:`~chttp_server.Resource` (an
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_purge(commands)
     _add_serve(commands)
     _add_demo(commands)
+    _add_console(commands)
     return parser
 
 
@@ -198,6 +200,18 @@ def _add_demo(commands: Any) -> None:
         "demo", help="the escrow under chaos: kill processes at random, then audit every coin")
     demo_cli.add_arguments(demo)
     demo.set_defaults(handler=demo_cli.run)
+
+
+# -- console ---------------------------------------------------------------------------
+
+
+def _add_console(commands: Any) -> None:
+    from chttp_server.console import cli as console_cli   # options only; pages load on run
+
+    console = commands.add_parser(
+        "console", help="a web console over a receiver's messages and a sender's oplogs")
+    console_cli.add_arguments(console)
+    console.set_defaults(handler=console_cli.run)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--postgres", action="store_true",
                         help="run every service against a throwaway PostgreSQL cluster "
                              "(needs the PostgreSQL server binaries)")
+    parser.add_argument("--console", action="store_true",
+                        help="open the web console on the escrow's messages and oplogs while "
+                             "the demo runs, and print its URL")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="give up after this many seconds (default: 600)")
 

@@ -182,6 +182,8 @@ def run_demo(
     # Give up (and fail) after this many seconds.
     timeout: float = 600.0,
     stream: TextIO = sys.stderr,
+    # Open the web console on the escrow's store and the client's journal while it runs.
+    console: bool = False,
 ) -> DemoReport:
     seed = random.SystemRandom().randrange(10**6) if seed is None else seed
     keep = db_dir is not None
@@ -230,6 +232,14 @@ def run_demo(
         directory / "client.log", ready_file=directory / "client.ready", restart_until_success=True)
     services.append(client)
 
+    console_process = None
+    if console:
+        from chttp_server.console.cli import ConsoleProcess
+
+        # The escrow's database holds both its message store and its journal.
+        console_process = ConsoleProcess(db=databases.escrow, journal=databases.escrow)
+        print(f"console: {console_process.url}  (the escrow's messages and oplogs, "
+              "open while the demo runs)", file=stream, flush=True)
     bar = ProgressBar(transfers, stream=stream)
     chaos = Chaos(services, kill_rate, rng, on_event=lambda text: None)
     started = time.monotonic()
@@ -259,6 +269,8 @@ def run_demo(
         chaos.stop()
         for service in services:
             service.stop()
+        if console_process is not None:
+            console_process.stop()
         report.elapsed = time.monotonic() - started
     for _, name in chaos.kills:
         report.kills[name] += 1
@@ -284,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo from parsed arguments; the exit status is 0 iff the audit passed."""
     with _maybe_postgres(args.postgres) as databases:
         report = run_demo(transfers=args.transfers, kill_rate=args.kill_rate, seed=args.seed,
-                          db_dir=args.db_dir, databases=databases, timeout=args.timeout)
+                          db_dir=args.db_dir, databases=databases, timeout=args.timeout,
+                          console=args.console)
     print(report.render())
     return 0 if report.ok else 1
 
