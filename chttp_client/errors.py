@@ -10,11 +10,15 @@
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
-            ├── MessageRejected        400 invalid-message-id / message-id-required
-            ├── MessageGone            410 message-acknowledged / message-expired
-            ├── MessageTooOld          412 message-too-old
-            ├── MessageIdReused        422 message-id-reused
-            └── ResponseTooLarge       500 response-too-large (not retryable, §4)
+            ├── MessageRejectedError   400 invalid-message-id / message-id-required
+            ├── MessageGoneError       410 message-acknowledged / message-expired
+            ├── MessageTooOldError     412 message-too-old
+            ├── MessageIdReusedError   422 message-id-reused
+            └── ResponseTooLargeError  500 response-too-large (not retryable, §4)
+
+The protocol answers end in ``Error`` so that they never share a name with the
+receiver's exceptions of the same situation (``chttp_server.errors.MessageGone`` is the
+receiver *refusing*; :class:`MessageGoneError` is the sender *being refused*).
 
 Every exception keeps its constructor arguments in ``args`` so that it pickles and so that
 the oplog can record it as ``type + args`` and rebuild it on replay
@@ -37,11 +41,11 @@ __all__ = [
     "SendError",
     "DeadlineExceeded",
     "ProtocolAnswerError",
-    "MessageRejected",
-    "MessageGone",
-    "MessageTooOld",
-    "MessageIdReused",
-    "ResponseTooLarge",
+    "MessageRejectedError",
+    "MessageGoneError",
+    "MessageTooOldError",
+    "MessageIdReusedError",
+    "ResponseTooLargeError",
     "protocol_error_for",
 ]
 
@@ -145,13 +149,13 @@ class ProtocolAnswerError(SendError):
         self.response: Any = None
 
 
-class MessageRejected(ProtocolAnswerError):
+class MessageRejectedError(ProtocolAnswerError):
     """400: the receiver refused the id itself (malformed, or required and missing)."""
 
     status = 400
 
 
-class MessageGone(ProtocolAnswerError):
+class MessageGoneError(ProtocolAnswerError):
     """410: the message *was* processed, its response is no longer available (§3).
 
     Never a reason to resend under a new id.
@@ -160,33 +164,33 @@ class MessageGone(ProtocolAnswerError):
     status = 410
 
 
-class MessageTooOld(ProtocolAnswerError):
+class MessageTooOldError(ProtocolAnswerError):
     """412: the receiver cannot judge a retry this old safely."""
 
     status = 412
 
 
-class MessageIdReused(ProtocolAnswerError):
+class MessageIdReusedError(ProtocolAnswerError):
     """422: the id was already used for a different request."""
 
     status = 422
 
 
-class ResponseTooLarge(ProtocolAnswerError):
+class ResponseTooLargeError(ProtocolAnswerError):
     """500 ``response-too-large``: the receiver rolled back and will do so again."""
 
     status = 500
 
 
 _BY_PROBLEM: dict[tuple[int, str], type[ProtocolAnswerError]] = {
-    (400, Problem.INVALID_MESSAGE_ID): MessageRejected,
-    (400, Problem.MESSAGE_ID_REQUIRED): MessageRejected,
-    (400, Problem.INVALID_FIRST_SENT): MessageRejected,
-    (410, Problem.MESSAGE_ACKNOWLEDGED): MessageGone,
-    (410, Problem.MESSAGE_EXPIRED): MessageGone,
-    (412, Problem.MESSAGE_TOO_OLD): MessageTooOld,
-    (422, Problem.MESSAGE_ID_REUSED): MessageIdReused,
-    (500, Problem.RESPONSE_TOO_LARGE): ResponseTooLarge,
+    (400, Problem.INVALID_MESSAGE_ID): MessageRejectedError,
+    (400, Problem.MESSAGE_ID_REQUIRED): MessageRejectedError,
+    (400, Problem.INVALID_FIRST_SENT): MessageRejectedError,
+    (410, Problem.MESSAGE_ACKNOWLEDGED): MessageGoneError,
+    (410, Problem.MESSAGE_EXPIRED): MessageGoneError,
+    (412, Problem.MESSAGE_TOO_OLD): MessageTooOldError,
+    (422, Problem.MESSAGE_ID_REUSED): MessageIdReusedError,
+    (500, Problem.RESPONSE_TOO_LARGE): ResponseTooLargeError,
 }
 
 

@@ -57,8 +57,10 @@ from sqlalchemy import Engine
 
 from chttp_client import codec
 from chttp_client.context import ResumableContext, message_digest
-from chttp_client.errors import ChttpClientError, JournalError
-from chttp_client.journal import INCOMING_PREFIX, Journal
+from chttp_client.errors import ChttpClientError
+from chttp_client.journal import Journal
+from chttp_client.leases import new_owner
+from chttp_client.records import INCOMING_PREFIX
 
 __all__ = [
     "HANDLER_SEND_DEADLINE",
@@ -116,17 +118,15 @@ class IncomingSends:
         journal.ensure_schema()
         self.journal = journal
         oplog_id = incoming_oplog_id(scope, message_id)
-        owner = journal._owner()
-        try:
-            info = journal.get(oplog_id)
-        except JournalError:
-            info = None
+        info = journal.store.get(oplog_id)
         if info is not None:
             # The receiver's claim on (scope, id) already makes this handler run the only
             # one for this message, so the earlier attempt's lease is taken over.
-            journal._take_lease(info, owner, force=True)
+            owner = journal.take_lease(oplog_id, force=True)
+        else:
+            owner = new_owner()
         self.context = ResumableContext(
-            journal,
+            journal.services,
             oplog_id=oplog_id,
             function=INCOMING_PREFIX,
             version=1,
@@ -157,6 +157,6 @@ class IncomingSends:
         harmless; it must not turn an answer the receiver already committed into an error.
         """
         try:
-            self.context._flush_pending()
+            self.context.flush()
         except Exception:  # noqa: BLE001
             log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)

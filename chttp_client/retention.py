@@ -29,11 +29,11 @@ with every other writer instead.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, not_, or_, select
+from sqlalchemy import Engine, and_, delete, exists, not_, or_, select
 
+from chttp_client.records import INCOMING_PREFIX
 from chttp_core.schema import (
     KIND_SEND,
     OPLOG_DONE,
@@ -43,9 +43,6 @@ from chttp_core.schema import (
     oplogs,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from chttp_client.journal import Journal
-
 __all__ = ["RECEIVER_RETENTION", "purge"]
 
 #: The receiver's default retention (PROTOCOL.md §4): a message is remembered this long.
@@ -53,8 +50,10 @@ RECEIVER_RETENTION = timedelta(days=15)
 
 
 def purge(
-    journal: Journal,
+    engine: Engine,
     *,
+    # The journal's clock now.
+    now: datetime,
     older_than: timedelta,
     # Handler oplogs and unacknowledged answers: kept this long after their last activity.
     horizon: timedelta = RECEIVER_RETENTION,
@@ -63,15 +62,14 @@ def purge(
     # Stop after this many batches (None: until nothing is left to purge).
     max_batches: int | None = None,
 ) -> int:
-    """Delete purgeable oplogs and their steps (see the module docstring); return how many."""
-    from chttp_client.journal import INCOMING_PREFIX
+    """Delete purgeable oplogs and their steps (see the module docstring); return how many.
 
+    The caller has brought the schema up to date (``Journal.purge`` does).
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if older_than < timedelta(0) or horizon < timedelta(0):
         raise ValueError("older_than and horizon must not be negative")
-    journal.ensure_schema()
-    now = journal.clock()
     cutoff = now - older_than
     long_cutoff = now - max(older_than, horizon)
     pending_ack = exists().where(
@@ -97,12 +95,12 @@ def purge(
         .order_by(oplogs.c.updated_at)
         .limit(batch_size)
     )
-    if journal.engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql":
         victims = victims.with_for_update(skip_locked=True, of=oplogs)
     total = 0
     batches = 0
     while max_batches is None or batches < max_batches:
-        with journal.engine.begin() as connection:
+        with engine.begin() as connection:
             ids = list(connection.execute(victims).scalars())
             if ids:
                 connection.execute(delete(oplog_steps).where(oplog_steps.c.oplog_id.in_(ids)))

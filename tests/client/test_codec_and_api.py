@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 import chttp_client
 from chttp_client import codec
 from chttp_core.db import make_engine
-from chttp_client.errors import DeadlineExceeded, MessageGone, NonDeterminismError, UnknownFunctionError
+from chttp_client.errors import DeadlineExceeded, MessageGoneError, NonDeterminismError, UnknownFunctionError
 from chttp_core import migrate
 from chttp_core.schema import metadata
 from tests.server.live import REPO_ROOT
@@ -59,7 +59,7 @@ def test_exceptions_rebuild_from_type_and_args():
 @pytest.mark.parametrize("error", [
     pytest.param(NonDeterminismError("o", 3, "send A", "send B"), id="non-determinism"),
     pytest.param(UnknownFunctionError("o", "f", 1, [2]), id="unknown-function"),
-    pytest.param(MessageGone("id", "POST", "http://x/", "410 message-acknowledged", "message-acknowledged"),
+    pytest.param(MessageGoneError("id", "POST", "http://x/", "410 message-acknowledged", "message-acknowledged"),
                  id="message-gone"),
 ])
 def test_exceptions_pickle_with_their_attributes(error):
@@ -72,8 +72,8 @@ def test_public_api_is_pinned():
         "resumable", "Journal", "RetryPolicy", "ResumableContext", "StepEvent", "StepRecord",
         "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError", "JournalError",
         "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "SendError",
-        "DeadlineExceeded", "ProtocolAnswerError", "MessageRejected", "MessageGone",
-        "MessageTooOld", "MessageIdReused", "ResponseTooLarge",
+        "DeadlineExceeded", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
+        "MessageTooOldError", "MessageIdReusedError", "ResponseTooLargeError",
     ]
     for name in chttp_client.__all__:
         assert getattr(chttp_client, name) is not None

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chttp_client import Journal
+from chttp_client.testing import set_fault_hook
 from tests.client.receiver import count_runs, make_receiver, runs
 from tests.client.sender_app import NAME, install
 from tests.server.live import REPO_ROOT, serve_in_thread
@@ -75,7 +76,7 @@ def open_oplogs_with_free_leases(db_url: str, escrow_url: str, count: int) -> No
 
     with Journal(db_url, lease=timedelta(0)) as journal:
         transfer = install(journal)
-        journal.fault_hook = crash_at("send-recorded", 2)
+        set_fault_hook(journal, crash_at("send-recorded", 2))
         for _ in range(count):
             with pytest.raises(Crash):
                 transfer(escrow_url, 5)
@@ -141,7 +142,7 @@ def test_an_expired_lease_of_a_live_owner_can_be_taken(db_url, live_receiver):
     front, base = live_receiver
     with Journal(db_url, lease=timedelta(hours=1)) as holder:
         transfer = install(holder)
-        holder.fault_hook = crash_at("send-recorded", 2)
+        set_fault_hook(holder, crash_at("send-recorded", 2))
         with pytest.raises(Crash):
             transfer(f"{base}/escrow", 1)
         [oplog] = holder.list_open()

@@ -16,6 +16,7 @@ from chttp_client.cli import main as cli_main
 from chttp_core.db import make_engine
 from chttp_client.incoming import IncomingSends, incoming_oplog_id
 from chttp_core.schema import oplog_steps, oplogs
+from chttp_client.testing import set_fault_hook
 from tests.client.conftest import BASE, Crash, crash_at
 
 DAY = timedelta(days=1)
@@ -55,10 +56,10 @@ def test_finished_oplogs_older_than_the_limit_go_with_their_steps(journal, fake_
         fail()
     journal.wait_for_acknowledgements()
     old = ids(journal)
-    journal.fault_hook = crash_at("send-answered", 2)
+    set_fault_hook(journal, crash_at("send-answered", 2))
     with pytest.raises(Crash):
         send("open")  # left open by a crash: unfinished work, never purged
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [open_oplog] = ids(journal) - old
     fake_clock.now += 3 * DAY
     send("young")

@@ -10,16 +10,17 @@ from sqlalchemy import select
 
 from chttp_client import (
     DeadlineExceeded,
-    MessageGone,
-    MessageIdReused,
-    MessageRejected,
-    MessageTooOld,
+    MessageGoneError,
+    MessageIdReusedError,
+    MessageRejectedError,
+    MessageTooOldError,
     RetryPolicy,
     resumable,
 )
 from chttp_client.journal import register
 from chttp_client.sending import retry_after_of
 from chttp_core.schema import messages
+from chttp_client.testing import set_fault_hook
 from tests.client.conftest import BASE, Crash, crash_at
 from tests.client.receiver import count_runs, runs
 
@@ -31,7 +32,7 @@ def step_of(journal, number=1):
 
 def test_send_carries_id_and_first_sent_and_returns_the_response(journal, receiver, fake_clock):
     seen = []
-    journal.fault_hook = lambda e: seen.append(e) if e.point == "send-attempt" else None
+    set_fault_hook(journal, lambda e: seen.append(e) if e.point == "send-attempt" else None)
 
     @resumable(journal)
     def f(amount, *, chttp_context):
@@ -60,10 +61,10 @@ def test_response_is_recorded_and_rebuilt_on_replay(journal, receiver):
         chttp_context.post(f"{BASE}/escrow", json={"amount": 2})
         return response.json()["random number"]
 
-    journal.fault_hook = crash_at("before-step", 3)
+    set_fault_hook(journal, crash_at("before-step", 3))
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [oplog] = journal.list_open()
     number = journal.resume(oplog.id, force=True)
     assert results[0] == results[1]
@@ -210,7 +211,7 @@ def test_reused_id_is_message_id_reused(journal, receiver):
 
     journal.acknowledge = False
     assert run(send, 1) == 201
-    with pytest.raises(MessageIdReused) as caught:
+    with pytest.raises(MessageIdReusedError) as caught:
         run(send, 2)
     assert caught.value.response.status_code == 422
     assert caught.value.message_id == "reused-id"
@@ -225,14 +226,14 @@ def test_acknowledged_id_is_message_gone(journal, receiver):
 
     assert run(send) == 201
     journal.wait_for_acknowledgements()
-    with pytest.raises(MessageGone) as caught:
+    with pytest.raises(MessageGoneError) as caught:
         run(send)
     assert caught.value.problem_type == "message-acknowledged"
     assert count_runs(receiver.engine) == 1
 
 
 def test_malformed_id_is_message_rejected(journal):
-    with pytest.raises(MessageRejected):
+    with pytest.raises(MessageRejectedError):
         fixed_id(journal, "not valid!")(
             lambda *, chttp_context: chttp_context.post(f"{BASE}/escrow", json={}).status_code)
 
@@ -245,7 +246,7 @@ def test_too_old_first_sent_is_message_too_old(make_journal, fake_clock, receive
     def f(*, chttp_context):
         chttp_context.post(f"{BASE}/escrow", json={})
 
-    with pytest.raises(MessageTooOld):
+    with pytest.raises(MessageTooOldError):
         f()
     assert count_runs(receiver.engine) == 0
 
@@ -258,16 +259,16 @@ def test_protocol_error_is_reraised_on_replay(journal, receiver):
     def f(*, chttp_context):
         try:
             chttp_context.post(f"{BASE}/escrow", json={"a": 2})
-        except MessageIdReused:
+        except MessageIdReusedError:
             pass
         chttp_context.persist("x")
         chttp_context.post(f"{BASE}/escrow", json={"a": 3})
 
-    journal.fault_hook = crash_at("before-step", 3)
+    set_fault_hook(journal, crash_at("before-step", 3))
     with pytest.raises(Crash):
         fixed_id(journal, "dup")(f)
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [oplog] = journal.list_open()
-    with pytest.raises(MessageIdReused):  # step 3 reuses "dup" too: the replayed 422 was handled
+    with pytest.raises(MessageIdReusedError):  # step 3 reuses "dup" too: the replayed 422 was handled
         journal.resume(oplog.id, force=True, message_id_for=lambda _n: "dup")
     assert [r[2] for r in runs(receiver.engine)] == ['{"a":1}']

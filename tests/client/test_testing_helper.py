@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chttp_client import MessageIdReused, resumable
+from chttp_client import MessageIdReusedError, resumable
 from chttp_client.testing import CrashResumeFailure, check_crash_resume
 from tests.client.conftest import BASE
 from tests.client.receiver import count_runs, runs
@@ -88,7 +88,7 @@ def test_protocol_errors_are_outcomes_too(journal):
     def f(*, chttp_context):
         try:
             chttp_context.post(f"{BASE}/escrow", json={})
-        except MessageIdReused:
+        except MessageIdReusedError:
             return "reused"
         return "fine"
 
