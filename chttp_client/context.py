@@ -46,7 +46,6 @@ or be forgotten (a token written to a file, a row in another database) calls
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -56,17 +55,17 @@ import httpx
 
 from chttp_client import codec, observers
 from chttp_client.acknowledger import Acknowledger
-from chttp_client.errors import DeadlineExceeded, NonDeterminismError
+from chttp_client.errors import NonDeterminismError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
 from chttp_client.oplog_store import Commit, Finish, NewOplog, OplogStore
-from chttp_client.recorded_sends import message_url_of, rebuild_response, request_record, response_record
+from chttp_client.recorded_sends import answer_recorded_send, rebuild_response, request_record
 from chttp_client.records import StepRecord
-from chttp_client.sending import RetryPolicy, deliver
+from chttp_client.sending import RetryPolicy
 from chttp_core.schema import KIND_PERSIST, KIND_SEND, OPLOG_DONE, OPLOG_FAILED, STEP_DONE, STEP_RECORDED
-from chttp_core.wire import HEADER_FIRST_SENT, HEADER_MESSAGE_ID, fingerprint, format_http_date
+from chttp_core.wire import fingerprint
 
-__all__ = ["ResumableContext", "RunServices", "message_digest"]
+__all__ = ["ResumableContext", "RunServices"]
 
 
 @dataclass(frozen=True)
@@ -219,7 +218,8 @@ class ResumableContext:
 
     def now(self) -> datetime:
         """The current UTC time, persisted (``persist(utcnow)``)."""
-        return self.persist(_utcnow)
+        moment: datetime = self.persist(_utcnow)
+        return moment
 
     def get(self, url: str, **options: Any) -> httpx.Response:
         return self.send("GET", url, **options)
@@ -346,59 +346,19 @@ class ResumableContext:
 
     def _deliver(self, record: StepRecord, deadline: float | None) -> httpx.Response:
         services = self._services
-        request = record.request or {}
-        body = codec.decode(request.get("body"))
-        assert record.message_id is not None and record.first_sent_at is not None
-        first_sent = record.first_sent_at
-        if first_sent.tzinfo is None:
-            first_sent = first_sent.replace(tzinfo=timezone.utc)
-        headers = [tuple(pair) for pair in request.get("headers", [])] + [
-            (HEADER_MESSAGE_ID, record.message_id),
-            (HEADER_FIRST_SENT, format_http_date(first_sent)),
-        ]
-        policy = services.retry
-        limit = policy.deadline if deadline is None else timedelta(seconds=deadline)
+        body = codec.decode((record.request or {}).get("body"))
 
-        def build() -> httpx.Request:
-            return services.http_client.build_request(
-                request["method"], request["url"], content=body, headers=headers,
-                timeout=policy.timeout,
-            )
+        def on_attempt() -> None:
+            self._event("send-attempt", record.number, KIND_SEND, record.name, record.message_id, body)
 
-        def on_attempt(_request: httpx.Request) -> None:
-            self._event("send-attempt", record.number, KIND_SEND, record.name,
-                        record.message_id, body)
+        def on_answer() -> None:
+            self._event("send-answered", record.number, KIND_SEND, record.name, record.message_id, body)
 
-        deadline_at = first_sent + limit
-        run_deadline_at = None if self._run_deadline is None else services.clock() + self._run_deadline
-        attempt = deliver(
-            services.http_client, build,
-            deadline_at=deadline_at if run_deadline_at is None else min(deadline_at, run_deadline_at),
-            policy=policy, clock=services.clock, sleep=services.sleep, on_attempt=on_attempt,
-            on_wait=self._renew_lease_if_due,
+        answer_recorded_send(
+            record, client=services.http_client, policy=services.retry, clock=services.clock,
+            sleep=services.sleep, deadline=deadline, run_deadline=self._run_deadline,
+            on_attempt=on_attempt, on_answer=on_answer, on_wait=self._renew_lease_if_due,
         )
-        if attempt.response is None and run_deadline_at is not None and services.clock() < deadline_at:
-            # Only this run gave up: the step stays "recorded" and the next run (a retry
-            # of the incoming message) resends it under the same id.
-            raise DeadlineExceeded(
-                record.message_id, request["method"], request["url"],
-                f"no definitive answer within this run's {self._run_deadline} "
-                f"({attempt.attempts} attempt(s); last: {attempt.last_error}); not recorded: "
-                "the next run resends the same message",
-            )
-        if attempt.response is None:
-            error = DeadlineExceeded(
-                record.message_id, request["method"], request["url"],
-                f"no definitive answer after {attempt.attempts} attempt(s) within {limit}; "
-                f"last: {attempt.last_error}",
-            )
-            record.outcome = {"error": codec.exception_record(error)}
-        else:
-            self._event("send-answered", record.number, KIND_SEND, record.name,
-                        record.message_id, body)
-            record.response = response_record(attempt.response)
-            record.message_url = message_url_of(attempt.response, request["url"])
-        record.state = STEP_DONE
         # Buffered: the oplog's next commit records it, and only then may it be
         # acknowledged (the module docstring says why).
         self._writes.answers.append(record)
@@ -450,12 +410,3 @@ class ResumableContext:
         services.store.renew_lease(self.oplog_id, self._owner, now=now, until=now + services.lease)
         self._lease_renewed_at = now
 
-
-def message_digest(*parts: str) -> str:
-    """A short, stable digest used for derived ids."""
-    digest = hashlib.sha256()
-    for part in parts:
-        encoded = part.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "big"))
-        digest.update(encoded)
-    return digest.hexdigest()

@@ -46,6 +46,7 @@ final: once it passes, the error is recorded and replayed to every later retry.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import weakref
@@ -56,7 +57,7 @@ import httpx
 from sqlalchemy import Engine
 
 from chttp_client import codec
-from chttp_client.context import ResumableContext, message_digest
+from chttp_client.context import ResumableContext
 from chttp_client.errors import ChttpClientError
 from chttp_client.journal import Journal
 from chttp_client.leases import new_owner
@@ -79,13 +80,23 @@ _JOURNALS: weakref.WeakKeyDictionary[Engine, Journal] = weakref.WeakKeyDictionar
 _JOURNALS_LOCK = threading.Lock()
 
 
+def _message_digest(*parts: str) -> str:
+    """A short, stable digest of ``parts`` (length-prefixed, so no two tuples collide)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        encoded = part.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
 def incoming_oplog_id(scope: str, message_id: str) -> str:
-    return "in-" + message_digest("chttp-incoming", scope, message_id)[:48]
+    return "in-" + _message_digest("chttp-incoming", scope, message_id)[:48]
 
 
 def derived_message_id(scope: str, message_id: str, step: int) -> str:
     """The id of outgoing step ``step`` of the handler of incoming ``(scope, message_id)``."""
-    return f"chttp-{message_digest('chttp-outgoing', scope, message_id)[:32]}-{step}"
+    return f"chttp-{_message_digest('chttp-outgoing', scope, message_id)[:32]}-{step}"
 
 
 def journal_for_engine(engine: Engine) -> Journal:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+import builtins
 from typing import Any, Iterator, Sequence, overload
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
@@ -274,7 +275,7 @@ class OplogStore:
 
     # -- acknowledgements ------------------------------------------------------------------
 
-    def pending_acks(self) -> list[PendingAck]:
+    def pending_acks(self) -> builtins.list[PendingAck]:
         """Answered messages whose acknowledgement is not marked yet."""
         query = select(oplog_steps.c.oplog_id, oplog_steps.c.number, oplog_steps.c.message_url).where(
             and_(oplog_steps.c.kind == KIND_SEND, oplog_steps.c.state == STEP_DONE,

@@ -9,17 +9,27 @@ that translation, with no journal and no I/O.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
 from urllib.parse import urljoin
 
 import httpx
 
 from chttp_client import codec
-from chttp_client.errors import ProtocolAnswerError, protocol_error_for
-from chttp_client.sending import problem_type_of
-from chttp_core.wire import HEADER_MESSAGE_URL
+from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, protocol_error_for
+from chttp_client.records import StepRecord
+from chttp_client.sending import RetryPolicy, deliver, problem_type_of
+from chttp_core.schema import STEP_DONE
+from chttp_core.wire import HEADER_FIRST_SENT, HEADER_MESSAGE_ID, HEADER_MESSAGE_URL, format_http_date
 
-__all__ = ["caller_headers", "request_record", "response_record", "message_url_of", "rebuild_response"]
+__all__ = [
+    "caller_headers",
+    "request_record",
+    "response_record",
+    "message_url_of",
+    "rebuild_response",
+    "answer_recorded_send",
+]
 
 #: Response headers not kept: the body is stored decoded, so these would lie about it.
 _DROPPED_RESPONSE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length"})
@@ -88,3 +98,73 @@ def rebuild_response(message_id: str, request: dict[str, Any], stored: dict[str,
     )
     error.response = response
     raise error
+
+
+def answer_recorded_send(
+    record: StepRecord,
+    *,
+    client: httpx.Client,
+    policy: RetryPolicy,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+    # Seconds after the first attempt to give up; None: policy.deadline.
+    deadline: float | None,
+    # How long this run waits (receiver handlers); None: only the send's deadline.
+    run_deadline: timedelta | None,
+    on_attempt: Callable[[], None],
+    on_answer: Callable[[], None],
+    on_wait: Callable[[], None],
+) -> None:
+    """Send the recorded request until its definitive answer; record it in ``record``.
+
+    Every attempt carries the recorded id and first-sent time (PROTOCOL.md §1). The
+    answer, or the :class:`~chttp_client.errors.DeadlineExceeded` of the send's own
+    deadline, is written into ``record`` (now ``done``). When only ``run_deadline``
+    passed, raises :class:`DeadlineExceeded` and leaves ``record`` as it was, so the
+    next run resends the same message.
+    """
+    request = record.request or {}
+    body = codec.decode(request.get("body"))
+    assert record.message_id is not None and record.first_sent_at is not None
+    first_sent = record.first_sent_at
+    if first_sent.tzinfo is None:
+        first_sent = first_sent.replace(tzinfo=timezone.utc)
+    headers = [(str(pair[0]), str(pair[1])) for pair in request.get("headers", [])] + [
+        (HEADER_MESSAGE_ID, record.message_id),
+        (HEADER_FIRST_SENT, format_http_date(first_sent)),
+    ]
+    limit = policy.deadline if deadline is None else timedelta(seconds=deadline)
+
+    def build() -> httpx.Request:
+        return client.build_request(request["method"], request["url"], content=body,
+                                    headers=headers, timeout=policy.timeout)
+
+    deadline_at = first_sent + limit
+    run_deadline_at = None if run_deadline is None else clock() + run_deadline
+    attempt = deliver(
+        client, build,
+        deadline_at=deadline_at if run_deadline_at is None else min(deadline_at, run_deadline_at),
+        policy=policy, clock=clock, sleep=sleep, on_attempt=lambda _request: on_attempt(),
+        on_wait=on_wait,
+    )
+    if attempt.response is None and run_deadline_at is not None and clock() < deadline_at:
+        # Only this run gave up: the step stays "recorded" and the next run (a retry
+        # of the incoming message) resends it under the same id.
+        raise DeadlineExceeded(
+            record.message_id, request["method"], request["url"],
+            f"no definitive answer within this run's {run_deadline} "
+            f"({attempt.attempts} attempt(s); last: {attempt.last_error}); not recorded: "
+            "the next run resends the same message",
+        )
+    if attempt.response is None:
+        error = DeadlineExceeded(
+            record.message_id, request["method"], request["url"],
+            f"no definitive answer after {attempt.attempts} attempt(s) within {limit}; "
+            f"last: {attempt.last_error}",
+        )
+        record.outcome = {"error": codec.exception_record(error)}
+    else:
+        on_answer()
+        record.response = response_record(attempt.response)
+        record.message_url = message_url_of(attempt.response, request["url"])
+    record.state = STEP_DONE
