@@ -323,9 +323,10 @@ class ResumableContext:
         if number > len(self._recorded):
             return number, None
         record = self._recorded[number - 1]
-        if record.kind != kind or record.name != name or record.fingerprint != digest:
-            got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest, request=request).describe()
-            self._poisoned = NonDeterminismError(self.oplog_id, number, record.describe(), got)
+        got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest, request=request)
+        if not record.matches(got):
+            self._poisoned = NonDeterminismError(self.oplog_id, number, record.describe_against(got),
+                                                 got.describe_against(record))
             raise self._poisoned
         return number, record
 

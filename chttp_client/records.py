@@ -38,15 +38,38 @@ class StepRecord:
     message_url: str | None = None
     acknowledged_at: datetime | None = None
 
-    def describe(self) -> str:
+    def caller_headers(self) -> list[list[str]] | None:
+        """A send's request headers as the function gave them (not the library's own)."""
+        if self.kind != KIND_SEND or self.request is None:
+            return None
+        return [[str(name), str(value)] for name, value in self.request.get("headers", [])]
+
+    def matches(self, other: StepRecord) -> bool:
+        """True if ``other`` asks for the same step: kind, name, body digest and headers.
+
+        Headers count because the receiver sees them: a replay that would send other
+        headers under the recorded id is not the recorded message.
+        """
+        return ((self.kind, self.name, self.fingerprint, self.caller_headers())
+                == (other.kind, other.name, other.fingerprint, other.caller_headers()))
+
+    def describe(self, *, headers: bool = False) -> str:
         """The step as a :class:`~chttp_client.errors.NonDeterminismError` names it."""
         if self.kind == KIND_SEND:
             preview = ""
             if self.request is not None and "body" in self.request:
                 body = codec.decode(self.request["body"])
                 preview = f" {body[:80]!r}{'…' if len(body) > 80 else ''}"
-            return f"send {self.name} (body sha256 {(self.fingerprint or '')[:12]}…{preview})"
+            text = f"send {self.name} (body sha256 {(self.fingerprint or '')[:12]}…{preview})"
+            if headers:
+                text += f" with headers {self.caller_headers()}"
+            return text
         return f"persist {self.name}"
+
+    def describe_against(self, other: StepRecord) -> str:
+        """:meth:`describe`, naming the headers when only they tell the two steps apart."""
+        same_but_headers = (self.kind, self.name, self.fingerprint) == (other.kind, other.name, other.fingerprint)
+        return self.describe(headers=same_but_headers)
 
 
 @dataclass(frozen=True)

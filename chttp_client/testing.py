@@ -29,7 +29,7 @@ How it works
 
 To make runs comparable, the crashed runs are *scripted* by the reference: a new step
 takes the reference run's persisted value and message id, and must ask for the same
-kind, name, method, URL and body. So a correct function resends the reference ids with
+kind, name, method, URL, body and request headers. So a correct function resends the reference ids with
 the reference bodies (the receiver answers from its store, its handler does not run
 again), while a function that forgot to persist a value — ``random()`` in a body, the
 time in a URL — diverges and is reported as
@@ -127,12 +127,15 @@ class _Script(StepObserver):
             expected = "no step (the reference run ended here)"
         else:
             reference = self.reference[number - 1]
-            if (reference.kind, reference.name, reference.fingerprint) == (
-                    proposed.kind, proposed.name, proposed.fingerprint):
+            if reference.matches(proposed):
                 return reference
-            expected = reference.describe()
-        raise NonDeterminismError(oplog_id, number, f"{expected} in the reference run",
-                                  proposed.describe())
+            expected = reference.describe_against(proposed)
+            return self._refuse(oplog_id, number, expected, proposed.describe_against(reference))
+        return self._refuse(oplog_id, number, expected, proposed.describe())
+
+    @staticmethod
+    def _refuse(oplog_id: str, number: int, expected: str, got: str) -> StepRecord:
+        raise NonDeterminismError(oplog_id, number, f"{expected} in the reference run", got)
 
 
 class SimulatedCrash(BaseException):

@@ -301,3 +301,27 @@ def test_journal_needs_exactly_one_store():
 
     with pytest.raises(JournalError):
         Journal()
+
+
+def test_a_replay_with_other_request_headers_is_non_deterministic(journal):
+    headers = {"X-Nonce": "first"}
+
+    @resumable(journal, name=f"headers-{uuid.uuid4()}")
+    def f(*, chttp_context):
+        return chttp_context.post("http://receiver.test/escrow", json={}, headers=headers).status_code
+
+    set_fault_hook(journal, crash_at("send-recorded", 1))
+    with pytest.raises(Crash):
+        f()
+    set_fault_hook(journal, None)
+    [oplog] = journal.list_open()
+    before = journal.get(oplog.id)
+    assert ["x-nonce", "first"] in before.steps[0].request["headers"]
+    headers["X-Nonce"] = "second"  # the same method, URL and body: only a header differs
+    with pytest.raises(NonDeterminismError) as caught:
+        journal.resume(oplog.id, force=True)
+    assert caught.value.step == 1
+    assert "'first'" in caught.value.expected and "'second'" in caught.value.got
+    assert journal.get(oplog.id).steps == before.steps
+    headers["X-Nonce"] = "first"  # the recorded headers again: it resumes
+    assert journal.resume(oplog.id, force=True) == 201
