@@ -8,6 +8,13 @@ function never waits for it. A DELETE the receiver took (204, or 404/410: nothin
 becomes an :class:`~chttp_client.oplog_store.AckMark` that the oplog's next commit
 writes (:meth:`Acknowledger.take_marks`), so marking costs no commit of its own. A lost
 mark only means the DELETE is repeated by a later ``resume_all()``; it is idempotent.
+
+One acknowledgement per message: the commit that made an answer durable also *claims*
+its acknowledgement for this process (``chttp_oplog_steps.ack_claimed_until``, one
+lease long), and ``resume_all()`` DELETEs only answers whose claim it won
+(:meth:`OplogStore.claim_pending_acks
+<chttp_client.oplog_store.OplogStore.claim_pending_acks>`). A DELETE that failed
+releases the claim with its mark; a process that died leaves a claim that lapses.
 """
 
 from __future__ import annotations
@@ -72,13 +79,15 @@ class Acknowledger:
             response = self.http_client.request("DELETE", url, timeout=self.timeout)
         except httpx.HTTPError as error:
             log.info("chttp: acknowledgement of %s failed, will retry on resume: %s", url, error)
-            return False
-        if response.status_code in _ACCEPTED:
-            with self._lock:
-                self._marks.append(AckMark(oplog_id, number, self.clock()))
-            return True
-        log.info("chttp: acknowledgement of %s answered %s", url, response.status_code)
-        return False
+            taken = False
+        else:
+            taken = response.status_code in _ACCEPTED
+            if not taken:
+                log.info("chttp: acknowledgement of %s answered %s", url, response.status_code)
+        # Not taken: the mark releases our claim, so that a later resume_all() retries.
+        with self._lock:
+            self._marks.append(AckMark(oplog_id, number, self.clock(), done=taken))
+        return taken
 
     def take_marks(self) -> list[AckMark]:
         """The marks gathered since the last call, for the next commit to write."""

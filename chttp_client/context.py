@@ -387,6 +387,9 @@ class ResumableContext:
             new=None if self._stored else NewOplog(self.function, self.version, self._arguments),
             inserts=writes.steps + new_steps, answers=writes.answers, finish=finish,
             acks=services.acknowledger.take_marks(),
+            # This process acknowledges the answers it makes durable (and nobody else
+            # meanwhile); without acknowledgements, resume_all() will.
+            ack_claim_until=now + services.lease if services.acknowledger.enabled else None,
         ))
         # The buffer is durable: its answers may be acknowledged now.
         self._writes = _Writes()

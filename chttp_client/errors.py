@@ -6,7 +6,8 @@
     ├── JournalError                   the oplog cannot be used as asked
     │   ├── NonDeterminismError        a replay asked for another step than the recorded one
     │   ├── UnknownFunctionError       no registered function/version for an open oplog
-    │   └── OplogBusyError             another process holds the oplog's lease
+    │   ├── OplogBusyError             another process holds the oplog's lease
+    │   └── OplogAbandonedError        the oplog was dead-lettered and is not run again
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
@@ -38,6 +39,7 @@ __all__ = [
     "NonDeterminismError",
     "UnknownFunctionError",
     "OplogBusyError",
+    "OplogAbandonedError",
     "SendError",
     "DeadlineExceeded",
     "ProtocolAnswerError",
@@ -110,6 +112,23 @@ class OplogBusyError(JournalError):
 
     def __str__(self) -> str:
         return f"oplog {self.oplog_id} is being run by {self.owner}"
+
+
+class OplogAbandonedError(JournalError):
+    """The oplog was abandoned (dead-lettered): it is never resumed again.
+
+    ``reason`` says why: non-determinism found by ``resume_all()``, too many resumes that
+    made no progress, or an operator's ``Journal.abandon``. This is also the oplog's
+    recorded result, so ``Journal.resume`` of an abandoned oplog raises it.
+    """
+
+    def __init__(self, oplog_id: str, reason: str) -> None:
+        super().__init__(oplog_id, reason)
+        self.oplog_id = oplog_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"oplog {self.oplog_id} was abandoned: {self.reason}"
 
 
 class SendError(ChttpClientError):

@@ -16,9 +16,8 @@ The journal is a thin front over three parts with one job each:
   determinism checks, recording, the write buffer);
 * :class:`~chttp_client.acknowledger.Acknowledger` — the background DELETEs.
 
-Functions are registered *globally* by ``(name, version)`` (:func:`register`), not per
-journal object: ``chttp-client resume --db URL --import app`` opens its own journal and
-still finds the functions that ``app`` decorated.
+Functions are registered *globally* by ``(name, version)`` (:mod:`chttp_client.registry`,
+re-exported here), not per journal object.
 
 Leases (:mod:`chttp_client.leases`): a run holds its oplog's lease; every commit of the
 run renews it and fails with :class:`~chttp_client.errors.OplogBusyError` if it was
@@ -29,7 +28,6 @@ from __future__ import annotations
 
 import builtins
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -43,10 +41,17 @@ from sqlalchemy.engine import URL
 from chttp_client import codec
 from chttp_client.acknowledger import Acknowledger
 from chttp_client.context import ResumableContext, RunServices
-from chttp_client.errors import JournalError, NonDeterminismError, OplogBusyError, UnknownFunctionError
+from chttp_client.errors import (
+    JournalError,
+    NonDeterminismError,
+    OplogAbandonedError,
+    OplogBusyError,
+    UnknownFunctionError,
+)
 from chttp_client.leases import new_owner
 from chttp_client.oplog_store import OplogStore
 from chttp_client.records import INCOMING_PREFIX, OplogInfo
+from chttp_client.registry import register, registered_functions, registered_versions, unregister
 from chttp_client.retention import RECEIVER_RETENTION
 from chttp_client.sending import RetryPolicy, utcnow
 from chttp_core import migrate
@@ -65,36 +70,15 @@ __all__ = [
 
 log = logging.getLogger("chttp_client")
 
-_REGISTRY: dict[str, dict[int, Callable[..., Any]]] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def register(name: str, version: int, function: Callable[..., Any]) -> None:
-    """Make ``function`` the code that runs (and replays) oplogs of ``name``/``version``."""
-    with _REGISTRY_LOCK:
-        _REGISTRY.setdefault(name, {})[version] = function
-
-
-def unregister(name: str, version: int | None = None) -> None:
-    """Forget ``name``/``version`` (every version if None): its open oplogs are then refused."""
-    with _REGISTRY_LOCK:
-        if version is None:
-            _REGISTRY.pop(name, None)
-        else:
-            _REGISTRY.get(name, {}).pop(version, None)
-
-
-def registered_versions(name: str) -> list[int]:
-    return sorted(_REGISTRY.get(name, {}))
-
-
 @dataclass(frozen=True)
 class ResumeOutcome:
     """What :meth:`Journal.resume_all` did with one open oplog.
 
     ``status`` is ``done`` (``value`` holds the result), ``failed`` (the function raised
-    ``error``, now recorded), ``refused`` (unknown version or non-determinism: the oplog
-    is left open and intact) or ``busy`` (another live process holds it).
+    ``error``, now recorded), ``refused`` (unknown version: the oplog is left open and
+    intact), ``abandoned`` (non-determinism, or more resumes without progress than
+    ``max_resume_attempts``: dead-lettered now, ``error`` says why) or ``busy`` (another
+    live process holds it).
     """
 
     oplog_id: str
@@ -140,11 +124,17 @@ class Journal:
         # Time and sleep; tests replace them so that nothing waits on the wall clock.
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        # Resumes of one oplog that make no progress (no commit: a crash loop) before
+        # resume()/resume_all() abandon it instead (None: never).
+        max_resume_attempts: int | None = 5,
     ) -> None:
         if (url is None) == (engine is None):
             raise JournalError("give exactly one of url or engine=")
         if http_client is not None and transport is not None:
             raise JournalError("give http_client= or transport=, not both")
+        if max_resume_attempts is not None and max_resume_attempts < 1:
+            raise JournalError("max_resume_attempts must be at least 1 (or None)")
+        self.max_resume_attempts = max_resume_attempts
         self._own_engine = engine is None
         if engine is None:
             assert url is not None  # exactly one of them, checked above
@@ -234,11 +224,17 @@ class Journal:
             if only_open:  # resume_all: another process finished it since we listed it
                 raise OplogBusyError(info.id, "nobody: it finished meanwhile")
             return _recorded_result(info)
-        functions = _REGISTRY.get(info.function, {})
+        functions = registered_functions(info.function)
         function = functions.get(info.version)
         if function is None:
             raise UnknownFunctionError(info.id, info.function, info.version, sorted(functions))
-        owner = self.take_lease(info.id, force=force)
+        owner = new_owner()
+        now = self.clock()
+        attempts = self.store.take_lease(info.id, owner, now=now, until=now + self.lease,
+                                         force=force, count_attempt=True)
+        if self.max_resume_attempts is not None and attempts > self.max_resume_attempts:
+            self._abandon(info, f"{attempts - 1} resumes made no progress "
+                                f"(max_resume_attempts={self.max_resume_attempts})")
         context = ResumableContext(
             self.services, oplog_id=info.id, function=info.function, version=info.version,
             arguments=self.store.arguments(info.id), recorded=info.steps, stored=True,
@@ -249,6 +245,35 @@ class Journal:
         except NonDeterminismError:
             self.store.release_lease(info.id, owner)
             raise
+
+    def abandon(self, oplog_id: str, reason: str) -> None:
+        """Dead-letter the open oplog ``oplog_id``: it is never resumed again.
+
+        It stays visible (``list``/``show``: state ``abandoned`` with ``reason``) until
+        ``purge`` removes it like a failed oplog; ``resume`` raises
+        :class:`OplogAbandonedError`. Its messages: an answered one is still
+        acknowledged by ``resume_all()``; a send recorded but never answered is not
+        resent — the receiver may or may not have run it, and forgets it after its
+        retention. A live run of the oplog fails at its next commit
+        (:class:`OplogBusyError`). :class:`JournalError` if the oplog is not open.
+        """
+        self.ensure_schema()
+        info = self.get(oplog_id)
+        if info.state != OPLOG_OPEN:
+            raise JournalError(f"oplog {oplog_id} is {info.state}, not open: nothing to abandon")
+        try:
+            self._abandon(info, reason)
+        except OplogAbandonedError:
+            return
+
+    def _abandon(self, info: OplogInfo, reason: str) -> None:
+        """Record the abandonment, report it once (here), raise it."""
+        error = OplogAbandonedError(info.id, reason)
+        if not self.store.abandon(info.id, reason=reason, now=self.clock(),
+                                  result={"error": codec.exception_record(error)}):
+            raise OplogBusyError(info.id, "nobody: it finished meanwhile")
+        log.warning("chttp: oplog %s (%s v%s) abandoned: %s", info.id, info.function, info.version, reason)
+        raise error
 
     def take_lease(self, oplog_id: str, *, force: bool = False) -> str:
         """Lease the open oplog to a new owner of this process and return that owner.
@@ -264,9 +289,11 @@ class Journal:
         """Resume every open oplog this process can lease, and retry pending acknowledgements.
 
         Never raises for one oplog's trouble: each gets a :class:`ResumeOutcome`. An oplog
-        left ``busy`` (another live process holds it) or ``refused`` (unknown version,
-        non-determinism) is also logged at WARNING on the ``chttp_client`` logger, so a
-        start-up resume never skips one silently.
+        left ``busy`` (another live process holds it) or ``refused`` (unknown version) is
+        also logged at WARNING on the ``chttp_client`` logger, so a start-up resume never
+        skips one silently. One that diverges from its record (non-determinism: the code
+        changed) or was resumed more than ``max_resume_attempts`` times without progress
+        is *abandoned* (:meth:`abandon`), reported once at WARNING, and not tried again.
         """
         self.ensure_schema()
         self.acknowledge_pending()
@@ -280,10 +307,18 @@ class Journal:
                 log.warning("chttp: oplog %s (%s v%s) not resumed, busy: %s",
                             listed.id, listed.function, listed.version, error)
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "busy", error=error))
-            except (UnknownFunctionError, NonDeterminismError) as error:
+            except UnknownFunctionError as error:
                 log.warning("chttp: oplog %s (%s v%s) not resumed, refused: %s",
                             listed.id, listed.function, listed.version, error)
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "refused", error=error))
+            except NonDeterminismError as error:  # the code changed: no resume will fix it
+                try:
+                    self._abandon(listed, str(error))
+                except (OplogAbandonedError, OplogBusyError) as abandoned:
+                    outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version,
+                                                  "abandoned", error=abandoned))
+            except OplogAbandonedError as error:  # too many resumes without progress
+                outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "abandoned", error=error))
             except Exception as error:  # the function's own outcome, now recorded
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "failed", error=error))
             else:
@@ -335,9 +370,16 @@ class Journal:
         self.store.mark_acknowledged(self.acknowledger.take_marks())
 
     def acknowledge_pending(self) -> int:
-        """DELETE every answered message not yet acknowledged; return how many succeeded."""
+        """DELETE every answered message nobody acknowledged or claimed; return how many succeeded.
+
+        Each is claimed first (:meth:`OplogStore.claim_pending_acks
+        <chttp_client.oplog_store.OplogStore.claim_pending_acks>`), so concurrent
+        resumers and the live process that queued it never DELETE one message twice.
+        """
         self.ensure_schema()
-        done = sum(self.acknowledger.send(p.oplog_id, p.number, p.url) for p in self.store.pending_acks())
+        now = self.clock()
+        claimed = self.store.claim_pending_acks(now=now, until=now + self.lease)
+        done = sum(self.acknowledger.send(p.oplog_id, p.number, p.url) for p in claimed)
         self.store.mark_acknowledged(self.acknowledger.take_marks())
         return done
 

@@ -20,13 +20,13 @@ from datetime import datetime, timedelta, timezone
 import builtins
 from typing import Any, Iterator, Sequence, overload
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from chttp_client import codec, retention
 from chttp_client.errors import JournalError, OplogBusyError
 from chttp_client.leases import lease_is_free
-from chttp_client.records import OplogInfo, StepRecord
-from chttp_core.schema import KIND_SEND, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
+from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
+from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
 
 __all__ = ["OplogStore", "Commit", "NewOplog", "Finish", "AckMark", "PendingAck"]
 
@@ -51,11 +51,16 @@ class Finish:
 
 @dataclass(frozen=True)
 class AckMark:
-    """The receiver confirmed our DELETE of step ``number``'s message at ``at``."""
+    """How our DELETE of step ``number``'s message went, at ``at``.
+
+    ``done``: the receiver took it (the step is marked acknowledged); otherwise our
+    claim on the acknowledgement is released for a later ``resume_all()`` to retry.
+    """
 
     oplog_id: str
     number: int
     at: datetime
+    done: bool = True
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class Commit:
     answers: Sequence[StepRecord] = ()
     finish: Finish | None = None
     acks: Sequence[AckMark] = field(default_factory=list)
+    #: Claim the acknowledgement of each answer with a message URL until then (this
+    #: process will send it); None: leave it to ``resume_all()``.
+    ack_claim_until: datetime | None = None
 
 
 @overload
@@ -131,10 +139,21 @@ def _step_record(row: Any) -> StepRecord:
 
 def _oplog_info(row: Any, steps: tuple[StepRecord, ...] = ()) -> OplogInfo:
     return OplogInfo(
-        id=row.id, function=row.function, version=row.version, state=row.state,
+        id=row.id, function=row.function, version=row.version,
+        state=OPLOG_ABANDONED if row.abandoned_reason is not None else row.state,
         arguments=codec.loads(row.arguments), result=_loads_or_none(row.result),
         lease_owner=row.lease_owner, created_at=_aware(row.created_at), steps=steps,
+        abandoned_reason=row.abandoned_reason, resume_attempts=row.resume_attempts or 0,
     )
+
+
+def _state_is(state: str) -> Any:
+    """The condition for an :class:`OplogInfo` state (abandoned is stored as failed)."""
+    if state == OPLOG_ABANDONED:
+        return and_(oplogs.c.state == OPLOG_FAILED, oplogs.c.abandoned_reason.is_not(None))
+    if state == OPLOG_FAILED:
+        return and_(oplogs.c.state == OPLOG_FAILED, oplogs.c.abandoned_reason.is_(None))
+    return oplogs.c.state == state
 
 
 class OplogStore:
@@ -152,7 +171,7 @@ class OplogStore:
         """Oplogs oldest first, without their steps."""
         query = select(oplogs).order_by(oplogs.c.created_at, oplogs.c.id)
         if state is not None:
-            query = query.where(oplogs.c.state == state)
+            query = query.where(_state_is(state))
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as connection:
@@ -192,11 +211,12 @@ class OplogStore:
                     for step in commit.inserts
                 ])
             for step in commit.answers:
+                claim = commit.ack_claim_until if step.message_url is not None else None
                 updated = connection.execute(
                     update(oplog_steps)
                     .where(oplog_steps.c.oplog_id == commit.oplog_id,
                            oplog_steps.c.number == step.number)
-                    .values(**_step_values(step))
+                    .values(**_step_values(step), ack_claimed_until=claim)
                 ).rowcount
                 if updated != 1:  # an answer always follows its own intent commit
                     raise JournalError(f"oplog {commit.oplog_id} has no step {step.number} to answer")
@@ -224,10 +244,11 @@ class OplogStore:
     @staticmethod
     def _renew(connection: Connection, oplog_id: str, owner: str | None,
                now: datetime, until: datetime) -> None:
+        # A write of the run is progress: its resumes start counting again.
         renewed = connection.execute(
             update(oplogs)
             .where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner)
-            .values(lease_expires_at=until, updated_at=now)
+            .values(lease_expires_at=until, updated_at=now, resume_attempts=0)
         ).rowcount
         if renewed != 1:
             raise OplogBusyError(oplog_id, "another process (our lease was taken over)")
@@ -240,15 +261,18 @@ class OplogStore:
             self._renew(connection, oplog_id, owner, now, until)
 
     def take_lease(self, oplog_id: str, owner: str, *, now: datetime, until: datetime,
-                   force: bool = False) -> None:
+                   force: bool = False, count_attempt: bool = False) -> int:
         """Lease the open oplog to ``owner`` (compare-and-swap on the owner we saw).
 
-        ``force`` takes it even from a live owner. :class:`OplogBusyError` if it is held
-        (or finished meanwhile, or a concurrent resumer won the swap).
+        ``force`` takes it even from a live owner; ``count_attempt`` counts a resume.
+        Returns the resumes counted since the run last made progress, this one
+        included. :class:`OplogBusyError` if it is held (or finished meanwhile, or a
+        concurrent resumer won the swap).
         """
         with self.engine.begin() as connection:
             row = connection.execute(
-                select(oplogs.c.state, oplogs.c.lease_owner, oplogs.c.lease_expires_at)
+                select(oplogs.c.state, oplogs.c.lease_owner, oplogs.c.lease_expires_at,
+                       oplogs.c.resume_attempts)
                 .where(oplogs.c.id == oplog_id)
             ).one()
             if row.state != OPLOG_OPEN:
@@ -257,13 +281,16 @@ class OplogStore:
             if seen is not None and not force and not lease_is_free(seen, _aware(row.lease_expires_at), now):
                 raise OplogBusyError(oplog_id, seen)
             condition = oplogs.c.lease_owner.is_(None) if seen is None else oplogs.c.lease_owner == seen
+            attempts = (row.resume_attempts or 0) + (1 if count_attempt else 0)
             taken = connection.execute(
                 update(oplogs)
                 .where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN, condition)
-                .values(lease_owner=owner, lease_expires_at=until, updated_at=now)
+                .values(lease_owner=owner, lease_expires_at=until, updated_at=now,
+                        resume_attempts=attempts)
             ).rowcount
         if taken != 1:
             raise OplogBusyError(oplog_id, "a concurrent resumer")
+        return attempts
 
     def release_lease(self, oplog_id: str, owner: str) -> None:
         """Give the lease up (a refused run), if we still hold it."""
@@ -273,17 +300,46 @@ class OplogStore:
                 .values(lease_owner=None, lease_expires_at=None)
             )
 
+    def abandon(self, oplog_id: str, *, reason: str, result: dict[str, Any], now: datetime) -> bool:
+        """Dead-letter the open oplog: stored as failed with ``reason``; False if not open."""
+        with self.engine.begin() as connection:
+            return connection.execute(
+                update(oplogs).where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN).values(
+                    state=OPLOG_FAILED, abandoned_reason=reason, result=json.dumps(result),
+                    finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
+                )
+            ).rowcount == 1
+
     # -- acknowledgements ------------------------------------------------------------------
 
-    def pending_acks(self) -> builtins.list[PendingAck]:
-        """Answered messages whose acknowledgement is not marked yet."""
+    def claim_pending_acks(self, *, now: datetime, until: datetime) -> builtins.list[PendingAck]:
+        """Claim, until ``until``, every answered message nobody acknowledged or claimed.
+
+        Each claim is a compare-and-swap on the claim we saw, so of several processes
+        running ``resume_all()`` at once exactly one sends each DELETE; a claim of a
+        process that died lapses at its time.
+        """
+        free = or_(oplog_steps.c.ack_claimed_until.is_(None), oplog_steps.c.ack_claimed_until <= now)
+        unacknowledged = and_(
+            oplog_steps.c.kind == KIND_SEND, oplog_steps.c.state == STEP_DONE,
+            oplog_steps.c.message_url.is_not(None), oplog_steps.c.acknowledged_at.is_(None), free)
         query = select(oplog_steps.c.oplog_id, oplog_steps.c.number, oplog_steps.c.message_url).where(
-            and_(oplog_steps.c.kind == KIND_SEND, oplog_steps.c.state == STEP_DONE,
-                 oplog_steps.c.message_url.is_not(None), oplog_steps.c.acknowledged_at.is_(None))
-        )
+            unacknowledged)
         with self.engine.connect() as connection:
-            return [PendingAck(row.oplog_id, row.number, row.message_url)
-                    for row in connection.execute(query)]
+            candidates = [PendingAck(row.oplog_id, row.number, row.message_url)
+                          for row in connection.execute(query)]
+        claimed = []
+        for pending in candidates:
+            with self.engine.begin() as connection:
+                won = connection.execute(
+                    update(oplog_steps)
+                    .where(oplog_steps.c.oplog_id == pending.oplog_id,
+                           oplog_steps.c.number == pending.number, unacknowledged)
+                    .values(ack_claimed_until=until)
+                ).rowcount
+            if won == 1:
+                claimed.append(pending)
+        return claimed
 
     def mark_acknowledged(self, marks: Sequence[AckMark]) -> None:
         """Record acknowledgements outside a run's commit (nothing to mark: no transaction)."""
@@ -298,7 +354,7 @@ class OplogStore:
             connection.execute(
                 update(oplog_steps)
                 .where(oplog_steps.c.oplog_id == mark.oplog_id, oplog_steps.c.number == mark.number)
-                .values(acknowledged_at=mark.at)
+                .values({"acknowledged_at": mark.at} if mark.done else {"ack_claimed_until": None})
             )
 
     # -- retention -------------------------------------------------------------------------

@@ -14,11 +14,15 @@ from typing import Any
 from chttp_client import codec
 from chttp_core.schema import KIND_SEND
 
-__all__ = ["StepRecord", "OplogInfo", "INCOMING_PREFIX"]
+__all__ = ["StepRecord", "OplogInfo", "INCOMING_PREFIX", "OPLOG_ABANDONED"]
 
 #: Oplogs of receiver handlers (chttp_client.incoming) are driven by incoming retries,
 #: never by resume_all().
 INCOMING_PREFIX = "chttp.incoming"
+
+#: The state an abandoned (dead-lettered) oplog reports. Stored as ``failed`` with an
+#: ``abandoned_reason`` (migration 0004 says why).
+OPLOG_ABANDONED = "abandoned"
 
 
 @dataclass
@@ -85,3 +89,7 @@ class OplogInfo:
     lease_owner: str | None
     created_at: datetime
     steps: tuple[StepRecord, ...] = ()
+    #: Why the oplog was abandoned (``state == "abandoned"``), else None.
+    abandoned_reason: str | None = None
+    #: Resumes since its last progress (``Journal(max_resume_attempts=…)``).
+    resume_attempts: int = 0

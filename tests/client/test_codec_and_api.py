@@ -82,7 +82,7 @@ def test_public_api_is_pinned():
     assert chttp_client.__all__ == [
         "resumable", "Journal", "RetryPolicy", "ResumableContext", "StepEvent", "StepRecord",
         "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError", "JournalError",
-        "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "SendError",
+        "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "OplogAbandonedError", "SendError",
         "DeadlineExceeded", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
         "MessageTooOldError", "MessageIdReusedError", "ResponseTooLargeError",
     ]
@@ -101,6 +101,7 @@ def test_public_api_is_pinned():
         "NonDeterminismError": "exception(JournalError)",
         "UnknownFunctionError": "exception(JournalError)",
         "OplogBusyError": "exception(JournalError)",
+        "OplogAbandonedError": "exception(JournalError)",
         "SendError": "exception(ChttpClientError)",
         "DeadlineExceeded": "exception(SendError)",
         "ProtocolAnswerError": "exception(SendError)",
@@ -159,7 +160,7 @@ def test_journal_tables_match_their_migration(db_url):
     finally:
         engine.dispose()
     assert diff == []
-    assert migrate.current_revision(db_url) == migrate.head_revision() == "0003_oplog_activity"
+    assert migrate.current_revision(db_url) == migrate.head_revision() == "0004_oplog_dead_letter"
 
 
 def test_journal_without_upgrade_refuses_a_missing_schema(sqlite_url):
