@@ -4,7 +4,7 @@ Every non-deterministic value (:meth:`ResumableContext.persist`) and every certi
 send (:meth:`ResumableContext.post` …) is one numbered *step*. On a first run a step
 executes and is recorded; on a replay (after a crash) the step at the same number is
 returned from its record instead. A step that asks for something else than its record
-raises :class:`~chttp_client.errors.NonDeterminismError` naming both, and poisons the
+(another kind, name, body, or request headers for a send) raises :class:`~chttp_client.errors.NonDeterminismError` naming both, and poisons the
 context, so that even a function that swallows the error cannot record a result.
 
 Durability arrangement (n + 1 commits for n certified sends)
@@ -54,32 +54,17 @@ from typing import Any, Callable, Mapping, Sequence
 import httpx
 
 from chttp_client import codec, observers
-from chttp_client.acknowledger import Acknowledger
 from chttp_client.errors import NonDeterminismError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
-from chttp_client.oplog_store import Commit, Finish, NewOplog, OplogStore
+from chttp_client.oplog_store import Commit, Finish, NewOplog
 from chttp_client.recorded_sends import answer_recorded_send, rebuild_response, request_record
 from chttp_client.records import StepRecord
-from chttp_client.sending import RetryPolicy
+from chttp_client.services import RunServices
 from chttp_core.schema import KIND_PERSIST, KIND_SEND, OPLOG_DONE, OPLOG_FAILED, STEP_DONE, STEP_RECORDED
 from chttp_core.wire import fingerprint
 
-__all__ = ["ResumableContext", "RunServices"]
-
-
-@dataclass(frozen=True)
-class RunServices:
-    """What a run needs of its journal: where to write, how to send, what time it is."""
-
-    store: OplogStore
-    acknowledger: Acknowledger
-    http_client: httpx.Client
-    retry: RetryPolicy
-    clock: Callable[[], datetime]
-    sleep: Callable[[float], None]
-    #: How long a lease lasts without a commit renewing it.
-    lease: timedelta
+__all__ = ["ResumableContext", "RunServices"]  # RunServices: re-exported for its users
 
 
 @dataclass
@@ -355,11 +340,13 @@ class ResumableContext:
         def on_answer() -> None:
             self._event("send-answered", record.number, KIND_SEND, record.name, record.message_id, body)
 
-        answer_recorded_send(
-            record, client=services.http_client, policy=services.retry, clock=services.clock,
-            sleep=services.sleep, deadline=deadline, run_deadline=self._run_deadline,
-            on_attempt=on_attempt, on_answer=on_answer, on_wait=self._renew_lease_if_due,
-        )
+        with services.heartbeat.hold(self.oplog_id, self._owner,
+                                     self._lease_renewed_at or services.clock()):
+            answer_recorded_send(
+                record, client=services.http_client, policy=services.retry, clock=services.clock,
+                sleep=services.sleep, deadline=deadline, run_deadline=self._run_deadline,
+                on_attempt=on_attempt, on_answer=on_answer, on_wait=self._renew_lease_if_due,
+            )
         # Buffered: the oplog's next commit records it, and only then may it be
         # acknowledged (the module docstring says why).
         self._writes.answers.append(record)

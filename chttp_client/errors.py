@@ -7,6 +7,7 @@
     │   ├── NonDeterminismError        a replay asked for another step than the recorded one
     │   ├── UnknownFunctionError       no registered function/version for an open oplog
     │   ├── OplogBusyError             another process holds the oplog's lease
+    │   │   └── OplogTakenOverError    … it took our run's lease over; the run goes on there
     │   └── OplogAbandonedError        the oplog was dead-lettered and is not run again
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
@@ -39,6 +40,7 @@ __all__ = [
     "NonDeterminismError",
     "UnknownFunctionError",
     "OplogBusyError",
+    "OplogTakenOverError",
     "OplogAbandonedError",
     "SendError",
     "DeadlineExceeded",
@@ -112,6 +114,30 @@ class OplogBusyError(JournalError):
 
     def __str__(self) -> str:
         return f"oplog {self.oplog_id} is being run by {self.owner}"
+
+
+class OplogTakenOverError(OplogBusyError):
+    """Our run lost its oplog's lease: another process took the oplog over.
+
+    That happens only when our lease lapsed (this process looked dead: stalled longer
+    than the lease, or its clock is far off). The function goes on, or already ended,
+    in the other process; ``state`` is the oplog's state when we noticed (``open``,
+    ``done``, ``failed``). Its result: ``journal.resume(oplog_id)`` returns (or raises)
+    the recorded result once the oplog is finished, and raises
+    :class:`OplogBusyError` while the other process still runs it.
+    """
+
+    def __init__(self, oplog_id: str, owner: str | None, state: str) -> None:
+        super().__init__(oplog_id, owner)
+        self.args = (oplog_id, owner, state)
+        self.state = state
+
+    def __str__(self) -> str:
+        where = (f"it completed there ({self.state})" if self.state != "open"
+                 else f"it continues there (lease owner {self.owner})")
+        return (f"oplog {self.oplog_id} was taken over by another process while this run held it; "
+                f"{where}: journal.resume({self.oplog_id!r}) returns its recorded result "
+                "once it is finished")
 
 
 class OplogAbandonedError(JournalError):

@@ -48,6 +48,7 @@ from chttp_client.errors import (
     OplogBusyError,
     UnknownFunctionError,
 )
+from chttp_client.heartbeat import Heartbeat
 from chttp_client.leases import new_owner
 from chttp_client.oplog_store import OplogStore
 from chttp_client.records import INCOMING_PREFIX, OplogInfo
@@ -151,6 +152,7 @@ class Journal:
         self.sleep = sleep
         self.acknowledger = Acknowledger(self.http_client, clock=clock, timeout=retry.timeout,
                                          enabled=acknowledge)
+        self.heartbeat = Heartbeat(self.store, clock=clock, lease=lease)
 
     def __repr__(self) -> str:
         return f"<Journal {self.engine.url.render_as_string(hide_password=True)}>"
@@ -175,7 +177,7 @@ class Journal:
         """What a run of this journal writes and sends with (made per run)."""
         return RunServices(store=self.store, acknowledger=self.acknowledger,
                            http_client=self.http_client, retry=self.retry, clock=self.clock,
-                           sleep=self.sleep, lease=self.lease)
+                           sleep=self.sleep, lease=self.lease, heartbeat=self.heartbeat)
 
     # -- schema --------------------------------------------------------------------------
 
@@ -385,6 +387,7 @@ class Journal:
 
     def close(self) -> None:
         """Finish queued acknowledgements, then release the HTTP client and the engine."""
+        self.heartbeat.close()
         self.acknowledger.close()
         marks = self.acknowledger.take_marks()
         if marks:

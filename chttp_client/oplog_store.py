@@ -7,8 +7,8 @@ below, and never sees a context, so the step logic (:mod:`chttp_client.context`)
 *what* to write and this module only *how*.
 
 Every write of a run is one :class:`Commit`: the oplog row inserted (first write) or our
-lease renewed — failing with :class:`~chttp_client.errors.OplogBusyError` if another
-process took it over — then new steps, answered steps, the result if the run ends, and
+lease renewed — failing with :class:`~chttp_client.errors.OplogTakenOverError` if
+another process took it over — then new steps, answered steps, the result if the run ends, and
 the acknowledgement marks gathered since the previous commit, in one transaction.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Iterator, Sequence, overload
 from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from chttp_client import codec, retention
-from chttp_client.errors import JournalError, OplogBusyError
+from chttp_client.errors import JournalError, OplogBusyError, OplogTakenOverError
 from chttp_client.leases import lease_is_free
 from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
 from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
@@ -251,12 +251,15 @@ class OplogStore:
             .values(lease_expires_at=until, updated_at=now, resume_attempts=0)
         ).rowcount
         if renewed != 1:
-            raise OplogBusyError(oplog_id, "another process (our lease was taken over)")
+            row = connection.execute(
+                select(oplogs.c.state, oplogs.c.lease_owner).where(oplogs.c.id == oplog_id)).first()
+            state = row.state if row is not None else "purged"
+            raise OplogTakenOverError(oplog_id, row.lease_owner if row is not None else None, state)
 
     # -- leases ----------------------------------------------------------------------------
 
     def renew_lease(self, oplog_id: str, owner: str, *, now: datetime, until: datetime) -> None:
-        """Extend our lease; :class:`OplogBusyError` if it was taken over."""
+        """Extend our lease; :class:`OplogTakenOverError` if it was taken over."""
         with self.engine.begin() as connection:
             self._renew(connection, oplog_id, owner, now, until)
 

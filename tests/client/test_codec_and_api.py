@@ -82,7 +82,8 @@ def test_public_api_is_pinned():
     assert chttp_client.__all__ == [
         "resumable", "Journal", "RetryPolicy", "ResumableContext", "StepEvent", "StepRecord",
         "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError", "JournalError",
-        "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "OplogAbandonedError", "SendError",
+        "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "OplogTakenOverError", "OplogAbandonedError",
+        "SendError",
         "DeadlineExceeded", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
         "MessageTooOldError", "MessageIdReusedError", "ResponseTooLargeError",
     ]
@@ -101,6 +102,7 @@ def test_public_api_is_pinned():
         "NonDeterminismError": "exception(JournalError)",
         "UnknownFunctionError": "exception(JournalError)",
         "OplogBusyError": "exception(JournalError)",
+        "OplogTakenOverError": "exception(OplogBusyError)",
         "OplogAbandonedError": "exception(JournalError)",
         "SendError": "exception(ChttpClientError)",
         "DeadlineExceeded": "exception(SendError)",
