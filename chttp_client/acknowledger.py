@@ -1,6 +1,6 @@
 """Background acknowledgements: ``DELETE`` on ``X-Message-URL`` once an answer is durable.
 
-PROTOCOL.md §3: a sender acknowledges each answer it has recorded, so that the receiver
+docs/protocol.rst §3: a sender acknowledges each answer it has recorded, so that the receiver
 may drop the stored response early (a later resend of the id then meets 410). The DELETE
 is sent only after the commit that made the answer durable (the context queues it after
 that commit, :mod:`chttp_client.context`), from one daemon thread per journal so that a
@@ -33,7 +33,7 @@ __all__ = ["Acknowledger"]
 
 log = logging.getLogger("chttp_client")
 
-#: Answers that mean the receiver holds nothing more for the id (PROTOCOL.md §3).
+#: Answers that mean the receiver holds nothing more for the id (docs/protocol.rst §3).
 _ACCEPTED = frozenset({200, 204, 404, 410})
 
 

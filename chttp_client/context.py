@@ -29,7 +29,7 @@ before that next commit — the next send leaves only after its intent commit (w
 carries the answer), and the function's result is returned only after the finish commit.
 If the process dies in between, the step is still ``recorded`` in the journal, so the
 resume resends the *same* message id and the receiver replays its stored response
-without running its handler again (PROTOCOL.md §2); the function continues exactly as
+without running its handler again (docs/protocol.rst §2); the function continues exactly as
 if it had read the answer from the journal.
 
 That argument holds only while the receiver still has the stored response, so the
@@ -37,7 +37,7 @@ acknowledgement (``DELETE`` on ``X-Message-URL``, which lets the receiver drop i
 makes a resend meet 410) is queued **only after the commit that made the answer
 durable**. It runs in the background (:mod:`chttp_client.acknowledger`) and is marked in a later
 commit; a lost mark only means the DELETE is repeated by a later ``resume_all()`` (it is
-idempotent, PROTOCOL.md §3).
+idempotent, docs/protocol.rst §3).
 
 A function about to cause a side effect outside the journal that must not happen twice
 or be forgotten (a token written to a file, a row in another database) calls

@@ -175,7 +175,7 @@ class DeadlineExceeded(SendError):
     """The send was retried until its deadline passed without a definitive answer.
 
     The receiver may or may not have processed it; the sender stops here so that a late
-    retry never meets a receiver that has forgotten the id (PROTOCOL.md §4).
+    retry never meets a receiver that has forgotten the id (docs/protocol.rst §4).
     """
 
 
@@ -242,7 +242,7 @@ _BY_PROBLEM: dict[tuple[int, str], type[ProtocolAnswerError]] = {
 def protocol_error_for(status: int, problem_type: str | None) -> type[ProtocolAnswerError] | None:
     """The exception class for a protocol answer, ``None`` for an application's answer.
 
-    Only problem+json answers with one of PROTOCOL.md §4's types count: an application's
+    Only problem+json answers with one of docs/protocol.rst §4's types count: an application's
     own 400 or 422 is a normal response the function may inspect.
     """
     if problem_type is None:

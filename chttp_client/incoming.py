@@ -3,7 +3,7 @@
 A handler runs inside the receiver's transaction, which rolls back on a 5xx, an
 exception or a crash; the sender then retries the *incoming* message and the handler
 runs again. Whatever the handler sent out meanwhile already happened, so its outgoing
-messages must be the same ones again (PROTOCOL.md §2, last paragraph; §5, last bullet):
+messages must be the same ones again (docs/protocol.rst §2, last paragraph; §5, last bullet):
 
 * the handler's oplog id is derived from the incoming ``(scope, id)``, so a retry finds
   the oplog of the earlier attempt and *replays* it (same persisted values, same

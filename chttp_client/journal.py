@@ -116,11 +116,11 @@ class Journal:
         http_client: httpx.Client | None = None,
         # … or just its transport (tests: httpx.WSGITransport around a receiver).
         transport: httpx.BaseTransport | None = None,
-        # Retries, backoff, per-attempt timeout and per-send deadline (PROTOCOL.md §5).
+        # Retries, backoff, per-attempt timeout and per-send deadline (docs/protocol.rst §5).
         retry: RetryPolicy = RetryPolicy(),
         # How long a run's lease lasts without a commit renewing it.
         lease: timedelta = timedelta(minutes=10),
-        # DELETE on X-Message-URL after each answer (PROTOCOL.md §3), in the background.
+        # DELETE on X-Message-URL after each answer (docs/protocol.rst §3), in the background.
         acknowledge: bool = True,
         # Time and sleep; tests replace them so that nothing waits on the wall clock.
         clock: Callable[[], datetime] = utcnow,
@@ -334,7 +334,7 @@ class Journal:
         Never an open oplog, except a receiver handler's (``in-…``): those are never
         marked done and go once their last activity is older than ``horizon`` (default
         15 days, the receiver's default retention): once the receiver has forgotten the
-        incoming message, its retry can no longer be replayed anyway (PROTOCOL.md §4:
+        incoming message, its retry can no longer be replayed anyway (docs/protocol.rst §4:
         senders stop retrying well before that). A finished oplog whose answered send
         still waits for its acknowledgement is kept until ``horizon`` too. Runs in
         batches of ``batch_size``, each its own short transaction (PostgreSQL: ``FOR

@@ -65,7 +65,7 @@ def response_record(response: httpx.Response) -> dict[str, Any]:
 
 
 def message_url_of(response: httpx.Response, request_url: str) -> str | None:
-    """The absolute ``X-Message-URL`` to acknowledge (PROTOCOL.md §3), if the answer gave one."""
+    """The absolute ``X-Message-URL`` to acknowledge (docs/protocol.rst §3), if the answer gave one."""
     location = response.headers.get(HEADER_MESSAGE_URL)
     return urljoin(request_url, location) if location else None
 
@@ -117,7 +117,7 @@ def answer_recorded_send(
 ) -> None:
     """Send the recorded request until its definitive answer; record it in ``record``.
 
-    Every attempt carries the recorded id and first-sent time (PROTOCOL.md §1). The
+    Every attempt carries the recorded id and first-sent time (docs/protocol.rst §1). The
     answer, or the :class:`~chttp_client.errors.DeadlineExceeded` of the send's own
     deadline, is written into ``record`` (now ``done``). When only ``run_deadline``
     passed, raises :class:`DeadlineExceeded` and leaves ``record`` as it was, so the

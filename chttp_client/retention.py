@@ -4,7 +4,7 @@ A finished oplog (``done``/``failed``) is only kept so that :meth:`Journal.resum
 return its recorded result and ``chttp-client show`` can explain it; nothing replays it.
 A receiver handler's oplog (:mod:`chttp_client.incoming`, ids ``in-…``) is never marked
 done: it is replayed by a *retry of its incoming message*, and no such retry can arrive
-once the receiver has forgotten that message: PROTOCOL.md §4 has senders stop retrying
+once the receiver has forgotten that message: docs/protocol.rst §4 has senders stop retrying
 (default after 1 day) well before the receiver's retention (default 15 days), and an
 older retry is refused with 412 ``message-too-old``. So:
 
@@ -45,7 +45,7 @@ from chttp_core.schema import (
 
 __all__ = ["RECEIVER_RETENTION", "purge"]
 
-#: The receiver's default retention (PROTOCOL.md §4): a message is remembered this long.
+#: The receiver's default retention (docs/protocol.rst §4): a message is remembered this long.
 RECEIVER_RETENTION = timedelta(days=15)
 
 
