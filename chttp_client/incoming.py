@@ -15,7 +15,7 @@ messages must be the same ones again (docs/protocol.rst §2, last paragraph; §5
   survives the handler's rollback. Buffered records — ``persist()`` values and the
   answers of sends — are written with the next send's intent commit (as in
   :mod:`chttp_client.context`) and, at the latest, when the handler's request ends
-  (:meth:`IncomingSends.close`), whether it committed or rolled back. Only then are
+  (:func:`close_incoming_context`), whether it committed or rolled back. Only then are
   those answers acknowledged downstream. If that last write is lost (a crash, the
   journal unreachable), a retried incoming message resends the same derived ids and the
   downstream receivers replay their stored answers; if the handler had committed, no
@@ -66,6 +66,8 @@ from chttp_client.records import INCOMING_PREFIX
 __all__ = [
     "HANDLER_SEND_DEADLINE",
     "IncomingSends",
+    "open_incoming_context",
+    "close_incoming_context",
     "derived_message_id",
     "incoming_oplog_id",
     "journal_for_engine",
@@ -114,8 +116,63 @@ def journal_for_engine(engine: Engine) -> Journal:
         return journal
 
 
+def open_incoming_context(
+    journal: Journal,
+    *,
+    scope: str,
+    message_id: str,
+    # How long one handler run waits for a send's answer (None: the send's deadline).
+    send_deadline: timedelta | None = HANDLER_SEND_DEADLINE,
+) -> ResumableContext:
+    """The resumable context of one handler run for incoming ``(scope, message_id)``.
+
+    One layer for a front end: the returned context has ``persist``/``send``/
+    ``checkpoint``; end the run with :func:`close_incoming_context`. A retry of the
+    message finds the oplog of the earlier attempt and replays it.
+    """
+    journal.ensure_schema()
+    oplog_id = incoming_oplog_id(scope, message_id)
+    info = journal.store.get(oplog_id)
+    if info is not None:
+        # The receiver's claim on (scope, id) already makes this handler run the only
+        # one for this message, so the earlier attempt's lease is taken over.
+        owner = journal.take_lease(oplog_id, force=True)
+    else:
+        owner = new_owner()
+    return ResumableContext(
+        journal.services,
+        oplog_id=oplog_id,
+        function=INCOMING_PREFIX,
+        version=1,
+        arguments=codec.dumps({"args": [], "kwargs": {"scope": scope, "message_id": message_id}}),
+        recorded=info.steps if info is not None else (),
+        stored=info is not None,
+        owner=owner,
+        message_id_for=lambda step: derived_message_id(scope, message_id, step),
+        run_deadline=send_deadline,
+    )
+
+
+def close_incoming_context(context: ResumableContext) -> None:
+    """Write buffered records (the request is over, committed or not).
+
+    Best effort: persist records buffered since the last send were seen by nothing
+    outside this process, and a buffered answer is replayed by the downstream receiver
+    to the same derived id, so losing them (journal unreachable) is harmless; it must
+    not turn an answer the receiver already committed into an error.
+    """
+    try:
+        context.flush()
+    except Exception:  # noqa: BLE001
+        log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)
+
+
 class IncomingSends:
-    """The resumable context of one handler run (see the module docstring)."""
+    """The resumable context of one handler run, as ``chttp_server.context`` uses it.
+
+    A thin holder of :func:`open_incoming_context`'s context and
+    :func:`close_incoming_context`.
+    """
 
     def __init__(
         self,
@@ -126,28 +183,9 @@ class IncomingSends:
         # How long one handler run waits for a send's answer (None: the send's deadline).
         send_deadline: timedelta | None = HANDLER_SEND_DEADLINE,
     ) -> None:
-        journal.ensure_schema()
         self.journal = journal
-        oplog_id = incoming_oplog_id(scope, message_id)
-        info = journal.store.get(oplog_id)
-        if info is not None:
-            # The receiver's claim on (scope, id) already makes this handler run the only
-            # one for this message, so the earlier attempt's lease is taken over.
-            owner = journal.take_lease(oplog_id, force=True)
-        else:
-            owner = new_owner()
-        self.context = ResumableContext(
-            journal.services,
-            oplog_id=oplog_id,
-            function=INCOMING_PREFIX,
-            version=1,
-            arguments=codec.dumps({"args": [], "kwargs": {"scope": scope, "message_id": message_id}}),
-            recorded=info.steps if info is not None else (),
-            stored=info is not None,
-            owner=owner,
-            message_id_for=lambda step: derived_message_id(scope, message_id, step),
-            run_deadline=send_deadline,
-        )
+        self.context = open_incoming_context(journal, scope=scope, message_id=message_id,
+                                             send_deadline=send_deadline)
 
     def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
         return self.context.persist(value_or_callable, *args, **kwargs)
@@ -160,14 +198,5 @@ class IncomingSends:
         self.context.checkpoint()
 
     def close(self) -> None:
-        """Write buffered records (the request is over, committed or not).
-
-        Best effort: persist records buffered since the last send were seen by nothing
-        outside this process, and a buffered answer is replayed by the downstream
-        receiver to the same derived id, so losing them (journal unreachable) is
-        harmless; it must not turn an answer the receiver already committed into an error.
-        """
-        try:
-            self.context.flush()
-        except Exception:  # noqa: BLE001
-            log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)
+        """Write buffered records (:func:`close_incoming_context`)."""
+        close_incoming_context(self.context)

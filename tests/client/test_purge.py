@@ -228,7 +228,10 @@ def test_cli_purge(make_journal, fake_clock, db_url, capsys):
 
 
 def test_migration_0003_backfills_the_last_activity_and_downgrades(db_url):
+    from importlib.resources import files
+
     from alembic import command
+    from alembic.config import Config
 
     from chttp_core import migrate
 
@@ -247,7 +250,9 @@ def test_migration_0003_backfills_the_last_activity_and_downgrades(db_url):
         with engine.connect() as connection:
             rows = dict(connection.execute(select(oplogs.c.id, oplogs.c.updated_at)).all())
         assert {k: (v.month, v.day) for k, v in rows.items()} == {"done": (1, 3), "open": (1, 2)}
-        with migrate._config() as config, engine.connect() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(files("chttp_core.migrations")))
+        with engine.connect() as connection:
             config.attributes["connection"] = connection
             command.downgrade(config, "0002_oplogs")
             connection.commit()
