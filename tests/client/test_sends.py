@@ -272,3 +272,62 @@ def test_protocol_error_is_reraised_on_replay(journal, receiver):
     with pytest.raises(MessageIdReusedError):  # step 3 reuses "dup" too: the replayed 422 was handled
         journal.resume(oplog.id, force=True, message_id_for=lambda _n: "dup")
     assert [r[2] for r in runs(receiver.engine)] == ['{"a":1}']
+
+
+def test_429_with_retry_after_as_an_http_date_waits_until_then(make_journal, receiver, fake_clock):
+    from chttp_core.wire import format_http_date
+
+    receiver.status, receiver.failures = 429, 1
+    receiver.retry_after = format_http_date(fake_clock.now + timedelta(seconds=42))
+    journal = make_journal()
+
+    @resumable(journal)
+    def f(*, chttp_context):
+        return chttp_context.post(f"{BASE}/flaky", json={}).json()
+
+    assert f() == {"ok": True}
+    assert len(fake_clock.sleeps) == 1 and fake_clock.sleeps[0] == pytest.approx(42, abs=1)
+    assert list(receiver.seen.values()) == [2]  # the same id twice
+    assert count_runs(receiver.engine) == 1
+
+
+def test_an_expired_send_deadline_is_recorded_and_never_resent_under_a_new_id(make_journal, receiver,
+                                                                               fake_clock):
+    refused: list[str] = []
+
+    def refuse(request):
+        refused.append(request.headers["x-message-id"])
+        raise httpx.ConnectError("down", request=request)
+
+    journal = make_journal(transport=httpx.MockTransport(refuse),
+                           retry=RetryPolicy(jitter=False, deadline=timedelta(minutes=5)))
+    errors: list[DeadlineExceeded] = []
+
+    def body(*, chttp_context):
+        try:
+            chttp_context.post(f"{BASE}/escrow", json={})
+        except DeadlineExceeded as error:
+            errors.append(error)
+        chttp_context.persist("after")
+        return chttp_context.post(f"{BASE}/escrow", json={"second": True}).status_code
+
+    set_fault_hook(journal, crash_at("before-step", 3))
+    with pytest.raises(Crash):
+        resumable(journal, name="deadline-then-crash")(body)()
+    set_fault_hook(journal, None)
+    [oplog] = journal.list_open()
+    first = journal.get(oplog.id).steps[0]
+    assert first.state == "recorded"  # the deadline error was not committed before the crash
+    assert set(refused) == {first.message_id} == {errors[0].message_id}
+
+    # Resumed where the receiver is reachable: the first send is *not* resent under a new
+    # id, nor under its own: its deadline, counted from its first attempt, has passed.
+    later = make_journal(transport=httpx.WSGITransport(app=receiver),
+                         retry=RetryPolicy(jitter=False, deadline=timedelta(minutes=5)))
+    assert later.resume(oplog.id, force=True) == 201
+    assert len(errors) == 2 and errors[1].message_id == first.message_id
+    assert set(refused) == {first.message_id}
+    first_after, _persist, second = later.get(oplog.id).steps
+    assert first_after.state == "done" and first_after.outcome["error"]["type"].endswith("DeadlineExceeded")
+    assert count_runs(receiver.engine, first.message_id) == 0
+    assert [message_id for message_id, *_ in runs(receiver.engine)] == [second.message_id]

@@ -114,3 +114,16 @@ def test_no_module_uses_another_modules_private_names(module):
 def test_no_module_is_over_about_400_lines(module):
     lines = (PACKAGE_DIR / (module.rsplit(".", 1)[1] + ".py")).read_text().count("\n")
     assert lines <= MAX_LINES
+
+
+def test_production_classes_carry_no_test_seams(sqlite_url):
+    from chttp_client import Journal, ResumableContext
+
+    journal = Journal(sqlite_url)
+    try:
+        assert not hasattr(journal, "fault_hook")
+    finally:
+        journal.close()
+    for seam in ("check_script", "fault_hook", "_script"):
+        assert not hasattr(ResumableContext, seam)
+    assert "script" not in ResumableContext.__init__.__code__.co_varnames
