@@ -20,12 +20,14 @@ crash-every-step test helper is :func:`chttp_client.testing.check_crash_resume`.
 This package imports neither WebOb nor :mod:`chttp_server`.
 
 The parts, bottom up: :mod:`~chttp_client.codec` and :mod:`~chttp_client.records`
-(what is recorded), :mod:`~chttp_client.oplog_store` (all SQL),
-:mod:`~chttp_client.sending` and :mod:`~chttp_client.recorded_sends` (one send on the
-wire, as a record), :mod:`~chttp_client.acknowledger` (background DELETEs),
-:mod:`~chttp_client.context` (the step logic of a run), :mod:`~chttp_client.journal`
-(the front), :mod:`~chttp_client.resumable` (the decorator) and
-:mod:`~chttp_client.incoming` (a receiver's handler as a sender).
+(what is recorded), :mod:`~chttp_client.leases` and :mod:`~chttp_client.oplog_store`
+(all SQL), :mod:`~chttp_client.sending` and :mod:`~chttp_client.recorded_sends` (one
+send on the wire, as a record), :mod:`~chttp_client.acknowledger` (background DELETEs),
+:mod:`~chttp_client.heartbeat` (leases kept during sends), :mod:`~chttp_client.observers`
+(events and scripted steps, for tools and tests), :mod:`~chttp_client.context` (the step
+logic of a run), :mod:`~chttp_client.registry` and :mod:`~chttp_client.journal` (the
+front), :mod:`~chttp_client.resumable` (the decorator) and :mod:`~chttp_client.incoming`
+(a receiver's handler as a sender).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ older retry is refused with 412 ``message-too-old``. So:
 * a handler oplog goes once its *last activity* is older than ``horizon`` (default: the
   receiver's default retention, 15 days; pass the receiver's own ``retention`` if it
   differs), and never while a live run holds its lease;
+* an abandoned oplog (``Journal.abandon``, stored as ``failed`` with its reason) goes
+  like a failed one;
 * an ordinary open oplog is never removed: it is unfinished work for ``resume_all()``.
 
 Nothing younger than ``older_than`` is ever removed (the incoming and acknowledgement
