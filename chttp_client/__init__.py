@@ -17,29 +17,43 @@
 
 The wire definitions both halves share live in :mod:`chttp_core.wire`; the
 crash-every-step test helper is :func:`chttp_client.testing.check_crash_resume`.
-This package imports no WebOb.
+This package imports neither WebOb nor :mod:`chttp_server`.
+
+The parts, bottom up: :mod:`~chttp_client.codec` and :mod:`~chttp_client.records`
+(what is recorded), :mod:`~chttp_client.leases` and :mod:`~chttp_client.oplog_store`
+(all SQL), :mod:`~chttp_client.sending` and :mod:`~chttp_client.recorded_sends` (one
+send on the wire, as a record), :mod:`~chttp_client.acknowledger` (background DELETEs),
+:mod:`~chttp_client.heartbeat` (leases kept during sends), :mod:`~chttp_client.observers`
+(events and scripted steps, for tools and tests), :mod:`~chttp_client.context` (the step
+logic of a run), :mod:`~chttp_client.registry` and :mod:`~chttp_client.journal` (the
+front), :mod:`~chttp_client.resumable` (the decorator) and :mod:`~chttp_client.incoming`
+(a receiver's handler as a sender).
 """
 
 from __future__ import annotations
 
 from chttp_client.codec import RecordedError
-from chttp_client.context import ResumableContext, StepEvent, StepRecord
+from chttp_client.context import ResumableContext
 from chttp_client.errors import (
     ChttpClientError,
     DeadlineExceeded,
     JournalError,
-    MessageGone,
-    MessageIdReused,
-    MessageRejected,
-    MessageTooOld,
+    MessageGoneError,
+    MessageIdReusedError,
+    MessageRejectedError,
+    MessageTooOldError,
     NonDeterminismError,
+    OplogAbandonedError,
     OplogBusyError,
+    OplogTakenOverError,
     ProtocolAnswerError,
-    ResponseTooLarge,
+    ResponseTooLargeError,
     SendError,
     UnknownFunctionError,
 )
-from chttp_client.journal import Journal, OplogInfo, ResumeOutcome
+from chttp_client.journal import Journal, ResumeOutcome
+from chttp_client.observers import StepEvent
+from chttp_client.records import OplogInfo, StepRecord
 from chttp_client.resumable import resumable
 from chttp_client.sending import RetryPolicy
 
@@ -58,12 +72,14 @@ __all__ = [
     "NonDeterminismError",
     "UnknownFunctionError",
     "OplogBusyError",
+    "OplogTakenOverError",
+    "OplogAbandonedError",
     "SendError",
     "DeadlineExceeded",
     "ProtocolAnswerError",
-    "MessageRejected",
-    "MessageGone",
-    "MessageTooOld",
-    "MessageIdReused",
-    "ResponseTooLarge",
+    "MessageRejectedError",
+    "MessageGoneError",
+    "MessageTooOldError",
+    "MessageIdReusedError",
+    "ResponseTooLargeError",
 ]

@@ -149,9 +149,17 @@ def exception_record(error: BaseException) -> dict[str, Any]:
     return {"type": _type_path(type(error)), "args": args, "message": str(error)}
 
 
+#: Classes renamed since records were written: old type path -> new type path. A
+#: protocol error recorded before the rename replays as the class its code now catches.
+_RENAMED = {
+    f"chttp_client.errors:{old}": f"chttp_client.errors:{old}Error"
+    for old in ("MessageRejected", "MessageGone", "MessageTooOld", "MessageIdReused", "ResponseTooLarge")
+}
+
+
 def rebuild_exception(record: dict[str, Any]) -> BaseException:
     """The exception ``record`` describes, or :class:`RecordedError` if it cannot be made."""
-    type_path = record["type"]
+    type_path = _RENAMED.get(record["type"], record["type"])
     args = decode(record.get("args", []))
     module_name, _, qualname = type_path.partition(":")
     try:

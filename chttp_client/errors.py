@@ -6,15 +6,21 @@
     ├── JournalError                   the oplog cannot be used as asked
     │   ├── NonDeterminismError        a replay asked for another step than the recorded one
     │   ├── UnknownFunctionError       no registered function/version for an open oplog
-    │   └── OplogBusyError             another process holds the oplog's lease
+    │   ├── OplogBusyError             another process holds the oplog's lease
+    │   │   └── OplogTakenOverError    … it took our run's lease over; the run goes on there
+    │   └── OplogAbandonedError        the oplog was dead-lettered and is not run again
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
-            ├── MessageRejected        400 invalid-message-id / message-id-required
-            ├── MessageGone            410 message-acknowledged / message-expired
-            ├── MessageTooOld          412 message-too-old
-            ├── MessageIdReused        422 message-id-reused
-            └── ResponseTooLarge       500 response-too-large (not retryable, §4)
+            ├── MessageRejectedError   400 invalid-message-id / message-id-required
+            ├── MessageGoneError       410 message-acknowledged / message-expired
+            ├── MessageTooOldError     412 message-too-old
+            ├── MessageIdReusedError   422 message-id-reused
+            └── ResponseTooLargeError  500 response-too-large (not retryable, §4)
+
+The protocol answers end in ``Error`` so that they never share a name with the
+receiver's exceptions of the same situation (``chttp_server.errors.MessageGone`` is the
+receiver *refusing*; :class:`MessageGoneError` is the sender *being refused*).
 
 Every exception keeps its constructor arguments in ``args`` so that it pickles and so that
 the oplog can record it as ``type + args`` and rebuild it on replay
@@ -34,14 +40,16 @@ __all__ = [
     "NonDeterminismError",
     "UnknownFunctionError",
     "OplogBusyError",
+    "OplogTakenOverError",
+    "OplogAbandonedError",
     "SendError",
     "DeadlineExceeded",
     "ProtocolAnswerError",
-    "MessageRejected",
-    "MessageGone",
-    "MessageTooOld",
-    "MessageIdReused",
-    "ResponseTooLarge",
+    "MessageRejectedError",
+    "MessageGoneError",
+    "MessageTooOldError",
+    "MessageIdReusedError",
+    "ResponseTooLargeError",
     "protocol_error_for",
 ]
 
@@ -108,6 +116,47 @@ class OplogBusyError(JournalError):
         return f"oplog {self.oplog_id} is being run by {self.owner}"
 
 
+class OplogTakenOverError(OplogBusyError):
+    """Our run lost its oplog's lease: another process took the oplog over.
+
+    That happens only when our lease lapsed (this process looked dead: stalled longer
+    than the lease, or its clock is far off). The function goes on, or already ended,
+    in the other process; ``state`` is the oplog's state when we noticed (``open``,
+    ``done``, ``failed``). Its result: ``journal.resume(oplog_id)`` returns (or raises)
+    the recorded result once the oplog is finished, and raises
+    :class:`OplogBusyError` while the other process still runs it.
+    """
+
+    def __init__(self, oplog_id: str, owner: str | None, state: str) -> None:
+        super().__init__(oplog_id, owner)
+        self.args = (oplog_id, owner, state)
+        self.state = state
+
+    def __str__(self) -> str:
+        where = (f"it completed there ({self.state})" if self.state != "open"
+                 else f"it continues there (lease owner {self.owner})")
+        return (f"oplog {self.oplog_id} was taken over by another process while this run held it; "
+                f"{where}: journal.resume({self.oplog_id!r}) returns its recorded result "
+                "once it is finished")
+
+
+class OplogAbandonedError(JournalError):
+    """The oplog was abandoned (dead-lettered): it is never resumed again.
+
+    ``reason`` says why: non-determinism found by ``resume_all()``, too many resumes that
+    made no progress, or an operator's ``Journal.abandon``. This is also the oplog's
+    recorded result, so ``Journal.resume`` of an abandoned oplog raises it.
+    """
+
+    def __init__(self, oplog_id: str, reason: str) -> None:
+        super().__init__(oplog_id, reason)
+        self.oplog_id = oplog_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"oplog {self.oplog_id} was abandoned: {self.reason}"
+
+
 class SendError(ChttpClientError):
     """A certified send ended without a usable answer."""
 
@@ -126,7 +175,7 @@ class DeadlineExceeded(SendError):
     """The send was retried until its deadline passed without a definitive answer.
 
     The receiver may or may not have processed it; the sender stops here so that a late
-    retry never meets a receiver that has forgotten the id (PROTOCOL.md §4).
+    retry never meets a receiver that has forgotten the id (docs/protocol.rst §4).
     """
 
 
@@ -145,13 +194,13 @@ class ProtocolAnswerError(SendError):
         self.response: Any = None
 
 
-class MessageRejected(ProtocolAnswerError):
+class MessageRejectedError(ProtocolAnswerError):
     """400: the receiver refused the id itself (malformed, or required and missing)."""
 
     status = 400
 
 
-class MessageGone(ProtocolAnswerError):
+class MessageGoneError(ProtocolAnswerError):
     """410: the message *was* processed, its response is no longer available (§3).
 
     Never a reason to resend under a new id.
@@ -160,40 +209,40 @@ class MessageGone(ProtocolAnswerError):
     status = 410
 
 
-class MessageTooOld(ProtocolAnswerError):
+class MessageTooOldError(ProtocolAnswerError):
     """412: the receiver cannot judge a retry this old safely."""
 
     status = 412
 
 
-class MessageIdReused(ProtocolAnswerError):
+class MessageIdReusedError(ProtocolAnswerError):
     """422: the id was already used for a different request."""
 
     status = 422
 
 
-class ResponseTooLarge(ProtocolAnswerError):
+class ResponseTooLargeError(ProtocolAnswerError):
     """500 ``response-too-large``: the receiver rolled back and will do so again."""
 
     status = 500
 
 
 _BY_PROBLEM: dict[tuple[int, str], type[ProtocolAnswerError]] = {
-    (400, Problem.INVALID_MESSAGE_ID): MessageRejected,
-    (400, Problem.MESSAGE_ID_REQUIRED): MessageRejected,
-    (400, Problem.INVALID_FIRST_SENT): MessageRejected,
-    (410, Problem.MESSAGE_ACKNOWLEDGED): MessageGone,
-    (410, Problem.MESSAGE_EXPIRED): MessageGone,
-    (412, Problem.MESSAGE_TOO_OLD): MessageTooOld,
-    (422, Problem.MESSAGE_ID_REUSED): MessageIdReused,
-    (500, Problem.RESPONSE_TOO_LARGE): ResponseTooLarge,
+    (400, Problem.INVALID_MESSAGE_ID): MessageRejectedError,
+    (400, Problem.MESSAGE_ID_REQUIRED): MessageRejectedError,
+    (400, Problem.INVALID_FIRST_SENT): MessageRejectedError,
+    (410, Problem.MESSAGE_ACKNOWLEDGED): MessageGoneError,
+    (410, Problem.MESSAGE_EXPIRED): MessageGoneError,
+    (412, Problem.MESSAGE_TOO_OLD): MessageTooOldError,
+    (422, Problem.MESSAGE_ID_REUSED): MessageIdReusedError,
+    (500, Problem.RESPONSE_TOO_LARGE): ResponseTooLargeError,
 }
 
 
 def protocol_error_for(status: int, problem_type: str | None) -> type[ProtocolAnswerError] | None:
     """The exception class for a protocol answer, ``None`` for an application's answer.
 
-    Only problem+json answers with one of PROTOCOL.md §4's types count: an application's
+    Only problem+json answers with one of docs/protocol.rst §4's types count: an application's
     own 400 or 422 is a normal response the function may inspect.
     """
     if problem_type is None:

@@ -3,7 +3,7 @@
 A handler runs inside the receiver's transaction, which rolls back on a 5xx, an
 exception or a crash; the sender then retries the *incoming* message and the handler
 runs again. Whatever the handler sent out meanwhile already happened, so its outgoing
-messages must be the same ones again (PROTOCOL.md §2, last paragraph; §5, last bullet):
+messages must be the same ones again (docs/protocol.rst §2, last paragraph; §5, last bullet):
 
 * the handler's oplog id is derived from the incoming ``(scope, id)``, so a retry finds
   the oplog of the earlier attempt and *replays* it (same persisted values, same
@@ -15,7 +15,7 @@ messages must be the same ones again (PROTOCOL.md §2, last paragraph; §5, last
   survives the handler's rollback. Buffered records — ``persist()`` values and the
   answers of sends — are written with the next send's intent commit (as in
   :mod:`chttp_client.context`) and, at the latest, when the handler's request ends
-  (:meth:`IncomingSends.close`), whether it committed or rolled back. Only then are
+  (:func:`close_incoming_context`), whether it committed or rolled back. Only then are
   those answers acknowledged downstream. If that last write is lost (a crash, the
   journal unreachable), a retried incoming message resends the same derived ids and the
   downstream receivers replay their stored answers; if the handler had committed, no
@@ -46,6 +46,7 @@ final: once it passes, the error is recorded and replayed to every later retry.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import weakref
@@ -56,13 +57,17 @@ import httpx
 from sqlalchemy import Engine
 
 from chttp_client import codec
-from chttp_client.context import ResumableContext, message_digest
-from chttp_client.errors import ChttpClientError, JournalError
-from chttp_client.journal import INCOMING_PREFIX, Journal
+from chttp_client.context import ResumableContext
+from chttp_client.errors import ChttpClientError
+from chttp_client.journal import Journal
+from chttp_client.leases import new_owner
+from chttp_client.records import INCOMING_PREFIX
 
 __all__ = [
     "HANDLER_SEND_DEADLINE",
     "IncomingSends",
+    "open_incoming_context",
+    "close_incoming_context",
     "derived_message_id",
     "incoming_oplog_id",
     "journal_for_engine",
@@ -77,13 +82,23 @@ _JOURNALS: weakref.WeakKeyDictionary[Engine, Journal] = weakref.WeakKeyDictionar
 _JOURNALS_LOCK = threading.Lock()
 
 
+def _message_digest(*parts: str) -> str:
+    """A short, stable digest of ``parts`` (length-prefixed, so no two tuples collide)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        encoded = part.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
 def incoming_oplog_id(scope: str, message_id: str) -> str:
-    return "in-" + message_digest("chttp-incoming", scope, message_id)[:48]
+    return "in-" + _message_digest("chttp-incoming", scope, message_id)[:48]
 
 
 def derived_message_id(scope: str, message_id: str, step: int) -> str:
     """The id of outgoing step ``step`` of the handler of incoming ``(scope, message_id)``."""
-    return f"chttp-{message_digest('chttp-outgoing', scope, message_id)[:32]}-{step}"
+    return f"chttp-{_message_digest('chttp-outgoing', scope, message_id)[:32]}-{step}"
 
 
 def journal_for_engine(engine: Engine) -> Journal:
@@ -101,8 +116,63 @@ def journal_for_engine(engine: Engine) -> Journal:
         return journal
 
 
+def open_incoming_context(
+    journal: Journal,
+    *,
+    scope: str,
+    message_id: str,
+    # How long one handler run waits for a send's answer (None: the send's deadline).
+    send_deadline: timedelta | None = HANDLER_SEND_DEADLINE,
+) -> ResumableContext:
+    """The resumable context of one handler run for incoming ``(scope, message_id)``.
+
+    One layer for a front end: the returned context has ``persist``/``send``/
+    ``checkpoint``; end the run with :func:`close_incoming_context`. A retry of the
+    message finds the oplog of the earlier attempt and replays it.
+    """
+    journal.ensure_schema()
+    oplog_id = incoming_oplog_id(scope, message_id)
+    info = journal.store.get(oplog_id)
+    if info is not None:
+        # The receiver's claim on (scope, id) already makes this handler run the only
+        # one for this message, so the earlier attempt's lease is taken over.
+        owner = journal.take_lease(oplog_id, force=True)
+    else:
+        owner = new_owner()
+    return ResumableContext(
+        journal.services,
+        oplog_id=oplog_id,
+        function=INCOMING_PREFIX,
+        version=1,
+        arguments=codec.dumps({"args": [], "kwargs": {"scope": scope, "message_id": message_id}}),
+        recorded=info.steps if info is not None else (),
+        stored=info is not None,
+        owner=owner,
+        message_id_for=lambda step: derived_message_id(scope, message_id, step),
+        run_deadline=send_deadline,
+    )
+
+
+def close_incoming_context(context: ResumableContext) -> None:
+    """Write buffered records (the request is over, committed or not).
+
+    Best effort: persist records buffered since the last send were seen by nothing
+    outside this process, and a buffered answer is replayed by the downstream receiver
+    to the same derived id, so losing them (journal unreachable) is harmless; it must
+    not turn an answer the receiver already committed into an error.
+    """
+    try:
+        context.flush()
+    except Exception:  # noqa: BLE001
+        log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)
+
+
 class IncomingSends:
-    """The resumable context of one handler run (see the module docstring)."""
+    """The resumable context of one handler run, as ``chttp_server.context`` uses it.
+
+    A thin holder of :func:`open_incoming_context`'s context and
+    :func:`close_incoming_context`.
+    """
 
     def __init__(
         self,
@@ -113,30 +183,9 @@ class IncomingSends:
         # How long one handler run waits for a send's answer (None: the send's deadline).
         send_deadline: timedelta | None = HANDLER_SEND_DEADLINE,
     ) -> None:
-        journal.ensure_schema()
         self.journal = journal
-        oplog_id = incoming_oplog_id(scope, message_id)
-        owner = journal._owner()
-        try:
-            info = journal.get(oplog_id)
-        except JournalError:
-            info = None
-        if info is not None:
-            # The receiver's claim on (scope, id) already makes this handler run the only
-            # one for this message, so the earlier attempt's lease is taken over.
-            journal._take_lease(info, owner, force=True)
-        self.context = ResumableContext(
-            journal,
-            oplog_id=oplog_id,
-            function=INCOMING_PREFIX,
-            version=1,
-            arguments=codec.dumps({"args": [], "kwargs": {"scope": scope, "message_id": message_id}}),
-            recorded=info.steps if info is not None else (),
-            stored=info is not None,
-            owner=owner,
-            message_id_for=lambda step: derived_message_id(scope, message_id, step),
-            run_deadline=send_deadline,
-        )
+        self.context = open_incoming_context(journal, scope=scope, message_id=message_id,
+                                             send_deadline=send_deadline)
 
     def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
         return self.context.persist(value_or_callable, *args, **kwargs)
@@ -149,14 +198,5 @@ class IncomingSends:
         self.context.checkpoint()
 
     def close(self) -> None:
-        """Write buffered records (the request is over, committed or not).
-
-        Best effort: persist records buffered since the last send were seen by nothing
-        outside this process, and a buffered answer is replayed by the downstream
-        receiver to the same derived id, so losing them (journal unreachable) is
-        harmless; it must not turn an answer the receiver already committed into an error.
-        """
-        try:
-            self.context._flush_pending()
-        except Exception:  # noqa: BLE001
-            log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)
+        """Write buffered records (:func:`close_incoming_context`)."""
+        close_incoming_context(self.context)

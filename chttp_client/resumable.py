@@ -25,7 +25,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, TypeVar
 
-from chttp_client.journal import Journal, register
+from chttp_client.journal import Journal
+from chttp_client.registry import register
 
 __all__ = ["resumable"]
 

@@ -4,7 +4,7 @@ A finished oplog (``done``/``failed``) is only kept so that :meth:`Journal.resum
 return its recorded result and ``chttp-client show`` can explain it; nothing replays it.
 A receiver handler's oplog (:mod:`chttp_client.incoming`, ids ``in-…``) is never marked
 done: it is replayed by a *retry of its incoming message*, and no such retry can arrive
-once the receiver has forgotten that message: PROTOCOL.md §4 has senders stop retrying
+once the receiver has forgotten that message: docs/protocol.rst §4 has senders stop retrying
 (default after 1 day) well before the receiver's retention (default 15 days), and an
 older retry is refused with 412 ``message-too-old``. So:
 
@@ -15,6 +15,8 @@ older retry is refused with 412 ``message-too-old``. So:
 * a handler oplog goes once its *last activity* is older than ``horizon`` (default: the
   receiver's default retention, 15 days; pass the receiver's own ``retention`` if it
   differs), and never while a live run holds its lease;
+* an abandoned oplog (``Journal.abandon``, stored as ``failed`` with its reason) goes
+  like a failed one;
 * an ordinary open oplog is never removed: it is unfinished work for ``resume_all()``.
 
 Nothing younger than ``older_than`` is ever removed (the incoming and acknowledgement
@@ -29,11 +31,11 @@ with every other writer instead.
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, not_, or_, select
+from sqlalchemy import Engine, and_, delete, exists, not_, or_, select
 
+from chttp_client.records import INCOMING_PREFIX
 from chttp_core.schema import (
     KIND_SEND,
     OPLOG_DONE,
@@ -43,18 +45,17 @@ from chttp_core.schema import (
     oplogs,
 )
 
-if TYPE_CHECKING:  # pragma: no cover
-    from chttp_client.journal import Journal
-
 __all__ = ["RECEIVER_RETENTION", "purge"]
 
-#: The receiver's default retention (PROTOCOL.md §4): a message is remembered this long.
+#: The receiver's default retention (docs/protocol.rst §4): a message is remembered this long.
 RECEIVER_RETENTION = timedelta(days=15)
 
 
 def purge(
-    journal: Journal,
+    engine: Engine,
     *,
+    # The journal's clock now.
+    now: datetime,
     older_than: timedelta,
     # Handler oplogs and unacknowledged answers: kept this long after their last activity.
     horizon: timedelta = RECEIVER_RETENTION,
@@ -63,15 +64,14 @@ def purge(
     # Stop after this many batches (None: until nothing is left to purge).
     max_batches: int | None = None,
 ) -> int:
-    """Delete purgeable oplogs and their steps (see the module docstring); return how many."""
-    from chttp_client.journal import INCOMING_PREFIX
+    """Delete purgeable oplogs and their steps (see the module docstring); return how many.
 
+    The caller has brought the schema up to date (``Journal.purge`` does).
+    """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if older_than < timedelta(0) or horizon < timedelta(0):
         raise ValueError("older_than and horizon must not be negative")
-    journal.ensure_schema()
-    now = journal.clock()
     cutoff = now - older_than
     long_cutoff = now - max(older_than, horizon)
     pending_ack = exists().where(
@@ -97,12 +97,12 @@ def purge(
         .order_by(oplogs.c.updated_at)
         .limit(batch_size)
     )
-    if journal.engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql":
         victims = victims.with_for_update(skip_locked=True, of=oplogs)
     total = 0
     batches = 0
     while max_batches is None or batches < max_batches:
-        with journal.engine.begin() as connection:
+        with engine.begin() as connection:
             ids = list(connection.execute(victims).scalars())
             if ids:
                 connection.execute(delete(oplog_steps).where(oplog_steps.c.oplog_id.in_(ids)))

@@ -1,6 +1,6 @@
 """One certified send on the wire: attempts, retries, backoff and the deadline.
 
-PROTOCOL.md §5: retry on connection errors, timeouts, 5xx other than 501/505, 409
+docs/protocol.rst §5: retry on connection errors, timeouts, 5xx other than 501/505, 409
 ``message-in-progress``, 429 and 503, with exponential backoff and jitter, honouring
 ``Retry-After``, until the send's deadline; anything else is the definitive answer.
 One exception to the 5xx rule: §4 marks 500 ``response-too-large`` as *not* retryable
@@ -40,7 +40,7 @@ class RetryPolicy:
     #: "Full jitter" (AWS architecture blog): sleep uniformly in [backoff/2, backoff], so
     #: many senders that failed together do not retry together.
     jitter: bool = True
-    #: How long a send may keep retrying after it was first sent (PROTOCOL.md §4: well
+    #: How long a send may keep retrying after it was first sent (docs/protocol.rst §4: well
     #: before the receiver's 15-day retention).
     deadline: timedelta = timedelta(days=1)
     #: Per-attempt network timeout, in seconds.

@@ -15,8 +15,8 @@ How it works
 2. **Crash at every step.** For every step *k* and every point of it — right before it,
    right after it, and for a send also between "recorded" and "sent" and between
    "answered" and "recorded" — the function runs again as a new oplog and a simulated
-   crash (a ``BaseException`` raised from the journal's fault hook, which nothing
-   records) stops it there. Whatever was not yet committed is lost, exactly as in a real
+   crash (a ``BaseException`` raised from a fault hook, which nothing records) stops
+   it there. Whatever was not yet committed is lost, exactly as in a real
    crash. A send's answer is recorded by the oplog's *next* commit (the next send's
    intent commit or the finish, :mod:`chttp_client.context`), so a crash at a send's
    ``send-answered`` or ``after-step``, or at any step before that next commit, loses
@@ -29,7 +29,7 @@ How it works
 
 To make runs comparable, the crashed runs are *scripted* by the reference: a new step
 takes the reference run's persisted value and message id, and must ask for the same
-kind, name, method, URL and body. So a correct function resends the reference ids with
+kind, name, method, URL, body and request headers. So a correct function resends the reference ids with
 the reference bodies (the receiver answers from its store, its handler does not run
 again), while a function that forgot to persist a value — ``random()`` in a body, the
 time in a URL — diverges and is reported as
@@ -38,6 +38,12 @@ off during the check, so that resent reference ids are answered rather than 410.
 
 The receiver must be real: an ``httpx.WSGITransport`` around a ``CertifiedMiddleware``
 app, or a live server.
+
+Both the crashes and the scripting hook into a run from outside, as
+:class:`~chttp_client.observers.StepObserver` subscribers of the journal's store; the
+production classes carry no test attributes. :func:`set_fault_hook` gives tests the
+same seam: a function called with every :class:`~chttp_client.observers.StepEvent` of a
+journal's runs, which may raise (or kill the process) to simulate a crash there.
 """
 
 from __future__ import annotations
@@ -45,17 +51,91 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import uuid
+import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from chttp_client import codec
-from chttp_client.context import StepEvent, StepRecord
+from chttp_client import codec, observers
 from chttp_client.errors import NonDeterminismError
 from chttp_client.journal import Journal
+from chttp_client.observers import StepEvent, StepObserver
+from chttp_client.records import StepRecord
 from chttp_core.schema import KIND_SEND
 
-__all__ = ["check_crash_resume", "CrashResumeReport", "CrashCase", "CrashResumeFailure", "SimulatedCrash"]
+__all__ = [
+    "check_crash_resume",
+    "CrashResumeReport",
+    "CrashCase",
+    "CrashResumeFailure",
+    "SimulatedCrash",
+    "set_fault_hook",
+    "get_fault_hook",
+]
+
+FaultHook = Callable[[StepEvent], None]
+
+
+class _HookObserver(StepObserver):
+    def __init__(self, hook: FaultHook) -> None:
+        self.hook = hook
+
+    def on_event(self, event: StepEvent) -> None:
+        self.hook(event)
+
+
+_HOOKS: weakref.WeakKeyDictionary[Any, _HookObserver] = weakref.WeakKeyDictionary()
+_HOOKS_LOCK = threading.Lock()
+
+
+def set_fault_hook(journal: Journal, hook: FaultHook | None) -> None:
+    """Call ``hook`` with every :class:`StepEvent` of ``journal``'s runs (None: stop).
+
+    One hook per journal: setting another replaces it. A hook raises (a
+    ``BaseException`` such as :class:`SimulatedCrash`) or kills the process to stop a
+    run at that point, exactly where a crash would.
+    """
+    with _HOOKS_LOCK:
+        previous = _HOOKS.pop(journal.store, None)
+        if previous is not None:
+            observers.unsubscribe(journal.store, previous)
+        if hook is not None:
+            observer = _HOOKS[journal.store] = _HookObserver(hook)
+            observers.subscribe(journal.store, observer)
+
+
+def get_fault_hook(journal: Journal) -> FaultHook | None:
+    """The hook :func:`set_fault_hook` installed on ``journal``, if any."""
+    with _HOOKS_LOCK:
+        observer = _HOOKS.get(journal.store)
+    return observer.hook if observer is not None else None
+
+
+class _Script(StepObserver):
+    """New steps of one oplog must match the reference run, and reuse its values and ids."""
+
+    def __init__(self, oplog_id: str, reference: Sequence[StepRecord]) -> None:
+        self.oplog_id = oplog_id
+        self.reference = list(reference)
+
+    def scripted_step(self, oplog_id: str, proposed: StepRecord) -> StepRecord | None:
+        if oplog_id != self.oplog_id:
+            return None
+        number = proposed.number
+        if number > len(self.reference):
+            expected = "no step (the reference run ended here)"
+        else:
+            reference = self.reference[number - 1]
+            if reference.matches(proposed):
+                return reference
+            expected = reference.describe_against(proposed)
+            return self._refuse(oplog_id, number, expected, proposed.describe_against(reference))
+        return self._refuse(oplog_id, number, expected, proposed.describe())
+
+    @staticmethod
+    def _refuse(oplog_id: str, number: int, expected: str, got: str) -> StepRecord:
+        raise NonDeterminismError(oplog_id, number, f"{expected} in the reference run", got)
 
 
 class SimulatedCrash(BaseException):
@@ -119,14 +199,29 @@ def _same_outcome(left: dict[str, Any], right: dict[str, Any]) -> bool:
 
 
 def _run(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
-         **options: Any) -> None:
+         oplog_id: str, script: Sequence[StepRecord] | None = None) -> None:
+    scripted = _Script(oplog_id, script) if script is not None else None
+    if scripted is not None:
+        observers.subscribe(journal.store, scripted)
     try:
         journal.run(function.chttp_name, function.chttp_version, function.chttp_function,
-                    args, kwargs, **options)
+                    args, kwargs, oplog_id=oplog_id)
     except NonDeterminismError:
         raise
     except Exception:  # noqa: BLE001 - the outcome is recorded in the oplog
         pass
+    finally:
+        if scripted is not None:
+            observers.unsubscribe(journal.store, scripted)
+
+
+def _resume(journal: Journal, oplog_id: str, script: Sequence[StepRecord]) -> None:
+    scripted = _Script(oplog_id, script)
+    observers.subscribe(journal.store, scripted)
+    try:
+        journal.resume(oplog_id, force=True)
+    finally:
+        observers.unsubscribe(journal.store, scripted)
 
 
 def check_crash_resume(function: Callable[..., Any], *args: Any,
@@ -140,17 +235,18 @@ def check_crash_resume(function: Callable[..., Any], *args: Any,
     journal = getattr(function, "journal", None)
     if not isinstance(journal, Journal) or not hasattr(function, "chttp_function"):
         raise TypeError("check_crash_resume needs a @resumable function")
-    saved_hook, saved_ack = journal.fault_hook, journal.acknowledge
+    saved_hook, saved_ack = get_fault_hook(journal), journal.acknowledge
     journal.acknowledge = False
     try:
         return _check(journal, function, args, kwargs, raise_on_failure)
     finally:
-        journal.fault_hook, journal.acknowledge = saved_hook, saved_ack
+        set_fault_hook(journal, saved_hook)
+        journal.acknowledge = saved_ack
 
 
 def _check(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
            raise_on_failure: bool) -> CrashResumeReport:
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     reference_id = str(uuid.uuid4())
     _run(journal, function, args, kwargs, oplog_id=reference_id)
     reference = list(journal.get(reference_id).steps)
@@ -183,7 +279,7 @@ def _crash_case(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: 
             raise SimulatedCrash(point, number)
 
     oplog_id = str(uuid.uuid4())
-    journal.fault_hook = hook
+    set_fault_hook(journal, hook)
     try:
         _run(journal, function, args, kwargs, oplog_id=oplog_id, script=reference)
     except SimulatedCrash:
@@ -196,20 +292,21 @@ def _crash_case(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: 
         case.problem = "the crash point was never reached: the run took other steps than the reference run"
         return case
     finally:
-        journal.fault_hook = None
+        set_fault_hook(journal, None)
 
     # A restart: new randomness (and the clock has moved on).
     random.seed(os.urandom(16))
-    journal.fault_hook = lambda event: attempted.append(event.message_id) if event.point == "send-attempt" else None
+    set_fault_hook(journal, lambda event: attempted.append(event.message_id)
+                   if event.point == "send-attempt" else None)
     try:
         journal.get(oplog_id)
     except Exception:  # nothing was committed before the crash
-        journal.fault_hook = None
+        set_fault_hook(journal, None)
         if attempted:
             case.problem = f"messages {attempted} left the process without a durable record"
         return case
     try:
-        journal.resume(oplog_id, force=True, script=reference)
+        _resume(journal, oplog_id, reference)
     except NonDeterminismError as error:
         case.problem = f"resuming diverged: {error}"
         case.step = error.step
@@ -217,7 +314,7 @@ def _crash_case(journal: Journal, function: Any, args: tuple[Any, ...], kwargs: 
     except Exception:  # noqa: BLE001 - the function's outcome, compared below
         pass
     finally:
-        journal.fault_hook = None
+        set_fault_hook(journal, None)
     resumed = journal.get(oplog_id)
     outcome = resumed.result or {}
     if _sends(resumed.steps) != _sends(reference):

@@ -118,6 +118,11 @@ oplogs = Table(
     # Last write of the oplog (its completion once finished); Journal.purge selects by it.
     # Nullable only because migration 0003 added it; the code always sets it.
     Column("updated_at", DateTime(timezone=True), nullable=True),
+    # Resumes since the run last made progress (migration 0004): past the journal's
+    # max_resume_attempts the oplog is abandoned instead of crash-looping.
+    Column("resume_attempts", Integer, nullable=False, server_default="0"),
+    # Why the oplog was abandoned (dead-lettered); it is then stored as "failed" (0004).
+    Column("abandoned_reason", Text, nullable=True),
     PrimaryKeyConstraint("id"),
     CheckConstraint("state IN ('open', 'done', 'failed')", name="state"),
     Index("ix_chttp_oplogs_state", "state"),
@@ -143,6 +148,9 @@ oplog_steps = Table(
     Column("response", Text, nullable=True),
     Column("message_url", Text, nullable=True),
     Column("acknowledged_at", DateTime(timezone=True), nullable=True),
+    # Until then one process (the one that made the answer durable, or a resume_all that
+    # claimed it) owns the acknowledgement; nobody else DELETEs it (migration 0004).
+    Column("ack_claimed_until", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("oplog_id", "number"),
     ForeignKeyConstraint(["oplog_id"], ["chttp_oplogs.id"], ondelete="CASCADE"),
     CheckConstraint("kind IN ('persist', 'send')", name="kind"),

@@ -60,19 +60,23 @@ class AccessLog:
 def log_send_attempts(journal: Any, path: str) -> None:
     """Append the message id of every attempt of a certified send to ``path``.
 
-    Uses the journal's event hook; a second line with the same id is a retry — after a
-    timeout, a 5xx, or a crash and ``resume_all()`` (a resumed send keeps its id).
+    Observes the journal's runs (:mod:`chttp_client.observers`); a second line with the
+    same id is a retry — after a timeout, a 5xx, or a crash and ``resume_all()`` (a
+    resumed send keeps its id).
     """
+    from chttp_client import observers
+
     stream = open(path, "a", encoding="utf-8")
     lock = threading.Lock()
 
-    def hook(event: Any) -> None:
-        if event.point == "send-attempt":
-            with lock:
-                stream.write(f"{event.message_id}\n")
-                stream.flush()
+    class AttemptLog(observers.StepObserver):
+        def on_event(self, event: observers.StepEvent) -> None:
+            if event.point == "send-attempt":
+                with lock:
+                    stream.write(f"{event.message_id}\n")
+                    stream.flush()
 
-    journal.fault_hook = hook
+    observers.subscribe(journal.store, AttemptLog())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from chttp_client import Journal
 from chttp_client.journal import register
+from chttp_client.testing import set_fault_hook
 
 NAME = "tests.client.checkpoint_app.write_token"
 
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> int:
         if event.point == "before-step" and event.step == 2:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    journal.fault_hook = kill_self
+    set_fault_hook(journal, kill_self)
     journal.run(NAME, 1, write_token, (path, mode == "checkpoint"), {})
     journal.close()
     return 0

@@ -85,9 +85,15 @@ class Front:
         self.failures = 0
         self.retry_after: str | None = None
         self.seen: dict[str, int] = {}
+        #: DELETEs (acknowledgements) received per path, whatever they answered.
+        self.deletes: dict[str, int] = {}
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "DELETE":
+            with self.lock:
+                path = environ.get("PATH_INFO", "")
+                self.deletes[path] = self.deletes.get(path, 0) + 1
         if environ.get("PATH_INFO") == "/flaky":
             key = environ.get("HTTP_X_MESSAGE_ID", "")
             with self.lock:

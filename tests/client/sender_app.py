@@ -16,6 +16,7 @@ import sys
 
 from chttp_client import Journal, resumable
 from chttp_client.journal import register
+from chttp_client.testing import set_fault_hook
 
 NAME = "tests.client.sender_app.transfer"
 
@@ -42,7 +43,7 @@ def main(argv: list[str]) -> int:
         if event.point == point and event.kind == "send":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    journal.fault_hook = kill_self
+    set_fault_hook(journal, kill_self)
     print(transfer(escrow_url, 5))
     journal.close()
     return 0

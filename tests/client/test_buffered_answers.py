@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from chttp_client import resumable
 from chttp_core.schema import messages
+from chttp_client.testing import set_fault_hook
 from tests.client.conftest import BASE, Crash, crash_at
 from tests.client.receiver import count_runs
 
@@ -61,10 +62,10 @@ def test_crash_before_the_answer_is_committed_resends_and_acknowledges_only_afte
         chttp_context.post(f"{BASE}/escrow", json={"n": 2, "after": first})
         return first
 
-    journal.fault_hook = crash_at(*point)
+    set_fault_hook(journal, crash_at(*point))
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     journal.wait_for_acknowledgements()
     [oplog] = journal.list_open()
     [send] = journal.get(oplog.id).steps  # the answer was not committed …
@@ -100,10 +101,10 @@ def test_the_next_intent_commit_records_the_answer_and_then_acknowledges_it(make
         chttp_context.post(f"{BASE}/escrow", json={"n": 1})
         chttp_context.post(f"{BASE}/escrow", json={"n": 2})
 
-    journal.fault_hook = crash_at("send-recorded", 2)  # right after the commit carrying answer 1
+    set_fault_hook(journal, crash_at("send-recorded", 2))  # right after the commit carrying answer 1
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     journal.wait_for_acknowledgements()
     [oplog] = journal.list_open()
     first, second = journal.get(oplog.id).steps

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from chttp_client import Journal, resumable
 from chttp_core.schema import messages
+from chttp_client.testing import set_fault_hook
 from tests.client.checkpoint_app import NAME
 from tests.client.conftest import BASE, Crash, crash_at
 from tests.client.test_journal import count_commits
@@ -35,10 +36,10 @@ def token_writer(journal, path, *, checkpoint: bool):
 def test_a_checkpointed_persist_survives_a_crash_after_the_side_effect(journal, tmp_path):
     path = tmp_path / "token"
     write_token = token_writer(journal, path, checkpoint=True)
-    journal.fault_hook = crash_at("before-step", 2)
+    set_fault_hook(journal, crash_at("before-step", 2))
     with pytest.raises(Crash):
         write_token()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [written] = path.read_text().split()
     [oplog] = journal.list_open()
     assert journal.get(oplog.id).steps[0].outcome["value"] == written
@@ -49,7 +50,7 @@ def test_a_checkpointed_persist_survives_a_crash_after_the_side_effect(journal, 
 
 def test_without_a_checkpoint_the_crash_loses_the_token_the_file_holds(journal, tmp_path):
     write_token = token_writer(journal, tmp_path / "token", checkpoint=False)
-    journal.fault_hook = crash_at("before-step", 2)
+    set_fault_hook(journal, crash_at("before-step", 2))
     with pytest.raises(Crash):
         write_token()
     assert journal.list() == []  # nothing committed: no resume can know the written token

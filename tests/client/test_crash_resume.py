@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chttp_client import Journal
+from chttp_client.testing import set_fault_hook
 from tests.client.receiver import count_runs, make_receiver, runs
 from tests.client.sender_app import NAME, install
 from tests.server.live import REPO_ROOT, serve_in_thread
@@ -75,7 +76,7 @@ def open_oplogs_with_free_leases(db_url: str, escrow_url: str, count: int) -> No
 
     with Journal(db_url, lease=timedelta(0)) as journal:
         transfer = install(journal)
-        journal.fault_hook = crash_at("send-recorded", 2)
+        set_fault_hook(journal, crash_at("send-recorded", 2))
         for _ in range(count):
             with pytest.raises(Crash):
                 transfer(escrow_url, 5)
@@ -141,7 +142,7 @@ def test_an_expired_lease_of_a_live_owner_can_be_taken(db_url, live_receiver):
     front, base = live_receiver
     with Journal(db_url, lease=timedelta(hours=1)) as holder:
         transfer = install(holder)
-        holder.fault_hook = crash_at("send-recorded", 2)
+        set_fault_hook(holder, crash_at("send-recorded", 2))
         with pytest.raises(Crash):
             transfer(f"{base}/escrow", 1)
         [oplog] = holder.list_open()
@@ -154,3 +155,51 @@ def test_an_expired_lease_of_a_live_owner_can_be_taken(db_url, live_receiver):
         [outcome] = later.resume_all()
         assert outcome.status == "done"
     assert count_runs(front.engine) == 1
+
+
+#: Run a module as __main__ in an interpreter where WebOb and chttp_server cannot be
+#: imported (issue 8: a sender-only service leaves WebOb out).
+_WITHOUT_WEBOB = """
+import importlib.abc, runpy, sys
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('webob', 'chttp_server'):
+            raise ImportError(f'{name} is blocked in this process')
+        return None
+
+sys.meta_path.insert(0, Blocker())
+for blocked in ('webob', 'chttp_server'):
+    try:
+        __import__(blocked)
+    except ImportError:
+        pass
+    else:
+        raise SystemExit(f'{blocked} could be imported')
+module, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_module(module, run_name='__main__', alter_sys=True)
+"""
+
+
+def test_a_sender_without_webob_sends_is_killed_and_resumes(db_url, live_receiver):
+    front, base = live_receiver
+
+    def without_webob(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _WITHOUT_WEBOB, *args], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    killed = without_webob("tests.client.sender_app", db_url, f"{base}/escrow", "send-answered")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert count_runs(front.engine) == 1  # the send really happened before the kill
+
+    resumed = without_webob("chttp_client.cli", "resume", "--db", db_url,
+                            "--import", "tests.client.sender_app")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{NAME} v1  done" in resumed.stdout
+    with Journal(db_url) as journal:
+        [oplog] = journal.list()
+        assert oplog.state == "done"
+        [_persist, send] = journal.get(oplog.id).steps
+    assert send.state == "done" and send.response["status"] == 201
+    # the resume resent the same id and the receiver replayed it: its handler ran once
+    assert [message_id for message_id, _path, _body in runs(front.engine)] == [send.message_id]

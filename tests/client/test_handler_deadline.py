@@ -28,6 +28,7 @@ from webtest import TestApp
 from chttp_client import DeadlineExceeded, Journal, RetryPolicy, resumable
 from chttp_core.db import make_engine
 from chttp_client.incoming import derived_message_id, incoming_oplog_id
+from chttp_client.testing import set_fault_hook
 from chttp_server import CertifiedMiddleware, ConfigurationError, Resource
 from tests.client.conftest import FakeClock
 from tests.client.receiver import count_runs, make_receiver, receiver_metadata, receiver_runs
@@ -137,7 +138,7 @@ def test_a_handler_send_times_out_rolls_back_and_the_incoming_retry_resends_it(u
     sender = Journal(f"sqlite:///{tmp_path / 'sender.db'}", clock=sender_clock,
                      sleep=sender_clock.sleep, retry=RetryPolicy(jitter=False))
     sender_attempts = []
-    sender.fault_hook = lambda event: sender_attempts.append(event) if event.point == "send-attempt" else None
+    set_fault_hook(sender, lambda event: sender_attempts.append(event) if event.point == "send-attempt" else None)
 
     @resumable(sender)
     def start(url, *, chttp_context):

@@ -18,7 +18,8 @@ from chttp_client import (
     UnknownFunctionError,
     resumable,
 )
-from chttp_client.journal import register
+from chttp_client.journal import register, unregister
+from chttp_client.testing import set_fault_hook
 from tests.client.conftest import Crash, crash_at
 
 
@@ -67,10 +68,10 @@ def test_replay_after_crash_returns_recorded_values(journal):
         chttp_context.post("http://receiver.test/escrow", json={"values": values})
         return values
 
-    journal.fault_hook = crash_at("after-step", 4)
+    set_fault_hook(journal, crash_at("after-step", 4))
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [open_oplog] = journal.list_open()
     assert journal.resume(open_oplog.id, force=True) == draws[0]
     assert journal.get(open_oplog.id).state == "done"
@@ -92,10 +93,10 @@ def test_persisted_exception_is_reraised_on_replay(journal):
         chttp_context.post("http://receiver.test/escrow", json={})
         return caught
 
-    journal.fault_hook = crash_at("after-step", 2)
+    set_fault_hook(journal, crash_at("after-step", 2))
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [oplog] = journal.list_open()
     assert journal.resume(oplog.id, force=True) == ["no luck", 3]
     assert len(calls) == 1
@@ -124,10 +125,10 @@ def test_non_determinism_names_both_steps_and_leaves_the_oplog_intact(journal):
         chttp_context.post(mode["url"], json={"n": 1})
         chttp_context.post("http://receiver.test/escrow", json={"n": 2})
 
-    journal.fault_hook = crash_at("before-step", 3)
+    set_fault_hook(journal, crash_at("before-step", 3))
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [oplog] = journal.list_open()
     before = journal.get(oplog.id)
     mode["url"] = "http://receiver.test/other"
@@ -153,10 +154,10 @@ def test_swallowed_non_determinism_still_refuses_to_record(journal):
             pass
         return "finished"
 
-    journal.fault_hook = crash_at("after-step", 2)
+    set_fault_hook(journal, crash_at("after-step", 2))
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     source["draw"] = random.randrange  # another callable: the replay diverges at step 1
     [oplog] = journal.list_open()
     before = journal.get(oplog.id)
@@ -174,10 +175,10 @@ def test_versions_replay_with_the_version_that_wrote_the_oplog(journal):
         chttp_context.post("http://receiver.test/escrow", json={"v": 1})
         return "v1"
 
-    journal.fault_hook = crash_at("after-step", 1)
+    set_fault_hook(journal, crash_at("after-step", 1))
     with pytest.raises(Crash):
         v1()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
 
     @resumable(journal, name=name, version=2)
     def v2(*, chttp_context):
@@ -198,13 +199,11 @@ def test_unregistered_version_is_refused_and_left_open(journal):
 
     register(name, 1, v1)
     wrapped = resumable(journal, name=name, version=1)(v1)
-    journal.fault_hook = crash_at("after-step", 1)
+    set_fault_hook(journal, crash_at("after-step", 1))
     with pytest.raises(Crash):
         wrapped()
-    journal.fault_hook = None
-    from chttp_client import journal as journal_module
-
-    del journal_module._REGISTRY[name][1]
+    set_fault_hook(journal, None)
+    unregister(name, 1)
     resumable(journal, name=name, version=3)(v1)
     [oplog] = journal.list_open()
     with pytest.raises(UnknownFunctionError, match="version 1") as caught:
@@ -222,15 +221,13 @@ def test_resume_all_logs_every_busy_and_refused_oplog_as_a_warning(make_journal,
     def body(*, chttp_context):
         chttp_context.post("http://receiver.test/escrow", json={})
 
-    journal.fault_hook = crash_at("send-recorded", 1)
+    set_fault_hook(journal, crash_at("send-recorded", 1))
     for name in (busy_name, gone_name):
         with pytest.raises(Crash):
             resumable(journal, name=name)(body)()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     by_name = {info.function: info.id for info in journal.list_open()}
-    from chttp_client import journal as journal_module
-
-    del journal_module._REGISTRY[gone_name]
+    unregister(gone_name)
 
     with caplog.at_level(logging.WARNING, logger="chttp_client"):
         outcomes = {o.oplog_id: o.status for o in journal.resume_all()}
@@ -304,3 +301,27 @@ def test_journal_needs_exactly_one_store():
 
     with pytest.raises(JournalError):
         Journal()
+
+
+def test_a_replay_with_other_request_headers_is_non_deterministic(journal):
+    headers = {"X-Nonce": "first"}
+
+    @resumable(journal, name=f"headers-{uuid.uuid4()}")
+    def f(*, chttp_context):
+        return chttp_context.post("http://receiver.test/escrow", json={}, headers=headers).status_code
+
+    set_fault_hook(journal, crash_at("send-recorded", 1))
+    with pytest.raises(Crash):
+        f()
+    set_fault_hook(journal, None)
+    [oplog] = journal.list_open()
+    before = journal.get(oplog.id)
+    assert ["x-nonce", "first"] in before.steps[0].request["headers"]
+    headers["X-Nonce"] = "second"  # the same method, URL and body: only a header differs
+    with pytest.raises(NonDeterminismError) as caught:
+        journal.resume(oplog.id, force=True)
+    assert caught.value.step == 1
+    assert "'first'" in caught.value.expected and "'second'" in caught.value.got
+    assert journal.get(oplog.id).steps == before.steps
+    headers["X-Nonce"] = "first"  # the recorded headers again: it resumes
+    assert journal.resume(oplog.id, force=True) == 201

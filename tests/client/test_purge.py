@@ -16,6 +16,7 @@ from chttp_client.cli import main as cli_main
 from chttp_core.db import make_engine
 from chttp_client.incoming import IncomingSends, incoming_oplog_id
 from chttp_core.schema import oplog_steps, oplogs
+from chttp_client.testing import set_fault_hook
 from tests.client.conftest import BASE, Crash, crash_at
 
 DAY = timedelta(days=1)
@@ -55,10 +56,10 @@ def test_finished_oplogs_older_than_the_limit_go_with_their_steps(journal, fake_
         fail()
     journal.wait_for_acknowledgements()
     old = ids(journal)
-    journal.fault_hook = crash_at("send-answered", 2)
+    set_fault_hook(journal, crash_at("send-answered", 2))
     with pytest.raises(Crash):
         send("open")  # left open by a crash: unfinished work, never purged
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [open_oplog] = ids(journal) - old
     fake_clock.now += 3 * DAY
     send("young")
@@ -227,7 +228,10 @@ def test_cli_purge(make_journal, fake_clock, db_url, capsys):
 
 
 def test_migration_0003_backfills_the_last_activity_and_downgrades(db_url):
+    from importlib.resources import files
+
     from alembic import command
+    from alembic.config import Config
 
     from chttp_core import migrate
 
@@ -246,7 +250,9 @@ def test_migration_0003_backfills_the_last_activity_and_downgrades(db_url):
         with engine.connect() as connection:
             rows = dict(connection.execute(select(oplogs.c.id, oplogs.c.updated_at)).all())
         assert {k: (v.month, v.day) for k, v in rows.items()} == {"done": (1, 3), "open": (1, 2)}
-        with migrate._config() as config, engine.connect() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(files("chttp_core.migrations")))
+        with engine.connect() as connection:
             config.attributes["connection"] = connection
             command.downgrade(config, "0002_oplogs")
             connection.commit()

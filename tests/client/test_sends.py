@@ -10,16 +10,17 @@ from sqlalchemy import select
 
 from chttp_client import (
     DeadlineExceeded,
-    MessageGone,
-    MessageIdReused,
-    MessageRejected,
-    MessageTooOld,
+    MessageGoneError,
+    MessageIdReusedError,
+    MessageRejectedError,
+    MessageTooOldError,
     RetryPolicy,
     resumable,
 )
 from chttp_client.journal import register
 from chttp_client.sending import retry_after_of
 from chttp_core.schema import messages
+from chttp_client.testing import set_fault_hook
 from tests.client.conftest import BASE, Crash, crash_at
 from tests.client.receiver import count_runs, runs
 
@@ -31,7 +32,7 @@ def step_of(journal, number=1):
 
 def test_send_carries_id_and_first_sent_and_returns_the_response(journal, receiver, fake_clock):
     seen = []
-    journal.fault_hook = lambda e: seen.append(e) if e.point == "send-attempt" else None
+    set_fault_hook(journal, lambda e: seen.append(e) if e.point == "send-attempt" else None)
 
     @resumable(journal)
     def f(amount, *, chttp_context):
@@ -60,10 +61,10 @@ def test_response_is_recorded_and_rebuilt_on_replay(journal, receiver):
         chttp_context.post(f"{BASE}/escrow", json={"amount": 2})
         return response.json()["random number"]
 
-    journal.fault_hook = crash_at("before-step", 3)
+    set_fault_hook(journal, crash_at("before-step", 3))
     with pytest.raises(Crash):
         f()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [oplog] = journal.list_open()
     number = journal.resume(oplog.id, force=True)
     assert results[0] == results[1]
@@ -210,7 +211,7 @@ def test_reused_id_is_message_id_reused(journal, receiver):
 
     journal.acknowledge = False
     assert run(send, 1) == 201
-    with pytest.raises(MessageIdReused) as caught:
+    with pytest.raises(MessageIdReusedError) as caught:
         run(send, 2)
     assert caught.value.response.status_code == 422
     assert caught.value.message_id == "reused-id"
@@ -225,14 +226,14 @@ def test_acknowledged_id_is_message_gone(journal, receiver):
 
     assert run(send) == 201
     journal.wait_for_acknowledgements()
-    with pytest.raises(MessageGone) as caught:
+    with pytest.raises(MessageGoneError) as caught:
         run(send)
     assert caught.value.problem_type == "message-acknowledged"
     assert count_runs(receiver.engine) == 1
 
 
 def test_malformed_id_is_message_rejected(journal):
-    with pytest.raises(MessageRejected):
+    with pytest.raises(MessageRejectedError):
         fixed_id(journal, "not valid!")(
             lambda *, chttp_context: chttp_context.post(f"{BASE}/escrow", json={}).status_code)
 
@@ -245,7 +246,7 @@ def test_too_old_first_sent_is_message_too_old(make_journal, fake_clock, receive
     def f(*, chttp_context):
         chttp_context.post(f"{BASE}/escrow", json={})
 
-    with pytest.raises(MessageTooOld):
+    with pytest.raises(MessageTooOldError):
         f()
     assert count_runs(receiver.engine) == 0
 
@@ -258,16 +259,75 @@ def test_protocol_error_is_reraised_on_replay(journal, receiver):
     def f(*, chttp_context):
         try:
             chttp_context.post(f"{BASE}/escrow", json={"a": 2})
-        except MessageIdReused:
+        except MessageIdReusedError:
             pass
         chttp_context.persist("x")
         chttp_context.post(f"{BASE}/escrow", json={"a": 3})
 
-    journal.fault_hook = crash_at("before-step", 3)
+    set_fault_hook(journal, crash_at("before-step", 3))
     with pytest.raises(Crash):
         fixed_id(journal, "dup")(f)
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     [oplog] = journal.list_open()
-    with pytest.raises(MessageIdReused):  # step 3 reuses "dup" too: the replayed 422 was handled
+    with pytest.raises(MessageIdReusedError):  # step 3 reuses "dup" too: the replayed 422 was handled
         journal.resume(oplog.id, force=True, message_id_for=lambda _n: "dup")
     assert [r[2] for r in runs(receiver.engine)] == ['{"a":1}']
+
+
+def test_429_with_retry_after_as_an_http_date_waits_until_then(make_journal, receiver, fake_clock):
+    from chttp_core.wire import format_http_date
+
+    receiver.status, receiver.failures = 429, 1
+    receiver.retry_after = format_http_date(fake_clock.now + timedelta(seconds=42))
+    journal = make_journal()
+
+    @resumable(journal)
+    def f(*, chttp_context):
+        return chttp_context.post(f"{BASE}/flaky", json={}).json()
+
+    assert f() == {"ok": True}
+    assert len(fake_clock.sleeps) == 1 and fake_clock.sleeps[0] == pytest.approx(42, abs=1)
+    assert list(receiver.seen.values()) == [2]  # the same id twice
+    assert count_runs(receiver.engine) == 1
+
+
+def test_an_expired_send_deadline_is_recorded_and_never_resent_under_a_new_id(make_journal, receiver,
+                                                                               fake_clock):
+    refused: list[str] = []
+
+    def refuse(request):
+        refused.append(request.headers["x-message-id"])
+        raise httpx.ConnectError("down", request=request)
+
+    journal = make_journal(transport=httpx.MockTransport(refuse),
+                           retry=RetryPolicy(jitter=False, deadline=timedelta(minutes=5)))
+    errors: list[DeadlineExceeded] = []
+
+    def body(*, chttp_context):
+        try:
+            chttp_context.post(f"{BASE}/escrow", json={})
+        except DeadlineExceeded as error:
+            errors.append(error)
+        chttp_context.persist("after")
+        return chttp_context.post(f"{BASE}/escrow", json={"second": True}).status_code
+
+    set_fault_hook(journal, crash_at("before-step", 3))
+    with pytest.raises(Crash):
+        resumable(journal, name="deadline-then-crash")(body)()
+    set_fault_hook(journal, None)
+    [oplog] = journal.list_open()
+    first = journal.get(oplog.id).steps[0]
+    assert first.state == "recorded"  # the deadline error was not committed before the crash
+    assert set(refused) == {first.message_id} == {errors[0].message_id}
+
+    # Resumed where the receiver is reachable: the first send is *not* resent under a new
+    # id, nor under its own: its deadline, counted from its first attempt, has passed.
+    later = make_journal(transport=httpx.WSGITransport(app=receiver),
+                         retry=RetryPolicy(jitter=False, deadline=timedelta(minutes=5)))
+    assert later.resume(oplog.id, force=True) == 201
+    assert len(errors) == 2 and errors[1].message_id == first.message_id
+    assert set(refused) == {first.message_id}
+    first_after, _persist, second = later.get(oplog.id).steps
+    assert first_after.state == "done" and first_after.outcome["error"]["type"].endswith("DeadlineExceeded")
+    assert count_runs(receiver.engine, first.message_id) == 0
+    assert [message_id for message_id, *_ in runs(receiver.engine)] == [second.message_id]

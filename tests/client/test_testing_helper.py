@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chttp_client import MessageIdReused, resumable
+from chttp_client import MessageIdReusedError, resumable
 from chttp_client.testing import CrashResumeFailure, check_crash_resume
 from tests.client.conftest import BASE
 from tests.client.receiver import count_runs, runs
@@ -88,7 +88,7 @@ def test_protocol_errors_are_outcomes_too(journal):
     def f(*, chttp_context):
         try:
             chttp_context.post(f"{BASE}/escrow", json={})
-        except MessageIdReused:
+        except MessageIdReusedError:
             return "reused"
         return "fine"
 
@@ -114,3 +114,22 @@ def test_works_against_a_live_server(db_url, tmp_path):
         assert count_runs(front.engine) == 1
     finally:
         front.engine.dispose()
+
+
+def test_an_unpersisted_random_header_is_caught(journal):
+    @resumable(journal)
+    def buggy(*, chttp_context):
+        chttp_context.post(f"{BASE}/escrow", json={}, headers={"X-Request-Nonce": str(random.random())})
+
+    with pytest.raises(CrashResumeFailure) as caught:
+        check_crash_resume(buggy)
+    assert caught.value.step == 1 and "x-request-nonce" in str(caught.value)
+
+
+def test_persisted_headers_pass(journal, receiver):
+    @resumable(journal)
+    def fine(*, chttp_context):
+        nonce = chttp_context.persist(random.random)
+        return chttp_context.post(f"{BASE}/escrow", json={}, headers={"X-Request-Nonce": str(nonce)}).status_code
+
+    assert check_crash_resume(fine).outcome == {"value": 201}

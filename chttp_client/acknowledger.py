@@ -1,0 +1,108 @@
+"""Background acknowledgements: ``DELETE`` on ``X-Message-URL`` once an answer is durable.
+
+docs/protocol.rst §3: a sender acknowledges each answer it has recorded, so that the receiver
+may drop the stored response early (a later resend of the id then meets 410). The DELETE
+is sent only after the commit that made the answer durable (the context queues it after
+that commit, :mod:`chttp_client.context`), from one daemon thread per journal so that a
+function never waits for it. A DELETE the receiver took (204, or 404/410: nothing left)
+becomes an :class:`~chttp_client.oplog_store.AckMark` that the oplog's next commit
+writes (:meth:`Acknowledger.take_marks`), so marking costs no commit of its own. A lost
+mark only means the DELETE is repeated by a later ``resume_all()``; it is idempotent.
+
+One acknowledgement per message: the commit that made an answer durable also *claims*
+its acknowledgement for this process (``chttp_oplog_steps.ack_claimed_until``, one
+lease long), and ``resume_all()`` DELETEs only answers whose claim it won
+(:meth:`OplogStore.claim_pending_acks
+<chttp_client.oplog_store.OplogStore.claim_pending_acks>`). A DELETE that failed
+releases the claim with its mark; a process that died leaves a claim that lapses.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from datetime import datetime
+from typing import Callable
+
+import httpx
+
+from chttp_client.oplog_store import AckMark
+
+__all__ = ["Acknowledger"]
+
+log = logging.getLogger("chttp_client")
+
+#: Answers that mean the receiver holds nothing more for the id (docs/protocol.rst §3).
+_ACCEPTED = frozenset({200, 204, 404, 410})
+
+
+class Acknowledger:
+    """The DELETEs of one journal and the marks they leave (see the module docstring)."""
+
+    def __init__(self, http_client: httpx.Client, *, clock: Callable[[], datetime],
+                 timeout: float, enabled: bool = True) -> None:
+        self.http_client = http_client
+        self.clock = clock
+        self.timeout = timeout
+        #: False: nothing is queued (the crash-every-step check turns it off).
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._marks: list[AckMark] = []
+        self._queue: queue.Queue[tuple[str, int, str] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def queue(self, oplog_id: str, number: int, url: str) -> None:
+        """DELETE ``url`` in the background (the answer of step ``number`` is durable)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._work, name="chttp-acknowledge", daemon=True)
+                self._thread.start()
+        self._queue.put((oplog_id, number, url))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                self.send(*item)
+            finally:
+                self._queue.task_done()
+
+    def send(self, oplog_id: str, number: int, url: str) -> bool:
+        """One best-effort DELETE now; remembered as a mark if the receiver took it."""
+        try:
+            response = self.http_client.request("DELETE", url, timeout=self.timeout)
+        except httpx.HTTPError as error:
+            log.info("chttp: acknowledgement of %s failed, will retry on resume: %s", url, error)
+            taken = False
+        else:
+            taken = response.status_code in _ACCEPTED
+            if not taken:
+                log.info("chttp: acknowledgement of %s answered %s", url, response.status_code)
+        # Not taken: the mark releases our claim, so that a later resume_all() retries.
+        with self._lock:
+            self._marks.append(AckMark(oplog_id, number, self.clock(), done=taken))
+        return taken
+
+    def take_marks(self) -> list[AckMark]:
+        """The marks gathered since the last call, for the next commit to write."""
+        with self._lock:
+            marks, self._marks = self._marks, []
+        return marks
+
+    def join(self) -> None:
+        """Block until every queued DELETE was tried."""
+        if self._thread is not None:
+            self._queue.join()
+
+    def close(self) -> None:
+        """Finish the queue and stop the thread (marks stay for :meth:`take_marks`)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.join()
+            self._queue.put(None)
+            self._thread.join()

@@ -1,0 +1,369 @@
+"""``OplogStore``: every SQL statement of the sender's journal, behind plain records.
+
+The store owns the tables ``chttp_oplogs`` and ``chttp_oplog_steps`` (declared in
+:mod:`chttp_core.schema`): oplog rows, step rows, leases and acknowledgement marks. It
+takes and returns the records of :mod:`chttp_client.records` and the small dataclasses
+below, and never sees a context, so the step logic (:mod:`chttp_client.context`) decides
+*what* to write and this module only *how*.
+
+Every write of a run is one :class:`Commit`: the oplog row inserted (first write) or our
+lease renewed — failing with :class:`~chttp_client.errors.OplogTakenOverError` if
+another process took it over — then new steps, answered steps, the result if the run ends, and
+the acknowledgement marks gathered since the previous commit, in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+import builtins
+from typing import Any, Iterator, Sequence, overload
+
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+
+from chttp_client import codec, retention
+from chttp_client.errors import JournalError, OplogBusyError, OplogTakenOverError
+from chttp_client.leases import lease_is_free
+from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
+from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
+
+__all__ = ["OplogStore", "Commit", "NewOplog", "Finish", "AckMark", "PendingAck"]
+
+
+@dataclass(frozen=True)
+class NewOplog:
+    """The row of an oplog's first write."""
+
+    function: str
+    version: int
+    #: ``codec.dumps({"args": [...], "kwargs": {...}})``
+    arguments: str
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How a run ended: ``state`` done/failed and the result record."""
+
+    state: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AckMark:
+    """How our DELETE of step ``number``'s message went, at ``at``.
+
+    ``done``: the receiver took it (the step is marked acknowledged); otherwise our
+    claim on the acknowledgement is released for a later ``resume_all()`` to retry.
+    """
+
+    oplog_id: str
+    number: int
+    at: datetime
+    done: bool = True
+
+
+@dataclass(frozen=True)
+class PendingAck:
+    """An answered message not yet acknowledged."""
+
+    oplog_id: str
+    number: int
+    url: str
+
+
+@dataclass
+class Commit:
+    """One transaction of a run (see the module docstring)."""
+
+    oplog_id: str
+    owner: str | None
+    now: datetime
+    lease_until: datetime
+    #: Insert the oplog row (first write of a run) instead of renewing the lease.
+    new: NewOplog | None = None
+    #: New steps.
+    inserts: Sequence[StepRecord] = ()
+    #: Send steps stored as ``recorded`` and now answered.
+    answers: Sequence[StepRecord] = ()
+    finish: Finish | None = None
+    acks: Sequence[AckMark] = field(default_factory=list)
+    #: Claim the acknowledgement of each answer with a message URL until then (this
+    #: process will send it); None: leave it to ``resume_all()``.
+    ack_claim_until: datetime | None = None
+
+
+@overload
+def _aware(moment: datetime) -> datetime: ...
+
+
+@overload
+def _aware(moment: None) -> None: ...
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _json_or_none(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
+def _loads_or_none(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
+
+
+def _step_values(step: StepRecord) -> dict[str, Any]:
+    return {
+        "kind": step.kind, "name": step.name, "state": step.state,
+        "outcome": _json_or_none(step.outcome),
+        "message_id": step.message_id, "fingerprint": step.fingerprint,
+        "request": _json_or_none(step.request),
+        "first_sent_at": step.first_sent_at,
+        "response": _json_or_none(step.response),
+        "message_url": step.message_url,
+    }
+
+
+def _step_record(row: Any) -> StepRecord:
+    return StepRecord(
+        number=row.number, kind=row.kind, name=row.name, state=row.state,
+        outcome=_loads_or_none(row.outcome), message_id=row.message_id,
+        fingerprint=row.fingerprint, request=_loads_or_none(row.request),
+        first_sent_at=_aware(row.first_sent_at), response=_loads_or_none(row.response),
+        message_url=row.message_url, acknowledged_at=_aware(row.acknowledged_at),
+    )
+
+
+def _oplog_info(row: Any, steps: tuple[StepRecord, ...] = ()) -> OplogInfo:
+    return OplogInfo(
+        id=row.id, function=row.function, version=row.version,
+        state=OPLOG_ABANDONED if row.abandoned_reason is not None else row.state,
+        arguments=codec.loads(row.arguments), result=_loads_or_none(row.result),
+        lease_owner=row.lease_owner, created_at=_aware(row.created_at), steps=steps,
+        abandoned_reason=row.abandoned_reason, resume_attempts=row.resume_attempts or 0,
+    )
+
+
+def _state_is(state: str) -> Any:
+    """The condition for an :class:`OplogInfo` state (abandoned is stored as failed)."""
+    if state == OPLOG_ABANDONED:
+        return and_(oplogs.c.state == OPLOG_FAILED, oplogs.c.abandoned_reason.is_not(None))
+    if state == OPLOG_FAILED:
+        return and_(oplogs.c.state == OPLOG_FAILED, oplogs.c.abandoned_reason.is_(None))
+    return oplogs.c.state == state
+
+
+class OplogStore:
+    """The journal's tables on one engine (see the module docstring)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def __repr__(self) -> str:
+        return f"<OplogStore {self.engine.url.render_as_string(hide_password=True)}>"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def list(self, *, state: str | None = None, limit: int | None = None) -> list[OplogInfo]:
+        """Oplogs oldest first, without their steps."""
+        query = select(oplogs).order_by(oplogs.c.created_at, oplogs.c.id)
+        if state is not None:
+            query = query.where(_state_is(state))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as connection:
+            return [_oplog_info(row) for row in connection.execute(query)]
+
+    def get(self, oplog_id: str) -> OplogInfo | None:
+        """One oplog with its steps, ``None`` if there is none."""
+        with self.engine.connect() as connection:
+            row = connection.execute(select(oplogs).where(oplogs.c.id == oplog_id)).first()
+            if row is None:
+                return None
+            return _oplog_info(row, tuple(self._steps(connection, oplog_id)))
+
+    def arguments(self, oplog_id: str) -> str:
+        """The recorded arguments of ``oplog_id``, as stored (codec text)."""
+        with self.engine.connect() as connection:
+            return str(connection.execute(
+                select(oplogs.c.arguments).where(oplogs.c.id == oplog_id)).scalar_one())
+
+    @staticmethod
+    def _steps(connection: Connection, oplog_id: str) -> Iterator[StepRecord]:
+        rows = connection.execute(
+            select(oplog_steps).where(oplog_steps.c.oplog_id == oplog_id)
+            .order_by(oplog_steps.c.number))
+        for row in rows:
+            yield _step_record(row)
+
+    # -- writing a run ---------------------------------------------------------------------
+
+    def commit(self, commit: Commit) -> None:
+        """Write ``commit`` in one transaction (see the module docstring)."""
+        with self.engine.begin() as connection:
+            self._open(connection, commit)
+            if commit.inserts:
+                connection.execute(insert(oplog_steps), [
+                    {"oplog_id": commit.oplog_id, "number": step.number, **_step_values(step)}
+                    for step in commit.inserts
+                ])
+            for step in commit.answers:
+                claim = commit.ack_claim_until if step.message_url is not None else None
+                updated = connection.execute(
+                    update(oplog_steps)
+                    .where(oplog_steps.c.oplog_id == commit.oplog_id,
+                           oplog_steps.c.number == step.number)
+                    .values(**_step_values(step), ack_claimed_until=claim)
+                ).rowcount
+                if updated != 1:  # an answer always follows its own intent commit
+                    raise JournalError(f"oplog {commit.oplog_id} has no step {step.number} to answer")
+            if commit.finish is not None:
+                connection.execute(
+                    update(oplogs).where(oplogs.c.id == commit.oplog_id).values(
+                        state=commit.finish.state, result=json.dumps(commit.finish.result),
+                        finished_at=commit.now, updated_at=commit.now,
+                        lease_owner=None, lease_expires_at=None,
+                    )
+                )
+            self._mark(connection, commit.acks)
+
+    def _open(self, connection: Connection, commit: Commit) -> None:
+        """Insert the oplog row (first write of a run) or renew our lease on it."""
+        if commit.new is not None:
+            connection.execute(insert(oplogs).values(
+                id=commit.oplog_id, function=commit.new.function, version=commit.new.version,
+                arguments=commit.new.arguments, state=OPLOG_OPEN, lease_owner=commit.owner,
+                lease_expires_at=commit.lease_until, created_at=commit.now, updated_at=commit.now,
+            ))
+            return
+        self._renew(connection, commit.oplog_id, commit.owner, commit.now, commit.lease_until)
+
+    @staticmethod
+    def _renew(connection: Connection, oplog_id: str, owner: str | None,
+               now: datetime, until: datetime) -> None:
+        # A write of the run is progress: its resumes start counting again.
+        renewed = connection.execute(
+            update(oplogs)
+            .where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner)
+            .values(lease_expires_at=until, updated_at=now, resume_attempts=0)
+        ).rowcount
+        if renewed != 1:
+            row = connection.execute(
+                select(oplogs.c.state, oplogs.c.lease_owner).where(oplogs.c.id == oplog_id)).first()
+            state = row.state if row is not None else "purged"
+            raise OplogTakenOverError(oplog_id, row.lease_owner if row is not None else None, state)
+
+    # -- leases ----------------------------------------------------------------------------
+
+    def renew_lease(self, oplog_id: str, owner: str, *, now: datetime, until: datetime) -> None:
+        """Extend our lease; :class:`OplogTakenOverError` if it was taken over."""
+        with self.engine.begin() as connection:
+            self._renew(connection, oplog_id, owner, now, until)
+
+    def take_lease(self, oplog_id: str, owner: str, *, now: datetime, until: datetime,
+                   force: bool = False, count_attempt: bool = False) -> int:
+        """Lease the open oplog to ``owner`` (compare-and-swap on the owner we saw).
+
+        ``force`` takes it even from a live owner; ``count_attempt`` counts a resume.
+        Returns the resumes counted since the run last made progress, this one
+        included. :class:`OplogBusyError` if it is held (or finished meanwhile, or a
+        concurrent resumer won the swap).
+        """
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                select(oplogs.c.state, oplogs.c.lease_owner, oplogs.c.lease_expires_at,
+                       oplogs.c.resume_attempts)
+                .where(oplogs.c.id == oplog_id)
+            ).one()
+            if row.state != OPLOG_OPEN:
+                raise OplogBusyError(oplog_id, "nobody: it finished meanwhile")
+            seen = row.lease_owner
+            if seen is not None and not force and not lease_is_free(seen, _aware(row.lease_expires_at), now):
+                raise OplogBusyError(oplog_id, seen)
+            condition = oplogs.c.lease_owner.is_(None) if seen is None else oplogs.c.lease_owner == seen
+            attempts = (row.resume_attempts or 0) + (1 if count_attempt else 0)
+            taken = connection.execute(
+                update(oplogs)
+                .where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN, condition)
+                .values(lease_owner=owner, lease_expires_at=until, updated_at=now,
+                        resume_attempts=attempts)
+            ).rowcount
+        if taken != 1:
+            raise OplogBusyError(oplog_id, "a concurrent resumer")
+        return attempts
+
+    def release_lease(self, oplog_id: str, owner: str) -> None:
+        """Give the lease up (a refused run), if we still hold it."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(oplogs).where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    def abandon(self, oplog_id: str, *, reason: str, result: dict[str, Any], now: datetime) -> bool:
+        """Dead-letter the open oplog: stored as failed with ``reason``; False if not open."""
+        with self.engine.begin() as connection:
+            return connection.execute(
+                update(oplogs).where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN).values(
+                    state=OPLOG_FAILED, abandoned_reason=reason, result=json.dumps(result),
+                    finished_at=now, updated_at=now, lease_owner=None, lease_expires_at=None,
+                )
+            ).rowcount == 1
+
+    # -- acknowledgements ------------------------------------------------------------------
+
+    def claim_pending_acks(self, *, now: datetime, until: datetime) -> builtins.list[PendingAck]:
+        """Claim, until ``until``, every answered message nobody acknowledged or claimed.
+
+        Each claim is a compare-and-swap on the claim we saw, so of several processes
+        running ``resume_all()`` at once exactly one sends each DELETE; a claim of a
+        process that died lapses at its time.
+        """
+        free = or_(oplog_steps.c.ack_claimed_until.is_(None), oplog_steps.c.ack_claimed_until <= now)
+        unacknowledged = and_(
+            oplog_steps.c.kind == KIND_SEND, oplog_steps.c.state == STEP_DONE,
+            oplog_steps.c.message_url.is_not(None), oplog_steps.c.acknowledged_at.is_(None), free)
+        query = select(oplog_steps.c.oplog_id, oplog_steps.c.number, oplog_steps.c.message_url).where(
+            unacknowledged)
+        with self.engine.connect() as connection:
+            candidates = [PendingAck(row.oplog_id, row.number, row.message_url)
+                          for row in connection.execute(query)]
+        claimed = []
+        for pending in candidates:
+            with self.engine.begin() as connection:
+                won = connection.execute(
+                    update(oplog_steps)
+                    .where(oplog_steps.c.oplog_id == pending.oplog_id,
+                           oplog_steps.c.number == pending.number, unacknowledged)
+                    .values(ack_claimed_until=until)
+                ).rowcount
+            if won == 1:
+                claimed.append(pending)
+        return claimed
+
+    def mark_acknowledged(self, marks: Sequence[AckMark]) -> None:
+        """Record acknowledgements outside a run's commit (nothing to mark: no transaction)."""
+        if not marks:
+            return
+        with self.engine.begin() as connection:
+            self._mark(connection, marks)
+
+    @staticmethod
+    def _mark(connection: Connection, marks: Sequence[AckMark]) -> None:
+        for mark in marks:
+            connection.execute(
+                update(oplog_steps)
+                .where(oplog_steps.c.oplog_id == mark.oplog_id, oplog_steps.c.number == mark.number)
+                .values({"acknowledged_at": mark.at} if mark.done else {"ack_claimed_until": None})
+            )
+
+    # -- retention -------------------------------------------------------------------------
+
+    def purge(self, *, now: datetime, older_than: timedelta, horizon: timedelta,
+              batch_size: int, max_batches: int | None) -> int:
+        """Delete purgeable oplogs and their steps (:mod:`chttp_client.retention`)."""
+        return retention.purge(self.engine, now=now, older_than=older_than, horizon=horizon,
+                               batch_size=batch_size, max_batches=max_batches)

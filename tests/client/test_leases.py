@@ -1,0 +1,137 @@
+"""Leases that hold through long attempts, and a takeover the original caller learns of.
+
+Issue 15: a lease renewed only between attempts lapses during one long attempt, and
+another process takes a live run's oplog over. A heartbeat renews it while a send is in
+flight (chttp_client.heartbeat). When a takeover does happen (the owner looked dead),
+the original caller gets OplogTakenOverError saying how to get the result.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from chttp_client import Journal, OplogBusyError, OplogTakenOverError, RetryPolicy, resumable
+from chttp_core.schema import oplogs
+from tests.client.conftest import BASE
+from tests.client.receiver import count_runs
+
+LEASE = timedelta(minutes=10)
+
+
+class DuringAttempt(httpx.BaseTransport):
+    """The real receiver; ``during(request)`` runs while the first POST is in flight."""
+
+    def __init__(self, app, during) -> None:
+        self.inner = httpx.WSGITransport(app=app)
+        self.during = during
+        self.done = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and not self.done:
+            self.done = True
+            self.during(request)
+        return self.inner.handle_request(request)
+
+
+def lease_expires_at(journal: Journal, oplog_id: str) -> datetime | None:
+    with journal.engine.connect() as connection:
+        moment = connection.execute(
+            select(oplogs.c.lease_expires_at).where(oplogs.c.id == oplog_id)).scalar_one()
+    return moment if moment is None or moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def wait_until(condition, what: str) -> None:
+    """Wait for a background thread's effect; the bound is only against hanging for ever."""
+    give_up = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < give_up, f"never happened: {what}"
+        time.sleep(0.01)
+
+
+def test_a_heartbeat_keeps_the_lease_through_a_long_attempt(db_url, receiver, fake_clock):
+    seen: dict[str, object] = {}
+
+    def during(request: httpx.Request) -> None:
+        [oplog] = journal.list_open()
+        # The attempt takes 8 minutes, then 8 more: longer than the 10-minute lease.
+        for _ in range(2):
+            fake_clock.now += timedelta(minutes=8)
+            now = fake_clock.now
+            wait_until(lambda: lease_expires_at(journal, oplog.id) >= now + LEASE / 2,
+                       "the heartbeat renewed the lease")
+        try:
+            other.take_lease(oplog.id)  # another process's resume_all, 16 minutes in
+        except OplogBusyError as error:
+            seen["other"] = error
+        else:
+            seen["other"] = "took the lease"
+
+    journal = Journal(db_url, transport=DuringAttempt(receiver, during), clock=fake_clock,
+                      sleep=fake_clock.sleep, lease=LEASE, retry=RetryPolicy(jitter=False))
+    other = Journal(db_url, transport=httpx.WSGITransport(app=receiver), clock=fake_clock, lease=LEASE)
+    try:
+        @resumable(journal)
+        def transfer(*, chttp_context):
+            return chttp_context.post(f"{BASE}/escrow", json={"amount": 1}).status_code
+
+        assert transfer() == 201  # no OplogBusyError: the live run kept its oplog
+        assert isinstance(seen["other"], OplogBusyError)
+        assert not isinstance(seen["other"], OplogTakenOverError)
+        assert count_runs(receiver.engine) == 1
+    finally:
+        journal.close()
+        other.close()
+
+
+def test_the_original_caller_learns_its_oplog_completed_elsewhere(db_url, receiver, fake_clock):
+    results: list[object] = []
+
+    def during(request: httpx.Request) -> None:
+        # This process stalls; another one decides it is gone and finishes the oplog.
+        [oplog] = journal.list_open()
+        results.append(other.resume(oplog.id, force=True))
+
+    journal = Journal(db_url, transport=DuringAttempt(receiver, during), clock=fake_clock,
+                      sleep=fake_clock.sleep, lease=LEASE, retry=RetryPolicy(jitter=False))
+    other = Journal(db_url, transport=httpx.WSGITransport(app=receiver), clock=fake_clock, lease=LEASE)
+    try:
+        @resumable(journal)
+        def transfer(*, chttp_context):
+            return chttp_context.post(f"{BASE}/escrow", json={"amount": 1}).json()["random number"]
+
+        with pytest.raises(OplogTakenOverError) as caught:
+            transfer()
+        [oplog] = journal.list()
+        error = caught.value
+        assert isinstance(error, OplogBusyError)  # what callers caught before still matches
+        assert (error.oplog_id, error.state) == (oplog.id, "done")
+        assert "completed there" in str(error) and f"journal.resume({oplog.id!r})" in str(error)
+        # … and that is how it gets the result the other process recorded.
+        assert journal.resume(oplog.id) == results[0]
+        assert count_runs(receiver.engine) == 1  # one message, whoever sent it
+    finally:
+        journal.close()
+        other.close()
+
+
+def test_the_heartbeat_thread_stops_with_the_journal(db_url, receiver):
+    journal = Journal(db_url, transport=httpx.WSGITransport(app=receiver), lease=LEASE)
+
+    @resumable(journal)
+    def transfer(*, chttp_context):
+        return chttp_context.post(f"{BASE}/escrow", json={}).status_code
+
+    def heartbeats() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "chttp-lease-heartbeat" and t.is_alive())
+
+    before = heartbeats()
+    assert transfer() == 201
+    assert heartbeats() == before + 1
+    journal.close()
+    assert heartbeats() == before
