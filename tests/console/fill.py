@@ -22,6 +22,7 @@ import webtest
 from sqlalchemy import insert
 
 from chttp_client import Journal, resumable
+from chttp_client.testing import set_fault_hook
 from chttp_core.db import make_engine
 from chttp_core.schema import messages, oplog_steps, oplogs
 from chttp_server import CertifiedMiddleware
@@ -145,12 +146,12 @@ def fill_journal(db_url: str, filled: Filled) -> None:
             if event.point == "send-recorded" and event.step == 3:
                 raise Crash()
 
-        journal.fault_hook = crash
+        set_fault_hook(journal, crash)
         try:
             transfer(filled.receiver_url, 9)
         except Crash:
             pass
-        journal.fault_hook = None
+        set_fault_hook(journal, None)
         for info in journal.list():
             target = {"done": filled.done_oplogs, "failed": filled.failed_oplogs,
                       "open": filled.open_oplogs}[info.state]
