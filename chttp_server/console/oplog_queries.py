@@ -115,13 +115,15 @@ def _step_count(*, sends_only: bool = False) -> Any:
 _OPLOG_COLUMNS = (
     oplogs.c.id, oplogs.c.function, oplogs.c.version, oplogs.c.state, oplogs.c.lease_owner,
     oplogs.c.lease_expires_at, oplogs.c.created_at, oplogs.c.updated_at, oplogs.c.finished_at,
-    _step_count().label("steps"), _step_count(sends_only=True).label("sends"),
+    oplogs.c.abandoned_reason, _step_count().label("steps"), _step_count(sends_only=True).label("sends"),
 )
 
 
 def _oplog_row(row: Any) -> OplogRow:
     return OplogRow(
-        id=row.id, function=row.function, version=row.version, state=row.state,
+        # An abandoned oplog is stored as failed with its reason (chttp_client.oplog_store).
+        id=row.id, function=row.function, version=row.version,
+        state="abandoned" if row.abandoned_reason else row.state,
         lease_owner=row.lease_owner, lease_expires_at=aware(row.lease_expires_at),
         created_at=aware_not_null(row.created_at), updated_at=aware(row.updated_at),
         finished_at=aware(row.finished_at), steps=int(row.steps), sends=int(row.sends),

@@ -325,3 +325,22 @@ def test_long_lists_are_paged(db_url):
         assert [a.text for a in last.html.select("#oplogs td.id a")] == ["o-050"]
     finally:
         app.close()
+
+
+def test_an_abandoned_oplog_is_shown_as_abandoned(fresh_store):
+    """The journal stores a dead-lettered oplog as failed with a reason; the console
+    names it for what it is, so an operator can tell it from a function that raised."""
+    from chttp_client import Journal
+
+    victim = fresh_store.open_oplogs[0]
+    with Journal(fresh_store.db_url, acknowledge=False) as journal:
+        journal.abandon(victim, "operator: code changed")
+    app = build_console(db=fresh_store.db_url, journal=fresh_store.db_url)
+    try:
+        page = webtest.TestApp(app).get("/oplogs")
+        row = page.html.find("a", string=victim).find_parent("tr")
+        assert "abandoned" in row["class"]
+        assert all("abandoned" not in other["class"]
+                   for other in page.html.select("#oplogs tbody tr") if other is not row)
+    finally:
+        app.close()
