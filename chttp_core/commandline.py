@@ -29,13 +29,12 @@ import logging
 import os
 import sys
 from importlib.resources import files
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
-from chttp_core import migrate
 from chttp_core.db import make_engine, normalize_url
 from chttp_core.errors import ChttpError, SchemaOutOfDateError
 
@@ -93,9 +92,8 @@ def positive_int(text: str) -> int:
     return value
 
 
-def run_command(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv``, run the chosen handler, and turn known failures into one line."""
-    args = parser.parse_args(argv)
+def run_command(prog: str, args: argparse.Namespace) -> int:
+    """Run the handler ``args`` chose, turning known failures into one line on stderr."""
     debug = bool(getattr(args, "debug", False))
     if debug:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
@@ -126,8 +124,9 @@ def _as_command_error(error: Exception, url: str | None) -> CommandError | None:
         return explain_database_error(error, url)
     if isinstance(error, ChttpError):
         # A configuration mistake raised at construction time is also a ValueError.
-        status = EXIT_USAGE if isinstance(error, ValueError) else EXIT_FAILURE
-        return CommandError(f"{error}", "--debug shows the traceback", status=status)
+        if isinstance(error, ValueError):
+            return CommandError(f"{error}", status=EXIT_USAGE)
+        return CommandError(f"{error}", "--debug shows the traceback")
     return None
 
 
@@ -137,7 +136,7 @@ def _as_command_error(error: Exception, url: str | None) -> CommandError | None:
 def shown_url(url: str | URL) -> str:
     """``url`` as it is safe to print: the password hidden."""
     try:
-        return normalize_url(url).render_as_string(hide_password=True)
+        return make_url(url).render_as_string(hide_password=True)
     except sa_exc.ArgumentError:
         return str(url)
 
@@ -160,8 +159,8 @@ def _parse(url: str) -> URL:
             status=EXIT_USAGE) from None
     except ImportError as missing:
         raise CommandError(
-            f"the driver for {parsed.drivername!r} is not installed ({missing})",
-            "chttp supports sqlite:/// and postgresql:// (pip install psycopg2-binary)",
+            f"the driver for {parsed.drivername!r} is not installed: {missing}",
+            "chttp stores messages in sqlite:/// or postgresql:// (psycopg2) databases",
             status=EXIT_USAGE) from None
     return parsed
 
@@ -187,8 +186,8 @@ def open_database(url: str, *, create: bool = False) -> Engine:
     if path is not None:
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
-            raise CommandError(f"directory {directory} does not exist (from --db {url})",
-                               "create it, or fix the path", status=EXIT_USAGE)
+            raise CommandError(f"directory {directory} does not exist",
+                               "create it, or fix the path in --db", status=EXIT_USAGE)
         if os.path.isdir(path):
             raise CommandError(f"{path} is a directory, not a database file",
                                "name a file: sqlite:///path/to/file.db", status=EXIT_USAGE)
@@ -230,6 +229,8 @@ def explain_database_error(error: sa_exc.SQLAlchemyError, url: str) -> CommandEr
 
 def require_schema(engine: Engine, url: str) -> None:
     """Refuse a database without the chttp tables, or with them at another revision."""
+    from chttp_core import migrate   # Alembic loads only when a command needs it
+
     current = migrate.current_revision(engine)
     if current is None:
         raise CommandError(
@@ -250,6 +251,8 @@ def known_revisions() -> list[str]:
 
 def foreign_tables(engine: Engine) -> list[str]:
     """``chttp_`` tables in a database that has no chttp version table: someone else's."""
+    from chttp_core import migrate
+
     if migrate.current_revision(engine) is not None:
         return []
     names: list[str] = inspect(engine).get_table_names()
