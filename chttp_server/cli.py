@@ -237,10 +237,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from chttp_server.middleware import CertifiedMiddleware
 
-    try:   # a bad --host or --db: one line, before anything starts
-        socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)
-    except OSError as error:
-        raise _listen_error(error, args.host, args.port) from error
+    _check_listen(args.host, args.port)   # a bad --host, --port or --db: one line, early
     open_database(args.db, create=args.upgrade).dispose()
     app = CertifiedMiddleware(
         load_app(args.app),
@@ -263,6 +260,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         app.engine.dispose()
     return 0
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as waitress will (which leaks its wake-up pipe on failure)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        raise _listen_error(error, host, port) from error
 
 
 def _listen_error(error: OSError, host: str, port: int) -> CommandError:
