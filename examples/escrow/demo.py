@@ -172,8 +172,8 @@ class DemoReport:
             # Not "answers - messages": a 409/503 answer is not a replay, and a process
             # killed between answering and logging loses its line.
             f"  receivers   {answered} answers logged for {messages} messages; {replayed} were "
-            f"duplicates answered\n{indent}from the store (Idempotent-Replayed) instead of "
-            "running again ("
+            f"duplicates answered from\n{indent}the store (Idempotent-Replayed) instead of "
+            f"running again\n{indent}("
             + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items())) + ")",
         ]
 
