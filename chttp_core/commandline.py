@@ -229,7 +229,7 @@ def explain_database_error(error: sa_exc.SQLAlchemyError, url: str) -> CommandEr
 
 def require_schema(engine: Engine, url: str) -> None:
     """Refuse a database without the chttp tables, or with them at another revision."""
-    from chttp_core import migrate   # Alembic loads only when a command needs it
+    from chttp_core import migrate  # Alembic loads only when a command needs it
 
     current = migrate.current_revision(engine)
     if current is None:

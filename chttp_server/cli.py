@@ -229,7 +229,8 @@ def load_app(spec: str) -> Callable[..., Any]:
         target = target()
     if not callable(target):
         raise ConfigurationError(f"{spec} is not a WSGI application or Resource")
-    return target
+    app: Callable[..., Any] = target
+    return app
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -309,13 +310,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from chttp_examples.escrow import cli as demo_cli
     except ModuleNotFoundError as missing:
         raise CommandError(f"the demo is not installed ({missing})",
-                           "install certified-http with its examples (pip install certified-http)")
+                           "install certified-http with its examples (pip install certified-http)"
+                           ) from None
     parser = argparse.ArgumentParser(
         prog=f"{PROG} demo",
         description="The escrow under chaos: kill processes at random, then audit every coin.")
     demo_cli.add_arguments(parser)
-    demo_args = parser.parse_args(args.demo_args)
-    return demo_cli.run(demo_args)
+    status: int = demo_cli.run(parser.parse_args(args.demo_args))
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

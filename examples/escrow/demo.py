@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Mapping, TextIO
 
 import httpx
-
 from chttp_examples.escrow.audit import AuditResult, audit
 from chttp_examples.escrow.chaos import Chaos, Service, wait_for_port
 from chttp_examples.escrow.cli import DEFAULT_KILL_RATE, DEFAULT_TRANSFERS
@@ -181,8 +180,8 @@ class DemoReport:
         indent = " " * 14
         result = self.audit
         held = f" + {result.held} held by the escrow" if not self.finished else ""
-        lines = [f"  audit       money at the start {result.total_before}, now {result.total_after} "
-                 f"in the ledgers{held}; {result.operations} ledger operations"]
+        lines = [(f"  audit       money at the start {result.total_before}, now "
+                  f"{result.total_after} in the ledgers{held}; {result.operations} ledger operations")]
         if not result.ok:
             lines.append(f"{indent}FAILED ({len(result.failures)} problems):")
             lines += [f"    ! {failure}" for failure in result.failures[:20]]
@@ -190,16 +189,14 @@ class DemoReport:
             lines.append(f"{indent}PASSED: every transfer applied exactly once on every ledger, "
                          "no account negative")
         else:
-            lines += [
-                f"{indent}UNFINISHED: the {self.timeout:.0f}s time limit came first, with "
-                f"{result.in_flight} transfers in flight",
-                f"{indent}and {result.not_submitted} not yet submitted. Nothing was lost or "
-                "duplicated: every ledger",
-                f"{indent}operation so far was applied at most once, and the money the escrow "
-                "holds makes",
-                f"{indent}up the difference. Allow more time (--timeout) or fewer kills "
-                "(--kill-rate).",
-            ]
+            lines += [f"{indent}{text}" for text in (
+                (f"UNFINISHED: the {self.timeout:.0f}s time limit came first, with "
+                 f"{result.in_flight} transfers in flight"),
+                (f"and {result.not_submitted} not yet submitted. Nothing was lost or duplicated: "
+                 "every ledger"),
+                "operation so far was applied at most once, and the money the escrow holds makes",
+                "up the difference. Allow more time (--timeout) or fewer kills (--kill-rate).",
+            )]
         return lines
 
 

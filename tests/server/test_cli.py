@@ -144,7 +144,7 @@ def test_serve_an_app_that_cannot_be_imported(capsys, tmp_path):
 
 
 def test_the_console_script_prints_no_traceback_unless_debug(tmp_path):
-    url = "postgresql://nobody@127.0.0.1:{}/db".format(free_port())
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/db"
     quiet = subprocess.run([sys.executable, "-m", "chttp_server.cli", "db", "current", "--db", url],
                            capture_output=True, text=True, timeout=120)
     assert quiet.returncode == 1
