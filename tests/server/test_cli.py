@@ -167,3 +167,22 @@ def test_the_demo_parses_its_own_options(capsys):
     assert exit_.value.code == 2
     assert "chttp-server demo: error: argument --kill-rate" in capsys.readouterr().err
     assert "demo" in build_parser().format_help()
+
+
+def test_serve_on_a_database_without_the_schema_names_the_fix(capsys, tmp_path):
+    path = tmp_path / "x.db"
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE notes (body TEXT)"))
+    engine.dispose()
+    status, line = run(capsys, "serve", "--app", "tests.server.apps:Echo",
+                       "--db", f"sqlite:///{path}", "--port", "0")
+    assert status == 1 and "chttp-server db upgrade" in line
+    assert not any(name.startswith("chttp_") for name in _tables(f"sqlite:///{path}"))
+
+
+def test_the_demo_refuses_a_non_empty_db_dir_before_starting_anything(capsys, tmp_path):
+    (tmp_path / "old.db").write_text("")
+    status, line = run(capsys, "demo", "--transfers", "1", "--db-dir", str(tmp_path))
+    assert status == 2 and "is not empty" in line
+    assert [p.name for p in tmp_path.iterdir()] == ["old.db"]
