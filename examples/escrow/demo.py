@@ -170,8 +170,9 @@ class DemoReport:
             + ", ".join(f"{name} {a.retries}" for name, a in sorted(self.attempts.items())) + ")",
             # Not "answers - messages": a 409/503 answer is not a replay, and a process
             # killed between answering and logging loses its line.
-            f"  receivers   {answered} answers logged for {messages} messages; {replayed} were "
-            f"duplicates answered from\n{indent}the store (Idempotent-Replayed) instead of "
+            f"  receivers   {answered} answers logged for {messages} messages; {replayed} "
+            f"{'was a duplicate' if replayed == 1 else 'were duplicates'} answered from\n"
+            f"{indent}the store (Idempotent-Replayed) instead of "
             f"running again\n{indent}("
             + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items())) + ")",
         ]
@@ -179,9 +180,14 @@ class DemoReport:
     def _audit_lines(self) -> list[str]:
         indent = " " * 14
         result = self.audit
-        held = f" + {result.held} held by the escrow" if not self.finished else ""
-        lines = [(f"  audit       money at the start {result.total_before}, now "
-                  f"{result.total_after} in the ledgers{held}; {result.operations} ledger operations")]
+        operations = f"{result.operations} ledger operation{_s(result.operations)}"
+        if self.finished:
+            lines = [f"  audit       money at the start {result.total_before}, now "
+                     f"{result.total_after} in the ledgers; {operations}"]
+        else:
+            lines = [f"  audit       money at the start {result.total_before}, now "
+                     f"{result.total_after} in the ledgers + {result.held} held by the escrow;",
+                     f"{indent}{operations}"]
         if not result.ok:
             lines.append(f"{indent}FAILED ({len(result.failures)} problems):")
             lines += [f"    ! {failure}" for failure in result.failures[:20]]
@@ -191,13 +197,18 @@ class DemoReport:
         else:
             lines += [f"{indent}{text}" for text in (
                 (f"UNFINISHED: the {self.timeout:.0f}s time limit came first, with "
-                 f"{result.in_flight} transfers in flight"),
-                (f"and {result.not_submitted} not yet submitted. Nothing was lost or duplicated: "
+                 f"{result.in_flight} transfer{_s(result.in_flight)} in flight and"),
+                (f"{result.not_submitted} not yet submitted. Nothing was lost or duplicated: "
                  "every ledger"),
-                "operation so far was applied at most once, and the money the escrow holds makes",
-                "up the difference. Allow more time (--timeout) or fewer kills (--kill-rate).",
+                "operation so far was applied at most once, and the money the escrow",
+                "holds makes up the difference. Allow more time (--timeout) or fewer",
+                "kills (--kill-rate).",
             )]
         return lines
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def _poll_escrow(url: str) -> dict[str, Any] | None:

@@ -201,7 +201,7 @@ def test_the_report_of_a_cut_off_run_says_unfinished_and_exits_3(damaged):
     assert report.exit_status == EXIT_UNFINISHED == 3
     assert "UNFINISHED" in text and "FAILED" not in text and "PASSED" not in text
     assert f"+ {held} held by the escrow" in text
-    assert "1 transfers in flight" in text and "Nothing was lost or duplicated" in text
+    assert "1 transfer in flight" in text and "Nothing was lost or duplicated" in text
     assert "kill rate 4.0/s requested" in text and "achieved" in text
 
 
