@@ -36,10 +36,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from chttp_examples.escrow import escrow, ledger
 from sqlalchemy import Row, Table, select
 
 from chttp_core.db import make_engine
+from chttp_examples.escrow import escrow, ledger
 
 __all__ = ["AuditResult", "audit", "ledger_totals"]
 

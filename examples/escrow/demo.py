@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, TextIO
 
 import httpx
+
 from chttp_examples.escrow.audit import AuditResult, audit
 from chttp_examples.escrow.chaos import Chaos, Service, wait_for_port
 from chttp_examples.escrow.cli import DEFAULT_KILL_RATE, DEFAULT_TRANSFERS
@@ -174,7 +175,8 @@ class DemoReport:
             f"{'was a duplicate' if replayed == 1 else 'were duplicates'} answered from\n"
             f"{indent}the store (Idempotent-Replayed) instead of "
             f"running again\n{indent}("
-            + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items())) + ")",
+            + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items()))
+            + ")",
         ]
 
     def _audit_lines(self) -> list[str]:
@@ -182,11 +184,11 @@ class DemoReport:
         result = self.audit
         operations = f"{result.operations} ledger operation{_s(result.operations)}"
         if self.finished:
-            lines = [f"  audit       money at the start {result.total_before}, now "
-                     f"{result.total_after} in the ledgers; {operations}"]
+            lines = [(f"  audit       money at the start {result.total_before}, now "
+                      f"{result.total_after} in the ledgers; {operations}")]
         else:
-            lines = [f"  audit       money at the start {result.total_before}, now "
-                     f"{result.total_after} in the ledgers + {result.held} held by the escrow;",
+            lines = [(f"  audit       money at the start {result.total_before}, now "
+                      f"{result.total_after} in the ledgers + {result.held} held by the escrow;"),
                      f"{indent}{operations}"]
         if not result.ok:
             lines.append(f"{indent}FAILED ({len(result.failures)} problems):")

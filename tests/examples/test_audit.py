@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from chttp_examples.escrow import escrow, ledger
-from chttp_examples.escrow.audit import audit
-from chttp_examples.escrow.demo import EXIT_UNFINISHED, EXIT_WRONG, Databases, DemoReport, run_demo
 from sqlalchemy import insert, select, update
 
 from chttp_core.db import make_engine
+from chttp_examples.escrow import escrow, ledger
+from chttp_examples.escrow.audit import audit
+from chttp_examples.escrow.demo import EXIT_UNFINISHED, EXIT_WRONG, Databases, DemoReport, run_demo
 
 
 @pytest.fixture(scope="module")
