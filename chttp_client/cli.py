@@ -192,7 +192,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         info = journal.get(args.oplog_id)
     except JournalError:
         raise CommandError(f"no oplog {args.oplog_id!r} in {shown_url(args.db)}",
-                           f"`{PROG} list --all --db {args.db}` lists them") from None
+                           f"`{PROG} list --all --db {shown_url(args.db)}` lists them"
+                           ) from None
     finally:
         _close(journal)
     print(f"oplog     {info.id}\nfunction  {info.function} v{info.version}\nstate     {info.state}")

@@ -64,7 +64,8 @@ Handler = Callable[[argparse.Namespace], int]
 class CommandError(ChttpError):
     """A failure a command reports in one line: what went wrong, and what to do about it."""
 
-    def __init__(self, message: str, hint: str | None = None, *, status: int = EXIT_FAILURE) -> None:
+    def __init__(self, message: str, hint: str | None = None,
+                 status: int = EXIT_FAILURE) -> None:
         super().__init__(message, hint, status)
         self.message = message
         self.hint = hint
@@ -235,11 +236,12 @@ def require_schema(engine: Engine, url: str) -> None:
     if current is None:
         raise CommandError(
             f"{shown_url(url)} has no chttp schema",
-            f"is --db the right database? `chttp-server db upgrade --db {url}` creates it")
+            f"is --db the right database? `chttp-server db upgrade --db {shown_url(url)}` "
+            "creates it")
     head = migrate.head_revision()
     if current != head:
         raise SchemaOutOfDateError(current=current, head=head,
-                                   command=f"chttp-server db upgrade --db {url}")
+                                   command=f"chttp-server db upgrade --db {shown_url(url)}")
 
 
 def known_revisions() -> list[str]:

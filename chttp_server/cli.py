@@ -135,7 +135,7 @@ def _cmd_db_current(args: argparse.Namespace) -> int:
         engine.dispose()
     if revision is None:
         raise CommandError(f"{shown_url(args.db)} has no chttp schema",
-                           f"`chttp-server db upgrade --db {args.db}` creates it")
+                           f"`chttp-server db upgrade --db {shown_url(args.db)}` creates it")
     print(revision)
     return 0
 

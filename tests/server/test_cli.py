@@ -186,3 +186,13 @@ def test_the_demo_refuses_a_non_empty_db_dir_before_starting_anything(capsys, tm
     status, line = run(capsys, "demo", "--transfers", "1", "--db-dir", str(tmp_path))
     assert status == 2 and "is not empty" in line
     assert [p.name for p in tmp_path.iterdir()] == ["old.db"]
+
+
+def test_a_command_error_pickles_with_its_attributes():
+    import pickle
+
+    from chttp_core.commandline import EXIT_USAGE, CommandError
+
+    error = pickle.loads(pickle.dumps(CommandError("no database at x", "check it", status=EXIT_USAGE)))
+    assert (error.message, error.hint, error.status, str(error)) == (
+        "no database at x", "check it", 2, "no database at x (check it)")
