@@ -8,14 +8,21 @@
     chttp-client purge  --db URL --older-than-days N        delete old finished oplogs
 
 ``resume`` needs the code of the functions: ``--import`` (repeatable) imports the modules
-whose ``@resumable`` decorators register them. The functions run with this command's
-journal (a default HTTP client); an application that configures its own client (auth,
-certificates) should call ``journal.resume_all()`` at start-up instead.
-Exit status of ``resume``: 0 if every oplog finished (done or failed), 1 if any was
-refused (unknown version, non-determinism) and left open for a human.
-``purge`` keeps receiver handlers' oplogs and unacknowledged answers for
-``--horizon-days`` (default 15, the receiver's default retention; see
-:mod:`chttp_client.retention`).
+whose ``@resumable`` decorators register them. Importing runs the module's top-level code,
+so a module that also *starts* work when run as a script keeps that under
+``if __name__ == "__main__":``. The functions run with this command's journal (a default
+HTTP client); an application that configures its own client (auth, certificates) should
+call ``journal.resume_all()`` at start-up instead.
+
+Exit status of ``resume``: 0 if every oplog finished (done or failed) or was busy in
+another live process, 1 if any was refused (no such function or version registered,
+non-determinism) and left open for a human. ``purge`` keeps receiver handlers' oplogs
+and unacknowledged answers for ``--horizon-days`` (default 15, the receiver's default
+retention; see :mod:`chttp_client.retention`).
+
+No command creates a journal: a missing SQLite file or a database without the chttp
+tables is an error (exit 2 and 1). Other mistakes are one line on stderr too
+(:mod:`chttp_core.commandline`); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -25,80 +32,200 @@ import importlib
 import json
 import sys
 from datetime import timedelta
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from chttp_client.retention import RECEIVER_RETENTION
+from chttp_core.commandline import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    CommandError,
+    add_debug_option,
+    open_database,
+    positive_int,
+    require_schema,
+    run_command,
+    shown_url,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from chttp_client.journal import Journal
 
 __all__ = ["main", "build_parser"]
 
+PROG = "chttp-client"
+
+
+def _days(text: str) -> float:
+    """An argparse ``type``: a number of days, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chttp-client", description="Certified HTTP sender")
+    parser = argparse.ArgumentParser(prog=PROG, description="Certified HTTP sender")
+    add_debug_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True)
     resume = commands.add_parser("resume", help="resume every open oplog")
     resume.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="module defining the @resumable functions (repeatable)")
+    resume.set_defaults(handler=_cmd_resume)
     listing = commands.add_parser("list", help="list open oplogs")
     listing.add_argument("--all", action="store_true", help="finished oplogs too")
+    listing.set_defaults(handler=_cmd_list)
     show = commands.add_parser("show", help="show one oplog with its steps")
     show.add_argument("oplog_id")
+    show.set_defaults(handler=_cmd_show)
     purge = commands.add_parser("purge", help="delete finished oplogs older than N days")
-    purge.add_argument("--older-than-days", type=float, required=True, metavar="N",
+    purge.add_argument("--older-than-days", type=_days, required=True, metavar="N",
                        help="delete finished oplogs completed more than N days ago")
-    purge.add_argument("--horizon-days", type=float, default=RECEIVER_RETENTION.days, metavar="D",
+    purge.add_argument("--horizon-days", type=_days, default=RECEIVER_RETENTION.days, metavar="D",
                        help="keep handler oplogs and unacknowledged answers this long "
                             "(default: %(default)s, the receiver's default retention)")
-    purge.add_argument("--batch-size", type=int, default=1000, metavar="K",
+    purge.add_argument("--batch-size", type=positive_int, default=1000, metavar="K",
                        help="oplogs deleted per transaction (default: %(default)s)")
+    purge.set_defaults(handler=_cmd_purge)
     for sub in (resume, listing, show, purge):
-        sub.add_argument("--db", required=True, metavar="URL", help="journal database URL")
+        sub.add_argument("--db", required=True, metavar="URL",
+                         help="journal database URL: sqlite:///path/file.db or postgresql://…")
+        add_debug_option(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run_command(PROG, build_parser().parse_args(argv))
+
+
+def _open_journal(url: str) -> Journal:
+    """The journal at ``url``, which must exist with the chttp tables (nothing is created)."""
     from chttp_client.journal import Journal
 
-    if args.command == "resume":
+    engine = open_database(url)
+    try:
+        require_schema(engine, url)
+    except BaseException:
+        engine.dispose()
+        raise
+    journal = Journal(engine=engine, upgrade_schema=False)
+    return journal
+
+
+def _close(journal: Journal) -> None:
+    journal.close()
+    journal.engine.dispose()   # passed in by us, so not the journal's to dispose
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    journal = _open_journal(args.db)
+    try:
         sys.path.insert(0, "")
         for module in args.imports:
-            importlib.import_module(module)
-    with Journal(args.db) as journal:
-        if args.command == "resume":
-            outcomes = journal.resume_all()
-            for outcome in outcomes:
-                detail = repr(outcome.value) if outcome.status == "done" else str(outcome.error)
-                print(f"{outcome.oplog_id}  {outcome.function} v{outcome.version}  "
-                      f"{outcome.status}  {detail}")
-            print(f"{len(outcomes)} oplog(s) resumed")
-            return 1 if any(o.status == "refused" for o in outcomes) else 0
-        if args.command == "purge":
-            deleted = journal.purge(older_than=timedelta(days=args.older_than_days),
-                                    horizon=timedelta(days=args.horizon_days),
-                                    batch_size=args.batch_size)
-            print(f"{deleted} oplog(s) purged")
-            return 0
-        if args.command == "list":
-            infos = journal.list() if args.all else journal.list_open()
-            for info in infos:
-                print(f"{info.id}  {info.state:6}  {info.function} v{info.version}  "
-                      f"{info.created_at.isoformat()}  {info.lease_owner or '-'}")
-            return 0
+            _import(module)
+        outcomes = journal.resume_all()
+    finally:
+        _close(journal)
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        detail = repr(outcome.value) if outcome.status == "done" else str(outcome.error)
+        print(f"{outcome.oplog_id}  {outcome.function} v{outcome.version}  "
+              f"{outcome.status}  {detail}")
+        if outcome.status == "refused" and not getattr(outcome.error, "registered", True):
+            print(f"    no @resumable {outcome.function} was registered: "
+                  f"{_registration_hint(outcome.function, args.imports)}")
+    summary = ", ".join(f"{counts[status]} {status}" for status in
+                        ("done", "failed", "busy", "refused") if counts.get(status))
+    print(f"{len(outcomes)} open oplog(s): {summary or 'nothing to do'}")
+    if counts.get("refused"):
+        print(f"{PROG}: {counts['refused']} oplog(s) refused and left open (see above)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def _registration_hint(function: str, imports: list[str]) -> str:
+    module = function.rpartition(".")[0]
+    if module == "__main__" or module.startswith("__main__."):
+        return ("it was defined in a script run as __main__, a name no import can provide; "
+                "resume it from that script (journal.resume_all()), and give new functions "
+                "@resumable(journal, name=...)")
+    if module in imports:
+        return f"{module} was imported but did not register it (renamed? another version?)"
+    return f"pass --import {module or 'MODULE'} (the module that defines it)"
+
+
+def _import(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as missing:
+        if missing.name is None or not module.startswith(missing.name):
+            raise   # the module exists; one of its own imports is missing
+        raise CommandError(f"cannot import {module!r} (--import)",
+                           "run from the directory that holds it, or fix PYTHONPATH",
+                           status=EXIT_USAGE) from None
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    journal = _open_journal(args.db)
+    try:
+        infos = journal.list() if args.all else journal.list_open()
+    finally:
+        _close(journal)
+    for info in infos:
+        print(f"{info.id}  {info.state:6}  {info.function} v{info.version}  "
+              f"{info.created_at.isoformat()}  {info.lease_owner or '-'}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from chttp_client.errors import JournalError
+
+    journal = _open_journal(args.db)
+    try:
         info = journal.get(args.oplog_id)
-        print(f"oplog     {info.id}\nfunction  {info.function} v{info.version}\nstate     {info.state}")
-        print(f"arguments {json.dumps(info.arguments, default=repr)}")
-        if info.result is not None:
-            print(f"result    {json.dumps(info.result)}")
-        for step in info.steps:
-            line = f"  {step.number:3}  {step.kind:7}  {step.state:8}  {step.name}"
-            if step.message_id:
-                status = step.response["status"] if step.response else "-"
-                acked = "acked" if step.acknowledged_at else "unacked"
-                line += f"  id={step.message_id} status={status} {acked}"
-            elif step.outcome is not None:
-                line += f"  {json.dumps(step.outcome)[:120]}"
-            print(line)
-        return 0
+    except JournalError:
+        raise CommandError(f"no oplog {args.oplog_id!r} in {shown_url(args.db)}",
+                           f"`{PROG} list --all --db {shown_url(args.db)}` lists them"
+                           ) from None
+    finally:
+        _close(journal)
+    print(f"oplog     {info.id}\nfunction  {info.function} v{info.version}\nstate     {info.state}")
+    print(f"arguments {json.dumps(info.arguments, default=repr)}")
+    if info.result is not None:
+        print(f"result    {json.dumps(info.result)}")
+    for step in info.steps:
+        print(_step_line(step))
+    return 0
+
+
+def _step_line(step: Any) -> str:
+    line = f"  {step.number:3}  {step.kind:7}  {step.state:8}  {step.name}"
+    if step.message_id:
+        status = step.response["status"] if step.response else "-"
+        acked = "acked" if step.acknowledged_at else "unacked"
+        line += f"  id={step.message_id} status={status} {acked}"
+    elif step.outcome is not None:
+        line += f"  {json.dumps(step.outcome)[:120]}"
+    return line
+
+
+def _cmd_purge(args: argparse.Namespace) -> int:
+    journal = _open_journal(args.db)
+    try:
+        deleted = journal.purge(older_than=timedelta(days=args.older_than_days),
+                                horizon=timedelta(days=args.horizon_days),
+                                batch_size=args.batch_size)
+    finally:
+        _close(journal)
+    print(f"{deleted} oplog(s) purged")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

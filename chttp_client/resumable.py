@@ -16,6 +16,13 @@ version decorated until ``chttp-client list`` shows none of its oplogs open; an 
 whose version is gone is refused with
 :class:`~chttp_client.errors.UnknownFunctionError` and left intact.
 
+A function defined in a script run as ``__main__`` is journaled under the name it has
+when imported — the script's file name (``python sender.py`` → ``sender.transfer``) or
+the module ``python -m`` ran — so ``chttp-client resume --import sender`` finds it;
+``__main__`` itself is a name no import can give. Where no such name exists (``python
+-c``, a file name that is not an identifier) the decorator refuses up front and names
+the fix: ``name=``.
+
 Arguments must be recordable by :mod:`chttp_client.codec` (they are stored so that a
 resume can call the function again); the result is returned as the codec decodes it.
 """
@@ -23,6 +30,8 @@ resume can call the function again); the result is returned as the codec decodes
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from typing import Any, Callable, TypeVar
 
 from chttp_client.journal import Journal
@@ -41,7 +50,7 @@ def resumable(journal: Journal, *, version: int = 1, name: str | None = None) ->
         raise ValueError("version must be a positive int")
 
     def decorate(function: F) -> F:
-        key = name or f"{function.__module__}.{function.__qualname__}"
+        key = name or _importable_name(function)
         register(key, version, function)
 
         @functools.wraps(function)
@@ -57,3 +66,22 @@ def resumable(journal: Journal, *, version: int = 1, name: str | None = None) ->
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def _importable_name(function: Callable[..., Any]) -> str:
+    """``module.qualname`` as an import would spell it, also for a script run as ``__main__``."""
+    module = function.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        path = getattr(main, "__file__", None)
+        if spec is not None and spec.name not in ("", "__main__"):
+            module = spec.name                            # python -m package.module
+        elif path and os.path.splitext(os.path.basename(path))[0].isidentifier():
+            module = os.path.splitext(os.path.basename(path))[0]   # python sender.py
+        else:
+            raise ValueError(
+                f"@resumable: {function.__qualname__} is defined in __main__ with no module "
+                "name an import could give it, so its oplogs could never be resumed; pass "
+                f"@resumable(journal, name='yourmodule.{function.__qualname__}')")
+    return f"{module}.{function.__qualname__}"

@@ -2,7 +2,7 @@
 
 ::
 
-    chttp-server db upgrade --db URL      bring the chttp tables to this code's head
+    chttp-server db upgrade --db URL [--revision R]   create the chttp tables or bring them to head
     chttp-server db current --db URL      print the revision the database is at
     chttp-server purge --db URL           delete expired messages in bounded batches
     chttp-server serve --app module:attr --db URL [--host H] [--port N] [--threads N] [--upgrade]
@@ -17,6 +17,15 @@ as the database URL. An attribute that is already a ``CertifiedMiddleware`` is r
 (the middleware must not be stacked twice). Like ``gunicorn``, the current directory is
 put on ``sys.path`` so ``--app myservice:app`` finds ``./myservice.py``.
 
+Only ``db upgrade`` and ``serve --upgrade`` create anything: every other command refuses a
+missing SQLite file or a database without the chttp tables. Mistakes are one line on
+stderr, exit status 2 for the command line or configuration, 1 for a runtime failure
+(:mod:`chttp_core.commandline`); ``--debug`` shows the traceback instead.
+
+The demo lives in ``chttp_examples``, which the library never imports: its options are
+parsed by the demo itself when it runs, so ``chttp-server --help`` stays fast and the
+receiver works without the examples installed.
+
 Each subcommand is one ``_cmd_<name>`` function registered with ``set_defaults``, so a
 new subcommand is a parser block and a function, nothing more.
 """
@@ -24,20 +33,36 @@ new subcommand is a parser block and a function, nothing more.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
+import socket
 import sys
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
-from chttp_core.db import make_engine
+from chttp_core.commandline import (
+    EXIT_USAGE,
+    CommandError,
+    add_debug_option,
+    foreign_tables,
+    known_revisions,
+    open_database,
+    positive_int,
+    require_schema,
+    run_command,
+    shown_url,
+)
 
 __all__ = ["main", "build_parser", "load_app"]
 
+PROG = "chttp-server"
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chttp-server", description="Certified HTTP receiver")
+    parser = argparse.ArgumentParser(prog=PROG, description="Certified HTTP receiver")
+    add_debug_option(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_db(commands)
     _add_purge(commands)
@@ -48,9 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return handler(args)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        args.demo_args = [arg for arg in rest if arg != "--debug"]  # the demo parses them
+        args.debug = args.debug or "--debug" in rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return run_command(PROG, args)
+
+
+def _add_db_option(parser: argparse.ArgumentParser, help: str = "database URL") -> None:
+    parser.add_argument("--db", required=True, metavar="URL",
+                        help=f"{help}: sqlite:///path/file.db or postgresql://user@host/db")
+    add_debug_option(parser)
 
 
 # -- db ------------------------------------------------------------------------------
@@ -59,27 +95,50 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _add_db(commands: Any) -> None:
     db = commands.add_parser("db", help="schema migrations of the chttp tables")
     db_commands = db.add_subparsers(dest="db_command", required=True)
-    upgrade = db_commands.add_parser("upgrade", help="upgrade to the newest revision")
-    upgrade.add_argument("--db", required=True, metavar="URL", help="database URL")
+    upgrade = db_commands.add_parser(
+        "upgrade", help="create the chttp tables, or bring them to the newest revision")
+    _add_db_option(upgrade)
     upgrade.add_argument("--revision", default="head", help="target revision (default: head)")
     upgrade.set_defaults(handler=_cmd_db_upgrade)
     current = db_commands.add_parser("current", help="print the current revision")
-    current.add_argument("--db", required=True, metavar="URL", help="database URL")
+    _add_db_option(current)
     current.set_defaults(handler=_cmd_db_current)
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
     from chttp_core import migrate
 
-    migrate.upgrade(args.db, args.revision)
-    print(f"chttp schema at {migrate.current_revision(args.db)}")
+    revisions = known_revisions()
+    if args.revision not in ("head", "heads", *revisions):
+        raise CommandError(f"unknown revision {args.revision!r}",
+                           f"this code knows head, {', '.join(revisions)}", status=EXIT_USAGE)
+    engine = open_database(args.db, create=True)
+    try:
+        theirs = foreign_tables(engine)
+        if theirs:
+            raise CommandError(
+                f"{shown_url(args.db)} already has {', '.join(theirs)} but no "
+                f"chttp_alembic_version: these tables were not made by chttp's migrations",
+                "use another database, or rename or drop those tables")
+        migrate.upgrade(engine, args.revision)
+        print(f"chttp schema at {migrate.current_revision(engine)}")
+    finally:
+        engine.dispose()
     return 0
 
 
 def _cmd_db_current(args: argparse.Namespace) -> int:
     from chttp_core import migrate
 
-    print(migrate.current_revision(args.db) or "(no chttp schema)")
+    engine = open_database(args.db)
+    try:
+        revision = migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+    if revision is None:
+        raise CommandError(f"{shown_url(args.db)} has no chttp schema",
+                           f"`chttp-server db upgrade --db {shown_url(args.db)}` creates it")
+    print(revision)
     return 0
 
 
@@ -88,16 +147,18 @@ def _cmd_db_current(args: argparse.Namespace) -> int:
 
 def _add_purge(commands: Any) -> None:
     purge = commands.add_parser("purge", help="delete expired messages")
-    purge.add_argument("--db", required=True, metavar="URL", help="database URL")
-    purge.add_argument("--batch-size", type=int, default=1000)
+    _add_db_option(purge)
+    purge.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
+                       help="messages deleted per transaction (default: %(default)s)")
     purge.set_defaults(handler=_cmd_purge)
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
     from chttp_server.store import MessageStore
 
-    engine = make_engine(args.db)
+    engine = open_database(args.db)
     try:
+        require_schema(engine, args.db)
         # Retention is already baked into each row's expires_at.
         store = MessageStore(engine, retention=timedelta(days=15), claim_timeout=5.0)
         deleted = store.purge(batch_size=args.batch_size)
@@ -110,21 +171,33 @@ def _cmd_purge(args: argparse.Namespace) -> int:
 # -- serve ---------------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 for any free one."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, not {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, not {value}")
+    return value
+
+
 def _add_serve(commands: Any) -> None:
     serve = commands.add_parser(
         "serve", help="serve a WSGI application or Resource, certified, with waitress"
     )
     serve.add_argument("--app", required=True, metavar="MODULE:ATTR",
                        help="WSGI application or Resource to wrap in CertifiedMiddleware")
-    serve.add_argument("--db", required=True, metavar="URL", help="message store URL")
+    _add_db_option(serve, help="message store URL")
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080,
+    serve.add_argument("--port", type=_port, default=8080,
                        help="listen port; 0 picks a free one (default: 8080)")
-    serve.add_argument("--threads", type=int, default=4, help="worker threads (default: 4)")
+    serve.add_argument("--threads", type=positive_int, default=4,
+                       help="worker threads (default: 4)")
     serve.add_argument("--claim-timeout", type=float, default=5.0, metavar="SECONDS",
                        help="how long a duplicate waits for an in-flight one (default: 5)")
     serve.add_argument("--upgrade", action="store_true",
-                       help="bring the chttp schema to head at start-up")
+                       help="create the chttp tables or bring them to head at start-up")
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -158,26 +231,28 @@ def load_app(spec: str) -> Callable[..., Any]:
         target = target()
     if not callable(target):
         raise ConfigurationError(f"{spec} is not a WSGI application or Resource")
-    return target
+    app: Callable[..., Any] = target
+    return app
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     import waitress
 
-    from chttp_server.errors import ChttpServerError
     from chttp_server.middleware import CertifiedMiddleware
 
+    _check_listen(args.host, args.port)   # a bad --host, --port or --db: one line, early
+    open_database(args.db, create=args.upgrade).dispose()
+    app = CertifiedMiddleware(
+        load_app(args.app),
+        db_url=args.db,
+        claim_timeout=args.claim_timeout,
+        upgrade_schema=args.upgrade,
+    )
     try:
-        app = CertifiedMiddleware(
-            load_app(args.app),
-            db_url=args.db,
-            claim_timeout=args.claim_timeout,
-            upgrade_schema=args.upgrade,
-        )
-    except ChttpServerError as error:
-        print(f"chttp-server: {error}", file=sys.stderr)
-        return 2
-    server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
+        server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
+    except OSError as error:
+        app.engine.dispose()
+        raise _listen_error(error, args.host, args.port) from error
     # One machine-readable line, flushed, so scripts (and the tests) learn a port 0's pick.
     print(f"chttp-server serving {args.app} on http://{args.host}:{server.effective_port}",
           flush=True)
@@ -190,16 +265,61 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as waitress will (which leaks its wake-up pipe on failure)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as error:
+        raise _listen_error(error, host, port) from error
+
+
+def _listen_error(error: OSError, host: str, port: int) -> CommandError:
+    if isinstance(error, socket.gaierror):
+        return CommandError(f"cannot listen on host {host!r}: {error.strerror or error}",
+                            "give an address of this machine, e.g. --host 127.0.0.1 or 0.0.0.0",
+                            status=EXIT_USAGE)
+    if error.errno == errno.EADDRINUSE:
+        return CommandError(f"port {port} on {host} is already in use",
+                            "stop the other server, or pick another --port; 0 picks a free one")
+    if error.errno == errno.EADDRNOTAVAIL:
+        return CommandError(f"{host} is not an address of this machine",
+                            "give one of its addresses, e.g. --host 127.0.0.1 or 0.0.0.0",
+                            status=EXIT_USAGE)
+    if error.errno == errno.EACCES:
+        return CommandError(f"not allowed to listen on port {port}",
+                            "ports below 1024 need privileges; pick a higher --port")
+    return CommandError(f"cannot listen on {host}:{port}: {error.strerror or error}")
+
+
 # -- demo ------------------------------------------------------------------------------
 
 
 def _add_demo(commands: Any) -> None:
-    from chttp_examples.escrow import cli as demo_cli   # options only; the demo loads on run
-
+    # No options here: they belong to the demo (chttp_examples), parsed when it runs,
+    # so building this parser imports nothing from the examples.
     demo = commands.add_parser(
-        "demo", help="the escrow under chaos: kill processes at random, then audit every coin")
-    demo_cli.add_arguments(demo)
-    demo.set_defaults(handler=demo_cli.run)
+        "demo", add_help=False,
+        help="the escrow under chaos: kill processes at random, then audit every coin "
+             "(chttp-server demo --help lists its options)")
+    demo.set_defaults(handler=_cmd_demo, demo_args=[])
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from chttp_examples.escrow import cli as demo_cli
+    except ModuleNotFoundError as missing:
+        raise CommandError(f"the demo is not installed ({missing})",
+                           "install certified-http with its examples (pip install certified-http)"
+                           ) from None
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} demo",
+        description="The escrow under chaos: kill processes at random, then audit every coin.")
+    demo_cli.add_arguments(parser)
+    status: int = demo_cli.run(parser.parse_args(args.demo_args))
+    return status
 
 
 # -- console ---------------------------------------------------------------------------

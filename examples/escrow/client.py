@@ -124,9 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from chttp_examples.escrow.serve import log_send_attempts
 
         log_send_attempts(journal, args.attempt_log)
-    if args.ready_file:
-        Path(args.ready_file).touch()
     submit_transfers = make_stream_function(journal)
+    journal.ensure_schema()   # the last of the start-up (it loads the migrations)
+    if args.ready_file:       # only now may the chaos count this process as started
+        Path(args.ready_file).touch()
     journal.resume_all()                   # finish a stream a kill cut off …
     streams = [oplog for oplog in journal.list() if oplog.function == STREAM]
     if not streams:                        # … or start it, if it never started

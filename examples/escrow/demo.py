@@ -5,8 +5,11 @@ with its own database, and a client process that submits a stream of transfers, 
 a chaos loop SIGKILLs random processes — the client included — at random moments and
 starts them again. When every transfer has finished, everything stops and
 :func:`~chttp_examples.escrow.audit.audit` reads the databases: money conserved, no
-account negative, every transfer applied exactly once on every ledger. The exit status
-says whether the audit passed.
+account negative, every transfer applied exactly once on every ledger. A run stopped by
+its time limit is audited too, for what holds at every instant (nothing lost, nothing
+applied twice, the escrow holding the difference), and reported as unfinished rather than
+wrong. Exit status: 0 passed, 1 the audit found something wrong, 3 the time limit came
+first and nothing was wrong.
 
 Deliveries and replays are counted from the services' access logs (one line per
 certified request that got an answer): a delivery answered ``replayed`` is a retry that
@@ -37,7 +40,8 @@ from chttp_examples.escrow.escrow import TERMINAL_STATES, init_escrow
 from chttp_examples.escrow.ledger import init_ledger
 from chttp_examples.escrow.progress import ProgressBar
 
-__all__ = ["Databases", "DemoReport", "run_demo", "run", "postgres_databases"]
+__all__ = ["Databases", "DemoReport", "run_demo", "run", "postgres_databases",
+           "EXIT_PASSED", "EXIT_WRONG", "EXIT_UNFINISHED"]
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,21 @@ class Attempts:
         return cls(attempts=len(ids), messages=len(set(ids)))
 
 
+#: Exit statuses of ``chttp-server demo`` (2 is a usage error, as for every command).
+EXIT_PASSED = 0
+EXIT_WRONG = 1
+EXIT_UNFINISHED = 3
+
+
 @dataclass
 class DemoReport:
     requested: int
     seed: int
     kill_rate: float
+    timeout: float = 600.0
     elapsed: float = 0.0
+    #: Kills per second achieved (lower than requested: nobody is killed while starting).
+    achieved_rate: float = 0.0
     finished: bool = False
     kills: Counter[str] = field(default_factory=Counter)
     crashes: Counter[str] = field(default_factory=Counter)
@@ -117,45 +130,87 @@ class DemoReport:
     def ok(self) -> bool:
         return self.finished and self.audit.ok
 
+    @property
+    def exit_status(self) -> int:
+        """0 passed; 1 the audit found something wrong; 3 time limit, nothing wrong."""
+        if not self.audit.ok:
+            return EXIT_WRONG
+        return EXIT_PASSED if self.finished else EXIT_UNFINISHED
+
     def render(self) -> str:
         states = self.audit.states
-        answered = sum(d.answered for d in self.deliveries.values())
-        replayed = sum(d.replayed for d in self.deliveries.values())
-        messages = sum(d.messages for d in self.deliveries.values())
         killed = ", ".join(f"{name} {n}" for name, n in sorted(self.kills.items()))
+        rate = (f"kill rate {self.kill_rate}/s requested, {self.achieved_rate:.1f}/s achieved"
+                if self.kill_rate > 0 else "no kills")
         lines = [
             "",
-            f"escrow demo — seed {self.seed}, kill rate {self.kill_rate}/s, {self.elapsed:.1f}s",
+            f"escrow demo — seed {self.seed}, {rate}, {self.elapsed:.1f}s",
             f"  transfers   requested {self.requested}, accepted {self.audit.transfers}, "
             f"completed {states.get('completed', 0)}, refunded {states.get('refunded', 0)}"
-            + ("" if self.finished else "  (NOT FINISHED)"),
+            + ("" if self.finished else f", in flight {self.audit.in_flight}"),
             f"  killed      {sum(self.kills.values())} processes (SIGKILL)"
             + (f": {killed}" if killed else ""),
         ]
         if self.crashes:
             lines.append("  crashed     " + ", ".join(f"{n} {c}" for n, c in sorted(self.crashes.items())))
-        sent = sum(a.attempts for a in self.attempts.values())
-        lines.append(
-            f"  senders     {sent} attempts for {sum(a.messages for a in self.attempts.values())} "
-            f"certified messages: {sum(a.retries for a in self.attempts.values())} retries ("
-            + ", ".join(f"{name} {a.retries}" for name, a in sorted(self.attempts.items())) + ")"
-        )
-        indent = " " * 14
-        lines.append(
-            f"  receivers   {answered} answers for {messages} messages; {replayed} duplicates "
-            f"answered from the store\n{indent}(Idempotent-Replayed) instead of running again ("
-            + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items())) + ")"
-        )
-        lines.append(
-            f"  audit       money before {self.audit.total_before}, after {self.audit.total_after}; "
-            f"{self.audit.operations} ledger operations; "
-            + (f"PASSED: every\n{indent}transfer applied exactly once on every ledger, no account "
-               "negative" if self.audit.ok else f"FAILED ({len(self.audit.failures)} problems)")
-        )
-        lines += [f"    ! {failure}" for failure in self.audit.failures[:20]]
+        lines += self._traffic_lines()
+        lines += self._audit_lines()
         if self.db_dir is not None:
             lines.append(f"  databases and logs kept in {self.db_dir}")
         return "\n".join(lines)
+
+    def _traffic_lines(self) -> list[str]:
+        indent = " " * 14
+        sent = sum(a.attempts for a in self.attempts.values())
+        answered = sum(d.answered for d in self.deliveries.values())
+        replayed = sum(d.replayed for d in self.deliveries.values())
+        messages = sum(d.messages for d in self.deliveries.values())
+        return [
+            f"  senders     {sent} attempts for {sum(a.messages for a in self.attempts.values())} "
+            f"certified messages: {sum(a.retries for a in self.attempts.values())} retries ("
+            + ", ".join(f"{name} {a.retries}" for name, a in sorted(self.attempts.items())) + ")",
+            # Not "answers - messages": a 409/503 answer is not a replay, and a process
+            # killed between answering and logging loses its line.
+            f"  receivers   {answered} answers logged for {messages} messages; {replayed} "
+            f"{'was a duplicate' if replayed == 1 else 'were duplicates'} answered from\n"
+            f"{indent}the store (Idempotent-Replayed) instead of "
+            f"running again\n{indent}("
+            + ", ".join(f"{name} {d.replayed}" for name, d in sorted(self.deliveries.items()))
+            + ")",
+        ]
+
+    def _audit_lines(self) -> list[str]:
+        indent = " " * 14
+        result = self.audit
+        operations = f"{result.operations} ledger operation{_s(result.operations)}"
+        if self.finished:
+            lines = [(f"  audit       money at the start {result.total_before}, now "
+                      f"{result.total_after} in the ledgers; {operations}")]
+        else:
+            lines = [(f"  audit       money at the start {result.total_before}, now "
+                      f"{result.total_after} in the ledgers + {result.held} held by the escrow;"),
+                     f"{indent}{operations}"]
+        if not result.ok:
+            lines.append(f"{indent}FAILED ({len(result.failures)} problems):")
+            lines += [f"    ! {failure}" for failure in result.failures[:20]]
+        elif self.finished:
+            lines.append(f"{indent}PASSED: every transfer applied exactly once on every ledger, "
+                         "no account negative")
+        else:
+            lines += [f"{indent}{text}" for text in (
+                (f"UNFINISHED: the {self.timeout:.0f}s time limit came first, with "
+                 f"{result.in_flight} transfer{_s(result.in_flight)} in flight and"),
+                (f"{result.not_submitted} not yet submitted. Nothing was lost or duplicated: "
+                 "every ledger"),
+                "operation so far was applied at most once, and the money the escrow",
+                "holds makes up the difference. Allow more time (--timeout) or fewer",
+                "kills (--kill-rate).",
+            )]
+        return lines
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def _poll_escrow(url: str) -> dict[str, Any] | None:
@@ -192,7 +247,7 @@ def run_demo(
     if any(directory.iterdir()):
         raise SystemExit(f"--db-dir {directory} is not empty; give a new or empty directory")
     databases = databases or Databases.sqlite(directory)
-    report = DemoReport(requested=transfers, seed=seed, kill_rate=kill_rate)
+    report = DemoReport(requested=transfers, seed=seed, kill_rate=kill_rate, timeout=timeout)
     rng = random.Random(seed)
 
     balances = {name: {account: OPENING_BALANCE for account in accounts}
@@ -272,6 +327,7 @@ def run_demo(
         if console_process is not None:
             console_process.stop()
         report.elapsed = time.monotonic() - started
+        report.achieved_rate = chaos.achieved_rate
     for _, name in chaos.kills:
         report.kills[name] += 1
     for service in services:
@@ -281,7 +337,8 @@ def run_demo(
         report.deliveries[service.name] = Deliveries.read(directory / f"{service.name}.access")
     for name in ("escrow", "client"):
         report.attempts[name] = Attempts.read(directory / f"{name}.attempts")
-    report.audit = audit(databases.ledgers, databases.escrow, requested=transfers)
+    report.audit = audit(databases.ledgers, databases.escrow, requested=transfers,
+                         finished=report.finished)
     if keep or not report.ok:
         report.db_dir = directory
     else:
@@ -293,13 +350,17 @@ def run_demo(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo from parsed arguments; the exit status is 0 iff the audit passed."""
+    """Run the demo from parsed arguments; the exit status is :attr:`DemoReport.exit_status`."""
+    if args.db_dir is not None and args.db_dir.exists() and any(args.db_dir.iterdir()):
+        print(f"chttp-server: error: --db-dir {args.db_dir} is not empty (give a new or "
+              "empty directory)", file=sys.stderr)
+        return 2
     with _maybe_postgres(args.postgres) as databases:
         report = run_demo(transfers=args.transfers, kill_rate=args.kill_rate, seed=args.seed,
                           db_dir=args.db_dir, databases=databases, timeout=args.timeout,
                           console=args.console)
     print(report.render())
-    return 0 if report.ok else 1
+    return report.exit_status
 
 
 class _maybe_postgres:

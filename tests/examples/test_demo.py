@@ -87,3 +87,18 @@ def test_a_non_empty_db_dir_is_refused(tmp_path):
     (tmp_path / "old.db").write_text("")
     with pytest.raises(SystemExit, match="not empty"):
         run_demo(transfers=1, kill_rate=0, seed=1, db_dir=tmp_path)
+
+
+def test_a_run_cut_off_by_its_time_limit_is_audited_and_never_cries_wolf(tmp_path):
+    # Whether 40 transfers under chaos fit in 8 seconds depends on the machine; either
+    # way nothing may be wrong, and a cut-off run must say so and exit 3, not 1.
+    report = run_demo(transfers=40, kill_rate=2.0, seed=SEED, db_dir=tmp_path / "demo",
+                      timeout=8, window=4)
+    assert report.audit.ok, report.render()
+    assert report.audit.total_after + report.audit.held == report.audit.total_before
+    if report.finished:
+        assert report.exit_status == 0 and report.audit.complete
+    else:
+        assert report.exit_status == 3 and not report.audit.complete
+        assert "UNFINISHED" in report.render() and "FAILED" not in report.render()
+    assert _processes_using(tmp_path / "demo") == []

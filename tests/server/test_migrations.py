@@ -128,10 +128,13 @@ def test_cli_db_upgrade_and_current(db_url):
     assert current.stdout.strip() == migrate.head_revision()
 
 
-def test_cli_db_current_on_an_empty_database(sqlite_url):
+def test_cli_db_current_on_a_missing_database(sqlite_url, capsys):
+    # Issue 10: a read-only command says so and exits non-zero instead of creating the file.
     from chttp_server.cli import main
 
-    assert main(["db", "current", "--db", sqlite_url]) == 0
+    assert main(["db", "current", "--db", sqlite_url]) == 2
+    assert "no database at" in capsys.readouterr().err
+    assert not Path(sqlite_url.removeprefix("sqlite:///")).exists()
 
 
 @pytest.mark.slow
