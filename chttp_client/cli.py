@@ -6,6 +6,7 @@
     chttp-client list   --db URL [--all]                    open (or all) oplogs
     chttp-client show   --db URL OPLOG_ID                   one oplog and its steps
     chttp-client purge  --db URL --older-than-days N        delete old finished oplogs
+    chttp-client abandon --db URL OPLOG_ID --reason TEXT    dead-letter one open oplog
 
 ``resume`` needs the code of the functions: ``--import`` (repeatable) imports the modules
 whose ``@resumable`` decorators register them. Importing runs the module's top-level code,
@@ -15,8 +16,10 @@ HTTP client); an application that configures its own client (auth, certificates)
 call ``journal.resume_all()`` at start-up instead.
 
 Exit status of ``resume``: 0 if every oplog finished (done or failed) or was busy in
-another live process, 1 if any was refused (no such function or version registered,
-non-determinism) and left open for a human. ``purge`` keeps receiver handlers' oplogs
+another live process, 1 if any was refused (no such function or version registered:
+left open, import it and resume again) or abandoned now (non-determinism, or too many
+resumes without progress: dead-lettered with its reason, see ``show``). ``abandon``
+dead-letters an open oplog by hand (:meth:`Journal.abandon`): it is never resumed again. ``purge`` keeps receiver handlers' oplogs
 and unacknowledged answers for ``--horizon-days`` (default 15, the receiver's default
 retention; see :mod:`chttp_client.retention`).
 
@@ -89,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     purge.add_argument("--batch-size", type=positive_int, default=1000, metavar="K",
                        help="oplogs deleted per transaction (default: %(default)s)")
     purge.set_defaults(handler=_cmd_purge)
-    for sub in (resume, listing, show, purge):
+    abandon = commands.add_parser("abandon", help="dead-letter one open oplog: never resumed again")
+    abandon.add_argument("oplog_id")
+    abandon.add_argument("--reason", required=True, help="why (kept with the oplog, shown by show)")
+    abandon.set_defaults(handler=_cmd_abandon)
+    for sub in (resume, listing, show, purge, abandon):
         sub.add_argument("--db", required=True, metavar="URL",
                          help="journal database URL: sqlite:///path/file.db or postgresql://…")
         add_debug_option(sub)
@@ -141,11 +148,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             print(f"    no @resumable {outcome.function} was registered: "
                   f"{_registration_hint(outcome.function, args.imports)}")
     summary = ", ".join(f"{counts[status]} {status}" for status in
-                        ("done", "failed", "busy", "refused") if counts.get(status))
+                        ("done", "failed", "busy", "refused", "abandoned") if counts.get(status))
     print(f"{len(outcomes)} open oplog(s): {summary or 'nothing to do'}")
-    if counts.get("refused"):
-        print(f"{PROG}: {counts['refused']} oplog(s) refused and left open (see above)",
-              file=sys.stderr)
+    troubles = [f"{counts['refused']} refused and left open"] if counts.get("refused") else []
+    if counts.get("abandoned"):
+        troubles.append(f"{counts['abandoned']} abandoned (never resumed again)")
+    if troubles:
+        print(f"{PROG}: {', '.join(troubles)}: see above", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 
@@ -198,6 +207,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         _close(journal)
     print(f"oplog     {info.id}\nfunction  {info.function} v{info.version}\nstate     {info.state}")
     print(f"arguments {json.dumps(info.arguments, default=repr)}")
+    if info.abandoned_reason is not None:
+        print(f"abandoned {info.abandoned_reason}")
     if info.result is not None:
         print(f"result    {json.dumps(info.result)}")
     for step in info.steps:
@@ -214,6 +225,21 @@ def _step_line(step: Any) -> str:
     elif step.outcome is not None:
         line += f"  {json.dumps(step.outcome)[:120]}"
     return line
+
+
+def _cmd_abandon(args: argparse.Namespace) -> int:
+    from chttp_client.errors import JournalError
+
+    journal = _open_journal(args.db)
+    try:
+        journal.abandon(args.oplog_id, args.reason)
+    except JournalError as error:
+        raise CommandError(str(error), f"`{PROG} list --all --db {shown_url(args.db)}` "
+                           "shows every oplog and its state") from None
+    finally:
+        _close(journal)
+    print(f"oplog {args.oplog_id} abandoned: {args.reason}")
+    return 0
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:

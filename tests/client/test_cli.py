@@ -118,3 +118,52 @@ def test_a_function_in_main_without_an_importable_name_is_refused_up_front():
     ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 1
     assert "ValueError" in ran.stderr and "name='yourmodule.job'" in ran.stderr
+
+
+def test_abandon_dead_letters_an_open_oplog_and_show_says_why(capsys, db_url):
+    with Journal(db_url, lease=timedelta(0)) as journal:
+        @resumable(journal, name="tests.cli.abandoned")
+        def stopped(*, chttp_context):
+            chttp_context.persist(7)
+            chttp_context.checkpoint()
+            raise Stop()
+
+        with pytest.raises(Stop):
+            stopped()
+        [oplog] = journal.list_open()
+    assert main(["abandon", "--db", db_url, oplog.id, "--reason", "code changed"]) == 0
+    assert f"oplog {oplog.id} abandoned: code changed" in capsys.readouterr().out
+    assert main(["list", "--db", db_url]) == 0
+    assert oplog.id not in capsys.readouterr().out          # no longer open
+    assert main(["show", "--db", db_url, oplog.id]) == 0
+    shown = capsys.readouterr().out
+    assert "state     abandoned" in shown and "abandoned code changed" in shown
+    # A second abandon: the oplog is not open any more, one line and exit 1.
+    status, line = run(capsys, "abandon", "--db", db_url, oplog.id, "--reason", "again")
+    assert status == 1 and "not open" in line
+
+
+def test_resume_reports_an_oplog_it_abandons_and_exits_1(db_url, tmp_path):
+    """A function whose code changed since the crash: resume dead-letters it, says so."""
+    module = tmp_path / "changing.py"
+    module.write_text(
+        "from chttp_client import Journal, resumable\n"
+        f"journal = Journal({db_url!r})\n"
+        "@resumable(journal, name='changing.job')\n"
+        "def job(*, chttp_context):\n"
+        "    chttp_context.persist(SOURCE, 1)\n"
+        "    chttp_context.checkpoint()\n"
+        "    raise SystemExit(3)\n"
+        "SOURCE = abs\n")
+    run_first = subprocess.run([sys.executable, "-c", "import changing; changing.job()"],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert run_first.returncode == 3, run_first.stderr
+    module.write_text(module.read_text().replace("SOURCE = abs", "SOURCE = float"))
+    resumed = subprocess.run([sys.executable, "-m", "chttp_client.cli", "resume", "--db", db_url,
+                              "--import", "changing"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                             env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{REPO_ROOT}"})
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    assert "changing.job v1  abandoned" in resumed.stdout
+    assert resumed.stdout.strip().endswith("1 open oplog(s): 1 abandoned")
+    assert "1 abandoned (never resumed again)" in resumed.stderr
