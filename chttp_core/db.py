@@ -12,13 +12,17 @@ read lock, and a claim is serialised exactly like PostgreSQL's row lock).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["normalize_url", "make_engine", "is_sqlite", "is_postgresql", "is_disconnect"]
+__all__ = [
+    "normalize_url", "make_engine", "configure_sqlite", "is_sqlite", "is_postgresql",
+    "is_disconnect",
+]
 
 #: How long a SQLite writer waits for the database lock, in seconds.
 SQLITE_BUSY_TIMEOUT = 5.0
@@ -61,12 +65,30 @@ def make_engine(
     return create_engine(parsed, **engine_options)
 
 
+def configure_sqlite(engine: Engine) -> None:
+    """Give an engine made elsewhere (a Flask-SQLAlchemy ``db.engine``) the settings above.
+
+    Idempotent. Connections already pooled were opened without them, so the pool is
+    disposed: every connection from now on gets WAL and ``BEGIN IMMEDIATE``.
+    """
+    if engine.dialect.name != "sqlite" or engine in _CONFIGURED:
+        return
+    _configure_sqlite(engine)
+    engine.dispose()
+
+
+#: Engines that already have the listeners (adding them twice would BEGIN twice).
+_CONFIGURED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """Take transaction control away from pysqlite and begin with ``BEGIN IMMEDIATE``.
 
     This is SQLAlchemy's documented recipe for a serialisable SQLite ("Serializable
     isolation / Savepoints / Transactional DDL" in the SQLite dialect docs).
     """
+
+    _CONFIGURED.add(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -41,6 +41,8 @@ from chttp_server.errors import (
     problem_response,
 )
 from chttp_server.incoming import first_sent_of, message_id_of, read_body
+from chttp_server.sessions import join as join_sessions
+from chttp_server.sessions import joined
 from chttp_server.store import MessageKey, MessageStore, StoredMessage, utcnow
 from chttp_server.transaction import MessageTransaction, store_errors
 
@@ -145,6 +147,9 @@ class CertifiedMiddleware:
         # short, because the handler's transaction stays open meanwhile. None: no bound
         # but the journal's send deadline (chttp_client.incoming, "Deadlines").
         handler_send_deadline: timedelta | None = timedelta(seconds=30),
+        # The application's own sessionmaker / scoped_session (or a list of them): their
+        # sessions join each certified request's transaction (chttp_server.sessions).
+        sessions: Any = (),
     ) -> None:
         if isinstance(app, CertifiedMiddleware):
             raise ConfigurationError("CertifiedMiddleware is already applied to this application")
@@ -184,6 +189,10 @@ class CertifiedMiddleware:
         self.retry_after = retry_after
         self._upgrade_schema = upgrade_schema
         self._schema_ready = False
+        factories = sessions if isinstance(sessions, (list, tuple)) else [sessions]
+        for factory in factories:
+            join_sessions(factory, store=self.engine)
+        self.joins_sessions = bool(factories)
         self._prepare_schema(at_start=True)
 
     # -- schema ----------------------------------------------------------------------
@@ -281,7 +290,11 @@ class CertifiedMiddleware:
         environ[ENVIRON_KEY] = context
         try:
             with txn.handler_errors():
-                response = self._run_app(environ)
+                if self.joins_sessions:
+                    with joined(txn.connection):
+                        response = self._run_app(environ)
+                else:
+                    response = self._run_app(environ)
                 context.flush()
             txn.complete(response.status_code, response.headers, response.body,
                          too_large=response.too_large, limit=self.max_response_bytes)
