@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import Engine
 
-from chttp_core.db import make_engine
+from chttp_core.db import configure_sqlite, make_engine
 from chttp_core.errors import SchemaOutOfDateError, StoreUnreachable
 from chttp_core.wire import is_valid_message_id
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
@@ -175,6 +175,10 @@ class CertifiedMiddleware:
         if engine is None:
             assert db_url is not None  # exactly one of them, checked above
             engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout)
+        else:
+            # A SQLite engine made elsewhere gets WAL and BEGIN IMMEDIATE (chttp_core.db):
+            # without them a claim is not serialised and savepoints do not work.
+            configure_sqlite(engine)
         self.engine = engine
         self.store = MessageStore(
             self.engine, retention=retention, claim_timeout=claim_timeout, clock=clock
