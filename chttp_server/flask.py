@@ -106,7 +106,7 @@ class Certified:
         elif engine is not None or db_url is not None:
             if engine is not None and db_url is not None:
                 raise ConfigurationError("give one of engine= or db_url=, not both")
-            store = engine if engine is not None else make_engine(db_url)  # type: ignore[arg-type]
+            store = engine if engine is not None else make_engine(db_url)
         else:
             raise ConfigurationError(
                 "Certified needs the app's Flask-SQLAlchemy object (Certified(app, db)) "

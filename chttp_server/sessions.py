@@ -76,7 +76,7 @@ def same_database(one: Engine | URL, other: Engine | URL) -> bool:
 def _sqlite_file(url: URL) -> str | None:
     if url.database in (None, "", ":memory:"):
         return None  # every in-memory database is its own: never "the same"
-    return os.path.realpath(url.database)  # type: ignore[arg-type]
+    return os.path.realpath(url.database)
 
 
 def join(factory: sessionmaker[Any] | scoped_session[Any], *, store: Engine) -> None:

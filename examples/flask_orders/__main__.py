@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     app = create_app(args.db, shipping_url=args.shipping_url)
     server = create_server(app, host=args.host, port=args.port, threads=args.threads)
-    print(f"serving on http://{args.host}:{server.effective_port}", flush=True)  # type: ignore[union-attr]
+    print(f"serving on http://{args.host}:{server.effective_port}", flush=True)
     server.run()
     return 0
 
