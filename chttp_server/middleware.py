@@ -1,6 +1,6 @@
 """``CertifiedMiddleware``: exactly-once processing for any WSGI application.
 
-The flow of one certified request (PROTOCOL.md §2)::
+The flow of one certified request (docs/protocol.rst §2)::
 
     parse id ─► begin transaction ─► claim (scope, id) ─┬─ claimed ─► run app ─► store ─► commit ─► send
                                                         └─ already completed ─► replay / 422 / 410
@@ -8,6 +8,12 @@ The flow of one certified request (PROTOCOL.md §2)::
 Requests without an id pass through untouched. Requests under the message prefix are
 the message resource of §3 (GET replays, DELETE acknowledges). Nothing is kept in process
 memory between requests: any number of workers and hosts can share one database.
+
+This module only carries WSGI in and out: what a request means and what to answer are
+decided by :mod:`chttp_server.decisions`, and the message's transaction (claim, store,
+commit, rollback, and the one translation of store errors into 503) is
+:class:`~chttp_server.transaction.MessageTransaction`. Other front ends (Flask, Django)
+reuse both.
 """
 
 from __future__ import annotations
