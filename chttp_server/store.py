@@ -47,7 +47,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chttp_core import migrate
-from chttp_core.db import is_disconnect
+from chttp_core.db import begin_immediately, is_disconnect
 from chttp_core.errors import ClaimTimedOut, StoreUnreachable
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 
@@ -179,7 +179,8 @@ class MessageStore:
             connection = self.engine.connect()
         try:
             with _UNREACHABLE:
-                connection.begin()
+                # On SQLite the claim holds the write lock from the start (module docstring).
+                begin_immediately(connection).begin()
         except BaseException:
             connection.close()
             raise

@@ -50,7 +50,21 @@ def add_test_views(app: Flask) -> Flask:
         db.session.commit()
         return {"ran": current_message().message_id}, 201
 
+    @app.post("/orders/gated")
+    def gated():
+        RUNS.append("gated")
+        db.session.add(Order(item="gated", quantity=1))
+        db.session.commit()
+        GATE_REACHED.set()
+        GATE.wait(30)
+        return {"gated": True}, 201
+
     return app
+
+
+#: Holds /orders/gated inside its transaction until the test releases it.
+GATE = threading.Event()
+GATE_REACHED = threading.Event()
 
 
 @pytest.fixture
@@ -128,6 +142,26 @@ def test_a_view_that_commits_then_raises_writes_nothing_and_the_retry_runs_again
     assert RUNS == ["explode", "explode"]  # ran again: nothing had been stored
     assert count_orders(app, "doomed") == 0
     assert stored_messages(app) == 0
+
+
+def test_reads_without_an_id_do_not_wait_for_a_certified_request_in_flight(app):
+    """The app's own transactions begin as before (deferred on SQLite): a plain read is
+    answered while a certified request holds its transaction, and sees none of it."""
+    GATE.clear()
+    GATE_REACHED.clear()
+    with serve_in_thread(app) as base, httpx.Client(timeout=60) as client, \
+            ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.post, f"{base}/orders/gated", content=b"",
+                           headers={"X-Message-ID": "g-1"})
+        assert GATE_REACHED.wait(30)
+        try:
+            listed = client.get(f"{base}/orders")
+        finally:
+            GATE.set()
+        assert held.result().status_code == 201
+    assert listed.status_code == 200, listed.text
+    assert listed.json() == {"orders": []}  # the held request had not committed yet
+    assert count_orders(app, "gated") == 1
 
 
 def test_requests_without_an_id_are_unchanged(app):
