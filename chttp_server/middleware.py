@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 from sqlalchemy import Engine
 
 from chttp_core.db import configure_sqlite, make_engine
-from chttp_core.errors import SchemaOutOfDateError, StoreUnreachable
+from chttp_core.errors import StoreUnreachable
 from chttp_core.wire import is_valid_message_id
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
 from chttp_server.decisions import (
