@@ -38,6 +38,10 @@ Views reach the message through one accessor, :func:`current_message`: its
 ``message_id``, ``scope``, ``persist()`` and ``post()``/``get()``/… for certified sends
 of their own (``None`` outside certified requests).
 
+On PostgreSQL, set ``SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}``: the store
+fails closed either way (503 + ``Retry-After``, docs/protocol.rst §4), but without the
+ping every connection the pool kept across a database restart costs one 503.
+
 A configuration that cannot give the guarantee is refused when the extension is set
 up, with a :class:`~chttp_server.ConfigurationError` naming the fix: ``db`` not set up
 for this app, or messages stored in another database than ``db``'s.
