@@ -201,3 +201,19 @@ def test_refused_postgresql_connection_is_a_generic_503(caplog):
         assert str(port) in caplog.text
     finally:
         middleware.engine.dispose()
+
+
+def test_the_store_speaks_no_http():
+    """The store raises chttp_core's store errors; only the transaction maps them to HTTP."""
+    import ast
+    import inspect
+
+    import chttp_server.store
+
+    tree = ast.parse(inspect.getsource(chttp_server.store))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert not {name for name in imported if name and name.split(".")[0] == "webob"}
+    assert "chttp_server.errors" not in imported
+    assert "chttp_core.errors" in imported
