@@ -12,13 +12,17 @@ read lock, and a claim is serialised exactly like PostgreSQL's row lock).
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["normalize_url", "make_engine", "is_sqlite", "is_postgresql", "is_disconnect"]
+__all__ = [
+    "normalize_url", "make_engine", "configure_sqlite", "begin_immediately", "is_sqlite",
+    "is_postgresql", "is_disconnect",
+]
 
 #: How long a SQLite writer waits for the database lock, in seconds.
 SQLITE_BUSY_TIMEOUT = 5.0
@@ -61,12 +65,49 @@ def make_engine(
     return create_engine(parsed, **engine_options)
 
 
-def _configure_sqlite(engine: Engine) -> None:
-    """Take transaction control away from pysqlite and begin with ``BEGIN IMMEDIATE``.
+def configure_sqlite(engine: Engine) -> None:
+    """Make an engine made elsewhere (a Flask-SQLAlchemy ``db.engine``) fit to hold a store.
+
+    It gets WAL and SQLAlchemy's control of transactions (so savepoints work), but its
+    transactions keep SQLite's default ``BEGIN`` (deferred): the application's own
+    readers must not queue for the write lock. Only the connections the message store
+    begins ask for ``BEGIN IMMEDIATE``, through :func:`begin_immediately`. Foreign keys
+    are left as the application set them. Idempotent; connections already pooled were
+    opened without these settings, so the pool is disposed.
+    """
+    if engine.dialect.name != "sqlite" or engine in _CONFIGURED:
+        return
+    _configure_sqlite(engine, begin="DEFERRED", foreign_keys=False)
+    engine.dispose()
+
+
+def begin_immediately(connection: Connection) -> Connection:
+    """Have this connection's next SQLite transaction begin with ``BEGIN IMMEDIATE``.
+
+    A claim must hold the write lock from its first statement (module docstring), on
+    every engine configured here. No effect on other databases. Returns ``connection``.
+    """
+    if connection.dialect.name == "sqlite":
+        connection.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
+    return connection
+
+
+#: The execution option that picks how a SQLite transaction begins.
+_BEGIN_OPTION = "chttp_sqlite_begin"
+
+
+#: Engines that already have the listeners (adding them twice would BEGIN twice).
+_CONFIGURED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _configure_sqlite(engine: Engine, *, begin: str = "IMMEDIATE", foreign_keys: bool = True) -> None:
+    """Take transaction control away from pysqlite and begin with ``BEGIN <begin>``.
 
     This is SQLAlchemy's documented recipe for a serialisable SQLite ("Serializable
     isolation / Savepoints / Transactional DDL" in the SQLite dialect docs).
     """
+
+    _CONFIGURED.add(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -75,12 +116,14 @@ def _configure_sqlite(engine: Engine) -> None:
         in_memory = engine.url.database in (None, "", ":memory:")
         if not in_memory:
             cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        if foreign_keys:
+            cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_BEGIN_OPTION, begin)
+        connection.exec_driver_sql(f"BEGIN {mode}")
 
 
 def is_disconnect(error: BaseException) -> bool:

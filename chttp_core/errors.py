@@ -3,15 +3,22 @@
 ::
 
     ChttpError                        root of every error this project raises
-     └── SchemaOutOfDateError         the database is not at this code's migration head
+     ├── SchemaOutOfDateError         the database is not at this code's migration head
+     └── StoreError                   a store could not do what was asked (no HTTP in it)
+          ├── StoreUnreachable        the database cannot be reached or would not answer
+          └── ClaimTimedOut           a message key stayed claimed by another transaction
 
 ``chttp_server.ChttpServerError`` and ``chttp_client.ChttpClientError`` both derive
 from :class:`ChttpError`, so ``except ChttpError`` catches anything the library raises.
+
+The store errors say what went wrong in the database's terms; the receiver turns them
+into HTTP answers in exactly one place (``chttp_server.transaction.store_errors``), so
+the stores stay free of WebOb and of any front end.
 """
 
 from __future__ import annotations
 
-__all__ = ["ChttpError", "SchemaOutOfDateError"]
+__all__ = ["ChttpError", "SchemaOutOfDateError", "StoreError", "StoreUnreachable", "ClaimTimedOut"]
 
 
 class ChttpError(Exception):
@@ -33,3 +40,33 @@ class SchemaOutOfDateError(ChttpError):
             f"the chttp schema is at {found!s}, this code needs {self.head}; "
             f"run `{self.command}` (or chttp_core.migrate.upgrade(...)) first"
         )
+
+
+class StoreError(ChttpError):
+    """A store could not carry out an operation; nothing it was asked to do happened."""
+
+
+class StoreUnreachable(StoreError):
+    """The database cannot be reached, dropped the connection, or is busy past its bound.
+
+    ``reason`` is the driver's first line: for the server's log, never for the wire
+    (it names hosts, ports and database states; docs/protocol.rst §4).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ClaimTimedOut(StoreError):
+    """Another transaction kept a message key claimed longer than the claim timeout."""
+
+    def __init__(self, message_id: str, waited: float, retry_after: int) -> None:
+        super().__init__(message_id, waited, retry_after)
+        self.message_id = message_id
+        self.waited = waited
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return (f"message {self.message_id!r} is still being processed by another "
+                f"transaction after {self.waited:g}s")

@@ -64,6 +64,7 @@ class Problem:
     MESSAGE_TOO_OLD = "message-too-old"
     MESSAGE_ID_REUSED = "message-id-reused"
     RESPONSE_TOO_LARGE = "response-too-large"
+    REQUEST_TOO_LARGE = "request-too-large"
     STORE_UNAVAILABLE = "store-unavailable"
     SCHEMA_OUT_OF_DATE = "schema-out-of-date"
     MESSAGE_NOT_FOUND = "message-not-found"

@@ -32,6 +32,7 @@ from chttp_server.errors import (
     MessageNotFound,
     MessageTooOld,
     ProtocolError,
+    RequestTooLarge,
     ResponseTooLarge,
     SchemaOutOfDateError,
     StoreUnavailable,
@@ -39,6 +40,7 @@ from chttp_server.errors import (
 from chttp_server.middleware import CertifiedMiddleware, remote_user_scope, require_for_methods
 from chttp_server.resource import Request, Resource
 from chttp_server.store import MessageStore
+from chttp_server.transaction import MessageTransaction
 
 __all__ = [
     "CertifiedMiddleware",
@@ -47,6 +49,7 @@ __all__ = [
     "CertifiedContext",
     "get_context",
     "MessageStore",
+    "MessageTransaction",
     "remote_user_scope",
     "require_for_methods",
     "ChttpServerError",
@@ -64,6 +67,7 @@ __all__ = [
     "MessageExpired",
     "MessageTooOld",
     "MessageIdReused",
+    "RequestTooLarge",
     "ResponseTooLarge",
     "StoreUnavailable",
 ]

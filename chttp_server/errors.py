@@ -15,6 +15,7 @@
           │    ├── MessageAcknowledged     message-acknowledged
           │    └── MessageExpired          message-expired
           ├── MessageTooOld            412 message-too-old             (HTTPPreconditionFailed)
+          ├── RequestTooLarge          413 request-too-large           (HTTPRequestEntityTooLarge)
           ├── MessageIdReused          422 message-id-reused           (HTTPUnprocessableEntity)
           ├── ResponseTooLarge         500 response-too-large          (HTTPInternalServerError)
           └── StoreUnavailable         503 store-unavailable           (HTTPServiceUnavailable)
@@ -22,6 +23,8 @@
 Every :class:`ProtocolError` is also the matching :mod:`webob.exc` class, so a WSGI
 stack that knows WebOb treats it as the HTTP answer it is; called as a WSGI application
 it renders RFC 9457 problem+json with the stable ``type`` that senders switch on.
+Front ends that do not speak WebOb (Django, ASGI) render :meth:`ProtocolError.problem`,
+the same status, headers and bytes without WebOb objects.
 Exceptions keep their structured attributes (``message_id``, ``scope``, …) and pickle.
 """
 
@@ -51,9 +54,11 @@ __all__ = [
     "MessageAcknowledged",
     "MessageExpired",
     "MessageTooOld",
+    "RequestTooLarge",
     "MessageIdReused",
     "ResponseTooLarge",
     "StoreUnavailable",
+    "problem_body",
     "problem_response",
 ]
 
@@ -66,6 +71,17 @@ class ConfigurationError(ChttpServerError, ValueError):
     """The middleware or a resource was set up wrongly; raised at construction time."""
 
 
+def problem_body(
+    status: int, problem_type: str, title: str, detail: str | None = None, **members: Any
+) -> bytes:
+    """The RFC 9457 problem+json document, as bytes (no WebOb: any front end can send it)."""
+    document: dict[str, Any] = {"type": problem_type, "title": title, "status": status}
+    if detail:
+        document["detail"] = detail
+    document.update({key: value for key, value in members.items() if value is not None})
+    return json.dumps(document).encode("utf-8")
+
+
 def problem_response(
     status: int,
     problem_type: str,
@@ -76,13 +92,9 @@ def problem_response(
     **members: Any,
 ) -> Response:
     """An RFC 9457 problem+json response."""
-    document: dict[str, Any] = {"type": problem_type, "title": title, "status": status}
-    if detail:
-        document["detail"] = detail
-    document.update({key: value for key, value in members.items() if value is not None})
     response = Response(
         status=status,
-        body=json.dumps(document).encode("utf-8"),
+        body=problem_body(status, problem_type, title, detail, **members),
         content_type=PROBLEM_CONTENT_TYPE,
         charset=None,
     )
@@ -141,19 +153,34 @@ class ProtocolError(ChttpServerError, webob.exc.WSGIHTTPException):
         suffix = f" (message {self.message_id!r})" if self.message_id else ""
         return f"{self.code} {self.problem_type}: {self.detail}{suffix}"
 
-    def to_response(self) -> Response:
-        """Render as problem+json; ``Retry-After`` when the sender may retry as is."""
-        headers = []
-        if self.retry_after is not None:
-            headers.append(("Retry-After", str(self.retry_after)))
-        return problem_response(
+    def _extra_headers(self) -> list[tuple[str, str]]:
+        if self.retry_after is None:
+            return []
+        return [("Retry-After", str(self.retry_after))]
+
+    def _problem_body(self) -> bytes:
+        return problem_body(
             self.code,
             self.problem_type,
             self.title,
             self.detail if self.detail != self.title else None,
-            headers=headers,
             message_id=self.message_id,
         )
+
+    def problem(self) -> tuple[int, list[tuple[str, str]], bytes]:
+        """``(status, headers, body)`` of the problem+json answer, for non-WebOb front ends."""
+        headers = [("Content-Type", PROBLEM_CONTENT_TYPE), *self._extra_headers()]
+        return self.code, headers, self._problem_body()
+
+    def to_response(self) -> Response:
+        """Render as problem+json; ``Retry-After`` when the sender may retry as is."""
+        response = Response(
+            status=self.code, body=self._problem_body(),
+            content_type=PROBLEM_CONTENT_TYPE, charset=None,
+        )
+        for name, value in self._extra_headers():
+            response.headerlist.append((name, value))
+        return response
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return self.to_response()(environ, start_response)
@@ -222,6 +249,19 @@ class MessageTooOld(ProtocolError, webob.exc.HTTPPreconditionFailed):
     code = 412
     problem_type = Problem.MESSAGE_TOO_OLD
     title = "The message is older than this receiver's retention"
+
+
+class RequestTooLarge(ProtocolError, webob.exc.HTTPRequestEntityTooLarge):
+    """The certified request's body exceeds the receiver's cap (docs/protocol.rst §4).
+
+    Refused from ``Content-Length`` before the body is read, or as soon as a chunked
+    body passes the cap: the fingerprint needs the whole body in memory, so an
+    unbounded one would let any client exhaust the receiver. Nothing is stored.
+    """
+
+    code = 413
+    problem_type = Problem.REQUEST_TOO_LARGE
+    title = "The request body exceeds this receiver's limit"
 
 
 class MessageIdReused(ProtocolError, webob.exc.HTTPUnprocessableEntity):

@@ -1,7 +1,8 @@
 """Reading a certified request off the WSGI environ: id, first-sent date, body.
 
-PROTOCOL.md §1. Pure functions of the environ, so they are easy to test with hostile
-input and never touch the store.
+docs/protocol.rst §1. A thin WSGI adapter over :mod:`chttp_server.decisions`, which
+holds the rules: these functions only find the values in the environ (Django's
+``request.META`` has the same keys, so they serve it too). They never touch the store.
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ import io
 from datetime import datetime
 from typing import Any
 
-from chttp_core.wire import (
-    InvalidMessageIdError,
-    is_valid_message_id,
-    parse_http_date,
-    parse_idempotency_key,
+from chttp_server.decisions import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    check_request_length,
+    parse_first_sent,
+    parse_message_id,
 )
-from chttp_server.errors import IncompleteBody, InvalidFirstSent, InvalidMessageId
+from chttp_server.errors import IncompleteBody
 
 __all__ = ["message_id_of", "first_sent_of", "read_body"]
 
@@ -31,43 +32,26 @@ def message_id_of(environ: dict[str, Any]) -> str | None:
     Raises :class:`InvalidMessageId` for a malformed or empty id, or for two headers
     that name different ids.
     """
-    raw_message_id = environ.get(_ENV_MESSAGE_ID)
-    raw_key = environ.get(_ENV_IDEMPOTENCY_KEY)
-    from_message_id = from_key = None
-    if raw_message_id is not None:
-        from_message_id = raw_message_id.strip(" \t")
-        if not is_valid_message_id(from_message_id):
-            raise InvalidMessageId(
-                "X-Message-ID must be 1-128 characters of A-Z a-z 0-9 - . _ ~ :"
-            )
-    if raw_key is not None:
-        try:
-            from_key = parse_idempotency_key(raw_key)
-        except InvalidMessageIdError as exc:
-            raise InvalidMessageId(exc.detail) from None
-    if from_message_id is not None and from_key is not None and from_message_id != from_key:
-        raise InvalidMessageId("X-Message-ID and Idempotency-Key name different ids")
-    return from_message_id if from_message_id is not None else from_key
+    return parse_message_id(environ.get(_ENV_MESSAGE_ID), environ.get(_ENV_IDEMPOTENCY_KEY))
 
 
 def first_sent_of(environ: dict[str, Any]) -> datetime | None:
     """``X-Message-First-Sent`` as an aware datetime; 400 if present but not an HTTP-date."""
-    raw = environ.get(_ENV_FIRST_SENT)
-    if raw is None:
-        return None
-    try:
-        return parse_http_date(raw)
-    except ValueError:
-        raise InvalidFirstSent(f"X-Message-First-Sent is not an HTTP-date: {raw[:64]!r}") from None
+    return parse_first_sent(environ.get(_ENV_FIRST_SENT))
 
 
-def read_body(environ: dict[str, Any]) -> bytes:
+def read_body(environ: dict[str, Any], limit: int = DEFAULT_MAX_REQUEST_BYTES) -> bytes:
     """Read the whole request body and put it back, so the application can read it too.
 
     The fingerprint needs the body before the application runs. A body without
     ``Content-Length`` is read to its end only when the server says the stream is
     terminated (PEP 3333's ``wsgi.input_terminated``); otherwise it is empty, as WSGI
-    requires.
+    requires. A body over ``limit`` bytes is 413 (docs/protocol.rst §4): refused from
+    ``Content-Length`` before anything is read, or as soon as a chunked body passes it.
+
+    The body is held once: a stream that hands it over in one read is kept as that one
+    ``bytes`` object (``io.BytesIO`` shares it until written); pieces are gathered in
+    one growing buffer that becomes the application's stream, never joined into a copy.
     """
     stream = environ.get("wsgi.input")
     if stream is None:
@@ -78,29 +62,44 @@ def read_body(environ: dict[str, Any]) -> bytes:
             length = int(length_header)
         except ValueError:
             length = 0
-        body = _read_exactly(stream, length) if length > 0 else b""
-        if len(body) < length:
+        check_request_length(length, limit)
+        buffer = _read_up_to(stream, length, limit) if length > 0 else io.BytesIO()
+        if buffer.getbuffer().nbytes < length:
             raise IncompleteBody(
-                f"Content-Length is {length} but the body ended after {len(body)} bytes"
+                f"Content-Length is {length} but the body ended after "
+                f"{buffer.getbuffer().nbytes} bytes"
             )
     elif environ.get("wsgi.input_terminated"):
-        body = stream.read()
+        buffer = _read_up_to(stream, None, limit)
     else:
-        body = b""
-    environ["wsgi.input"] = io.BytesIO(body)
+        buffer = io.BytesIO()
+    body = buffer.getvalue()  # shares the buffer's bytes until someone writes to it
+    buffer.seek(0)
+    environ["wsgi.input"] = buffer
     environ["CONTENT_LENGTH"] = str(len(body))
     return body
 
 
-def _read_exactly(stream: Any, length: int) -> bytes:
-    """Read ``length`` bytes, or fewer only if the stream ends first (a short read is
-    allowed of a file-like object, so one ``read`` is not proof of a truncated body)."""
-    parts: list[bytes] = []
-    remaining = length
-    while remaining > 0:
-        part = stream.read(remaining)
-        if not part:
-            break
-        parts.append(part)
-        remaining -= len(part)
-    return b"".join(parts)
+#: How much of a body without Content-Length is asked for per read.
+_CHUNK = 64 * 1024
+
+
+def _read_up_to(stream: Any, length: int | None, limit: int) -> io.BytesIO:
+    """Read ``length`` bytes (or to the end if ``None``) into one buffer, 413 past ``limit``.
+
+    Fewer bytes only if the stream ends first (a short read is allowed of a file-like
+    object, so one ``read`` is not proof of a truncated body).
+    """
+    first = stream.read(length if length is not None else _CHUNK)
+    if length is not None and len(first) == length:
+        return io.BytesIO(first)  # the common case: one read, no copy
+    buffer = io.BytesIO()
+    buffer.write(first)
+    total = len(first)
+    check_request_length(total, limit)
+    while first and (length is None or total < length):
+        first = stream.read(_CHUNK if length is None else min(_CHUNK, length - total))
+        total += len(first)
+        check_request_length(total, limit)
+        buffer.write(first)
+    return buffer

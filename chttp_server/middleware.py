@@ -1,6 +1,6 @@
 """``CertifiedMiddleware``: exactly-once processing for any WSGI application.
 
-The flow of one certified request (PROTOCOL.md §2)::
+The flow of one certified request (docs/protocol.rst §2)::
 
     parse id ─► begin transaction ─► claim (scope, id) ─┬─ claimed ─► run app ─► store ─► commit ─► send
                                                         └─ already completed ─► replay / 422 / 410
@@ -8,49 +8,49 @@ The flow of one certified request (PROTOCOL.md §2)::
 Requests without an id pass through untouched. Requests under the message prefix are
 the message resource of §3 (GET replays, DELETE acknowledges). Nothing is kept in process
 memory between requests: any number of workers and hosts can share one database.
+
+This module only carries WSGI in and out: what a request means and what to answer are
+decided by :mod:`chttp_server.decisions`, and the message's transaction (claim, store,
+commit, rollback, and the one translation of store errors into 503) is
+:class:`~chttp_server.transaction.MessageTransaction`. Other front ends (Flask, Django)
+reuse both.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from http import HTTPStatus
-from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, Iterator
-from urllib.parse import quote
+from typing import Any, Callable, Iterable
 
-from sqlalchemy import Connection, Engine
-from sqlalchemy import exc as sa_exc
+from sqlalchemy import Engine
 
-from chttp_core.db import make_engine
-from chttp_core.wire import (
-    HEADER_MESSAGE_EXPIRES,
-    HEADER_MESSAGE_URL,
-    HEADER_REPLAYED,
-    fingerprint,
-    format_http_date,
-    is_valid_message_id,
-)
-from chttp_core import migrate
+from chttp_core.db import configure_sqlite, make_engine
+from chttp_core.errors import StoreUnreachable
+from chttp_core.wire import is_valid_message_id
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
+from chttp_server.decisions import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    IncomingMessage,
+    Outcome,
+    incoming_message,
+    message_headers,
+    message_url,
+    replay_headers,
+    stored_answer,
+)
 from chttp_server.errors import (
     ConfigurationError,
-    MessageAcknowledged,
-    MessageExpired,
     MessageIdRequired,
-    MessageIdReused,
     MessageNotFound,
-    MessageTooOld,
     ProtocolError,
-    ResponseTooLarge,
-    SchemaOutOfDateError,
-    StoreUnavailable,
     problem_response,
 )
 from chttp_server.incoming import first_sent_of, message_id_of, read_body
-from chttp_core.db import is_disconnect
+from chttp_server.sessions import join as join_sessions
+from chttp_server.sessions import joined
 from chttp_server.store import MessageKey, MessageStore, StoredMessage, utcnow
+from chttp_server.transaction import MessageTransaction, store_errors
 
 __all__ = ["CertifiedMiddleware", "remote_user_scope", "require_for_methods"]
 
@@ -130,6 +130,9 @@ class CertifiedMiddleware:
         claim_timeout: float = 5.0,
         # Largest response body that can be stored; larger ones roll back with 500.
         max_response_bytes: int = 8 * 1024 * 1024,
+        # Largest certified request body; larger ones are 413 request-too-large, unread
+        # (docs/protocol.rst §4: the fingerprint needs the whole body in memory).
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         # Path prefix of the message resource of PROTOCOL.md §3.
         message_prefix: str = "/chttp/messages/",
         # The principal whose id space a request belongs to.
@@ -150,6 +153,9 @@ class CertifiedMiddleware:
         # short, because the handler's transaction stays open meanwhile. None: no bound
         # but the journal's send deadline (chttp_client.incoming, "Deadlines").
         handler_send_deadline: timedelta | None = timedelta(seconds=30),
+        # The application's own sessionmaker / scoped_session (or a list of them): their
+        # sessions join each certified request's transaction (chttp_server.sessions).
+        sessions: Any = (),
     ) -> None:
         if isinstance(app, CertifiedMiddleware):
             raise ConfigurationError("CertifiedMiddleware is already applied to this application")
@@ -163,6 +169,8 @@ class CertifiedMiddleware:
             raise ConfigurationError("claim_timeout must be positive")
         if max_response_bytes < 0:
             raise ConfigurationError("max_response_bytes must not be negative")
+        if max_request_bytes < 0:
+            raise ConfigurationError("max_request_bytes must not be negative")
         if not (message_prefix.startswith("/") and message_prefix.endswith("/")):
             raise ConfigurationError("message_prefix must start and end with '/'")
         if retry_after < 0:
@@ -173,11 +181,16 @@ class CertifiedMiddleware:
         if engine is None:
             assert db_url is not None  # exactly one of them, checked above
             engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout)
+        else:
+            # A SQLite engine made elsewhere gets WAL and BEGIN IMMEDIATE (chttp_core.db):
+            # without them a claim is not serialised and savepoints do not work.
+            configure_sqlite(engine)
         self.engine = engine
         self.store = MessageStore(
             self.engine, retention=retention, claim_timeout=claim_timeout, clock=clock
         )
         self.max_response_bytes = max_response_bytes
+        self.max_request_bytes = max_request_bytes
         self.message_prefix = message_prefix
         self.scope = scope
         self.require_id = require_id
@@ -186,6 +199,10 @@ class CertifiedMiddleware:
         self.retry_after = retry_after
         self._upgrade_schema = upgrade_schema
         self._schema_ready = False
+        factories = sessions if isinstance(sessions, (list, tuple)) else [sessions]
+        for factory in factories:
+            join_sessions(factory, store=self.engine)
+        self.joins_sessions = bool(factories)
         self._prepare_schema(at_start=True)
 
     # -- schema ----------------------------------------------------------------------
@@ -193,30 +210,27 @@ class CertifiedMiddleware:
     def _prepare_schema(self, *, at_start: bool) -> None:
         """Check (or upgrade) the schema; a store that is down is checked again later.
 
-        PROTOCOL.md §4: a receiver whose store is down still starts, and answers 503
-        until the store returns. A schema behind the code is a deployment mistake and
-        raises at once, naming the command that fixes it.
+        docs/protocol.rst §4: a receiver whose store is down still starts, and answers
+        503 until the store returns. A schema behind the code is a deployment mistake
+        and raises at once, naming the command that fixes it.
         """
-        try:
-            if self._upgrade_schema:
-                migrate.upgrade(self.engine)
-            else:
-                migrate.check_schema(self.engine)
-        except SchemaOutOfDateError:
-            if at_start:
-                raise
-            raise StoreUnavailable(
-                f"the chttp schema is behind this code; run `{migrate.UPGRADE_COMMAND}`",
-                retry_after=self.retry_after,
-            ) from None
-        except (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError) as exc:
-            if not is_disconnect(exc):
-                raise
-            log.warning("chttp message store unreachable, will answer 503 until it is: %s", exc)
-            if not at_start:
-                raise StoreUnavailable(retry_after=self.retry_after) from exc
-            return
+        if at_start:
+            try:
+                self.store.prepare_schema(upgrade=self._upgrade_schema)
+            except StoreUnreachable as exc:
+                log.warning("chttp message store unreachable, will answer 503 until it is: %s",
+                            exc.reason)
+                return
+        else:
+            with store_errors(retry_after=self.retry_after):
+                self.store.prepare_schema(upgrade=self._upgrade_schema)
         self._schema_ready = True
+
+    def transaction(self, key: MessageKey) -> MessageTransaction:
+        """A message transaction of its own for ``key`` (schema checked first if needed)."""
+        if not self._schema_ready:
+            self._prepare_schema(at_start=False)
+        return MessageTransaction(self.store, key, retry_after=self.retry_after)
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -238,119 +252,65 @@ class CertifiedMiddleware:
         except ProtocolError as error:
             return error(environ, start_response)
 
-    def _certified(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], message_id: str
-    ) -> Iterable[bytes]:
+    def incoming(self, environ: dict[str, Any], message_id: str) -> IncomingMessage:
+        """The certified message of this request (reads the body, capped; §1, §4)."""
         first_sent = first_sent_of(environ)
-        key = MessageKey(self.scope(environ), message_id)
-        body = read_body(environ)
-        digest = fingerprint(
+        body = read_body(environ, self.max_request_bytes)
+        return incoming_message(
             environ.get("REQUEST_METHOD", "GET"),
             environ[_SCRIPT_NAME_KEY] + environ.get("PATH_INFO", ""),
             environ.get("QUERY_STRING", ""),
             body,
+            message_id=message_id,
+            scope=self.scope(environ),
+            first_sent=first_sent,
         )
-        connection = self._begin()
-        try:
-            now = self.store.clock()
-            existing = self._claim(connection, key, digest, now)
-            if existing is not None:
-                connection.rollback()
-                return self._answer_existing(environ, start_response, existing, digest)
-            if first_sent is not None and first_sent < now - self.store.retention:
-                raise MessageTooOld(
-                    "this receiver keeps messages for "
-                    f"{self.store.retention}; a message first sent at "
-                    f"{format_http_date(first_sent)} may already have been processed and "
-                    "forgotten",
-                    message_id=message_id,
-                )
-            return self._run_and_store(environ, start_response, connection, key, digest, now)
-        except BaseException:
-            _rollback_quietly(connection)
-            raise
-        finally:
-            connection.close()
 
-    def _begin(self) -> Connection:
-        if not self._schema_ready:
-            self._prepare_schema(at_start=False)
-        try:
-            return self.store.begin()
-        except StoreUnavailable as error:
-            error.retry_after = self.retry_after
-            raise
-
-    def _claim(
-        self, connection: Connection, key: MessageKey, digest: str, now: datetime
-    ) -> StoredMessage | None:
-        with self._store_errors(key):
-            return self.store.claim(connection, key, digest, now)
-
-    @contextmanager
-    def _store_errors(self, key: MessageKey) -> Iterator[None]:
-        """Turn a lost store connection into 503 ``store-unavailable``."""
-        try:
-            yield
-        except sa_exc.DBAPIError as exc:
-            if is_disconnect(exc):
-                raise StoreUnavailable(retry_after=self.retry_after, message_id=key.message_id) from exc
-            raise
-
-    def _run_and_store(
-        self,
-        environ: dict[str, Any],
-        start_response: Callable[..., Any],
-        connection: Connection,
-        key: MessageKey,
-        digest: str,
-        received_at: datetime,
+    def _certified(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], message_id: str
     ) -> Iterable[bytes]:
+        message = self.incoming(environ, message_id)
+        with self.transaction(message.key) as txn:
+            stored = txn.claim(message)
+            if stored is not None:
+                return self._replay(environ, start_response, stored)
+            response = self._run_in(txn, environ, message)
+        if txn.outcome is not Outcome.STORE:  # a 5xx / 429, rolled back: the key stays free
+            start_response(response.status, response.headers)
+            return [response.body]
+        url = self._message_url(environ, message.message_id)
+        start_response(response.status, response.headers + message_headers(url, txn.expires_at))
+        return [response.body]
+
+    def _run_in(
+        self, txn: MessageTransaction, environ: dict[str, Any], message: IncomingMessage
+    ) -> _BufferedResponse:
+        """Run the application inside ``txn`` and store (or roll back) its response."""
         context = CertifiedContext(
-            message_id=key.message_id,
-            scope=key.scope,
-            fingerprint=digest,
-            connection=connection,
-            received_at=received_at,
-            expires_at=received_at + self.store.retention,
+            message_id=message.message_id,
+            scope=message.scope,
+            fingerprint=message.fingerprint,
+            connection=txn.connection,
+            received_at=txn.received_at or self.store.clock(),
+            expires_at=txn.expires_at,
             environ=environ,
             journal=self.journal,
             handler_send_deadline=self.handler_send_deadline,
         )
         environ[ENVIRON_KEY] = context
         try:
-            try:
-                response = self._run_app(environ)
+            with txn.handler_errors():
+                if self.joins_sessions:
+                    with joined(txn.connection):
+                        response = self._run_app(environ)
+                else:
+                    response = self._run_app(environ)
                 context.flush()
-            except sa_exc.DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise StoreUnavailable(
-                        retry_after=self.retry_after, message_id=key.message_id
-                    ) from exc
-                # The application's own statement failed (a missing table, a deadlock):
-                # its error, rolled back by the caller; not "the store is unreachable".
-                raise
-            with self._store_errors(key):
-                if _means_try_again(response.status_code):
-                    # "Stored iff committed": a 5xx (or 429) leaves the key free for a
-                    # fresh retry.
-                    connection.rollback()
-                    start_response(response.status, response.headers)
-                    return [response.body]
-                if response.too_large:
-                    raise ResponseTooLarge(
-                        f"the response body exceeds {self.max_response_bytes} bytes",
-                        message_id=key.message_id,
-                    )
-                self.store.complete(
-                    connection, key, response.status_code, response.headers, response.body
-                )
-                connection.commit()
+            txn.complete(response.status_code, response.headers, response.body,
+                         too_large=response.too_large, limit=self.max_response_bytes)
         finally:
             context.close()
-        expires_at = received_at + self.store.retention
-        start_response(response.status, response.headers + self._message_headers(environ, key, expires_at))
-        return [response.body]
+        return response
 
     def _run_app(self, environ: dict[str, Any]) -> _BufferedResponse:
         response = _BufferedResponse(self.max_response_bytes)
@@ -366,43 +326,21 @@ class CertifiedMiddleware:
             raise RuntimeError("the application returned without calling start_response")
         return response
 
-    def _answer_existing(
-        self,
-        environ: dict[str, Any],
-        start_response: Callable[..., Any],
-        message: StoredMessage,
-        digest: str,
-    ) -> Iterable[bytes]:
-        if message.fingerprint != digest:
-            raise MessageIdReused(
-                "this id was already used for a request with a different method, path, "
-                "query or body",
-                message_id=message.key.message_id,
-            )
-        return self._replay(environ, start_response, message)
-
     def _replay(
         self, environ: dict[str, Any], start_response: Callable[..., Any], message: StoredMessage
     ) -> Iterable[bytes]:
-        """Answer from the store: the stored response, or 410 if it is gone (§3)."""
-        if message.acknowledged:
-            raise MessageAcknowledged(message_id=message.key.message_id)
-        if message.expired(self.store.clock()):
-            raise MessageExpired(message_id=message.key.message_id)
-        assert message.status is not None and message.headers is not None and message.body is not None
-        headers = list(message.headers)
-        headers += self._message_headers(environ, message.key, message.expires_at)
-        headers.append((HEADER_REPLAYED, "true"))
-        start_response(_status_line(message.status), headers)
+        """Answer from the store: the stored response, byte for byte (§2, §3)."""
+        assert message.status is not None and message.body is not None
+        url = self._message_url(environ, message.key.message_id)
+        start_response(_status_line(message.status), replay_headers(message, url))
         if environ.get("REQUEST_METHOD", "GET").upper() == "HEAD":
             return []  # RFC 9110 §9.3.2: the headers of GET, no content
         return [message.body]
 
-    def _message_headers(self, environ: dict[str, Any], key: MessageKey, expires_at: Any) -> Headers:
+    def _message_url(self, environ: dict[str, Any], message_id: str) -> str:
         # The application may have moved path segments into SCRIPT_NAME (traversal).
         script_name = environ.get(_SCRIPT_NAME_KEY, environ.get("SCRIPT_NAME", ""))
-        url = script_name + self.message_prefix + quote(key.message_id, safe="")
-        return [(HEADER_MESSAGE_URL, url), (HEADER_MESSAGE_EXPIRES, format_http_date(expires_at))]
+        return message_url(script_name, self.message_prefix, message_id)
 
     # -- the message resource (§3) ----------------------------------------------------
 
@@ -419,38 +357,14 @@ class CertifiedMiddleware:
             return response(environ, start_response)
         if not is_valid_message_id(message_id):
             raise MessageNotFound(message_id=None)
-        key = MessageKey(self.scope(environ), message_id)
-        connection = self._begin()
-        try:
-            if method == "DELETE":
-                message = self.store.acknowledge(connection, key)
-                connection.commit()
-            else:
-                message = self.store.lookup(connection, key)
-                connection.rollback()
-        except sa_exc.DBAPIError as exc:
-            _rollback_quietly(connection)
-            if is_disconnect(exc):
-                raise StoreUnavailable(retry_after=self.retry_after) from exc
-            raise
-        finally:
-            connection.close()
+        with self.transaction(MessageKey(self.scope(environ), message_id)) as txn:
+            message = txn.acknowledge() if method == "DELETE" else txn.fetch()
         if message is None:
             raise MessageNotFound(message_id=message_id)
         if method == "DELETE":
             start_response("204 No Content", [])
             return []
-        return self._replay(environ, start_response, message)
-
-
-def _means_try_again(status: int) -> bool:
-    """True for answers that tell the sender to come back later, which are never stored.
-
-    A 5xx is PROTOCOL.md §2's rule. 429 (RFC 6585 §4) is a 4xx but says "not now", and
-    the sender retries it (§5): stored, it would be replayed to every retry until the
-    sender's deadline, so it rolls back like a 5xx.
-    """
-    return status >= 500 or status == 429
+        return self._replay(environ, start_response, stored_answer(message, None, self.store.clock()))
 
 
 def _status_line(status: int) -> str:
@@ -458,11 +372,3 @@ def _status_line(status: int) -> str:
         return f"{status} {HTTPStatus(status).phrase}"
     except ValueError:
         return f"{status} Unknown"
-
-
-def _rollback_quietly(connection: Connection) -> None:
-    try:
-        if connection.in_transaction():
-            connection.rollback()
-    except sa_exc.SQLAlchemyError:
-        log.debug("rollback failed on a broken connection", exc_info=sys.exc_info())

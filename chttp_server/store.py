@@ -1,9 +1,17 @@
 """The message store: claim, complete, look up, acknowledge and purge certified messages.
 
-It speaks SQLAlchemy Core only and never sees WebOb: the middleware hands it keys,
-fingerprints and response parts, and owns the transaction. Every method that takes a
-``connection`` runs inside the caller's transaction, so the claim, the application's
-writes and the stored response commit or roll back as one (PROTOCOL.md §2).
+It speaks SQLAlchemy Core only and never sees WebOb: the message transaction
+(:mod:`chttp_server.transaction`) hands it keys, fingerprints and response parts, and
+owns the transaction. Every method that takes a ``connection`` runs inside the caller's
+transaction, so the claim, the application's writes and the stored response commit or
+roll back as one (docs/protocol.rst §2).
+
+Errors: the store is the one place that knows what its own statements' failures mean.
+A lost connection, a refused connect or a lock held past SQLite's busy timeout raises
+:class:`~chttp_core.errors.StoreUnreachable`; a claim still held by another transaction
+after ``claim_timeout`` raises :class:`~chttp_core.errors.ClaimTimedOut`. Other errors
+(a bad statement) propagate as they are. Turning these into HTTP answers is the
+receiver's job, done once (:func:`chttp_server.transaction.store_errors`).
 
 The claim is an ``INSERT … ON CONFLICT DO NOTHING``. On PostgreSQL a second transaction
 inserting the same key blocks on the first one's uncommitted row until it commits (then
@@ -16,8 +24,10 @@ serialised and a claimer can only ever meet committed rows.
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from types import TracebackType
 from typing import Any, Callable
 
 from sqlalchemy import (
@@ -36,11 +46,12 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from chttp_server.errors import MessageInProgress, StoreUnavailable
-from chttp_core.db import is_disconnect
+from chttp_core import migrate
+from chttp_core.db import begin_immediately, is_disconnect
+from chttp_core.errors import ClaimTimedOut, StoreUnreachable
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 
-__all__ = ["MessageKey", "StoredMessage", "MessageStore", "utcnow"]
+__all__ = ["MessageKey", "StoredMessage", "MessageStore", "unreachable_as_store_error", "utcnow"]
 
 #: PostgreSQL's SQLSTATE for "lock_timeout expired" (lock_not_available).
 _PG_LOCK_NOT_AVAILABLE = "55P03"
@@ -163,17 +174,38 @@ class MessageStore:
     # -- connections -----------------------------------------------------------------
 
     def begin(self) -> Connection:
-        """Open a connection and begin a transaction, or raise :class:`StoreUnavailable`."""
-        try:
+        """Open a connection and begin a transaction, or raise :class:`StoreUnreachable`."""
+        with _UNREACHABLE:
             connection = self.engine.connect()
-        except (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError) as exc:
-            raise StoreUnavailable(f"cannot reach the message store: {_first_line(exc)}") from exc
         try:
-            connection.begin()
-        except sa_exc.DBAPIError as exc:
+            with _UNREACHABLE:
+                # On SQLite the claim holds the write lock from the start (module docstring).
+                begin_immediately(connection).begin()
+        except BaseException:
             connection.close()
-            raise StoreUnavailable(f"cannot begin a transaction: {_first_line(exc)}") from exc
+            raise
         return connection
+
+    def commit(self, connection: Connection) -> None:
+        with _UNREACHABLE:
+            connection.commit()
+
+    def rollback(self, connection: Connection) -> None:
+        with _UNREACHABLE:
+            if connection.in_transaction():
+                connection.rollback()
+
+    def prepare_schema(self, *, upgrade: bool) -> None:
+        """Bring the schema to head (``upgrade``) or check that it is there.
+
+        Raises :class:`~chttp_core.errors.SchemaOutOfDateError` for a schema behind the
+        code and :class:`StoreUnreachable` for a store that is down.
+        """
+        with _UNREACHABLE:
+            if upgrade:
+                migrate.upgrade(self.engine)
+            else:
+                migrate.check_schema(self.engine)
 
     # -- the certified request's transaction -----------------------------------------
 
@@ -182,13 +214,14 @@ class MessageStore:
     ) -> StoredMessage | None:
         """Claim ``key`` for this transaction; return ``None`` if claimed, else the stored row.
 
-        Raises :class:`MessageInProgress` if another transaction still holds the key
+        Raises :class:`ClaimTimedOut` if another transaction still holds the key
         after :attr:`claim_timeout` seconds (the transaction is then unusable: roll back).
         ``now`` becomes the message's ``received_at``; its expiry follows from the retention.
         """
         insert_claim = self._insert_claim_postgresql if self._postgresql else self._insert_claim_sqlite
         for _attempt in range(3):
-            claimed, existing = insert_claim(connection, key, fingerprint, now)
+            with _UNREACHABLE:
+                claimed, existing = insert_claim(connection, key, fingerprint, now)
             if claimed:
                 return None
             if existing is None:
@@ -196,8 +229,7 @@ class MessageStore:
             if existing is not None:
                 return existing
             # The conflicting row was purged between our insert and our read: claim again.
-        raise MessageInProgress("the message row kept changing under the claim",
-                                message_id=key.message_id, retry_after=1)
+        raise ClaimTimedOut(key.message_id, self.claim_timeout, retry_after=1)
 
     def _insert_claim_sqlite(
         self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
@@ -242,11 +274,8 @@ class MessageStore:
             row = connection.execute(_PG_CLAIM, params).one()
         except sa_exc.OperationalError as exc:
             if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
-                raise MessageInProgress(
-                    f"another request with this id is still being processed after "
-                    f"{self.claim_timeout:g}s",
-                    message_id=key.message_id,
-                    retry_after=max(1, round(self.claim_timeout)),
+                raise ClaimTimedOut(
+                    key.message_id, self.claim_timeout, retry_after=max(1, round(self.claim_timeout))
                 ) from exc
             raise
         if row.claimed:
@@ -257,17 +286,19 @@ class MessageStore:
         self, connection: Connection, key: MessageKey, status: int, headers: Headers, body: bytes
     ) -> None:
         """Store the response of the message claimed by this transaction."""
-        connection.execute(_COMPLETE, {
-            "key_scope": key.scope, "key_id": key.message_id,
-            "new_status": status, "new_headers": json.dumps(headers), "new_body": body,
-        })
+        with _UNREACHABLE:
+            connection.execute(_COMPLETE, {
+                "key_scope": key.scope, "key_id": key.message_id,
+                "new_status": status, "new_headers": json.dumps(headers), "new_body": body,
+            })
 
     # -- the message resource --------------------------------------------------------
 
     def lookup(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
-        row = connection.execute(
-            _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
-        ).first()
+        with _UNREACHABLE:
+            row = connection.execute(
+                _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
+            ).first()
         return _row_to_message(row) if row is not None else None
 
     def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
@@ -275,11 +306,12 @@ class MessageStore:
         existing = self.lookup(connection, key)
         if existing is None or existing.acknowledged:
             return existing
-        connection.execute(
-            update(messages)
-            .where(messages.c.scope == key.scope, messages.c.message_id == key.message_id)
-            .values(state=STATE_ACKNOWLEDGED, status=None, headers=None, body=None)
-        )
+        with _UNREACHABLE:
+            connection.execute(
+                update(messages)
+                .where(messages.c.scope == key.scope, messages.c.message_id == key.message_id)
+                .values(state=STATE_ACKNOWLEDGED, status=None, headers=None, body=None)
+            )
         return existing
 
     # -- housekeeping ----------------------------------------------------------------
@@ -319,6 +351,37 @@ class MessageStore:
         """How many message rows (completed and tombstones) the store holds."""
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(messages)).scalar_one())
+
+
+class _UnreachableAsStoreError:
+    """The context manager behind :func:`unreachable_as_store_error` (stateless, reentrant).
+
+    A class rather than ``@contextmanager``: it wraps every statement of every request,
+    and a generator-based manager costs several microseconds per use.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if isinstance(exc, (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError)) \
+                and is_disconnect(exc):
+            raise StoreUnreachable(_first_line(exc)) from exc
+        return None
+
+
+_UNREACHABLE = _UnreachableAsStoreError()
+
+
+def unreachable_as_store_error() -> AbstractContextManager[None]:
+    """Raise :class:`StoreUnreachable` for an error that means the store cannot be reached.
+
+    One classification for every statement the store runs (:func:`chttp_core.db.is_disconnect`:
+    a dropped or refused connection, an exhausted pool, SQLite's busy timeout); any other
+    database error is a real error of the statement and propagates unchanged.
+    """
+    return _UNREACHABLE
 
 
 def _first_line(error: BaseException) -> str:

@@ -9,6 +9,7 @@ exactly as the README's transcript shows. Everything runs as real processes on l
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import signal
@@ -23,6 +24,7 @@ from typing import Iterator
 
 import httpx
 import pytest
+import webtest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.rst").read_text()
@@ -184,3 +186,65 @@ def test_the_error_example_is_what_the_command_prints(tmp_path):
                       if line.strip().startswith("chttp-server: error: no database at"))
     assert result.returncode == 2 and list(tmp_path.iterdir()) == []
     assert result.stderr.strip() == documented.replace("/home/me", str(tmp_path))
+
+
+# -- "Wrapping your application": every snippet runs as written -------------------------
+
+
+WRAPPING = "Wrapping your application"
+
+
+def wrapping_snippets() -> list[str]:
+    """The python code blocks of the README's "Wrapping your application" section."""
+    text = (ROOT / "README.rst").read_text()
+    heading = f"\n{WRAPPING}\n{'=' * len(WRAPPING)}\n"
+    section = text[text.index(heading) + len(heading):]
+    following = re.search(r"\n[^\n]+\n=+\n", section)  # the next top-level heading
+    section = section[:following.start()] if following else section
+    blocks = []
+    for part in section.split(".. code-block:: python\n")[1:]:
+        lines = []
+        for line in part.splitlines()[1:]:  # the first line is the blank after the directive
+            if line and not line.startswith("    "):
+                break
+            lines.append(line)
+        blocks.append(textwrap.dedent("\n".join(lines)))
+    return blocks
+
+
+def test_the_wrapping_section_has_flask_plain_sqlalchemy_and_wsgi_snippets():
+    snippets = wrapping_snippets()
+    assert len(snippets) >= 3
+    assert any("chttp_server.flask" in snippet for snippet in snippets)
+    assert any("sessions=Session" in snippet for snippet in snippets)
+    assert any("get_context(environ)" in snippet for snippet in snippets)
+
+
+@pytest.mark.parametrize("index", range(3))
+def test_wrapping_snippet_runs_as_written(index, tmp_path, monkeypatch):
+    snippet = wrapping_snippets()[index]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": f"readme_snippet_{index}"}
+    exec(compile(snippet, f"README.rst snippet {index}", "exec"), namespace)
+    app = webtest.TestApp(namespace["app"])
+    try:
+        def post(message_id):
+            return app.post_json("/orders", {"item": "tea"}, headers={"X-Message-ID": message_id})
+
+        first = post("readme-1")
+        again = post("readme-1")
+        other = post("readme-2")
+        assert first.status_int == 201
+        assert "Idempotent-Replayed" not in first.headers
+        assert again.headers["Idempotent-Replayed"] == "true"
+        assert again.body == first.body
+        assert "Idempotent-Replayed" not in other.headers
+    finally:
+        engine = getattr(namespace["app"], "engine", None) or namespace.get("engine")
+        if engine is None and "db" in namespace:
+            from chttp_server.flask import Certified
+
+            engine = Certified.middleware(namespace["app"]).engine
+        if engine is not None:
+            engine.dispose()
+    assert os.listdir(tmp_path)  # the snippet's database lives in the working directory

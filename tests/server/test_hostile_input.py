@@ -344,12 +344,12 @@ def test_the_applications_own_sql_error_is_its_error_not_store_unavailable(app, 
 def test_public_api_is_pinned():
     assert sorted(chttp_server.__all__) == sorted([
         "CertifiedMiddleware", "Resource", "Request", "CertifiedContext", "get_context",
-        "MessageStore", "remote_user_scope", "require_for_methods",
+        "MessageStore", "MessageTransaction", "remote_user_scope", "require_for_methods",
         "ChttpServerError", "ConfigurationError", "SchemaOutOfDateError", "ProtocolError",
         "InvalidMessageId", "MessageIdRequired", "InvalidFirstSent", "IncompleteBody",
         "MessageNotFound", "MessageInProgress", "MessageGone", "MessageAcknowledged",
-        "MessageExpired", "MessageTooOld", "MessageIdReused", "ResponseTooLarge",
-        "StoreUnavailable",
+        "MessageExpired", "MessageTooOld", "MessageIdReused", "RequestTooLarge",
+        "ResponseTooLarge", "StoreUnavailable",
     ])
     for name in chttp_server.__all__:
         assert getattr(chttp_server, name) is not None

@@ -1,0 +1,314 @@
+"""One certified message's transaction, and the one translation of store errors into answers.
+
+Every front end (the WSGI middleware, the Flask extension, the Django middleware)
+carries a certified message through the same steps, so the steps live here once::
+
+    with MessageTransaction(store, key, retry_after=1) as txn:   # begin (own mode)
+        stored = txn.claim(message)            # None: claimed, run the handler
+        if stored is not None:                 # a retry: already rolled back,
+            return replay(stored)              #   decided (replay / 422 / 410)
+        with txn.handler_errors():             # the handler's statements
+            response = run_handler(txn.connection)
+        if txn.complete(status, headers, body, too_large=...):
+            ...                                # stored and committed: send it
+        else:
+            ...                                # 5xx / 429: rolled back, send it
+    # leaving the block on an exception rolls back; the connection is closed
+
+    with MessageTransaction(store, key, retry_after=1) as txn:   # the message resource
+        stored = txn.fetch()                   # GET: the row or None (read, rolled back)
+        stored = txn.acknowledge()             # DELETE: tombstone it, committed
+
+Two modes:
+
+* **own** (``connection=None``): :meth:`begin` (or entering the ``with``) opens a
+  connection from the store's engine and begins; :meth:`complete` commits; leaving the
+  block closes the connection. The WSGI middleware and the Flask extension use it.
+* **joined** (``connection=<sqlalchemy Connection>``): the front end owns the
+  connection and its transaction (Django wraps its own DB-API connection and runs the
+  block inside ``transaction.atomic``). :meth:`begin` and ``close`` do nothing to the
+  connection; committing and rolling back call the ``commit`` / ``rollback`` callables
+  given, and are skipped when they are ``None`` (the front end does it itself, e.g. by
+  leaving ``atomic`` normally or after ``transaction.set_rollback(True)``). Read
+  :attr:`outcome` after :meth:`complete` (or a claim that found a stored row) to know
+  which the protocol asked for.
+
+Errors: every method runs inside :func:`store_errors`, the receiver's one translation
+of store errors into protocol answers — :class:`~chttp_core.errors.StoreUnreachable`
+and a connection lost under any statement become 503 ``store-unavailable`` with
+``Retry-After`` (a generic detail on the wire, the driver's words in the log: §4);
+:class:`~chttp_core.errors.ClaimTimedOut` becomes 409 ``message-in-progress``; a schema
+behind the code becomes 503 naming the upgrade command. Protocol refusals
+(:mod:`chttp_server.decisions`) are raised as they are. Front ends wrap anything else
+that touches the store (schema preparation, the handler's run) in :func:`store_errors`
+or :meth:`MessageTransaction.handler_errors`, never in a mapping of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import AbstractContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Callable
+
+from sqlalchemy import Connection
+from sqlalchemy import exc as sa_exc
+
+from chttp_core import migrate
+from chttp_core.errors import ClaimTimedOut, SchemaOutOfDateError, StoreUnreachable
+from chttp_server.decisions import (
+    IncomingMessage,
+    Outcome,
+    check_fresh_claim,
+    outcome_for,
+    stored_answer,
+)
+from chttp_server.errors import MessageInProgress, ProtocolError, StoreUnavailable
+from chttp_server.store import MessageKey, MessageStore, StoredMessage
+
+__all__ = ["MessageTransaction", "store_errors"]
+
+log = logging.getLogger("chttp_server")
+
+Headers = list[tuple[str, str]]
+
+
+def store_errors(*, retry_after: int, message_id: str | None = None) -> AbstractContextManager[None]:
+    """Turn the store's failures into the answers of docs/protocol.rst §4. The only place.
+
+    * :class:`StoreUnreachable`, or a SQLAlchemy error whose connection was invalidated
+      (whoever ran the statement: the handler's statements share the connection), or a
+      pool that cannot hand one out → 503 ``store-unavailable`` + ``Retry-After``;
+    * :class:`SchemaOutOfDateError` (met after start-up) → 503 naming the command;
+    * :class:`ClaimTimedOut` → 409 ``message-in-progress`` + ``Retry-After``.
+
+    The 503's detail stays generic: the driver's message names hosts, ports and
+    database states, so it goes to the log only. The returned manager is stateless and
+    may be entered again and again (a transaction keeps one).
+    """
+    return _StoreErrors(retry_after, message_id)
+
+
+class _StoreErrors:
+    """:func:`store_errors` as a class: it wraps every step of every request, and a
+    generator-based ``@contextmanager`` costs several microseconds per use."""
+
+    __slots__ = ("retry_after", "message_id")
+
+    def __init__(self, retry_after: int, message_id: str | None) -> None:
+        self.retry_after = retry_after
+        self.message_id = message_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        if exc is None or isinstance(exc, ProtocolError):
+            return None
+        if isinstance(exc, StoreUnreachable):
+            reason = exc.reason
+        elif isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
+            reason = str(exc)
+        elif isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            reason = f"connection lost: {str(exc.orig).strip()}"
+        elif isinstance(exc, SchemaOutOfDateError):
+            log.error("chttp: %s", exc)
+            raise StoreUnavailable(
+                f"the chttp schema is behind this code; run `{migrate.UPGRADE_COMMAND}`",
+                retry_after=self.retry_after, message_id=self.message_id,
+            ) from exc
+        elif isinstance(exc, ClaimTimedOut):
+            raise MessageInProgress(
+                f"another request with this id is still being processed after {exc.waited:g}s",
+                message_id=exc.message_id, retry_after=exc.retry_after,
+            ) from exc
+        else:
+            return None
+        log.warning("chttp message store unavailable (message %r): %s", self.message_id, reason)
+        raise StoreUnavailable(retry_after=self.retry_after, message_id=self.message_id) from exc
+
+
+class MessageTransaction:
+    """Begin, claim, complete, commit or roll back one message (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        key: MessageKey,
+        *,
+        # Seconds a sender is told to wait after 503 store-unavailable.
+        retry_after: int,
+        # Joined mode: the front end's connection, its transaction already begun.
+        connection: Connection | None = None,
+        # Joined mode: how to commit / roll back (None: the front end does it itself).
+        commit: Callable[[], None] | None = None,
+        rollback: Callable[[], None] | None = None,
+    ) -> None:
+        if connection is None and (commit is not None or rollback is not None):
+            raise ValueError("commit= and rollback= are for a joined connection only")
+        self.store = store
+        self.key = key
+        self.retry_after = retry_after
+        self.joined = connection is not None
+        self._connection = connection
+        self._commit = commit
+        self._rollback = rollback
+        #: When the claim was made: the message's ``received_at``.
+        self.received_at: datetime | None = None
+        #: What the protocol asked for: ``STORE`` once committed, ``ROLL_BACK`` once
+        #: rolled back (a retry answered from the store, a 5xx), ``None`` before.
+        self.outcome: Outcome | None = None
+        self._guard = store_errors(retry_after=retry_after, message_id=key.message_id)
+
+    # -- connection ------------------------------------------------------------------
+
+    @property
+    def connection(self) -> Connection:
+        """The connection the claim, the handler and the stored response share."""
+        if self._connection is None:
+            raise RuntimeError("the message transaction has not begun")
+        return self._connection
+
+    @property
+    def expires_at(self) -> datetime:
+        if self.received_at is None:
+            raise RuntimeError("the message has not been claimed")
+        return self.received_at + self.store.retention
+
+    def begin(self) -> MessageTransaction:
+        """Open a connection and begin (own mode); nothing in joined mode."""
+        if self._connection is None:
+            with self._errors():
+                self._connection = self.store.begin()
+        return self
+
+    def close(self) -> None:
+        """Roll back whatever is still open and release the connection (own mode)."""
+        if self._connection is None or self.joined:
+            return
+        connection, self._connection = self._connection, None
+        try:
+            self._quiet_rollback(connection)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> MessageTransaction:
+        return self.begin()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None and self.outcome is None:
+            self.abort()
+        self.close()
+
+    # -- a certified request ---------------------------------------------------------
+
+    def claim(self, message: IncomingMessage) -> StoredMessage | None:
+        """Claim the message's key: ``None`` if it is ours to run, else the row to replay.
+
+        A retry of a completed message rolls back and is decided at once: the returned
+        row is replayable; a reused id (422) or an acknowledged/expired one (410) raises.
+        A new claim of a message older than the retention raises 412.
+        """
+        now = self.store.clock()
+        with self._errors():
+            existing = self.store.claim(self.connection, self.key, message.fingerprint, now)
+            if existing is not None:
+                self.rollback()
+        if existing is not None:
+            return stored_answer(existing, message.fingerprint, now)
+        check_fresh_claim(message, now, self.store.retention)
+        self.received_at = now
+        return None
+
+    def handler_errors(self) -> AbstractContextManager[None]:
+        """Around the handler's run: a statement that lost the store's connection is 503.
+
+        The handler's other errors (its own bad statement, a bug) propagate: they are
+        the application's failure, rolled back when the block is left.
+        """
+        return self._guard
+
+    def complete(self, status: int, headers: Headers, body: bytes, *,
+                 too_large: bool = False, limit: int = 0) -> bool:
+        """Store the response and commit (True), or roll back a 5xx / 429 (False).
+
+        ``too_large``: the response passed ``limit`` bytes and cannot be stored:
+        raises 500 ``response-too-large`` (leaving the block rolls back).
+        """
+        decision = outcome_for(status, too_large=too_large, limit=limit,
+                               message_id=self.key.message_id)
+        with self._errors():
+            if decision is Outcome.ROLL_BACK:
+                self.rollback()
+                return False
+            self.store.complete(self.connection, self.key, status, headers, body)
+            self.commit()
+        return True
+
+    # -- the message resource (§3) ---------------------------------------------------
+
+    def fetch(self) -> StoredMessage | None:
+        """The stored row (GET of the message URL), read and rolled back; ``None`` if unknown."""
+        with self._errors():
+            stored = self.store.lookup(self.connection, self.key)
+            self.rollback()
+        return stored
+
+    def acknowledge(self) -> StoredMessage | None:
+        """Tombstone the row (DELETE of the message URL) and commit; the row as it was."""
+        with self._errors():
+            stored = self.store.acknowledge(self.connection, self.key)
+            self.commit()
+        return stored
+
+    # -- commit / rollback -----------------------------------------------------------
+
+    def commit(self) -> None:
+        with self._errors():
+            if not self.joined:
+                self.store.commit(self.connection)
+            elif self._commit is not None:
+                self._commit()
+        self.outcome = Outcome.STORE
+
+    def rollback(self) -> None:
+        with self._errors():
+            if not self.joined:
+                self.store.rollback(self.connection)
+            elif self._rollback is not None:
+                self._rollback()
+        self.outcome = Outcome.ROLL_BACK
+
+    def abort(self) -> None:
+        """Roll back after a failure, keeping the failure: a broken rollback is only logged."""
+        self.outcome = Outcome.ROLL_BACK
+        if self._connection is None:
+            return
+        if not self.joined:
+            self._quiet_rollback(self._connection)
+        elif self._rollback is not None:
+            try:
+                self._rollback()
+            except Exception:  # noqa: BLE001 - the original failure is the one to report
+                log.debug("rollback failed after an error", exc_info=sys.exc_info())
+
+    def _quiet_rollback(self, connection: Connection) -> None:
+        try:
+            self.store.rollback(connection)
+        except (StoreUnreachable, sa_exc.SQLAlchemyError):
+            log.debug("rollback failed on a broken connection", exc_info=sys.exc_info())
+
+    def _errors(self) -> AbstractContextManager[None]:
+        return self._guard
+
+    def __repr__(self) -> str:
+        mode = "joined" if self.joined else "own"
+        return f"<MessageTransaction {mode} scope={self.key.scope!r} id={self.key.message_id!r}>"
