@@ -14,8 +14,6 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-__all__: list[str] = []
-
 
 def database_from_url(url: str) -> dict[str, Any]:
     """``DATABASES["default"]`` for a SQLAlchemy-style URL."""

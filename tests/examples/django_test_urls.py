@@ -1,0 +1,66 @@
+"""The order service's URLs plus views the Django tests need.
+
+Each test view appends a line to ``$CHTTP_TEST_DIR/runs`` when it runs: a rollback
+cannot undo that, so the tests can count runs across the server process.
+
+* ``POST /orders/counted`` — writes an order, answers 201 with ``request.chttp``'s id;
+* ``POST /orders/explode`` — writes an order, then raises (Django answers 500);
+* ``POST /orders/held`` — writes an order; while ``$CHTTP_TEST_DIR/hold`` exists it
+  drops ``reached`` and waits, so a test can SIGKILL the process before the commit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+from django.views.decorators.http import require_POST
+
+from chttp_examples.django_orders.orders.models import Order
+from chttp_examples.django_orders.urls import urlpatterns as order_patterns
+
+TEST_DIR = Path(os.environ.get("CHTTP_TEST_DIR", "."))
+
+
+def _ran(name: str, request: HttpRequest) -> None:
+    message = request.chttp  # type: ignore[attr-defined]
+    with open(TEST_DIR / "runs", "a") as runs:
+        runs.write(f"{name} {message.message_id if message else '-'}\n")
+
+
+@require_POST
+def counted(request: HttpRequest) -> HttpResponse:
+    _ran("counted", request)
+    Order.objects.create(item="counted", quantity=1)
+    message = request.chttp  # type: ignore[attr-defined]
+    return JsonResponse({"ran": message.message_id if message else None}, status=201)
+
+
+@require_POST
+def explode(request: HttpRequest) -> HttpResponse:
+    _ran("explode", request)
+    Order.objects.create(item="doomed", quantity=1)
+    raise RuntimeError("the view failed after its write")
+
+
+@require_POST
+def held(request: HttpRequest) -> HttpResponse:
+    Order.objects.create(item="held", quantity=1)
+    hold = TEST_DIR / "hold"
+    if hold.exists():
+        (TEST_DIR / "reached.tmp").write_text("x")
+        (TEST_DIR / "reached.tmp").replace(TEST_DIR / "reached")
+        while hold.exists():
+            time.sleep(0.05)
+    return JsonResponse({"held": True}, status=201)
+
+
+urlpatterns = [
+    path("orders/counted", counted),
+    path("orders/explode", explode),
+    path("orders/held", held),
+    *order_patterns,
+]
