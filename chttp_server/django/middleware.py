@@ -116,8 +116,9 @@ class CertifiedMiddleware:
                         exc.reason)
             return
         except SchemaOutOfDateError as exc:
-            message = (f"the chttp tables in database {self.alias!r} are at revision "
-                       f"{exc.current!r}, this code needs {exc.head!r}: run `{MIGRATE_COMMAND}`")
+            state = ("have not been created" if exc.current is None
+                     else f"are at revision {exc.current!r}, this code needs {exc.head!r}")
+            message = f"the chttp tables in database {self.alias!r} {state}: run `{MIGRATE_COMMAND}`"
             if at_start:
                 raise ConfigurationError(message) from exc
             log.error("chttp: %s", message)

@@ -1,0 +1,63 @@
+"""Setting up the Django integration: refusals at start-up, the user's scope, the settings.
+
+Every scenario runs in a subprocess (tests/examples/django_check.py), because Django's
+settings are global to a process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.examples.django_live import django_env
+from tests.server.live import REPO_ROOT
+
+
+def check(scenario: str, directory: Path) -> Any:
+    env = django_env(f"sqlite:///{directory / 'check.db'}", directory)
+    env.pop("DJANGO_SETTINGS_MODULE")
+    done = subprocess.run([sys.executable, "-m", "tests.examples.django_check", scenario,
+                           str(directory)], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory) -> dict[str, str | None]:
+    return check("refusals", tmp_path_factory.mktemp("refusals"))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("case", "fix"), [
+    ("not migrated", "run `python manage.py migrate`"),
+    ("app not installed", "add 'chttp_server.django' to INSTALLED_APPS"),
+    ("unknown alias", "'orders', which is not in settings.DATABASES"),
+    ("mysql", "runs on SQLite (django.db.backends.sqlite3) or PostgreSQL"),
+    ("autocommit off", "remove the AUTOCOMMIT key"),
+    ("serializable", "must be READ COMMITTED"),
+    ("authentication after", "Move chttp_server.django.CertifiedMiddleware after it"),
+    ("listed twice", "listed more than once in MIDDLEWARE"),
+    ("unknown key", "unknown keys ['RETENTON']"),
+    ("bad retention", "RETENTION"),
+])
+def test_a_configuration_that_cannot_give_the_guarantee_is_refused_at_start_up(refusals, case, fix):
+    assert refusals[case] is not None, f"{case}: the application started"
+    assert fix in refusals[case]
+
+
+def test_a_sound_configuration_starts(refusals):
+    assert refusals["migrated"] is None
+    assert refusals["authentication after, own scope"] is None
+
+
+def test_each_user_has_an_id_space_of_their_own(tmp_path):
+    answers = check("scope", tmp_path)
+    assert answers["alice"][0] == {"status": 201, "replayed": None}
+    assert answers["bob"] == [{"status": 201, "replayed": None}]  # not alice's answer
+    assert answers["anonymous"] == [{"status": 201, "replayed": None}]
+    assert answers["alice"][1] == {"status": 201, "replayed": "true"}
