@@ -148,7 +148,7 @@ def _callable(key: str, value: Any) -> Callable[[Any], Any] | None:
         except ImportError as exc:
             raise ConfigurationError(f"{SETTING_NAME}[{key!r}]: cannot import {value!r}: {exc}") from exc
         if callable(imported):
-            return imported  # type: ignore[no-any-return]
+            return imported
     raise ConfigurationError(f"{SETTING_NAME}[{key!r}] must be a callable or its dotted path")
 
 

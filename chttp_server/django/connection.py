@@ -78,7 +78,7 @@ class _DjangoConnectionPool(Pool):
             # (and the store maps) the driver's, which Django keeps as the cause.
             cause = exc.__cause__
             raise (cause if isinstance(cause, Exception) else exc) from None
-        return wrapper.connection  # type: ignore[no-any-return]
+        return wrapper.connection
 
     def _do_get(self) -> ConnectionPoolEntry:
         return self._create_connection()

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from django.conf import settings
 from django.core.handlers.wsgi import get_script_name
@@ -137,7 +138,7 @@ class CertifiedMiddleware:
     # -- requests --------------------------------------------------------------------
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
-        request.chttp = None  # type: ignore[attr-defined]
+        request.chttp = None
         try:
             path = request.path_info
             if path.startswith(self.conf.message_prefix):
@@ -180,17 +181,12 @@ class CertifiedMiddleware:
         )
 
     def _certified(self, request: HttpRequest, message_id: str) -> HttpResponseBase:
-        with store_errors(retry_after=self.conf.retry_after, message_id=message_id):
-            with django_errors():
-                message = self.incoming(request, message_id)
-                self._ensure_ready()
-                with transaction.atomic(using=self.alias):
-                    with self.engine.connect() as connection:
-                        txn = self._transaction(message.key, connection)
-                        with txn:
-                            stored = txn.claim(message)
-                            if stored is None:
-                                response, expires_at = self._run_view(request, txn, message)
+        with self._store_errors(message_id):
+            message = self.incoming(request, message_id)
+            with self._message_transaction(message.key) as txn:
+                stored = txn.claim(message)
+                if stored is None:
+                    response, expires_at = self._run_view(request, txn, message)
         if stored is not None:
             return self._replay(request, stored)
         if txn.outcome is Outcome.STORE:
@@ -199,11 +195,27 @@ class CertifiedMiddleware:
                 response.headers[name] = value
         return response
 
-    def _transaction(self, key: MessageKey, connection: Any) -> MessageTransaction:
-        return MessageTransaction(
-            self.store, key, retry_after=self.conf.retry_after, connection=connection,
-            rollback=partial(transaction.set_rollback, True, using=self.alias),
-        )
+    @contextmanager
+    def _store_errors(self, message_id: str) -> Iterator[None]:
+        """The receiver's one mapping of store failures (§4), Django's own errors included."""
+        with store_errors(retry_after=self.conf.retry_after, message_id=message_id), \
+                django_errors():
+            yield
+
+    @contextmanager
+    def _message_transaction(self, key: MessageKey) -> Iterator[MessageTransaction]:
+        """``atomic`` on the alias, and the message transaction joined to its connection.
+
+        Rolling back is ``set_rollback(True)``; committing is leaving ``atomic`` normally.
+        """
+        self._ensure_ready()
+        with transaction.atomic(using=self.alias), self.engine.connect() as connection:
+            txn = MessageTransaction(
+                self.store, key, retry_after=self.conf.retry_after, connection=connection,
+                rollback=partial(transaction.set_rollback, True, using=self.alias),
+            )
+            with txn:
+                yield txn
 
     def _run_view(self, request: HttpRequest, txn: MessageTransaction,
                   message: IncomingMessage) -> tuple[HttpResponseBase, Any]:
@@ -219,7 +231,7 @@ class CertifiedMiddleware:
             journal=self.journal,
             handler_send_deadline=self.conf.handler_send_deadline,
         )
-        request.chttp = context  # type: ignore[attr-defined]
+        request.chttp = context
         try:
             with txn.handler_errors():
                 response = self.get_response(request)
@@ -247,14 +259,10 @@ class CertifiedMiddleware:
             return responses.method_not_allowed()
         if not is_valid_message_id(message_id):
             raise MessageNotFound(message_id=None)
-        with store_errors(retry_after=self.conf.retry_after, message_id=message_id):
-            with django_errors():
-                key = MessageKey(self.scope(request), message_id)
-                self._ensure_ready()
-                with transaction.atomic(using=self.alias):
-                    with self.engine.connect() as connection:
-                        with self._transaction(key, connection) as txn:
-                            stored = txn.acknowledge() if method == "DELETE" else txn.fetch()
+        with self._store_errors(message_id):
+            key = MessageKey(self.scope(request), message_id)
+            with self._message_transaction(key) as txn:
+                stored = txn.acknowledge() if method == "DELETE" else txn.fetch()
         if stored is None:
             raise MessageNotFound(message_id=message_id)
         if method == "DELETE":

@@ -48,7 +48,7 @@ def collect(response: HttpResponseBase, limit: int) -> CollectedResponse:
         size = 0
         too_large = False
         try:
-            for chunk in response.streaming_content:  # type: ignore[attr-defined]
+            for chunk in response.streaming_content:
                 size += len(chunk)
                 if size > limit:
                     too_large = True
@@ -57,9 +57,9 @@ def collect(response: HttpResponseBase, limit: int) -> CollectedResponse:
         finally:
             response.close()
         body = b"" if too_large else b"".join(chunks)
-        response.streaming_content = [body]  # type: ignore[attr-defined]
+        response.streaming_content = [body]
     else:
-        body = response.content  # type: ignore[attr-defined]
+        body = response.content
         too_large = len(body) > limit
     return CollectedResponse(response.status_code, headers, b"" if too_large else body, too_large)
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from django.urls import path
-
 from chttp_examples.django_orders.orders import views
+from django.urls import path
 
 urlpatterns = [
     path("orders", views.orders, name="orders"),

@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from chttp_examples.django_orders.settings import *  # noqa: F401,F403
+from chttp_examples.django_orders.settings import *
 
 ROOT_URLCONF = "tests.examples.django_test_urls"

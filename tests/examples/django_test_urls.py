@@ -15,12 +15,11 @@ import os
 import time
 from pathlib import Path
 
+from chttp_examples.django_orders.orders.models import Order
+from chttp_examples.django_orders.urls import urlpatterns as order_patterns
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_POST
-
-from chttp_examples.django_orders.orders.models import Order
-from chttp_examples.django_orders.urls import urlpatterns as order_patterns
 
 TEST_DIR = Path(os.environ.get("CHTTP_TEST_DIR", "."))
 

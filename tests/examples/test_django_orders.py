@@ -25,7 +25,6 @@ from sqlalchemy import text
 from chttp_core import migrate
 from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware, Resource
-
 from tests.examples.django_live import DjangoServer, django_env, manage, runs, scalar
 from tests.server.live import serve_in_thread, wait_for
 

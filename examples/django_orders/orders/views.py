@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
+from chttp_examples.django_orders.orders.models import Order
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.http import require_http_methods, require_POST
-
-from chttp_examples.django_orders.orders.models import Order
 
 
 @require_http_methods(["GET", "POST"])
