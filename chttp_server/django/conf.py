@@ -17,7 +17,9 @@ the same defaults (:class:`chttp_server.CertifiedMiddleware`)::
         "HANDLER_SEND_DEADLINE": timedelta(seconds=30),
     }
 
-``SCOPE`` and a callable ``REQUIRE_ID`` may be dotted paths. The default scope is the
+``DATABASE`` is the alias whose connection runs each certified request's transaction,
+so it must be the alias the views write to: writes through another alias are not part
+of the message's transaction. ``SCOPE`` and a callable ``REQUIRE_ID`` may be dotted paths. The default scope is the
 authenticated user's primary key when ``AuthenticationMiddleware`` runs before the
 certified middleware, and the anonymous scope ``""`` otherwise (docs/protocol.rst §1).
 

@@ -38,6 +38,9 @@ class CollectedResponse:
 def collect(response: HttpResponseBase, limit: int) -> CollectedResponse:
     """The parts of ``response`` to store; a streaming response is consumed and refilled.
 
+    A streaming body is generated here, inside the message's transaction, so whatever
+    its generator writes commits with it.
+
     No more than ``limit`` bytes are held: past it the body is dropped and
     ``too_large`` set (the message then rolls back with 500, §4).
     """
@@ -47,15 +50,15 @@ def collect(response: HttpResponseBase, limit: int) -> CollectedResponse:
         chunks: list[bytes] = []
         size = 0
         too_large = False
-        try:
-            for chunk in response.streaming_content:
-                size += len(chunk)
-                if size > limit:
-                    too_large = True
-                elif not too_large:
-                    chunks.append(bytes(chunk))
-        finally:
-            response.close()
+        # Not response.close(): it sends request_finished, whose receiver closes a
+        # connection left in a transaction — the message's. Django's handler closes
+        # the response (and the consumed iterator) once it has been sent.
+        for chunk in response.streaming_content:
+            size += len(chunk)
+            if size > limit:
+                too_large = True
+            elif not too_large:
+                chunks.append(bytes(chunk))
         body = b"" if too_large else b"".join(chunks)
         response.streaming_content = [body]
     else:

@@ -5,6 +5,9 @@ the error Django's WSGI application raises when it is created (``None`` if it st
 
 ``python -m tests.examples.django_check scope DIR``: two logged-in users and an anonymous
 client send the same message id through Django's test client; their answers.
+
+``python -m tests.examples.django_check policies DIR``: messages on another alias, the
+``REQUIRE_ID`` and ``MESSAGE_PREFIX`` settings, and ``Idempotency-Key``.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import django
 from django.conf import settings
 
 
-def _configure(directory: Path) -> None:
+def _configure(directory: Path, scenario: str) -> None:
     from tests.examples import django_test_settings as base
 
     names = {name: getattr(base, name) for name in dir(base) if name.isupper()}
     names["DATABASES"] = {"default": {"ENGINE": "django.db.backends.sqlite3",
                                       "NAME": str(directory / "check.db")}}
+    if scenario == "policies":  # messages on an alias of their own
+        names["DATABASES"]["messages"] = {"ENGINE": "django.db.backends.sqlite3",
+                                          "NAME": str(directory / "messages.db")}
+        names["CHTTP"] = {"DATABASE": "messages"}
     settings.configure(**names)
     django.setup()
 
@@ -100,7 +107,45 @@ def scope(directory: Path) -> dict[str, Any]:
     return answers
 
 
+def policies(directory: Path) -> dict[str, Any]:
+    """CHTTP["DATABASE"], REQUIRE_ID and MESSAGE_PREFIX, and the Idempotency-Key header."""
+    import sqlite3
+
+    from django.core.management import call_command
+    from django.test import Client
+    from django.test.utils import override_settings
+
+    call_command("migrate", verbosity=0)
+    call_command("migrate", database="messages", verbosity=0)
+
+    def tables(name: str) -> list[str]:
+        with sqlite3.connect(directory / name) as connection:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                      "AND name LIKE 'chttp_%'").fetchall()
+        return sorted(row[0] for row in rows)
+
+    answers: dict[str, Any] = {"default tables": tables("check.db"),
+                               "messages tables": tables("messages.db")}
+    policy = {"DATABASE": "messages", "REQUIRE_ID": ["POST"], "MESSAGE_PREFIX": "/m/"}
+    with override_settings(CHTTP=policy):
+        client = Client()
+        missing = client.post("/orders/counted", b"", content_type="application/json")
+        keyed = client.post("/orders/counted", b"", content_type="application/json",
+                            headers={"Idempotency-Key": '"k-1"'})
+        listed = client.get("/orders")
+        replayed = client.get("/m/k-1")
+    answers["missing"] = [missing.status_code, missing.json()["type"]]
+    answers["keyed"] = [keyed.status_code, keyed.json(), keyed.headers.get("X-Message-URL")]
+    answers["listed"] = listed.status_code
+    answers["replayed"] = [replayed.status_code, replayed.headers.get("Idempotent-Replayed")]
+    with sqlite3.connect(directory / "messages.db") as connection:
+        answers["stored"] = connection.execute(
+            "SELECT message_id FROM chttp_messages").fetchall()
+    return answers
+
+
 if __name__ == "__main__":
     scenario, directory = sys.argv[1], Path(sys.argv[2])
-    _configure(directory)
-    print(json.dumps({"refusals": refusals, "scope": scope}[scenario](directory)))
+    _configure(directory, scenario)
+    scenarios = {"refusals": refusals, "scope": scope, "policies": policies}
+    print(json.dumps(scenarios[scenario](directory)))

@@ -5,6 +5,8 @@ cannot undo that, so the tests can count runs across the server process.
 
 * ``POST /orders/counted`` — writes an order, answers 201 with ``request.chttp``'s id;
 * ``POST /orders/explode`` — writes an order, then raises (Django answers 500);
+* ``POST /orders/cookie`` — answers with two cookies and a header of its own;
+* ``POST /orders/stream`` — a streaming answer whose generator writes an order;
 * ``POST /orders/held`` — writes an order; while ``$CHTTP_TEST_DIR/hold`` exists it
   drops ``reached`` and waits, so a test can SIGKILL the process before the commit.
 """
@@ -14,10 +16,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 from chttp_examples.django_orders.orders.models import Order
 from chttp_examples.django_orders.urls import urlpatterns as order_patterns
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.views.decorators.http import require_POST
 
@@ -57,7 +60,29 @@ def held(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"held": True}, status=201)
 
 
+def cookie(request: HttpRequest) -> HttpResponse:
+    """Answers with a cookie and a header of its own, to be replayed as they were."""
+    response = JsonResponse({"cookie": "set"}, status=201)
+    response.set_cookie("basket", "b-1", max_age=3600, httponly=True, samesite="Strict")
+    response.set_cookie("theme", "dark")
+    response["X-Order-Count"] = "7"
+    return response
+
+
+@require_POST
+def stream(request: HttpRequest) -> HttpResponse:
+    """A streaming answer whose generator writes an order while it streams."""
+    def chunks() -> Iterator[bytes]:
+        yield b'{"streamed": '
+        order = Order.objects.create(item="streamed", quantity=1)
+        yield str(order.id).encode() + b"}"
+
+    return StreamingHttpResponse(chunks(), status=201, content_type="application/json")
+
+
 urlpatterns = [
+    path("orders/stream", stream),
+    path("orders/cookie", cookie),
     path("orders/counted", counted),
     path("orders/explode", explode),
     path("orders/held", held),

@@ -119,6 +119,33 @@ def test_first_request_then_byte_identical_replay_then_422(project):
     assert project.orders("replayed") == 1
 
 
+def test_cookies_and_headers_are_replayed_as_they_were_sent(project):
+    with httpx.Client(timeout=30) as client:
+        first = client.post(f"{project.url}/orders/cookie", headers={"X-Message-ID": "c-1"})
+        again = client.post(f"{project.url}/orders/cookie", headers={"X-Message-ID": "c-1"})
+        head = client.head(f"{project.url}/chttp/messages/c-1")
+    assert first.status_code == again.status_code == 201
+    assert first.headers.get_list("Set-Cookie") == again.headers.get_list("Set-Cookie")
+    assert len(first.headers.get_list("Set-Cookie")) == 2
+    assert "SameSite=Strict" in first.headers.get_list("Set-Cookie")[0]
+    assert again.headers["X-Order-Count"] == "7"
+    assert without(again, "Idempotent-Replayed") == without(first)
+    assert head.status_code == 201 and head.content == b""
+    assert head.headers.get_list("Set-Cookie") == first.headers.get_list("Set-Cookie")
+
+
+def test_a_streaming_answer_is_stored_with_the_writes_of_its_generator(project):
+    with httpx.Client(timeout=30) as client:
+        first = client.post(f"{project.url}/orders/stream", headers={"X-Message-ID": "st-1"})
+        again = client.post(f"{project.url}/orders/stream", headers={"X-Message-ID": "st-1"})
+    assert first.status_code == 201, first.text
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    assert project.orders("streamed") == 1
+    assert first.json()["streamed"] == int(scalar(  # type: ignore[arg-type]
+        project.db_url, "SELECT id FROM orders_order WHERE item = 'streamed'"))
+
+
 def test_the_message_url_replays_and_acknowledges(project):
     with httpx.Client(timeout=30) as client:
         first = order(client, project.url, "m-1", item="resource")
@@ -176,11 +203,13 @@ def test_requests_without_an_id_are_unchanged(project):
         created = order(client, project.url, None, item="plain")
         again = order(client, project.url, None, item="plain")
         listed = client.get(f"{project.url}/orders")
+        counted = client.post(f"{project.url}/orders/counted", content=b"")
     assert created.status_code == again.status_code == 201
     assert "X-Message-URL" not in created.headers
     assert created.json()["id"] != again.json()["id"]
     assert [row["item"] for row in listed.json()["orders"]].count("plain") == 2
     assert project.orders("plain") == 2
+    assert counted.json() == {"ran": None}  # request.chttp is None without an id
 
 
 def test_a_certified_send_from_a_view_happens_once(project):

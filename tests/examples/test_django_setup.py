@@ -61,3 +61,14 @@ def test_each_user_has_an_id_space_of_their_own(tmp_path):
     assert answers["bob"] == [{"status": 201, "replayed": None}]  # not alice's answer
     assert answers["anonymous"] == [{"status": 201, "replayed": None}]
     assert answers["alice"][1] == {"status": 201, "replayed": "true"}
+
+
+def test_another_alias_require_id_message_prefix_and_idempotency_key(tmp_path):
+    answers = check("policies", tmp_path)
+    assert answers["default tables"] == []  # migrate creates them on CHTTP["DATABASE"] only
+    assert "chttp_messages" in answers["messages tables"]
+    assert answers["missing"] == [400, "message-id-required"]
+    assert answers["keyed"] == [201, {"ran": "k-1"}, "/m/k-1"]
+    assert answers["listed"] == 200  # a GET needs no id
+    assert answers["replayed"] == [201, "true"]
+    assert answers["stored"] == [["k-1"]]
