@@ -61,7 +61,12 @@ from chttp_server.errors import (
     StoreUnavailable,
 )
 from chttp_server.incoming import first_sent_of, message_id_of, read_body
-from chttp_server.store import MessageKey, MessageStore, StoredMessage
+from chttp_server.store import (
+    MessageKey,
+    MessageStore,
+    StoredMessage,
+    unreachable_as_store_error,
+)
 from chttp_server.transaction import MessageTransaction, store_errors
 
 __all__ = ["CertifiedMiddleware", "MIGRATE_COMMAND"]
@@ -106,7 +111,7 @@ class CertifiedMiddleware:
         wrapper = connections[self.alias]
         opened_here = wrapper.connection is None
         try:
-            with django_errors():
+            with django_errors(), unreachable_as_store_error():
                 initialize(self.engine)
                 with self.engine.connect() as connection:
                     migrate.check_schema(connection)

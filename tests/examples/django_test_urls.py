@@ -5,6 +5,7 @@ cannot undo that, so the tests can count runs across the server process.
 
 * ``POST /orders/counted`` — writes an order, answers 201 with ``request.chttp``'s id;
 * ``POST /orders/explode`` — writes an order, then raises (Django answers 500);
+* ``POST /orders/busy`` — writes an order, then answers 429 (try again later);
 * ``POST /orders/cookie`` — answers with two cookies and a header of its own;
 * ``POST /orders/stream`` — a streaming answer whose generator writes an order;
 * ``POST /orders/held`` — writes an order; while ``$CHTTP_TEST_DIR/hold`` exists it
@@ -49,6 +50,13 @@ def explode(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+def busy(request: HttpRequest) -> HttpResponse:
+    _ran("busy", request)
+    Order.objects.create(item="busy", quantity=1)
+    return JsonResponse({"error": "try later"}, status=429, headers={"Retry-After": "1"})
+
+
+@require_POST
 def held(request: HttpRequest) -> HttpResponse:
     Order.objects.create(item="held", quantity=1)
     hold = TEST_DIR / "hold"
@@ -86,5 +94,6 @@ urlpatterns = [
     path("orders/counted", counted),
     path("orders/explode", explode),
     path("orders/held", held),
+    path("orders/busy", busy),
     *order_patterns,
 ]

@@ -198,6 +198,18 @@ def test_a_view_that_writes_then_raises_writes_nothing_and_the_retry_runs_again(
     assert project.stored("x-1") == 0
 
 
+def test_a_429_after_writes_rolls_back_and_the_retry_runs_again(project):
+    with httpx.Client(timeout=30) as client:
+        first = client.post(f"{project.url}/orders/busy", content=b"", headers={"X-Message-ID": "b-1"})
+        retry = client.post(f"{project.url}/orders/busy", content=b"", headers={"X-Message-ID": "b-1"})
+    assert first.status_code == retry.status_code == 429
+    assert "Idempotent-Replayed" not in retry.headers
+    assert "X-Message-URL" not in first.headers
+    assert runs(project.test_dir).count("busy b-1") == 2
+    assert project.orders("busy") == 0
+    assert project.stored("b-1") == 0
+
+
 def test_requests_without_an_id_are_unchanged(project):
     with httpx.Client(timeout=30) as client:
         created = order(client, project.url, None, item="plain")
@@ -270,6 +282,28 @@ def test_store_down_is_503_and_the_view_does_not_run(pg_cluster, tmp_path):
     assert database not in down.text
     assert back.status_code == 201
     assert runs(tmp_path) == ["counted d-0", "counted d-1"]  # d-1 ran once, after the store came back
+
+
+def test_a_project_whose_database_is_down_at_start_up_starts_and_answers_503(pg_cluster, tmp_path):
+    db_url = pg_cluster.create_database(f"django_down_{next(_numbers)}")
+    env = django_env(db_url, tmp_path)
+    manage(env, "migrate")
+    database = db_url.rsplit("/", 1)[-1]
+    admin = make_engine(pg_cluster.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+        with DjangoServer(env) as server, httpx.Client(timeout=30) as client:
+            down = client.post(f"{server.url}/orders/counted", headers={"X-Message-ID": "u-1"})
+            with admin.connect() as connection:
+                connection.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+            back = client.post(f"{server.url}/orders/counted", headers={"X-Message-ID": "u-1"})
+    finally:
+        admin.dispose()
+    assert down.status_code == 503, down.text
+    assert down.json()["type"] == "store-unavailable"
+    assert back.status_code == 201
+    assert runs(tmp_path) == ["counted u-1"]
 
 
 @pytest.mark.slow
