@@ -72,3 +72,42 @@ def test_another_alias_require_id_message_prefix_and_idempotency_key(tmp_path):
     assert answers["listed"] == 200  # a GET needs no id
     assert answers["replayed"] == [201, "true"]
     assert answers["stored"] == [["k-1"]]
+
+
+@pytest.mark.slow
+def test_migrate_and_chttp_purge_run_from_the_installed_wheel(tmp_path, built_wheel):
+    import os
+    import zipfile
+
+    names = set(zipfile.ZipFile(built_wheel).namelist())
+    for name in ("chttp_server/django/migrations/0001_initial.py",
+                 "chttp_server/django/management/commands/chttp_purge.py",
+                 "chttp_examples/django_orders/orders/migrations/0001_initial.py",
+                 "chttp_examples/django_orders/orders/management/commands/serve.py"):
+        assert name in names
+    target = tmp_path / "installed"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
+         "--target", str(target), str(built_wheel)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    env = {**os.environ, "PYTHONPATH": str(target),
+           "CHTTP_ORDERS_DB": f"sqlite:///{tmp_path / 'wheel.db'}"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+
+    def manage(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "chttp_examples.django_orders", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300, check=False)
+
+    migrated = manage("migrate")
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert "Applying chttp.0001_initial... OK" in migrated.stdout
+    purged = manage("chttp_purge")
+    assert purged.returncode == 0, purged.stderr
+    assert "deleted 0 expired message(s)" in purged.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import chttp_server.django as m; print(m.__file__)"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+    assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
