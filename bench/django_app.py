@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy.engine import make_url
 
-__all__ = ["application", "MODES", "urlpatterns"]
+__all__ = ["application", "MODES"]
 
 MODES = ("django-bare", "django-certified")
 
@@ -82,7 +82,7 @@ def _from_environment() -> Callable[..., Iterable[bytes]]:
     settings.configure(**_settings(os.environ.get("BENCH_MODE", "django-bare"),
                                    os.environ["BENCH_DB_URL"]))
     django.setup()
-    return get_wsgi_application()  # type: ignore[no-any-return]
+    return get_wsgi_application()
 
 
 def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from django.utils.module_loading import import_string
 
@@ -143,14 +143,14 @@ def _count(key: str, value: Any) -> int:
 
 def _callable(key: str, value: Any) -> Callable[[Any], Any] | None:
     if value is None or callable(value):
-        return value
+        return cast("Callable[[Any], Any] | None", value)
     if isinstance(value, str):
         try:
             imported = import_string(value)
         except ImportError as exc:
             raise ConfigurationError(f"{SETTING_NAME}[{key!r}]: cannot import {value!r}: {exc}") from exc
         if callable(imported):
-            return imported
+            return cast("Callable[[Any], Any]", imported)
     raise ConfigurationError(f"{SETTING_NAME}[{key!r}] must be a callable or its dotted path")
 
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 from django.db import connections
 from django.db import utils as django_db
@@ -78,7 +78,7 @@ class _DjangoConnectionPool(Pool):
             # (and the store maps) the driver's, which Django keeps as the cause.
             cause = exc.__cause__
             raise (cause if isinstance(cause, Exception) else exc) from None
-        return wrapper.connection
+        return cast(DBAPIConnection, wrapper.connection)
 
     def _do_get(self) -> ConnectionPoolEntry:
         return self._create_connection()

@@ -290,7 +290,7 @@ class _RequestBody:
         self.position = 0
 
     def read(self, size: int = -1) -> bytes:
-        body = self.request.body
+        body: bytes = self.request.body
         end = len(body) if size is None or size < 0 else self.position + size
         chunk = body[self.position:end]
         self.position += len(chunk)

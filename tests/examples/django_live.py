@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
@@ -71,7 +72,7 @@ class DjangoServer:
         self.kill()
 
 
-def scalar(db_url: str, sql: str, **params: object) -> object:
+def scalar(db_url: str, sql: str, **params: object) -> Any:
     """One value read from the project's database with a connection of the test's own."""
     engine = make_engine(db_url)
     try:

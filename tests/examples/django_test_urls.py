@@ -29,7 +29,7 @@ TEST_DIR = Path(os.environ.get("CHTTP_TEST_DIR", "."))
 
 
 def _ran(name: str, request: HttpRequest) -> None:
-    message = request.chttp  # type: ignore[attr-defined]
+    message = request.chttp
     with open(TEST_DIR / "runs", "a") as runs:
         runs.write(f"{name} {message.message_id if message else '-'}\n")
 
@@ -38,7 +38,7 @@ def _ran(name: str, request: HttpRequest) -> None:
 def counted(request: HttpRequest) -> HttpResponse:
     _ran("counted", request)
     Order.objects.create(item="counted", quantity=1)
-    message = request.chttp  # type: ignore[attr-defined]
+    message = request.chttp
     return JsonResponse({"ran": message.message_id if message else None}, status=201)
 
 

@@ -42,11 +42,11 @@ class Project:
         self.shipped = shipped
 
     def orders(self, item: str) -> int:
-        return int(scalar(self.db_url, "SELECT count(*) FROM orders_order WHERE item = :item",  # type: ignore[arg-type]
+        return int(scalar(self.db_url, "SELECT count(*) FROM orders_order WHERE item = :item",
                           item=item))
 
     def stored(self, message_id: str) -> int:
-        return int(scalar(self.db_url, "SELECT count(*) FROM chttp_messages WHERE "  # type: ignore[arg-type]
+        return int(scalar(self.db_url, "SELECT count(*) FROM chttp_messages WHERE "
                           "message_id = :id", id=message_id))
 
 
@@ -142,7 +142,7 @@ def test_a_streaming_answer_is_stored_with_the_writes_of_its_generator(project):
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.content == first.content
     assert project.orders("streamed") == 1
-    assert first.json()["streamed"] == int(scalar(  # type: ignore[arg-type]
+    assert first.json()["streamed"] == int(scalar(
         project.db_url, "SELECT id FROM orders_order WHERE item = 'streamed'"))
 
 

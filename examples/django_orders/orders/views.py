@@ -23,7 +23,7 @@ def orders(request: HttpRequest) -> HttpResponse:
 @require_POST
 def ship_order(request: HttpRequest, order_id: int) -> HttpResponse:
     order = get_object_or_404(Order, pk=order_id)
-    message = request.chttp  # type: ignore[attr-defined]
+    message = request.chttp
     if message is None:
         return JsonResponse({"error": "shipping needs an X-Message-ID, so that it happens once"},
                             status=400)

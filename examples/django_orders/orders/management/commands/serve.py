@@ -23,7 +23,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         server = create_server(get_wsgi_application(), host=options["host"],
                                port=options["port"], threads=options["threads"])
-        port = server.effective_port  # type: ignore[union-attr]
+        port = server.effective_port
         self.stdout.write(f"serving on http://{options['host']}:{port}")
         self.stdout.flush()
         server.run()
