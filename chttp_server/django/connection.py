@@ -53,7 +53,9 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool
 
 from chttp_core.errors import StoreUnreachable
 
-__all__ = ["django_engine", "initialize", "django_errors", "separate_engine", "VENDORS"]
+__all__ = [
+    "django_engine", "initialize", "django_errors", "lost_connection", "separate_engine", "VENDORS",
+]
 
 #: The Django backends (``connection.vendor``) the store supports.
 VENDORS = ("sqlite", "postgresql")
@@ -169,6 +171,19 @@ def django_errors() -> Iterator[None]:
     except (django_db.OperationalError, django_db.InterfaceError) as exc:
         text = str(exc).strip()
         raise StoreUnreachable(text.splitlines()[0] if text else type(exc).__name__) from exc
+
+
+def lost_connection(alias: str) -> None:
+    """Raise :class:`StoreUnreachable` if the view's failure was the connection's loss.
+
+    Django turns a view's exception into a 500 before the middleware sees it, so a
+    statement that lost the server under the view looks like any other failure. The
+    driver knows better: a psycopg connection whose server went away is ``closed``. The
+    WSGI middleware answers that case 503 ``store-unavailable``; so does this one.
+    """
+    raw = connections[alias].connection
+    if raw is not None and getattr(raw, "closed", False):
+        raise StoreUnreachable("the database connection was lost while the view ran")
 
 
 def separate_engine(alias: str) -> Engine:

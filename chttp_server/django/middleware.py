@@ -43,6 +43,7 @@ from chttp_server.decisions import (
     IncomingMessage,
     Outcome,
     incoming_message,
+    means_try_again,
     message_headers,
     message_url,
     replay_headers,
@@ -51,7 +52,12 @@ from chttp_server.decisions import (
 from chttp_server.django import responses
 from chttp_server.django.checks import check_configuration
 from chttp_server.django.conf import SETTING_NAME, read_settings
-from chttp_server.django.connection import django_engine, django_errors, initialize
+from chttp_server.django.connection import (
+    django_engine,
+    django_errors,
+    initialize,
+    lost_connection,
+)
 from chttp_server.django.journal import journal_for
 from chttp_server.errors import (
     ConfigurationError,
@@ -240,6 +246,8 @@ class CertifiedMiddleware:
         try:
             with txn.handler_errors():
                 response = self.get_response(request)
+                if means_try_again(response.status_code):
+                    lost_connection(self.alias)
                 context.flush()
             collected = responses.collect(response, self.conf.max_response_bytes)
             txn.complete(collected.status, collected.headers, collected.body,

@@ -6,6 +6,7 @@ cannot undo that, so the tests can count runs across the server process.
 * ``POST /orders/counted`` — writes an order, answers 201 with ``request.chttp``'s id;
 * ``POST /orders/explode`` — writes an order, then raises (Django answers 500);
 * ``POST /orders/busy`` — writes an order, then answers 429 (try again later);
+* ``POST /orders/severed`` — writes an order, then loses its PostgreSQL connection;
 * ``POST /orders/cookie`` — answers with two cookies and a header of its own;
 * ``POST /orders/stream`` — a streaming answer whose generator writes an order;
 * ``POST /orders/held`` — writes an order; while ``$CHTTP_TEST_DIR/hold`` exists it
@@ -57,6 +58,18 @@ def busy(request: HttpRequest) -> HttpResponse:
 
 
 @require_POST
+def severed(request: HttpRequest) -> HttpResponse:
+    """Writes an order, then its PostgreSQL connection is terminated under it."""
+    from django.db import connection
+
+    _ran("severed", request)
+    Order.objects.create(item="severed", quantity=1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return JsonResponse({"severed": False}, status=201)
+
+
+@require_POST
 def held(request: HttpRequest) -> HttpResponse:
     Order.objects.create(item="held", quantity=1)
     hold = TEST_DIR / "hold"
@@ -95,5 +108,6 @@ urlpatterns = [
     path("orders/explode", explode),
     path("orders/held", held),
     path("orders/busy", busy),
+    path("orders/severed", severed),
     *order_patterns,
 ]

@@ -284,6 +284,21 @@ def test_store_down_is_503_and_the_view_does_not_run(pg_cluster, tmp_path):
     assert runs(tmp_path) == ["counted d-0", "counted d-1"]  # d-1 ran once, after the store came back
 
 
+def test_a_connection_lost_under_the_view_is_503_and_nothing_is_written(project):
+    if not project.db_url.startswith("postgresql"):
+        pytest.skip("a SQLite connection cannot be lost")
+    with httpx.Client(timeout=30) as client:
+        lost = client.post(f"{project.url}/orders/severed", content=b"",
+                           headers={"X-Message-ID": "sv-1"})
+        after = order(client, project.url, "sv-2", item="after-severed")
+    assert lost.status_code == 503, lost.text
+    assert lost.json()["type"] == "store-unavailable"
+    assert "Retry-After" in lost.headers
+    assert project.orders("severed") == 0
+    assert project.stored("sv-1") == 0
+    assert after.status_code == 201  # the thread's next request has a working connection
+
+
 def test_a_project_whose_database_is_down_at_start_up_starts_and_answers_503(pg_cluster, tmp_path):
     db_url = pg_cluster.create_database(f"django_down_{next(_numbers)}")
     env = django_env(db_url, tmp_path)
