@@ -166,6 +166,24 @@ def test_the_message_url_replays_and_acknowledges(project):
     assert project.orders("resource") == 1
 
 
+def test_refusals_before_the_view_runs(project):
+    with httpx.Client(timeout=60) as client:
+        too_old = client.post(f"{project.url}/orders/counted", content=b"", headers={
+            "X-Message-ID": "old-1", "X-Message-First-Sent": "Sat, 01 Jan 2000 00:00:00 GMT"})
+        bad_date = client.post(f"{project.url}/orders/counted", content=b"", headers={
+            "X-Message-ID": "old-2", "X-Message-First-Sent": "yesterday"})
+        two_ids = client.post(f"{project.url}/orders/counted", content=b"", headers={
+            "X-Message-ID": "a-1", "Idempotency-Key": '"b-1"'})
+        too_large = client.post(f"{project.url}/orders/counted", content=b"x" * (10 * 1024 * 1024 + 1),
+                                headers={"X-Message-ID": "big-1"})
+    assert [too_old.status_code, too_old.json()["type"]] == [412, "message-too-old"]
+    assert [bad_date.status_code, bad_date.json()["type"]] == [400, "invalid-first-sent"]
+    assert [two_ids.status_code, two_ids.json()["type"]] == [400, "invalid-message-id"]
+    assert [too_large.status_code, too_large.json()["type"]] == [413, "request-too-large"]
+    ran = runs(project.test_dir)
+    assert not [line for line in ran if line.split()[-1] in ("old-1", "old-2", "a-1", "big-1")]
+
+
 def test_concurrent_deliveries_of_one_id_write_one_row(project):
     barrier = threading.Barrier(16)
 
