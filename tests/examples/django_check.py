@@ -104,6 +104,31 @@ def scope(directory: Path) -> dict[str, Any]:
             "replayed": response.headers.get("Idempotent-Replayed"),
         })
     answers["users"] = {"alice": alice.pk, "bob": bob.pk}
+    answers["inside a transaction"] = _inside_a_transaction()
+    return answers
+
+
+def _inside_a_transaction() -> dict[str, Any]:
+    """Django's ``TestCase`` runs requests inside its own transaction: messages nest."""
+    from django.db import transaction
+    from django.test import Client
+
+    from chttp_examples.django_orders.orders.models import Order
+
+    client = Client(raise_request_exception=False)
+    answers: dict[str, Any] = {}
+    with transaction.atomic():
+        first = client.post("/orders/counted", b"", content_type="application/json",
+                            headers={"X-Message-ID": "nested-1"})
+        again = client.post("/orders/counted", b"", content_type="application/json",
+                            headers={"X-Message-ID": "nested-1"})
+        exploded = client.post("/orders/explode", b"", content_type="application/json",
+                               headers={"X-Message-ID": "nested-2"})
+        answers["statuses"] = [first.status_code, again.status_code, exploded.status_code]
+        answers["replayed"] = again.headers.get("Idempotent-Replayed")
+        answers["doomed"] = Order.objects.filter(item="doomed").count()
+        answers["usable"] = Order.objects.count() > 0  # the outer transaction goes on
+        transaction.set_rollback(True)
     return answers
 
 

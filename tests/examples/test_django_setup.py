@@ -61,6 +61,11 @@ def test_each_user_has_an_id_space_of_their_own(tmp_path):
     assert answers["bob"] == [{"status": 201, "replayed": None}]  # not alice's answer
     assert answers["anonymous"] == [{"status": 201, "replayed": None}]
     assert answers["alice"][1] == {"status": 201, "replayed": "true"}
+    nested = answers["inside a transaction"]
+    assert nested["statuses"] == [201, 201, 500]
+    assert nested["replayed"] == "true"
+    assert nested["doomed"] == 0  # the exploding view's savepoint was rolled back
+    assert nested["usable"] is True
 
 
 def test_another_alias_require_id_message_prefix_and_idempotency_key(tmp_path):
