@@ -20,6 +20,13 @@ mode (its rollback is ``transaction.set_rollback(True)``; its commit is leaving
 ``atomic``). Requests without an id pass through untouched, with ``request.chttp`` set
 to ``None``. When this middleware itself runs inside a transaction (Django's
 ``TestCase``), the message is a savepoint and is durable when that transaction commits.
+
+SQLite: the claim is the first statement of the message's transaction and a write, so
+it takes the database's write lock at once (waiting up to Django's ``timeout`` option)
+and every certified request is serialised like PostgreSQL's row lock serialises one id.
+Acknowledging (``DELETE`` of the message URL) reads before it writes; under concurrent
+writers Django's ``"OPTIONS": {"transaction_mode": "IMMEDIATE"}`` (Django 5.1) spares it
+an early "database is locked", which is answered 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
