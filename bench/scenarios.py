@@ -21,9 +21,20 @@ from bench.floor import pgbench_floor
 from bench.load import BODY, PATH, LoadResult, LoadSpec, median_result, run_load
 from bench.servers import Server
 
-__all__ = ["Options", "Results", "run_all", "TEMPLATE_ID"]
+__all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES"]
 
 TEMPLATE_ID = "template-0"
+
+#: The Django project's two dresses (bench/django_app.py), next to the raw WSGI rows.
+DJANGO_MODES = ("django-bare", "django-certified")
+
+
+def _django_available() -> bool:
+    try:
+        import django  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -91,9 +102,12 @@ def run_all(options: Options) -> Results:
             peer_ready = f"idemkit unavailable: {type(exc).__name__}: {exc}"
         servers: dict[str, Server] = {}
         try:
-            for mode in ("bare", "certified", "peer"):
+            for mode in ("bare", "certified", "peer", *DJANGO_MODES):
                 if mode == "peer" and peer_ready:
                     results.skipped["peer"] = peer_ready
+                    continue
+                if mode in DJANGO_MODES and not _django_available():
+                    results.skipped["django"] = "Django is not installed (pip install Django)"
                     continue
                 progress(f"booting gunicorn ({mode}): {options.workers} workers x "
                          f"{options.threads} threads; waiting for every worker")
@@ -101,9 +115,10 @@ def run_all(options: Options) -> Results:
                     servers[mode] = Server(mode, db.url, workers=options.workers,
                                            threads=options.threads).__enter__()
                 except Exception as exc:
-                    if mode != "peer":
+                    if mode not in ("peer", *DJANGO_MODES):
                         raise
-                    results.skipped["peer"] = f"peer server failed: {short_reason(exc)}"
+                    group = "peer" if mode == "peer" else "django"
+                    results.skipped[group] = f"{mode} server failed: {short_reason(exc)}"
             _warm_up(servers, options)
             status = _post(servers["certified"].address, TEMPLATE_ID)
             if status != 201:
@@ -152,7 +167,7 @@ def _warm_up(servers: dict[str, Server], options: Options) -> None:
     warm = Options(duration=1.0, rounds=1, use_wrk=options.use_wrk)
     for mode, server in servers.items():
         header = "Idempotency-Key" if mode == "peer" else "X-Message-ID"
-        _load(warm, server, 4, kind="none" if mode == "bare" else "new", header=header)
+        _load(warm, server, 4, kind="none" if mode.endswith("bare") else "new", header=header)
 
 
 def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
@@ -168,6 +183,11 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
     if "peer" in servers:
         runs.append(("peer (idemkit)", lambda c: _load(options, servers["peer"], c,
                                                        kind="new", header="Idempotency-Key")))
+    if "django-bare" in servers and "django-certified" in servers:
+        runs.append(("django bare", lambda c: _load(options, servers["django-bare"], c,
+                                                    kind="none")))
+        runs.append(("django certified", lambda c: _load(options, servers["django-certified"],
+                                                         c, kind="new")))
     # Each cell is measured in `rounds` slices, the scenarios interleaved round by round,
     # and reported as the median: other load on a shared machine then hits every row of
     # a concurrency alike instead of whichever happened to run during it.

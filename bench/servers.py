@@ -32,7 +32,7 @@ class ServerFailed(RuntimeError):
 
 
 class Server:
-    """``gunicorn bench.app:application`` in one mode; a context manager."""
+    """``gunicorn bench.app:application`` (or ``bench.django_app``) in one mode; a context manager."""
 
     def __init__(
         self,
@@ -80,7 +80,9 @@ class Server:
             "--keep-alive", "30",
             "--error-logfile", str(self.log_path),
             "--log-level", "warning",
-            "bench.app:application",
+            # The Django rows serve the same endpoint from a Django project.
+            "bench.django_app:application" if self.mode.startswith("django-")
+            else "bench.app:application",
         ]
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)

@@ -248,3 +248,45 @@ def test_wrapping_snippet_runs_as_written(index, tmp_path, monkeypatch):
         if engine is not None:
             engine.dispose()
     assert os.listdir(tmp_path)  # the snippet's database lives in the working directory
+
+
+# -- "Wrapping your application", Django: the settings and the view, as written ---------
+
+
+def test_django_snippets_run_as_written(tmp_path):
+    """The README's settings lines and view, in a project of their own, served by waitress."""
+    import httpx
+
+    from tests.examples.django_live import DjangoServer, django_env, manage
+
+    snippets = wrapping_snippets()
+    (settings_snippet,) = [s for s in snippets if "chttp_server.django.CertifiedMiddleware" in s]
+    (view_snippet,) = [s for s in snippets if "request.chttp" in s]
+    (tmp_path / "readme_settings.py").write_text(
+        'SECRET_KEY = "readme"\nALLOWED_HOSTS = ["*"]\nUSE_TZ = True\n'
+        'ROOT_URLCONF = "readme_urls"\n'
+        f'DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", '
+        f'"NAME": {str(tmp_path / "readme.db")!r}}}}}\n\n' + settings_snippet)
+    (tmp_path / "readme_views.py").write_text(view_snippet)
+    (tmp_path / "readme_urls.py").write_text(
+        "from django.urls import path\nfrom readme_views import create_order\n"
+        'urlpatterns = [path("orders", create_order)]\n')
+    env = django_env(f"sqlite:///{tmp_path / 'readme.db'}", tmp_path,
+                     DJANGO_SETTINGS_MODULE="readme_settings")
+    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
+    manage(env, "migrate")
+    with DjangoServer(env) as server, httpx.Client(timeout=30) as client:
+        def post(message_id):
+            return client.post(f"{server.url}/orders", json={"item": "tea"},
+                               headers={"X-Message-ID": message_id})
+
+        first = post("readme-1")
+        again = post("readme-1")
+        other = post("readme-2")
+    assert first.status_code == 201, first.text
+    assert first.json()["message"] == "readme-1"
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    assert "Idempotent-Replayed" not in other.headers
+    assert other.json()["id"] != first.json()["id"]

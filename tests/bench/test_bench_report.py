@@ -56,3 +56,14 @@ def test_report_compares_ratios_with_targets(certified: float, verdict: str) -> 
     assert f"{certified / 100:.2f}" in line
     assert "peer skipped" in text
     assert "idemkit unavailable" in text
+
+
+def test_report_has_the_django_ratio_when_both_django_rows_ran() -> None:
+    options = Options(concurrencies=(4,))
+    results = Results(tool="wrk")
+    results.grid = {("bare", 4): _result(100), ("certified", 4): _result(90),
+                    ("django bare", 4): _result(80), ("django certified", 4): _result(60)}
+    text = render(results, options)
+    line = next(l for l in text.splitlines() if l.startswith("django certified / bare"))
+    assert "0.75" in line
+    assert "django bare" in text and "django certified" in text

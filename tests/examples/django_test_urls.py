@@ -1,0 +1,113 @@
+"""The order service's URLs plus views the Django tests need.
+
+Each test view appends a line to ``$CHTTP_TEST_DIR/runs`` when it runs: a rollback
+cannot undo that, so the tests can count runs across the server process.
+
+* ``POST /orders/counted`` — writes an order, answers 201 with ``request.chttp``'s id;
+* ``POST /orders/explode`` — writes an order, then raises (Django answers 500);
+* ``POST /orders/busy`` — writes an order, then answers 429 (try again later);
+* ``POST /orders/severed`` — writes an order, then loses its PostgreSQL connection;
+* ``POST /orders/cookie`` — answers with two cookies and a header of its own;
+* ``POST /orders/stream`` — a streaming answer whose generator writes an order;
+* ``POST /orders/held`` — writes an order; while ``$CHTTP_TEST_DIR/hold`` exists it
+  drops ``reached`` and waits, so a test can SIGKILL the process before the commit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+from chttp_examples.django_orders.orders.models import Order
+from chttp_examples.django_orders.urls import urlpatterns as order_patterns
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.urls import path
+from django.views.decorators.http import require_POST
+
+TEST_DIR = Path(os.environ.get("CHTTP_TEST_DIR", "."))
+
+
+def _ran(name: str, request: HttpRequest) -> None:
+    message = request.chttp
+    with open(TEST_DIR / "runs", "a") as runs:
+        runs.write(f"{name} {message.message_id if message else '-'}\n")
+
+
+@require_POST
+def counted(request: HttpRequest) -> HttpResponse:
+    _ran("counted", request)
+    Order.objects.create(item="counted", quantity=1)
+    message = request.chttp
+    return JsonResponse({"ran": message.message_id if message else None}, status=201)
+
+
+@require_POST
+def explode(request: HttpRequest) -> HttpResponse:
+    _ran("explode", request)
+    Order.objects.create(item="doomed", quantity=1)
+    raise RuntimeError("the view failed after its write")
+
+
+@require_POST
+def busy(request: HttpRequest) -> HttpResponse:
+    _ran("busy", request)
+    Order.objects.create(item="busy", quantity=1)
+    return JsonResponse({"error": "try later"}, status=429, headers={"Retry-After": "1"})
+
+
+@require_POST
+def severed(request: HttpRequest) -> HttpResponse:
+    """Writes an order, then its PostgreSQL connection is terminated under it."""
+    from django.db import connection
+
+    _ran("severed", request)
+    Order.objects.create(item="severed", quantity=1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return JsonResponse({"severed": False}, status=201)
+
+
+@require_POST
+def held(request: HttpRequest) -> HttpResponse:
+    Order.objects.create(item="held", quantity=1)
+    hold = TEST_DIR / "hold"
+    if hold.exists():
+        (TEST_DIR / "reached.tmp").write_text("x")
+        (TEST_DIR / "reached.tmp").replace(TEST_DIR / "reached")
+        while hold.exists():
+            time.sleep(0.05)
+    return JsonResponse({"held": True}, status=201)
+
+
+def cookie(request: HttpRequest) -> HttpResponse:
+    """Answers with a cookie and a header of its own, to be replayed as they were."""
+    response = JsonResponse({"cookie": "set"}, status=201)
+    response.set_cookie("basket", "b-1", max_age=3600, httponly=True, samesite="Strict")
+    response.set_cookie("theme", "dark")
+    response["X-Order-Count"] = "7"
+    return response
+
+
+@require_POST
+def stream(request: HttpRequest) -> HttpResponse:
+    """A streaming answer whose generator writes an order while it streams."""
+    def chunks() -> Iterator[bytes]:
+        yield b'{"streamed": '
+        order = Order.objects.create(item="streamed", quantity=1)
+        yield str(order.id).encode() + b"}"
+
+    return StreamingHttpResponse(chunks(), status=201, content_type="application/json")
+
+
+urlpatterns = [
+    path("orders/stream", stream),
+    path("orders/cookie", cookie),
+    path("orders/counted", counted),
+    path("orders/explode", explode),
+    path("orders/held", held),
+    path("orders/busy", busy),
+    path("orders/severed", severed),
+    *order_patterns,
+]

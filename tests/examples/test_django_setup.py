@@ -1,0 +1,118 @@
+"""Setting up the Django integration: refusals at start-up, the user's scope, the settings.
+
+Every scenario runs in a subprocess (tests/examples/django_check.py), because Django's
+settings are global to a process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.examples.django_live import django_env
+from tests.server.live import REPO_ROOT
+
+
+def check(scenario: str, directory: Path) -> Any:
+    env = django_env(f"sqlite:///{directory / 'check.db'}", directory)
+    env.pop("DJANGO_SETTINGS_MODULE")
+    done = subprocess.run([sys.executable, "-m", "tests.examples.django_check", scenario,
+                           str(directory)], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory) -> dict[str, str | None]:
+    return check("refusals", tmp_path_factory.mktemp("refusals"))
+
+
+@pytest.mark.parametrize(("case", "fix"), [
+    ("not migrated", "run `python manage.py migrate`"),
+    ("app not installed", "add 'chttp_server.django' to INSTALLED_APPS"),
+    ("unknown alias", "'orders', which is not in settings.DATABASES"),
+    ("mysql", "runs on SQLite (django.db.backends.sqlite3) or PostgreSQL"),
+    ("autocommit off", "remove the AUTOCOMMIT key"),
+    ("serializable", "must be READ COMMITTED"),
+    ("authentication after", "Move chttp_server.django.CertifiedMiddleware after it"),
+    ("listed twice", "listed more than once in MIDDLEWARE"),
+    ("unknown key", "unknown keys ['RETENTON']"),
+    ("bad retention", "RETENTION"),
+])
+def test_a_configuration_that_cannot_give_the_guarantee_is_refused_at_start_up(refusals, case, fix):
+    assert refusals[case] is not None, f"{case}: the application started"
+    assert fix in refusals[case]
+
+
+def test_a_sound_configuration_starts(refusals):
+    assert refusals["migrated"] is None
+    assert refusals["authentication after, own scope"] is None
+
+
+def test_each_user_has_an_id_space_of_their_own(tmp_path):
+    answers = check("scope", tmp_path)
+    assert answers["alice"][0] == {"status": 201, "replayed": None}
+    assert answers["bob"] == [{"status": 201, "replayed": None}]  # not alice's answer
+    assert answers["anonymous"] == [{"status": 201, "replayed": None}]
+    assert answers["alice"][1] == {"status": 201, "replayed": "true"}
+    nested = answers["inside a transaction"]
+    assert nested["statuses"] == [201, 201, 500]
+    assert nested["replayed"] == "true"
+    assert nested["doomed"] == 0  # the exploding view's savepoint was rolled back
+    assert nested["usable"] is True
+
+
+def test_another_alias_require_id_message_prefix_and_idempotency_key(tmp_path):
+    answers = check("policies", tmp_path)
+    assert answers["default tables"] == []  # migrate creates them on CHTTP["DATABASE"] only
+    assert "chttp_messages" in answers["messages tables"]
+    assert answers["missing"] == [400, "message-id-required"]
+    assert answers["keyed"] == [201, {"ran": "k-1"}, "/m/k-1"]
+    assert answers["listed"] == 200  # a GET needs no id
+    assert answers["replayed"] == [201, "true"]
+    assert answers["stored"] == [["k-1"]]
+
+
+@pytest.mark.slow
+def test_migrate_and_chttp_purge_run_from_the_installed_wheel(tmp_path, built_wheel):
+    import os
+    import zipfile
+
+    names = set(zipfile.ZipFile(built_wheel).namelist())
+    for name in ("chttp_server/django/migrations/0001_initial.py",
+                 "chttp_server/django/management/commands/chttp_purge.py",
+                 "chttp_examples/django_orders/orders/migrations/0001_initial.py",
+                 "chttp_examples/django_orders/orders/management/commands/serve.py"):
+        assert name in names
+    target = tmp_path / "installed"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-compile", "--quiet",
+         "--target", str(target), str(built_wheel)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    env = {**os.environ, "PYTHONPATH": str(target),
+           "CHTTP_ORDERS_DB": f"sqlite:///{tmp_path / 'wheel.db'}"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+
+    def manage(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "chttp_examples.django_orders", *args],
+                              capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300, check=False)
+
+    migrated = manage("migrate")
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert "Applying chttp.0001_initial... OK" in migrated.stdout
+    purged = manage("chttp_purge")
+    assert purged.returncode == 0, purged.stderr
+    assert "deleted 0 expired message(s)" in purged.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import chttp_server.django as m; print(m.__file__)"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
+    assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
