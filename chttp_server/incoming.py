@@ -38,7 +38,8 @@ def message_id_of(environ: dict[str, Any]) -> str | None:
         from_message_id = raw_message_id.strip(" \t")
         if not is_valid_message_id(from_message_id):
             raise InvalidMessageId(
-                "X-Message-ID must be 1-128 characters of A-Z a-z 0-9 - . _ ~ :"
+                "X-Message-ID must be 1-128 characters of A-Z a-z 0-9 - . _ ~ : "
+                "(and not . or ..)"
             )
     if raw_key is not None:
         try:
@@ -51,7 +52,11 @@ def message_id_of(environ: dict[str, Any]) -> str | None:
 
 
 def first_sent_of(environ: dict[str, Any]) -> datetime | None:
-    """``X-Message-First-Sent`` as an aware datetime; 400 if present but not an HTTP-date."""
+    """``X-Message-First-Sent`` as an aware datetime; 400 if present but not an HTTP-date.
+
+    :func:`~chttp_core.wire.parse_http_date` turns every parsing failure (an overflowing
+    year included) into :class:`ValueError`, so one ``except`` covers the class.
+    """
     raw = environ.get(_ENV_FIRST_SENT)
     if raw is None:
         return None
