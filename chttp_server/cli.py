@@ -6,6 +6,8 @@
     chttp-server db current --db URL      print the revision the database is at
     chttp-server purge --db URL           delete expired messages in bounded batches
     chttp-server serve --app module:attr --db URL [--host H] [--port N] [--threads N] [--upgrade]
+                       [--connection-limit N] [--channel-timeout S] [--request-timeout S]
+                       [--max-request-body BYTES] [--max-request-header BYTES]
     chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
 
 ``serve`` runs the application under waitress, wrapped in :class:`CertifiedMiddleware`.
@@ -31,6 +33,7 @@ from datetime import timedelta
 from typing import Any, Callable, Sequence
 
 from chttp_core.db import make_engine
+from chttp_server import serving
 
 __all__ = ["main", "build_parser", "load_app"]
 
@@ -123,6 +126,7 @@ def _add_serve(commands: Any) -> None:
                        help="how long a duplicate waits for an in-flight one (default: 5)")
     serve.add_argument("--upgrade", action="store_true",
                        help="bring the chttp schema to head at start-up")
+    serving.add_limit_arguments(serve)
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -160,8 +164,6 @@ def load_app(spec: str) -> Callable[..., Any]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import waitress
-
     from chttp_server.errors import ChttpServerError
     from chttp_server.middleware import CertifiedMiddleware
 
@@ -172,10 +174,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             claim_timeout=args.claim_timeout,
             upgrade_schema=args.upgrade,
         )
+        server = serving.create_server(app, host=args.host, port=args.port,
+                                       limits=serving.limits_from_arguments(args))
     except ChttpServerError as error:
         print(f"chttp-server: {error}", file=sys.stderr)
         return 2
-    server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
     # One machine-readable line, flushed, so scripts (and the tests) learn a port 0's pick.
     print(f"chttp-server serving {args.app} on http://{args.host}:{server.effective_port}",
           flush=True)
