@@ -97,13 +97,22 @@ def read_body(environ: dict[str, Any]) -> bytes:
     return body
 
 
+#: The most a single ``read`` of the request body asks for.
+_CHUNK = 64 * 1024
+
+
 def _read_exactly(stream: Any, length: int) -> bytes:
     """Read ``length`` bytes, or fewer only if the stream ends first (a short read is
-    allowed of a file-like object, so one ``read`` is not proof of a truncated body)."""
+    allowed of a file-like object, so one ``read`` is not proof of a truncated body).
+
+    Reads at most :data:`_CHUNK` at a time: a hostile ``Content-Length`` (``10**20``)
+    must end as a short body (400), not as an ``OverflowError`` from ``read`` or an
+    attempt to allocate the announced size up front.
+    """
     parts: list[bytes] = []
     remaining = length
     while remaining > 0:
-        part = stream.read(remaining)
+        part = stream.read(min(remaining, _CHUNK))
         if not part:
             break
         parts.append(part)
