@@ -15,8 +15,7 @@ import uuid
 import pytest
 from sqlalchemy import update
 
-from chttp_client import JournalError, resumable
-from chttp_client import codec
+from chttp_client import JournalError, codec, resumable
 from chttp_core.schema import oplog_steps
 from tests.client.conftest import Crash, crash_at
 

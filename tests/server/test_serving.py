@@ -129,14 +129,14 @@ def test_an_idle_connection_is_closed_after_the_channel_timeout(sqlite_url):
 
 
 def test_an_oversized_body_is_refused_before_it_is_read(sqlite_url):
-    with ServerProcess(APP, sqlite_url, extra_args=("--upgrade", "--max-request-body", "1000")) as server:
-        with httpx.Client(timeout=60) as client:
-            small = client.post(f"{server.url}/x", content=b"x" * 1000,
-                                headers={"X-Message-ID": "fits"})
-            large = client.post(f"{server.url}/x", content=b"x" * 1001,
-                                headers={"X-Message-ID": "too-large"})
-            replay = client.post(f"{server.url}/x", content=b"x" * 1000,
-                                 headers={"X-Message-ID": "fits"})
+    with ServerProcess(APP, sqlite_url, extra_args=("--upgrade", "--max-request-body", "1000")) \
+            as server, httpx.Client(timeout=60) as client:
+        small = client.post(f"{server.url}/x", content=b"x" * 1000,
+                            headers={"X-Message-ID": "fits"})
+        large = client.post(f"{server.url}/x", content=b"x" * 1001,
+                            headers={"X-Message-ID": "too-large"})
+        replay = client.post(f"{server.url}/x", content=b"x" * 1000,
+                             headers={"X-Message-ID": "fits"})
     assert small.status_code == 200 and small.text == "got 1000 bytes"
     assert large.status_code == 413
     assert replay.headers["Idempotent-Replayed"] == "true"
