@@ -9,6 +9,7 @@ proof that nothing was kept.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 import webtest
@@ -239,3 +240,18 @@ def test_the_default_scope_fits_a_long_principal_on_every_backend(app, engine):
                         extra_environ={"REMOTE_USER": LONG}, status="*")
     assert response.status_int == 201
     assert stored_scopes(engine) == [scope_key(LONG)]
+
+
+# -- the same dates in the sender's hands ---------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", OVERFLOWING_DATES)
+def test_an_overflowing_retry_after_date_is_ignored_by_the_sender(raw):
+    """The sender reads Retry-After with the same parser: an overflowing date must mean
+    "no usable Retry-After" (ordinary backoff), not an OverflowError out of a send."""
+    import httpx
+
+    from chttp_client.sending import retry_after_of
+
+    response = httpx.Response(503, headers={"Retry-After": raw})
+    assert retry_after_of(response, datetime.now(timezone.utc)) is None
