@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from sqlalchemy import inspect, text
 from chttp_core import migrate
 from chttp_core.db import make_engine
 from chttp_core.schema import metadata
+from tests.server.live import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +95,47 @@ def test_many_processes_start_at_once_on_fresh_databases(request, tmp_path, kind
     assert not failed, f"{len(failed)} of {len(results)} starts failed; first:\n{failed[0][1]}"
     for url in urls:
         assert_one_schema_at_head(url)
+
+
+def test_an_upgrade_waits_for_the_lock_another_upgrade_holds(pg_url):
+    """The mechanism, deterministically: while another session holds the upgrade lock,
+    an upgrade waits (PostgreSQL shows it waiting on that advisory lock) and creates
+    nothing; once the lock is released it finishes, and a second one finds head."""
+    engine = make_engine(pg_url)
+    try:
+        with engine.connect() as holder:
+            holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": migrate.UPGRADE_LOCK_KEY})
+            holder.commit()
+            done = threading.Event()
+            errors: list[BaseException] = []
+
+            def upgrade() -> None:
+                try:
+                    migrate.upgrade(pg_url)
+                except BaseException as error:  # reported by the assertion below
+                    errors.append(error)
+                finally:
+                    done.set()
+
+            worker = threading.Thread(target=upgrade)
+            worker.start()
+
+            def waiting_on_the_lock() -> bool:
+                count = holder.execute(text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND NOT granted AND database = (SELECT oid FROM pg_database "
+                    "WHERE datname = current_database())")).scalar_one()
+                holder.commit()
+                return bool(count)
+
+            wait_for(waiting_on_the_lock, timeout=60, what="the upgrade to wait on the lock")
+            assert not done.is_set()
+            assert migrate.current_revision(pg_url) is None
+            holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": migrate.UPGRADE_LOCK_KEY})
+            holder.commit()
+            assert done.wait(60) and not errors, errors
+            worker.join(10)
+        migrate.upgrade(pg_url)  # already at head: changes nothing, raises nothing
+        assert_one_schema_at_head(pg_url)
+    finally:
+        engine.dispose()
