@@ -147,7 +147,7 @@ def format_idempotency_key(message_id: str) -> str:
 
 
 def scope_key(principal: str) -> str:
-    """The ``scope`` stored for ``principal``: itself, or a fixed-width digest form.
+    """The ``scope`` stored for ``principal``: itself, or a digest form that fits.
 
     PROTOCOL.md §4 lets a field the store cannot hold be refused or made to fit, the
     same on every database. We make it fit, because a principal is chosen by the
