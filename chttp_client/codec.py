@@ -18,6 +18,13 @@ replay behave alike.
 
 Exceptions are recorded as their import path and arguments and rebuilt with
 ``cls(*args)``; one that cannot be rebuilt comes back as :class:`RecordedError`.
+
+A record that cannot be read back — text that is not JSON, a tag this version does not
+know (written by a newer one), a tagged value that is malformed — raises
+:class:`CodecError`, a :class:`~chttp_client.errors.JournalError`, never a bare
+``KeyError`` or ``binascii.Error`` from deep inside; ``where`` (e.g. ``"oplog X step
+3"``) names the record in its message. Before, an unknown tag came back silently as a
+one-key dict, so a replay could carry on with a value the function never saw.
 """
 
 from __future__ import annotations
@@ -30,7 +37,10 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
+from chttp_client.errors import JournalError
+
 __all__ = [
+    "CodecError",
     "encode",
     "decode",
     "dumps",
@@ -56,6 +66,23 @@ class RecordedError(Exception):
 
     def __str__(self) -> str:
         return f"{self.type_path}: {self.message}"
+
+
+class CodecError(JournalError):
+    """An oplog record that cannot be decoded: corrupted, or from a newer version.
+
+    ``where`` names the record (``"oplog X step 3"``) when the caller said, ``detail``
+    what is wrong with it.
+    """
+
+    def __init__(self, detail: str, where: str | None = None) -> None:
+        super().__init__(detail, where)
+        self.detail = detail
+        self.where = where
+
+    def __str__(self) -> str:
+        prefix = f"{self.where}: " if self.where else ""
+        return f"{prefix}unreadable oplog record: {self.detail}"
 
 
 def encode(value: Any) -> Any:
@@ -96,7 +123,7 @@ def encode(value: Any) -> Any:
 
 
 _TAGS = {
-    "$bytes": lambda raw: base64.b64decode(raw),
+    "$bytes": lambda raw: base64.b64decode(raw, validate=True),
     "$datetime": datetime.fromisoformat,
     "$date": date.fromisoformat,
     "$time": time.fromisoformat,
@@ -105,20 +132,47 @@ _TAGS = {
 }
 
 
-def decode(data: Any) -> Any:
-    """The inverse of :func:`encode`."""
+def decode(data: Any, *, where: str | None = None) -> Any:
+    """The inverse of :func:`encode`; :class:`CodecError` for a record it cannot read.
+
+    :func:`encode` never writes a one-key dict whose key starts with ``$`` other than as
+    a tag (it wraps such a dict in ``$dict``), so an unknown ``$`` key is a tag from a
+    newer version, or corruption: either way not a value to hand to a function.
+    """
+    try:
+        return _decode(data)
+    except CodecError as error:
+        error.where = error.where or where
+        raise
+    except (TypeError, ValueError, AttributeError, ArithmeticError, RecursionError) as error:
+        # binascii.Error and decimal.InvalidOperation are ValueError / ArithmeticError.
+        raise CodecError(f"{type(error).__name__}: {error}", where) from error
+
+
+def _decode(data: Any) -> Any:
     if isinstance(data, list):
-        return [decode(item) for item in data]
+        return [_decode(item) for item in data]
     if isinstance(data, dict):
         if len(data) == 1:
             (key, raw), = data.items()
             if key in _TAGS:
-                return _TAGS[key](raw)
+                if not isinstance(raw, str):
+                    raise CodecError(f"{key} holds a {type(raw).__name__}, not a string")
+                try:
+                    return _TAGS[key](raw)
+                except (ValueError, ArithmeticError) as error:
+                    raise CodecError(f"malformed {key} value {raw[:40]!r}") from error
             if key == "$tuple":
-                return tuple(decode(item) for item in raw)
+                if not isinstance(raw, list):
+                    raise CodecError(f"$tuple holds a {type(raw).__name__}, not a list")
+                return tuple(_decode(item) for item in raw)
             if key == "$dict":
-                return {name: decode(item) for name, item in raw.items()}
-        return {name: decode(item) for name, item in data.items()}
+                if not isinstance(raw, dict):
+                    raise CodecError(f"$dict holds a {type(raw).__name__}, not an object")
+                return {name: _decode(item) for name, item in raw.items()}
+            if isinstance(key, str) and key.startswith("$"):
+                raise CodecError(f"unknown tag {key[:40]!r} (written by a newer version?)")
+        return {name: _decode(item) for name, item in data.items()}
     return data
 
 
@@ -127,8 +181,13 @@ def dumps(value: Any) -> str:
     return json.dumps(encode(value), separators=(",", ":"), allow_nan=True)
 
 
-def loads(text: str) -> Any:
-    return decode(json.loads(text))
+def loads(text: str, *, where: str | None = None) -> Any:
+    """Decode a :func:`dumps` text; :class:`CodecError` if it is not one."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError, RecursionError) as error:
+        raise CodecError(f"not JSON ({type(error).__name__}: {error})", where) from error
+    return decode(data, where=where)
 
 
 def roundtrip(value: Any) -> Any:
@@ -157,10 +216,17 @@ _RENAMED = {
 }
 
 
-def rebuild_exception(record: dict[str, Any]) -> BaseException:
-    """The exception ``record`` describes, or :class:`RecordedError` if it cannot be made."""
+def rebuild_exception(record: dict[str, Any], *, where: str | None = None) -> BaseException:
+    """The exception ``record`` describes, or :class:`RecordedError` if it cannot be made.
+
+    :class:`CodecError` if ``record`` is not an exception record at all.
+    """
+    if not isinstance(record, dict) or not isinstance(record.get("type"), str):
+        raise CodecError("an exception record without a type", where)
     type_path = _RENAMED.get(record["type"], record["type"])
-    args = decode(record.get("args", []))
+    args = decode(record.get("args", []), where=where)
+    if not isinstance(args, (list, tuple)):
+        raise CodecError("an exception record whose args are not a list", where)
     module_name, _, qualname = type_path.partition(":")
     try:
         target: Any = importlib.import_module(module_name)

@@ -5,6 +5,10 @@ The Alembic scripts ship inside the wheel as ``chttp_core.migrations`` (the top-
 :mod:`importlib.resources`, so they work from a checkout, an editable install and a
 wheel alike. The lineage keeps its own version table, :data:`VERSION_TABLE`, so a host
 application's ``alembic_version`` is never read or written.
+
+Several processes often start at once on one fresh database (the replicas of a service,
+gunicorn workers, a journal in each): :func:`upgrade` serialises them, so the first one
+migrates and the others find the schema at head (see :func:`upgrade`).
 """
 
 from __future__ import annotations
@@ -17,14 +21,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
 
-from chttp_core.db import make_engine
+from chttp_core.db import is_postgresql, make_engine
 from chttp_core.errors import SchemaOutOfDateError
 
 __all__ = [
     "VERSION_TABLE",
+    "UPGRADE_LOCK_KEY",
     "UPGRADE_COMMAND",
     "upgrade",
     "current_revision",
@@ -34,6 +39,10 @@ __all__ = [
 ]
 
 VERSION_TABLE = "chttp_alembic_version"
+#: The PostgreSQL advisory-lock key every chttp schema upgrade takes (a fixed 64-bit
+#: number: the first eight bytes of SHA-256 of "chttp_alembic_version", signed).
+#: Advisory locks are per database, so upgrades of different databases never wait.
+UPGRADE_LOCK_KEY = 0x1ACB_5834_E95D_BE2A
 #: The command a user runs to bring a database up to date; named in every schema error.
 UPGRADE_COMMAND = "chttp-server db upgrade --db URL"
 
@@ -78,16 +87,46 @@ def _connection(target: str | URL | Engine | Connection) -> Iterator[Connection]
 def upgrade(target: str | URL | Engine | Connection, revision: str = "head") -> None:
     """Upgrade the chttp tables at ``target`` (a URL, engine or connection) to ``revision``.
 
+    The whole upgrade is one transaction that first takes a lock every other upgrade of
+    the same database also takes, so processes starting at once never race to create the
+    version table or a table (issue 15: 18 of 30 concurrent starts failed with
+    ``UniqueViolation`` / ``DuplicateTable`` on PostgreSQL):
+
+    * PostgreSQL: ``pg_advisory_xact_lock(UPGRADE_LOCK_KEY)``, held until the commit.
+      Alembic reads the version only after it (each statement of a READ COMMITTED
+      transaction sees every earlier commit), so a process that waited finds the
+      schema at head and changes nothing.
+    * SQLite: the engines of :func:`~chttp_core.db.make_engine` begin every
+      transaction with ``BEGIN IMMEDIATE``, which takes the database's write lock up
+      front; the version is likewise read after it. (An engine made elsewhere, without
+      that setting, is not serialised.)
+
     A connection that is already inside a transaction is left for its owner to commit,
-    so the upgrade can join a host application's own migration transaction.
+    so the upgrade can join a host application's own migration transaction; the lock is
+    then held until that commit.
     """
     with _connection(target) as connection:
         caller_transaction = connection.in_transaction()
-        with _config() as config:
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
-        if not caller_transaction and connection.in_transaction():
-            connection.commit()
+        if not caller_transaction:
+            connection.begin()
+        try:
+            _lock_for_upgrade(connection)
+            with _config() as config:
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+            if not caller_transaction:
+                connection.commit()
+        except BaseException:
+            if not caller_transaction and connection.in_transaction():
+                connection.rollback()
+            raise
+
+
+def _lock_for_upgrade(connection: Connection) -> None:
+    """Serialise schema upgrades of one database across processes (see :func:`upgrade`)."""
+    if is_postgresql(connection.engine):
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": UPGRADE_LOCK_KEY})
+    # SQLite: the BEGIN IMMEDIATE of make_engine's engines already holds the write lock.
 
 
 def current_revision(target: str | URL | Engine | Connection) -> str | None:

@@ -6,6 +6,8 @@
     chttp-server db current --db URL      print the revision the database is at
     chttp-server purge --db URL           delete expired messages in bounded batches
     chttp-server serve --app module:attr --db URL [--host H] [--port N] [--threads N] [--upgrade]
+                       [--connection-limit N] [--channel-timeout S] [--request-timeout S]
+                       [--max-request-body BYTES] [--max-request-header BYTES]
     chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
     chttp-server console [--db URL] [--journal URL] [--host H] [--port N] [--allow-actions --token T]
 
@@ -54,6 +56,7 @@ from chttp_core.commandline import (
     run_command,
     shown_url,
 )
+from chttp_server import serving
 
 __all__ = ["main", "build_parser", "load_app"]
 
@@ -198,6 +201,7 @@ def _add_serve(commands: Any) -> None:
                        help="how long a duplicate waits for an in-flight one (default: 5)")
     serve.add_argument("--upgrade", action="store_true",
                        help="create the chttp tables or bring them to head at start-up")
+    serving.add_limit_arguments(serve)
     serve.set_defaults(handler=_cmd_serve)
 
 
@@ -236,8 +240,6 @@ def load_app(spec: str) -> Callable[..., Any]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import waitress
-
     from chttp_server.middleware import CertifiedMiddleware
 
     _check_listen(args.host, args.port)   # a bad --host, --port or --db: one line, early
@@ -249,7 +251,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         upgrade_schema=args.upgrade,
     )
     try:
-        server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads)
+        server = serving.create_server(app, host=args.host, port=args.port,
+                                       limits=serving.limits_from_arguments(args))
     except OSError as error:
         app.engine.dispose()
         raise _listen_error(error, args.host, args.port) from error
