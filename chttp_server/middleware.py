@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 
 from chttp_core.db import configure_sqlite, make_engine
 from chttp_core.errors import StoreUnreachable
-from chttp_core.wire import is_valid_message_id
+from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
 from chttp_server.decisions import (
     DEFAULT_MAX_REQUEST_BYTES,
@@ -234,6 +234,11 @@ class CertifiedMiddleware:
 
     # -- WSGI ------------------------------------------------------------------------
 
+    def scope_of(self, environ: dict[str, Any]) -> str:
+        """The stored scope of this request: the configured principal, made to fit the
+        store the same way on every database (:func:`chttp_core.wire.scope_key`, docs/protocol.rst §4)."""
+        return scope_key(self.scope(environ))
+
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get(_MARKER) is not None and environ[_MARKER] is not self:
             raise ConfigurationError("CertifiedMiddleware is stacked twice on one request path")
@@ -262,7 +267,7 @@ class CertifiedMiddleware:
             environ.get("QUERY_STRING", ""),
             body,
             message_id=message_id,
-            scope=self.scope(environ),
+            scope=self.scope_of(environ),
             first_sent=first_sent,
         )
 
@@ -357,7 +362,7 @@ class CertifiedMiddleware:
             return response(environ, start_response)
         if not is_valid_message_id(message_id):
             raise MessageNotFound(message_id=None)
-        with self.transaction(MessageKey(self.scope(environ), message_id)) as txn:
+        with self.transaction(MessageKey(self.scope_of(environ), message_id)) as txn:
             message = txn.acknowledge() if method == "DELETE" else txn.fetch()
         if message is None:
             raise MessageNotFound(message_id=message_id)

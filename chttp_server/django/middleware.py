@@ -44,7 +44,7 @@ from django.http import HttpRequest, HttpResponseBase
 
 from chttp_core import migrate
 from chttp_core.errors import SchemaOutOfDateError, StoreUnreachable
-from chttp_core.wire import is_valid_message_id
+from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.context import CertifiedContext
 from chttp_server.decisions import (
     IncomingMessage,
@@ -171,12 +171,13 @@ class CertifiedMiddleware:
             return responses.problem(error)
 
     def scope(self, request: HttpRequest) -> str:
-        """The principal whose ids this request uses (docs/protocol.rst §1)."""
+        """The principal whose ids this request uses (docs/protocol.rst §1), made to fit
+        the store the same way on every database (:func:`chttp_core.wire.scope_key`, §4)."""
         if self.conf.scope is not None:
-            return str(self.conf.scope(request))
+            return scope_key(str(self.conf.scope(request)))
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
-            return str(user.pk)
+            return scope_key(str(user.pk))
         return ""
 
     def incoming(self, request: HttpRequest, message_id: str) -> IncomingMessage:

@@ -25,7 +25,7 @@ from chttp_core.wire import (
     parse_idempotency_key,
     scope_key,
 )
-from chttp_server import CertifiedMiddleware, remote_user_scope
+from chttp_server import CertifiedMiddleware
 
 from .apps import Root, count_writes
 
@@ -203,13 +203,10 @@ def test_long_principals_that_share_a_prefix_get_different_scopes():
     assert scope_key(scope_key(first)) != scope_key(first)
 
 
-def fitted_scope(environ) -> str:
-    return scope_key(remote_user_scope(environ))
-
-
 @pytest.fixture
 def fitted_app(engine):
-    return webtest.TestApp(CertifiedMiddleware(Root(), engine=engine, scope=fitted_scope))
+    """The default scope: the middleware itself makes every principal fit (scope_key)."""
+    return webtest.TestApp(CertifiedMiddleware(Root(), engine=engine))
 
 
 def test_a_long_principal_is_served_and_isolated_on_every_backend(fitted_app, engine):
@@ -231,10 +228,6 @@ def test_a_long_principal_is_served_and_isolated_on_every_backend(fitted_app, en
     assert count_writes(engine) == 2
 
 
-# xfail_strict is on: once the middleware calls scope_key this passes and the marker
-# must go (it is the receiver's file, so the wiring is the lead's merge).
-@pytest.mark.xfail(reason="needs CertifiedMiddleware to key the store with "
-                          "chttp_core.wire.scope_key(self.scope(environ)); remove when wired")
 def test_the_default_scope_fits_a_long_principal_on_every_backend(app, engine):
     response = app.post("/echo", b"x", headers={"X-Message-ID": "wide-default"},
                         extra_environ={"REMOTE_USER": LONG}, status="*")
