@@ -10,6 +10,7 @@ on the message id — it must be able to show a duplicate, not prevent it.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import uuid
@@ -55,7 +56,21 @@ class Effects(Resource):
             "scope": context.scope, "message_id": context.message_id, "nonce": nonce,
             "host": host, "payload": req.text,
         })
+        # A request may ask the handler to linger inside its transaction, so that a fault
+        # can be injected while it is certainly mid-request (visible in pg_stat_activity).
+        linger = _linger(req.text)
+        if linger:
+            context.connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": linger})
         return {"message_id": context.message_id, "nonce": nonce, "host": host}
+
+
+def _linger(body: str) -> float:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return 0.0
+    linger = value.get("linger", 0) if isinstance(value, dict) else 0
+    return float(linger) if isinstance(linger, (int, float)) and 0 < linger <= 30 else 0.0
 
 
 class EffectsApp(Resource):

@@ -177,11 +177,18 @@ class ReplicatedPostgres:
         _wait_for(lambda: query(self.standby.port, "SELECT NOT pg_is_in_recovery()")[0][0],
                   60, "the standby to leave recovery")
 
-    def wal_receiver_pid(self) -> int:
-        assert self.standby is not None
-        return int(_wait_for(lambda: query(self.standby.port,
-                                           "SELECT pid FROM pg_stat_wal_receiver")[0][0],
-                             30, "the standby's WAL receiver"))
+    def pause_replication(self) -> None:
+        """SIGSTOP the primary's WAL sender: from now on the standby receives nothing.
+
+        Stopping the sender (not the standby's receiver) matters: WAL already sent would
+        still sit in the receiver's socket buffer and reach the standby after all. With
+        synchronous replication every commit now waits; without it, commits go on and
+        are acknowledged to clients while the standby falls behind (a lagging standby).
+        """
+        pid = _wait_for(lambda: query(self.primary.port,
+                                      "SELECT pid FROM pg_stat_replication WHERE application_name = %s",
+                                      (STANDBY_NAME,))[0][0], 30, "the primary's WAL sender")
+        os.kill(int(pid), signal.SIGSTOP)
 
     def inspect_old_primary(self, sql: str) -> list[tuple[Any, ...]]:
         """Start the killed primary's data alone, on a private port, and run ``sql`` there.

@@ -57,10 +57,13 @@ def _worker(number: int, args: argparse.Namespace, history: _History) -> None:
     sequence = 0
     rng = random.Random(f"{args.prefix}-{number}")
     try:
-        while not os.path.exists(args.stop_file):
+        while not os.path.exists(args.stop_file) and (args.count is None or sequence < args.count):
             sequence += 1
             message_id = f"{args.prefix}-w{number}-{sequence}"
-            body = json.dumps({"worker": number, "n": sequence, "pad": "x" * args.pad})
+            content: dict[str, Any] = {"worker": number, "n": sequence, "pad": "x" * args.pad}
+            if args.linger:
+                content["linger"] = args.linger
+            body = json.dumps(content)
             _send(client, receivers, message_id, body, args, history, rng)
             if args.pause:
                 time.sleep(args.pause)
@@ -70,7 +73,7 @@ def _worker(number: int, args: argparse.Namespace, history: _History) -> None:
 
 def _send(client: httpx.Client, receivers: list[str], message_id: str, body: str,
           args: argparse.Namespace, history: _History, rng: random.Random) -> None:
-    first = rng.randrange(len(receivers))
+    first = rng.randrange(len(receivers)) if args.first is None else args.first
     give_up = time.time() + args.give_up
     attempt = 0
     while True:
@@ -108,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--give-up", type=float, default=120.0, help="per message, seconds")
     parser.add_argument("--pause", type=float, default=0.0, help="between messages, seconds")
     parser.add_argument("--pad", type=int, default=64, help="request body padding, bytes")
+    parser.add_argument("--count", type=int, help="messages per worker (default: until stopped)")
+    parser.add_argument("--first", type=int, help="index of the receiver each first attempt uses")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="ask the handler to sleep this long inside its transaction")
     args = parser.parse_args(argv)
     with open(args.history, "a") as stream:
         history = _History(stream)

@@ -168,23 +168,43 @@ class Topology:
 
     # -- load --------------------------------------------------------------------------
 
-    def start_load(self, *, workers: int = 3, prefix: str = "m", pause: float = 0.0) -> Load:
-        """Start one load-generator process on every client host."""
+    def start_load(self, *, workers: int = 3, prefix: str = "m", pause: float = 0.0,
+                   clients: int | None = None, count: int | None = None,
+                   first: int | None = None, linger: float = 0.0) -> Load:
+        """Start one load-generator process on each client host (the first ``clients``).
+
+        ``count``, ``first`` and ``linger`` are :mod:`.loadgen`'s options: a probe that
+        sends one slow message through a chosen receiver is ``count=1, first=n, linger=s``.
+        """
         stop_file = self.workdir / f"stop-{prefix}"
         load = Load([], [], stop_file)
-        for client in self.clients:
+        for client in self.clients[:clients]:
             history = self.workdir / f"history-{prefix}-{client.name}.jsonl"
+            options = ["--workers", str(workers), "--prefix", f"{prefix}-{client.name}",
+                       "--pause", str(pause), "--linger", str(linger)]
+            if count is not None:
+                options += ["--count", str(count)]
+            if first is not None:
+                options += ["--first", str(first)]
             command = client.command(
                 sys.executable, "-m", "chttp_examples.multihost.loadgen",
                 *[arg for r in self.receivers for arg in ("--receiver", r.url)],
-                "--history", str(history), "--stop-file", str(stop_file),
-                "--workers", str(workers), "--prefix", f"{prefix}-{client.name}",
-                "--pause", str(pause))
+                "--history", str(history), "--stop-file", str(stop_file), *options)
             load.processes.append(_spawn(command, log=self.workdir / f"{client.name}.log",
                                          ready="started"))
             load.histories.append(history)
         self.loads.append(load)
         return load
+
+    def wait_lingering(self, *, timeout: float = 30) -> None:
+        """Block until a handler is inside its transaction, sleeping (a probe's ``linger``)."""
+        deadline = time.monotonic() + timeout
+        while not query(self.primary_port(),
+                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query LIKE 'SELECT pg_sleep%%'")[0][0]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("no handler lingering in its transaction")
+            time.sleep(0.02)
 
     def stop_load(self, load: Load, *, timeout: float = 150) -> None:
         """Ask the clients to finish the messages they hold, and wait until they have."""
@@ -217,25 +237,35 @@ class Topology:
         assert self.db is not None and self.db.standby is not None
         return self.db.primary.port if self.db.primary.running else self.db.standby.port
 
-    def check(self, load: Load) -> Report:
-        """The history check of ``load`` against the current primary's final state."""
+    def check(self, *loads: Load) -> Report:
+        """The history check of ``loads`` against the current primary's final state."""
         import psycopg2
 
         assert self.db is not None
-        attempts, gave_up = read_attempts(load.histories)
+        attempts, gave_up = read_attempts([path for load in loads for path in load.histories])
         connection = psycopg2.connect(host="127.0.0.1", port=self.primary_port(), user="postgres",
                                       dbname=self.db.database)
         try:
             effects, stored = read_database(connection)
         finally:
             connection.close()
-        prefix = f"{Path(load.stop_file).name[len('stop-'):]}-"
-        effects = {k: v for k, v in effects.items() if k.startswith(prefix)}
+        prefixes = tuple(f"{load.stop_file.name[len('stop-'):]}-" for load in loads)
+        effects = {k: v for k, v in effects.items() if k.startswith(prefixes)}
         return check(attempts, effects, stored, gave_up)
 
-    def stop_load_and_check(self, load: Load) -> Report:
-        self.stop_load(load)
-        return self.check(load)
+    def check_effects(self) -> dict[str, list[str]]:
+        """Every effect row on the current primary: message id → nonces."""
+        assert self.db is not None
+        effects: dict[str, list[str]] = {}
+        for message_id, nonce in query(self.primary_port(), "SELECT message_id, nonce FROM mh_effects",
+                                       database=self.db.database):
+            effects.setdefault(message_id, []).append(nonce)
+        return effects
+
+    def stop_load_and_check(self, *loads: Load) -> Report:
+        for load in loads:
+            self.stop_load(load)
+        return self.check(*loads)
 
     # -- teardown ----------------------------------------------------------------------
 

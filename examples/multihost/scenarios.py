@@ -1,0 +1,168 @@
+"""Faults under load: each scenario runs the clients, injects one kind of fault, heals it,
+and returns the history check with the load figures.
+
+Every scenario also sends a *probe*: one message through receiver 0 whose handler
+lingers (``pg_sleep``) inside its transaction, and injects the fault only once
+PostgreSQL shows that handler running — so the fault always lands mid-request, not
+merely "during the run". The probe's history is checked with the load's.
+
+The waits below schedule the fault (inject after N answers, keep it for S seconds);
+nothing in a scenario's verdict depends on how fast anything was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from chttp_examples.multihost.history import Report
+from chttp_examples.multihost.topology import Load, Topology
+
+__all__ = ["Outcome", "SCENARIOS", "receivers_killed", "receiver_cut", "pgbouncer_restarted",
+           "primary_failover"]
+
+#: How many answers the load must have seen before a fault, and between its steps.
+WARMUP = 150
+BETWEEN = 80
+
+
+@dataclass
+class Outcome:
+    """A scenario's history check and the moments of its fault."""
+
+    name: str
+    report: Report
+    load_started: float
+    fault_at: float
+    healed_at: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def recovery(self) -> float | None:
+        """Seconds from the repair until a fresh attempt succeeded again."""
+        return self.report.recovered_after(self.healed_at)
+
+    def summary(self) -> str:
+        report = self.report
+        recovery = self.recovery
+        lines = [
+            f"== {self.name}",
+            report.summary(),
+            f"load: {report.rate(self.load_started, self.fault_at):.0f} answers/s before the "
+            f"fault, {report.rate(self.fault_at, max(self.healed_at, self.fault_at + 1e-3)):.0f} "
+            f"during it ({self.healed_at - self.fault_at:.1f} s), "
+            f"{report.rate(self.healed_at, report.end):.0f} after; longest stretch without an "
+            f"answer {report.longest_gap(self.fault_at):.2f} s; recovered "
+            + (f"{recovery:.2f} s after the repair" if recovery is not None else "never"),
+        ]
+        lines += [f"{name}: {value}" for name, value in self.extra.items()]
+        return "\n".join(lines)
+
+
+def _probe(topo: Topology, prefix: str, linger: float) -> Load:
+    load = topo.start_load(workers=1, prefix=prefix, clients=1, count=1, first=0, linger=linger)
+    topo.wait_lingering()
+    return load
+
+
+def receivers_killed(topo: Topology, *, workers: int = 3) -> Outcome:
+    """SIGKILL two of the three receivers (one mid-request), then start them again."""
+    load = topo.start_load(workers=workers, prefix="kill")
+    topo.wait_answers(load, WARMUP)
+    probe = _probe(topo, "killprobe", linger=1.0)
+    fault_at = time.time()
+    topo.kill_receiver(0)
+    topo.wait_answers(load, BETWEEN)
+    topo.kill_receiver(1)
+    topo.wait_answers(load, BETWEEN)          # the one receiver left carries the load
+    topo.start_receiver(0)
+    topo.start_receiver(1)
+    healed_at = time.time()
+    topo.wait_answers(load, BETWEEN)
+    report = topo.stop_load_and_check(load, probe)
+    return Outcome("receivers SIGKILLed", report, load.started_at, fault_at, healed_at)
+
+
+def receiver_cut(topo: Topology, *, workers: int = 3, cut_for: float = 6.0) -> Outcome:
+    """Cut receiver 0 from the database (iptables DROP) mid-request; restore it.
+
+    ``cut_for`` outlasts PostgreSQL's ``idle_in_transaction_session_timeout`` (4 s in
+    :class:`~.database.ReplicatedPostgres`), so the cut-off transaction is ended by the
+    server and its claim freed for a retry through another receiver.
+    """
+    load = topo.start_load(workers=workers, prefix="cut")
+    topo.wait_answers(load, WARMUP)
+    probe = _probe(topo, "cutprobe", linger=1.0)
+    fault_at = time.time()
+    topo.cut(0)
+    time.sleep(cut_for)
+    topo.restore(0)
+    healed_at = time.time()
+    topo.wait_answers(load, BETWEEN)
+    report = topo.stop_load_and_check(load, probe)
+    return Outcome("receiver cut from the database", report, load.started_at, fault_at,
+                   healed_at, {"cut for": f"{cut_for:.0f} s"})
+
+
+def pgbouncer_restarted(topo: Topology, *, workers: int = 3) -> Outcome:
+    """SIGKILL PgBouncer mid-transaction and start it again (every pooled link drops)."""
+    assert topo.bouncer is not None
+    load = topo.start_load(workers=workers, prefix="bouncer")
+    topo.wait_answers(load, WARMUP)
+    probe = _probe(topo, "bouncerprobe", linger=1.0)
+    fault_at = time.time()
+    topo.bouncer.kill()
+    topo.bouncer.start()
+    healed_at = time.time()
+    topo.wait_answers(load, BETWEEN)
+    report = topo.stop_load_and_check(load, probe)
+    return Outcome("PgBouncer restarted", report, load.started_at, fault_at, healed_at)
+
+
+def primary_failover(topo: Topology, *, workers: int = 3, lag: float = 1.0) -> Outcome:
+    """SIGKILL the primary mid-request while its standby lags; promote the standby.
+
+    The standby is made to lag first (the primary's WAL sender stopped, ``lag`` seconds
+    of load): with synchronous replication the commits of that moment wait and no
+    client sees them; with asynchronous replication they are acknowledged and then lost
+    with the primary. Afterwards the dead primary's data is opened alone to count what
+    it had committed that the new primary never got: ``extra`` reports those, and
+    the handlers that ran twice (an id committed on both, with different nonces).
+    """
+    assert topo.db is not None
+    load = topo.start_load(workers=workers, prefix="failover")
+    topo.wait_answers(load, WARMUP)
+    probe = _probe(topo, "failoverprobe", linger=1.0 + lag)
+    topo.db.pause_replication()
+    paused_at = time.time()
+    time.sleep(lag)
+    fault_at = time.time()
+    topo.db.kill_primary()
+    topo.db.promote()
+    healed_at = time.time()
+    topo.wait_answers(load, BETWEEN)
+    report = topo.stop_load_and_check(load, probe)
+    old = dict(topo.db.inspect_old_primary("SELECT message_id, nonce FROM mh_effects"))
+    new = topo.check_effects()
+    only_old = [m for m in old if m not in new]
+    twice = [m for m in old if m in new and old[m] not in new[m]]
+    extra = {
+        "replication": "synchronous" if topo.db.synchronous else "asynchronous",
+        "answers acknowledged while the standby lagged":
+            sum(1 for t in report.answer_times if paused_at <= t < fault_at),
+        "commits only the dead primary had": len(only_old),
+        "handlers run twice (committed on both primaries)": len(twice),
+        "promotion took": f"{healed_at - fault_at:.2f} s",
+    }
+    return Outcome("primary SIGKILLed, standby promoted", report, load.started_at, fault_at,
+                   healed_at, extra)
+
+
+#: The scenarios the one command runs, by name: (function, needs its own topology, via).
+SCENARIOS: dict[str, tuple[Callable[..., Outcome], str]] = {
+    "receivers-killed": (receivers_killed, "pgbouncer"),
+    "receiver-cut": (receiver_cut, "pgbouncer"),
+    "pgbouncer-restarted": (pgbouncer_restarted, "pgbouncer"),
+    "primary-failover": (primary_failover, "multihost"),
+}
