@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -231,15 +232,15 @@ def _alive(pid: int) -> bool:
 class PgBouncer:
     """PgBouncer in transaction pooling mode in front of ``backend_port``, on ``listen``."""
 
-    def __init__(self, *, listen: str, backend_port: int, base: Path, pool_size: int = 20) -> None:
+    def __init__(self, *, listen: str, backend_port: int, pool_size: int = 20) -> None:
         self.binary = find_pgbouncer()
         self.listen = listen
         self.port = free_port()
         self.backend_port = backend_port
-        self.base = base
+        # Its own directory under /tmp: PgBouncer runs as postgres, which must reach it.
+        self.base = base = Path(tempfile.mkdtemp(prefix="chttp-pgbouncer-"))
         self.pool_size = pool_size
         self.process: subprocess.Popen[bytes] | None = None
-        base.mkdir(parents=True, exist_ok=True)
         self.config = base / "pgbouncer.ini"
         self.log = base / "pgbouncer.log"
         (base / "users.txt").write_text('"postgres" ""\n')
@@ -271,13 +272,16 @@ class PgBouncer:
         command = [self.binary, str(self.config)]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                        start_new_session=True)
+        with open(self.base / "stderr.log", "ab") as stderr:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                            start_new_session=True)
 
         def accepting() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"pgbouncer exited: {self.log.read_text()[-2000:]}")
+                output = (self.base / "stderr.log").read_text()
+                log = self.log.read_text() if self.log.exists() else ""
+                raise RuntimeError(f"pgbouncer exited: {output[-1000:]}{log[-1000:]}")
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
 
@@ -306,4 +310,6 @@ class PgBouncer:
         return f"postgresql://postgres@{self.listen}:{self.port}/{database}" + (f"?{extra}" if extra else "")
 
     def stop(self) -> None:
+        """Kill it and remove its files."""
         self.kill()
+        shutil.rmtree(self.base, ignore_errors=True)

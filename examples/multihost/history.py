@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from chttp_examples.multihost.loadgen import is_definitive
+
 __all__ = ["Attempt", "Report", "check", "read_attempts", "read_database"]
 
 
@@ -42,6 +44,7 @@ class Attempt:
     body: str | None = None
     replayed: bool = False
     error: str | None = None
+    request: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -64,7 +67,7 @@ def read_attempts(paths: Iterable[Path]) -> tuple[list[Attempt], set[str]]:
                 message_id=record["id"], t0=record["t0"], t1=record["t1"],
                 receiver=record.get("receiver", ""), status=record.get("status"),
                 body=record.get("body"), replayed=bool(record.get("replayed")),
-                error=record.get("error"),
+                error=record.get("error"), request=record.get("request"),
             ))
     return attempts, gave_up
 
@@ -176,7 +179,7 @@ def check(attempts: Sequence[Attempt], effects: Mapping[str, Sequence[str]],
         report.failed_attempts += sum(1 for a in tries if a.status is None or a.status >= 500
                                       or a.status in (409, 429))
         report.replays += sum(1 for a in tries if a.replayed)
-        definitive = [a for a in tries if a.status is not None and _definitive(a.status)]
+        definitive = [a for a in tries if a.status is not None and is_definitive(a.status)]
         if not definitive:
             report.unresolved.append(message_id)
             continue
@@ -195,14 +198,10 @@ def check(attempts: Sequence[Attempt], effects: Mapping[str, Sequence[str]],
         if row is None or row[0] != first.status or (row[1] is not None and row[1].decode() != first.body):
             report.stored_mismatch.append(message_id)
     report.unresolved = sorted(set(report.unresolved) | (set(gave_up) - {
-        m for m, tries in by_id.items() if any(a.status and _definitive(a.status) for a in tries)}))
+        m for m, tries in by_id.items() if any(a.status and is_definitive(a.status) for a in tries)}))
     report.orphans = sorted(set(effects) - set(by_id))
     report.answer_times.sort()
     return report
-
-
-def _definitive(status: int) -> bool:
-    return status not in (409, 429) and (status < 500 or status in (501, 505))
 
 
 def _nonce(body: str | None) -> str | None:

@@ -29,7 +29,7 @@ from typing import IO, Any, Sequence
 
 import httpx
 
-__all__ = ["main", "is_definitive"]
+__all__ = ["main", "is_definitive", "resend"]
 
 
 def is_definitive(status: int) -> bool:
@@ -64,22 +64,26 @@ def _worker(number: int, args: argparse.Namespace, history: _History) -> None:
             if args.linger:
                 content["linger"] = args.linger
             body = json.dumps(content)
-            _send(client, receivers, message_id, body, args, history, rng)
+            first = rng.randrange(len(receivers)) if args.first is None else args.first
+            _send(client, receivers, message_id, body, history, rng, first=first,
+                  give_up=args.give_up)
             if args.pause:
                 time.sleep(args.pause)
     finally:
         client.close()
 
 
-def _send(client: httpx.Client, receivers: list[str], message_id: str, body: str,
-          args: argparse.Namespace, history: _History, rng: random.Random) -> None:
-    first = rng.randrange(len(receivers)) if args.first is None else args.first
-    give_up = time.time() + args.give_up
+def _send(client: httpx.Client, receivers: Sequence[str], message_id: str, body: str,
+          history: _History, rng: random.Random, *, first: int, give_up: float) -> None:
+    """Send one message until its answer is definitive (or ``give_up`` seconds pass)."""
+    deadline = time.time() + give_up
     attempt = 0
     while True:
         target = receivers[(first + attempt) % len(receivers)]
         record: dict[str, Any] = {"id": message_id, "attempt": attempt, "receiver": target,
                                   "t0": time.time()}
+        if attempt == 0:
+            record["request"] = body
         try:
             response = client.post(f"{target}/effects", content=body, headers={
                 "X-Message-ID": message_id, "Content-Type": "application/json"})
@@ -94,10 +98,22 @@ def _send(client: httpx.Client, receivers: list[str], message_id: str, body: str
         if status is not None and is_definitive(status):
             return
         attempt += 1
-        if time.time() > give_up:
+        if time.time() > deadline:
             history.write({"id": message_id, "gave_up": True, "t1": time.time()})
             return
         time.sleep(min(0.5, 0.02 * 2 ** min(attempt, 5)) * (0.5 + rng.random()))
+
+
+def resend(messages: Sequence[tuple[str, str]], receivers: Sequence[str], history_path: str,
+           *, timeout: float = 3.0, give_up: float = 60.0) -> None:
+    """Send ``(message_id, body)`` pairs again, as a sender does after a crash that cut it
+    off between the receiver's answer and its own journal commit (PROTOCOL.md §5)."""
+    rng = random.Random(0)
+    with open(history_path, "a") as stream, httpx.Client(timeout=httpx.Timeout(timeout)) as client:
+        history = _History(stream)
+        for number, (message_id, body) in enumerate(messages):
+            _send(client, receivers, message_id, body, history, rng,
+                  first=number % len(receivers), give_up=give_up)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -54,6 +54,7 @@ class Host:
     name: str
     netns: str
     address: str
+    link: str = ""
     cut_rules: list[list[str]] = field(default_factory=list)
 
     def command(self, *argv: str) -> list[str]:
@@ -82,7 +83,7 @@ class Network:
         number = len(self.hosts) + 2
         netns = f"{self.tag}-{name}"
         outside, inside = f"{self.tag}v{number}", f"{self.tag}p{number}"
-        host = Host(name, netns, f"{self.subnet}.{number}")
+        host = Host(name, netns, f"{self.subnet}.{number}", outside)
         _run("ip", "netns", "add", netns)
         self.hosts[name] = host
         _run("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
@@ -120,6 +121,9 @@ class Network:
         """Remove every rule, namespace, veth and the bridge made here. Idempotent."""
         for host in list(self.hosts.values()):
             self.restore(host)
+            # Delete the veth ourselves: a deleted namespace takes its end with it only
+            # asynchronously, and the outer end would linger for a moment.
+            _run("ip", "link", "delete", host.link, check=False)
             _run("ip", "netns", "delete", host.netns, check=False)
             del self.hosts[host.name]
         if self._made_bridge:

@@ -68,10 +68,11 @@ class Load:
 def _spawn(command: list[str], *, log: Path, env: dict[str, str] | None = None,
            ready: str, timeout: float = 60) -> subprocess.Popen[str]:
     """Start ``command`` in a new session; wait for a stdout line containing ``ready``."""
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=open(log, "a"), text=True,
-        env={**os.environ, **(env or {})}, start_new_session=True,
-    )
+    with open(log, "a") as stderr:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=stderr, text=True,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,18 +85,22 @@ def _spawn(command: list[str], *, log: Path, env: dict[str, str] | None = None,
                 break
         elif process.poll() is not None:
             break
-    process.kill()
-    process.wait(10)
+    _kill(process)
     raise RuntimeError(f"{' '.join(command)} did not start: {log.read_text()[-2000:]}")
 
 
 def _kill(process: subprocess.Popen[Any] | None) -> None:
-    if process is not None and process.poll() is None:
+    """SIGKILL ``process``'s session (a no-op if it ended), reap it, close its pipe."""
+    if process is None:
+        return
+    if process.poll() is None:
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         process.wait(10)
+    if process.stdout is not None:
+        process.stdout.close()
 
 
 class Topology:
@@ -107,7 +112,6 @@ class Topology:
             raise ValueError("via must be 'pgbouncer' or 'multihost'")
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="chttp-mh-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir.chmod(0o755)  # PgBouncer runs as postgres and keeps its files in here
         self.threads = threads
         self.network = Network()
         self.db: ReplicatedPostgres | None = None
@@ -118,8 +122,8 @@ class Topology:
             self.db = ReplicatedPostgres(listen=self.network.gateway, subnet=self.network.subnet,
                                          synchronous=synchronous)
             self._prepare_schema()
-            self.bouncer = PgBouncer(listen=self.network.gateway, backend_port=self.db.primary.port,
-                                     base=self.workdir / "pgbouncer").start()
+            self.bouncer = PgBouncer(listen=self.network.gateway,
+                                     backend_port=self.db.primary.port).start()
             self.store_url = (self.bouncer.url(self.db.database, **STORE_OPTIONS) if via == "pgbouncer"
                               else self.db.multihost_url(**STORE_OPTIONS))
             for number in range(receivers):
@@ -213,7 +217,8 @@ class Topology:
             try:
                 process.wait(timeout)
             except subprocess.TimeoutExpired:
-                _kill(process)
+                pass
+            _kill(process)
 
     def answered(self, load: Load) -> int:
         """How many 2xx answers the clients of ``load`` have seen so far."""
