@@ -12,16 +12,19 @@ nothing in a scenario's verdict depends on how fast anything was.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from chttp_examples.multihost.history import Report, read_attempts
 from chttp_examples.multihost.loadgen import resend
-from chttp_examples.multihost.topology import Load, Topology
+from chttp_examples.multihost.database import query
+from chttp_examples.multihost.topology import Load, Topology, kill_process
 
 __all__ = ["Outcome", "SCENARIOS", "receivers_killed", "receiver_cut", "pgbouncer_restarted",
-           "primary_failover"]
+           "primary_failover", "sender_takeover", "Takeover"]
 
 #: How many answers the load must have seen before a fault, and between its steps.
 WARMUP = 150
@@ -184,6 +187,94 @@ def primary_failover(topo: Topology, *, workers: int = 3, lag: float = 1.0,
     }
     return Outcome("primary SIGKILLed, standby promoted", report, load.started_at, fault_at,
                    healed_at, extra)
+
+
+@dataclass
+class Takeover:
+    """What two sender hosts did with one oplog (see :func:`sender_takeover`)."""
+
+    steps: int
+    a_posts: list[tuple[float, str]]
+    b_posts: list[tuple[float, str]]
+    b_busy: list[float]
+    b_result: list[str] | None
+    killed_at: float
+    lease_expired_at: float
+    effects: dict[str, list[str]]
+
+    @property
+    def in_flight(self) -> str:
+        """The message id A was sending when it was killed."""
+        return self.a_posts[-1][1]
+
+    def summary(self) -> str:
+        first_b = min((t for t, _ in self.b_posts), default=None)
+        return "\n".join([
+            "== senders on two hosts over one journal",
+            f"host A sent {len(self.a_posts)} POSTs and was SIGKILLed with {self.in_flight} in "
+            f"flight; its lease expired {self.lease_expired_at - self.killed_at:.2f} s later",
+            f"host B was refused (busy) {len(self.b_busy)} times, first sent "
+            + (f"{first_b - self.lease_expired_at:.2f} s after the lease expired" if first_b else "nothing")
+            + f", {len(self.b_posts)} POSTs, ids {sorted({i for _, i in self.b_posts})}",
+            f"distinct message ids {len({i for _, i in self.a_posts + self.b_posts})} for "
+            f"{self.steps} steps; effect rows per id {sorted(len(v) for v in self.effects.values())}",
+        ])
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def _wait_log(path: Path, predicate: Callable[[dict[str, Any]], bool], what: str,
+              timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(predicate(record) for record in _read_log(path)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
+                    lease: float = 3.0) -> Takeover:
+    """Host A runs a resumable function; host B keeps resuming; A is SIGKILLed mid-send.
+
+    A's step ``linger_step`` lingers in the receiver, and A is killed while it does. B
+    (another host name, so a dead owner's lease is not freed early) tries
+    ``resume_all()`` all along: it must be refused while A's lease lasts, take the oplog
+    over after it expired, replay A's answered steps from the journal and resend the
+    in-flight one under its id.
+    """
+    assert topo.db is not None
+    hosts = topo.network.hosts
+    a_host = hosts.get("s1") or topo.network.add_host("s1")
+    b_host = hosts.get("s2") or topo.network.add_host("s2")
+    log_a, log_b = topo.workdir / "sender-a.jsonl", topo.workdir / "sender-b.jsonl"
+    common = ("--lease", str(lease), "--steps", str(steps), "--linger-step", str(linger_step))
+    a = topo.start_sender(a_host, "start", log_a, "--receiver", topo.receivers[0].url, *common)
+    _wait_log(log_a, lambda r: r["event"] == "request" and r["method"] == "POST", "A's first send")
+    b = topo.start_sender(b_host, "resume", log_b, "--until-done", *common)
+    _wait_log(log_b, lambda r: r["event"] == "resume" and r["status"] == "busy", "B refused")
+    topo.wait_lingering()
+    kill_process(a)
+    killed_at = time.time()
+    oplog = [r for r in _read_log(log_b) if r["event"] == "resume"][0]["oplog"]
+    (expires,) = query(topo.primary_port(), "SELECT extract(epoch FROM lease_expires_at) "
+                       "FROM chttp_oplogs WHERE id = %s", (oplog,), database=topo.db.database)[0]
+    b.wait(60)
+    kill_process(b)
+    a_log, b_log = _read_log(log_a), _read_log(log_b)
+    posts = lambda log: [(r["t"], r["id"]) for r in log if r["event"] == "request" and r["method"] == "POST"]  # noqa: E731
+    done = [r for r in b_log if r["event"] == "resume" and r["status"] == "done"]
+    ids = {i for _, i in posts(a_log) + posts(b_log)}
+    effects = {m: n for m, n in topo.check_effects().items() if m in ids}
+    return Takeover(
+        steps=steps, a_posts=posts(a_log), b_posts=posts(b_log),
+        b_busy=[r["t"] for r in b_log if r["event"] == "resume" and r["status"] == "busy"],
+        b_result=done[0]["result"] if done else None, killed_at=killed_at,
+        lease_expired_at=float(expires), effects=effects,
+    )
 
 
 #: The scenarios the one command runs, by name: (function, needs its own topology, via).

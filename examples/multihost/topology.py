@@ -38,7 +38,7 @@ from chttp_examples.multihost.database import PgBouncer, ReplicatedPostgres, que
 from chttp_examples.multihost.history import Report, check, read_attempts, read_database
 from chttp_examples.multihost.netns import Host, Network
 
-__all__ = ["Topology", "Load", "ReceiverHost", "RECEIVER_PORT", "STORE_OPTIONS"]
+__all__ = ["Topology", "Load", "ReceiverHost", "RECEIVER_PORT", "STORE_OPTIONS", "kill_process"]
 
 RECEIVER_PORT = 8080
 
@@ -89,6 +89,11 @@ def _spawn(command: list[str], *, log: Path, env: dict[str, str] | None = None,
     raise RuntimeError(f"{' '.join(command)} did not start: {log.read_text()[-2000:]}")
 
 
+def kill_process(process: subprocess.Popen[Any] | None) -> None:
+    """SIGKILL a process this topology started (its whole session), and reap it."""
+    _kill(process)
+
+
 def _kill(process: subprocess.Popen[Any] | None) -> None:
     """SIGKILL ``process``'s session (a no-op if it ended), reap it, close its pipe."""
     if process is None:
@@ -118,6 +123,7 @@ class Topology:
         self.bouncer: PgBouncer | None = None
         self.receivers: list[ReceiverHost] = []
         self.loads: list[Load] = []
+        self.others: list[subprocess.Popen[str]] = []
         try:
             self.db = ReplicatedPostgres(listen=self.network.gateway, subnet=self.network.subnet,
                                          synchronous=synchronous)
@@ -200,6 +206,22 @@ class Topology:
         self.loads.append(load)
         return load
 
+    def start_sender(self, host: Host, role: str, log: Path, *options: str) -> subprocess.Popen[str]:
+        """:mod:`.sender` on ``host``, in a UTS namespace of its own named after the host.
+
+        Its own host name matters: the journal frees a lease of a dead process at once
+        only when the owner ran on *this* host; on another host it waits for expiry.
+        """
+        assert self.bouncer is not None and self.db is not None
+        command = host.command("unshare", "--uts", "--", sys.executable, "-m",
+                               "chttp_examples.multihost.sender", role, "--hostname",
+                               f"{self.network.tag}-{host.name}",
+                               "--journal", self.bouncer.url(self.db.database, **STORE_OPTIONS),
+                               "--log", str(log), *options)
+        process = _spawn(command, log=self.workdir / f"{host.name}.log", ready="ready")
+        self.others.append(process)
+        return process
+
     def wait_lingering(self, *, timeout: float = 30) -> None:
         """Block until a handler is inside its transaction, sleeping (a probe's ``linger``)."""
         deadline = time.monotonic() + timeout
@@ -280,6 +302,8 @@ class Topology:
             for load in self.loads:
                 for process in load.processes:
                     _kill(process)
+            for process in self.others:
+                _kill(process)
             for receiver in self.receivers:
                 _kill(receiver.process)
             if self.bouncer is not None:
