@@ -41,6 +41,8 @@ class Outcome:
     fault_at: float
     healed_at: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: When the clients were told to stop (the "after" window ends here, not after the drain).
+    stopped_at: float = 0.0
 
     @property
     def recovery(self) -> float | None:
@@ -56,7 +58,7 @@ class Outcome:
             f"load: {report.rate(self.load_started, self.fault_at):.0f} answers/s before the "
             f"fault, {report.rate(self.fault_at, max(self.healed_at, self.fault_at + 1e-3)):.0f} "
             f"during it ({self.healed_at - self.fault_at:.1f} s), "
-            f"{report.rate(self.healed_at, report.end):.0f} after; longest stretch without an "
+            f"{report.rate(self.healed_at, self.stopped_at or report.end):.0f} after; longest stretch without an "
             f"answer {report.longest_gap(self.fault_at):.2f} s; recovered "
             + (f"{recovery:.2f} s after the repair" if recovery is not None else "never"),
         ]
@@ -84,8 +86,10 @@ def receivers_killed(topo: Topology, *, workers: int = 3) -> Outcome:
     topo.start_receiver(1)
     healed_at = time.time()
     topo.wait_answers(load, BETWEEN)
+    stopped_at = time.time()
     report = topo.stop_load_and_check(load, probe)
-    return Outcome("receivers SIGKILLed", report, load.started_at, fault_at, healed_at)
+    return Outcome("receivers SIGKILLed", report, load.started_at, fault_at, healed_at,
+                   stopped_at=stopped_at)
 
 
 def receiver_cut(topo: Topology, *, workers: int = 3, cut_for: float = 6.0) -> Outcome:
@@ -104,9 +108,10 @@ def receiver_cut(topo: Topology, *, workers: int = 3, cut_for: float = 6.0) -> O
     topo.restore(0)
     healed_at = time.time()
     topo.wait_answers(load, BETWEEN)
+    stopped_at = time.time()
     report = topo.stop_load_and_check(load, probe)
     return Outcome("receiver cut from the database", report, load.started_at, fault_at,
-                   healed_at, {"cut for": f"{cut_for:.0f} s"})
+                   healed_at, {"cut for": f"{cut_for:.0f} s"}, stopped_at)
 
 
 def pgbouncer_restarted(topo: Topology, *, workers: int = 3) -> Outcome:
@@ -120,8 +125,10 @@ def pgbouncer_restarted(topo: Topology, *, workers: int = 3) -> Outcome:
     topo.bouncer.start()
     healed_at = time.time()
     topo.wait_answers(load, BETWEEN)
+    stopped_at = time.time()
     report = topo.stop_load_and_check(load, probe)
-    return Outcome("PgBouncer restarted", report, load.started_at, fault_at, healed_at)
+    return Outcome("PgBouncer restarted", report, load.started_at, fault_at, healed_at,
+                   stopped_at=stopped_at)
 
 
 def _answered_between(load: Load, start: float, end: float) -> list[tuple[str, str]]:
@@ -163,6 +170,7 @@ def primary_failover(topo: Topology, *, workers: int = 3, lag: float = 1.0,
     topo.db.promote()
     healed_at = time.time()
     topo.wait_answers(load, BETWEEN)
+    stopped_at = time.time()
     topo.stop_load(load)
     topo.stop_load(probe)
     # Late retries: the messages answered around the failure are sent again, as their
@@ -186,7 +194,7 @@ def primary_failover(topo: Topology, *, workers: int = 3, lag: float = 1.0,
         "promotion took": f"{healed_at - fault_at:.2f} s",
     }
     return Outcome("primary SIGKILLed, standby promoted", report, load.started_at, fault_at,
-                   healed_at, extra)
+                   healed_at, extra, stopped_at)
 
 
 @dataclass

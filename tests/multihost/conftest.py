@@ -18,6 +18,20 @@ from chttp_examples.multihost.topology import Topology
 from chttp_server.testing import PostgresNotFound, find_postgres_bin
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "scale: long multi-host/size runs, only with -m scale")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``scale`` tests run only when asked for by name (``-m scale``), never by default."""
+    if "scale" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a scale run: select it with -m scale")
+    for item in items:
+        if item.get_closest_marker("scale") is not None:
+            item.add_marker(skip)
+
+
 def _missing() -> str | None:
     try:
         require_network()
