@@ -3,7 +3,7 @@
 Input: every attempt the clients made (the JSON lines :mod:`.loadgen` writes), the
 application's effect rows (``mh_effects``: one per committed handler run, each with the
 nonce that run answered with), and the stored responses (``chttp_messages``). Output: a
-:class:`Report`. The guarantees it checks (PROTOCOL.md §2, §5):
+:class:`Report`. The guarantees it checks (docs/protocol.rst §2, §5):
 
 * **exactly once** — no message id has more than one effect row (``duplicates``);
 * **no acknowledged answer lost** — every id a client got a 2xx for has exactly the

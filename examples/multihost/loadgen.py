@@ -7,7 +7,7 @@
 
 Each worker sends one message at a time: a fresh id, then attempts — each through the
 next receiver in turn, since a load balancer would send a retry anywhere — until an
-answer is definitive (PROTOCOL.md §5: 2xx or a 4xx other than 409/429). Connection
+answer is definitive (docs/protocol.rst §5: 2xx or a 4xx other than 409/429). Connection
 errors, timeouts, 409, 429 and 5xx are retried with capped exponential backoff. Every
 attempt is appended to ``--history`` as one JSON line and flushed at once, so the
 checker (:mod:`.history`) sees even the attempts of a client killed a moment later.
@@ -33,7 +33,7 @@ __all__ = ["main", "is_definitive", "resend"]
 
 
 def is_definitive(status: int) -> bool:
-    """PROTOCOL.md §5: which answers end a send (anything else is retried as is)."""
+    """docs/protocol.rst §5: which answers end a send (anything else is retried as is)."""
     if status in (409, 429):
         return False
     return status < 500 or status in (501, 505)
@@ -107,7 +107,7 @@ def _send(client: httpx.Client, receivers: Sequence[str], message_id: str, body:
 def resend(messages: Sequence[tuple[str, str]], receivers: Sequence[str], history_path: str,
            *, timeout: float = 3.0, give_up: float = 60.0) -> None:
     """Send ``(message_id, body)`` pairs again, as a sender does after a crash that cut it
-    off between the receiver's answer and its own journal commit (PROTOCOL.md §5)."""
+    off between the receiver's answer and its own journal commit (docs/protocol.rst §5)."""
     rng = random.Random(0)
     with open(history_path, "a") as stream, httpx.Client(timeout=httpx.Timeout(timeout)) as client:
         history = _History(stream)

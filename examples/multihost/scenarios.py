@@ -174,7 +174,7 @@ def primary_failover(topo: Topology, *, workers: int = 3, lag: float = 1.0,
     topo.stop_load(load)
     topo.stop_load(probe)
     # Late retries: the messages answered around the failure are sent again, as their
-    # senders would after crashing before they journaled the answer (PROTOCOL.md §5).
+    # senders would after crashing before they journaled the answer (docs/protocol.rst §5).
     late = _answered_between(load, paused_at - 0.5, fault_at)[:late_retries]
     resent = topo.workdir / "history-failover-resend.jsonl"
     resend(late, [r.url for r in topo.receivers], str(resent))
