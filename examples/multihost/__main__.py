@@ -42,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from chttp_examples.multihost.netns import NetworkUnavailable, require_network
     from chttp_examples.multihost.scenarios import SCENARIOS, primary_failover, sender_takeover
     from chttp_examples.multihost.topology import Topology
+
     from chttp_server.testing import PostgresNotFound, find_postgres_bin
 
     try:

@@ -86,7 +86,7 @@ def _wait_for(condition: Any, timeout: float, what: str) -> Any:
     while True:
         try:
             value = condition()
-        except Exception:
+        except Exception:  # a server still starting or restarting: ask again
             value = None
         if value:
             return value

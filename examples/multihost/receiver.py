@@ -31,9 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import waitress
+    from chttp_examples.multihost.app import EffectsApp
 
     from chttp_core.db import make_engine
-    from chttp_examples.multihost.app import EffectsApp
     from chttp_server import CertifiedMiddleware
 
     engine = make_engine(args.db, pool_size=args.threads, max_overflow=0, pool_timeout=5)

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from chttp_examples.multihost.database import query
 from chttp_examples.multihost.history import Report, read_attempts
 from chttp_examples.multihost.loadgen import resend
-from chttp_examples.multihost.database import query
 from chttp_examples.multihost.topology import Load, Topology, kill_process
 
 __all__ = ["Outcome", "SCENARIOS", "receivers_killed", "receiver_cut", "pgbouncer_restarted",
@@ -244,6 +244,10 @@ def _wait_log(path: Path, predicate: Callable[[dict[str, Any]], bool], what: str
         time.sleep(0.05)
 
 
+def _posts(log: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    return [(r["t"], r["id"]) for r in log if r["event"] == "request" and r["method"] == "POST"]
+
+
 def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
                     lease: float = 3.0) -> Takeover:
     """Host A runs a resumable function; host B keeps resuming; A is SIGKILLed mid-send.
@@ -267,18 +271,17 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     topo.wait_lingering()
     kill_process(a)
     killed_at = time.time()
-    oplog = [r for r in _read_log(log_b) if r["event"] == "resume"][0]["oplog"]
+    oplog = next(r["oplog"] for r in _read_log(log_b) if r["event"] == "resume")
     (expires,) = query(topo.primary_port(), "SELECT extract(epoch FROM lease_expires_at) "
                        "FROM chttp_oplogs WHERE id = %s", (oplog,), database=topo.db.database)[0]
     b.wait(60)
     kill_process(b)
     a_log, b_log = _read_log(log_a), _read_log(log_b)
-    posts = lambda log: [(r["t"], r["id"]) for r in log if r["event"] == "request" and r["method"] == "POST"]  # noqa: E731
     done = [r for r in b_log if r["event"] == "resume" and r["status"] == "done"]
-    ids = {i for _, i in posts(a_log) + posts(b_log)}
+    ids = {i for _, i in _posts(a_log) + _posts(b_log)}
     effects = {m: n for m, n in topo.check_effects().items() if m in ids}
     return Takeover(
-        steps=steps, a_posts=posts(a_log), b_posts=posts(b_log),
+        steps=steps, a_posts=_posts(a_log), b_posts=_posts(b_log),
         b_busy=[r["t"] for r in b_log if r["event"] == "resume" and r["status"] == "busy"],
         b_result=done[0]["result"] if done else None, killed_at=killed_at,
         lease_expired_at=float(expires), effects=effects,

@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(args.every)
     finally:
         journal.close()
+        log.stream.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,10 +67,10 @@ def measure(url: str, messages: int) -> tuple[StoreSize, StoreSize, float]:
     """
     import psycopg2
     import webob
+    from chttp_examples.multihost.app import EFFECTS_DDL, EffectsApp
     from sqlalchemy.engine import make_url
 
     from chttp_core import migrate
-    from chttp_examples.multihost.app import EFFECTS_DDL, EffectsApp
     from chttp_server import CertifiedMiddleware
 
     migrate.upgrade(url)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import pytest
-
 from chttp_examples.multihost.database import PgBouncerNotFound, find_pgbouncer
 from chttp_examples.multihost.netns import NetworkUnavailable, leftovers, require_network
 from chttp_examples.multihost.topology import Topology
+
 from chttp_server.testing import PostgresNotFound, find_postgres_bin
 
 
@@ -49,8 +49,9 @@ def multihost_ready() -> None:
         pytest.skip(f"multi-host topology unavailable: {reason}")
 
 
-def _built(tmp_path_factory: pytest.TempPathFactory, name: str, **options: object) -> Iterator[Topology]:
-    topology = Topology(tmp_path_factory.mktemp(name), **options)  # type: ignore[arg-type]
+def _built(tmp_path_factory: pytest.TempPathFactory, name: str, *, via: str,
+           synchronous: bool = True) -> Iterator[Topology]:
+    topology = Topology(tmp_path_factory.mktemp(name), via=via, synchronous=synchronous)
     tag = topology.network.tag
     try:
         yield topology

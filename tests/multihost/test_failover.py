@@ -12,7 +12,6 @@ stretch without answers, recovery) are printed: ``pytest -k failover -s`` shows 
 from __future__ import annotations
 
 import pytest
-
 from chttp_examples.multihost import scenarios
 from chttp_examples.multihost.scenarios import Outcome
 

@@ -11,7 +11,6 @@ id A gave it: one effect per id, as many ids as steps.
 from __future__ import annotations
 
 import pytest
-
 from chttp_examples.multihost.scenarios import sender_takeover
 
 pytestmark = pytest.mark.slow

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
-from sqlalchemy.engine import make_url
-
 from chttp_examples.multihost.size import measure
+from sqlalchemy.engine import make_url
 
 pytestmark = pytest.mark.slow
 

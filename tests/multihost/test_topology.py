@@ -14,15 +14,14 @@ import subprocess
 import sys
 import threading
 
-import httpx
 import psycopg2
 import pytest
 import webtest
-
-from chttp_core.db import make_engine
 from chttp_examples.multihost.app import EffectsApp
 from chttp_examples.multihost.database import PgBouncer, query
 from chttp_examples.multihost.netns import Network, leftovers
+
+from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware
 
 pytestmark = pytest.mark.slow
