@@ -266,6 +266,7 @@ class PgBouncer:
             "ignore_startup_parameters = extra_float_digits,options\n"
             f"logfile = {self.log}\n"
             "server_login_retry = 1\n"
+            "admin_users = postgres\n"
         )
 
     def start(self) -> PgBouncer:

@@ -30,7 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--claim-timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
 
+    import logging
+
     import waitress
+
+    # The store's warnings (unreachable, 503) go to stderr, which the topology keeps per host.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from chttp_examples.multihost.app import EffectsApp
 
     from chttp_core.db import make_engine

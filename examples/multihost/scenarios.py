@@ -209,6 +209,7 @@ class Takeover:
     killed_at: float
     lease_expired_at: float
     effects: dict[str, list[str]]
+    a_alive_at_kill: bool = True
 
     @property
     def in_flight(self) -> str:
@@ -249,14 +250,16 @@ def _posts(log: list[dict[str, Any]]) -> list[tuple[float, str]]:
 
 
 def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
-                    lease: float = 3.0) -> Takeover:
+                    lease: float = 6.0) -> Takeover:
     """Host A runs a resumable function; host B keeps resuming; A is SIGKILLed mid-send.
 
     A's step ``linger_step`` lingers in the receiver, and A is killed while it does. B
     (another host name, so a dead owner's lease is not freed early) tries
     ``resume_all()`` all along: it must be refused while A's lease lasts, take the oplog
     over after it expired, replay A's answered steps from the journal and resend the
-    in-flight one under its id.
+    in-flight one under its id. The lease must outlast any stall of A between two of its
+    commits (a slow answer on a loaded machine), or B takes over a live A: correct — A's
+    next commit fails with OplogBusyError, ids stay the same — but not this scenario.
     """
     assert topo.db is not None
     hosts = topo.network.hosts
@@ -269,6 +272,7 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     b = topo.start_sender(b_host, "resume", log_b, "--until-done", *common)
     _wait_log(log_b, lambda r: r["event"] == "resume" and r["status"] == "busy", "B refused")
     topo.wait_lingering()
+    a_alive = a.poll() is None      # else A lost its lease on its own (a stall) and gave up
     kill_process(a)
     killed_at = time.time()
     oplog = next(r["oplog"] for r in _read_log(log_b) if r["event"] == "resume")
@@ -284,7 +288,7 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
         steps=steps, a_posts=_posts(a_log), b_posts=_posts(b_log),
         b_busy=[r["t"] for r in b_log if r["event"] == "resume" and r["status"] == "busy"],
         b_result=done[0]["result"] if done else None, killed_at=killed_at,
-        lease_expired_at=float(expires), effects=effects,
+        lease_expired_at=float(expires), effects=effects, a_alive_at_kill=a_alive,
     )
 
 

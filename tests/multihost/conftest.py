@@ -63,7 +63,12 @@ def _built(tmp_path_factory: pytest.TempPathFactory, name: str, *, via: str,
 
 @pytest.fixture(scope="module")
 def bouncer_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
-    """Three receivers reaching the synchronous primary through PgBouncer (transaction mode)."""
+    """Three receivers reaching the synchronous primary through PgBouncer (transaction mode).
+
+    One per test module: the tests of a module leave it as they found it (a killed
+    receiver is restarted, a cut restored, PgBouncer started again) and use message ids
+    of their own; a fresh one per module keeps one module's faults from another's.
+    """
     yield from _built(tmp_path_factory, "bouncer", via="pgbouncer")
 
 

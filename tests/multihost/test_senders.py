@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_second_sender_host_takes_over_after_the_lease_only(bouncer_topology):
-    takeover = sender_takeover(bouncer_topology, steps=4, linger_step=2, lease=3.0)
+    takeover = sender_takeover(bouncer_topology, steps=4, linger_step=2, lease=6.0)
     print("\n" + takeover.summary())
+    assert takeover.a_alive_at_kill, "A stalled past its lease and gave up before the kill"
     a_ids = [i for _, i in takeover.a_posts]
     b_ids = [i for _, i in takeover.b_posts]
     assert len(set(a_ids)) == 3                          # steps 0, 1 and the in-flight 2
