@@ -119,8 +119,8 @@ class ReplicatedPostgres:
         self.standby: PostgresCluster | None = None
         with open(self.primary.data / "pg_hba.conf", "a") as hba:
             hba.write(f"host all all {subnet}.0/24 trust\n")
-        self.primary.start()
         try:
+            self.primary.start()
             query(self.primary.port, f'CREATE DATABASE "{database}"')
             self.standby = PostgresCluster(settings=common)
             shutil.rmtree(self.standby.data)
@@ -293,6 +293,7 @@ class PgBouncer:
                 return self
             except OSError:
                 if time.monotonic() > deadline:
+                    self.kill()
                     raise TimeoutError("pgbouncer did not start") from None
                 time.sleep(0.05)
 

@@ -75,6 +75,12 @@ class Network:
         self._made_bridge = False
         _run("ip", "link", "add", self.bridge, "type", "bridge")
         self._made_bridge = True
+        # A bridge without an address of its own takes the lowest of its ports' MACs, so
+        # adding a host can change the gateway's MAC under the other hosts' ARP caches:
+        # their packets to the database host then go nowhere until the entry is
+        # re-resolved (up to ~30 s, seen as stalled requests). A fixed MAC never changes.
+        _run("ip", "link", "set", self.bridge, "address",
+             "02:" + ":".join(f"{random.randrange(256):02x}" for _ in range(5)))
         _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         _run("ip", "link", "set", self.bridge, "up")
 

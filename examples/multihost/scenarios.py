@@ -258,7 +258,7 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     ``resume_all()`` all along: it must be refused while A's lease lasts, take the oplog
     over after it expired, replay A's answered steps from the journal and resend the
     in-flight one under its id. The lease must outlast any stall of A between two of its
-    commits (a slow answer on a loaded machine), or B takes over a live A: correct — A's
+    commits (an answer stalled by the network), or B takes over a live A: correct — A's
     next commit fails with OplogBusyError, ids stay the same — but not this scenario.
     """
     assert topo.db is not None

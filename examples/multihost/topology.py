@@ -128,8 +128,8 @@ class Topology:
             self.db = ReplicatedPostgres(listen=self.network.gateway, subnet=self.network.subnet,
                                          synchronous=synchronous)
             self._prepare_schema()
-            self.bouncer = PgBouncer(listen=self.network.gateway,
-                                     backend_port=self.db.primary.port).start()
+            self.bouncer = PgBouncer(listen=self.network.gateway, backend_port=self.db.primary.port)
+            self.bouncer.start()
             self.store_url = (self.bouncer.url(self.db.database, **STORE_OPTIONS) if via == "pgbouncer"
                               else self.db.multihost_url(**STORE_OPTIONS))
             for number in range(receivers):
