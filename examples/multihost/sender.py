@@ -1,0 +1,126 @@
+"""A sender host: a resumable function making certified sends, over a shared journal.
+
+::
+
+    python -m chttp_examples.multihost.sender start  --journal URL --receiver URL --log FILE
+    python -m chttp_examples.multihost.sender resume --journal URL --log FILE [--until-done]
+
+``start`` runs :func:`transfer` (``--steps`` certified POSTs to ``/effects``; the one
+numbered ``--linger-step`` asks its handler to linger, so the process can be killed
+while that send is certainly in flight). ``resume`` calls ``Journal.resume_all()`` every
+``--every`` seconds until it has finished an oplog (``--until-done``) or once.
+
+Both log, one JSON line each, flushed: every HTTP request the journal's client makes
+(time, this host's name, the message id) and every resume outcome. Two of these on two
+hosts — two namespaces with two host names (``unshare --uts``) — over one PostgreSQL
+journal show the lease at work: the second takes the oplog over only once the first's
+lease has expired, never while it runs, and sends the in-flight step under its old id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from datetime import timedelta
+from typing import Any, Sequence
+
+import httpx
+
+__all__ = ["main", "FUNCTION_NAME"]
+
+#: The registered name of the resumable function (the same on every host).
+FUNCTION_NAME = "chttp_examples.multihost.transfer"
+
+
+class _Log:
+    def __init__(self, path: str) -> None:
+        self.stream = open(path, "a")
+        self.lock = threading.Lock()
+        self.host = socket.gethostname()
+
+    def write(self, event: str, **fields: Any) -> None:
+        record = {"t": time.time(), "host": self.host, "pid": os.getpid(), "event": event, **fields}
+        with self.lock:
+            self.stream.write(json.dumps(record) + "\n")
+            self.stream.flush()
+
+
+def _journal(args: argparse.Namespace, log: _Log) -> Any:
+    from chttp_client import Journal, RetryPolicy, resumable
+
+    def on_request(request: httpx.Request) -> None:
+        log.write("request", method=request.method, url=str(request.url),
+                  id=request.headers.get("X-Message-ID") or request.headers.get("Idempotency-Key"))
+
+    client = httpx.Client(timeout=httpx.Timeout(10.0), event_hooks={"request": [on_request]})
+    journal = Journal(args.journal, http_client=client, lease=timedelta(seconds=args.lease),
+                      retry=RetryPolicy())
+
+    def transfer(receiver: str, steps: int, linger_step: int, *, chttp_context: Any) -> list[str]:
+        nonces = []
+        for step in range(steps):
+            linger = args.linger if step == linger_step else 0
+            answer = chttp_context.post(f"{receiver}/effects", json={"step": step, "linger": linger})
+            nonces.append(answer.json()["nonce"])
+        return nonces
+
+    return journal, resumable(journal, name=FUNCTION_NAME)(transfer)
+
+
+def _set_hostname(name: str) -> None:
+    """Name this host, refusing to rename the machine: only in a UTS namespace of its own
+    (``unshare --uts`` executes us, so our parent is still in the machine's namespace)."""
+    if os.readlink("/proc/self/ns/uts") == os.readlink(f"/proc/{os.getppid()}/ns/uts"):
+        raise SystemExit("--hostname needs a UTS namespace of its own (unshare --uts)")
+    socket.sethostname(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chttp_examples.multihost.sender")
+    parser.add_argument("role", choices=["start", "resume"])
+    parser.add_argument("--journal", required=True, help="the shared journal's database URL")
+    parser.add_argument("--log", required=True, help="JSON-lines file to append to")
+    parser.add_argument("--receiver", help="base URL of a receiver (start)")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--linger-step", type=int, default=2)
+    parser.add_argument("--linger", type=float, default=2.0)
+    parser.add_argument("--lease", type=float, default=3.0, help="journal lease, seconds")
+    parser.add_argument("--every", type=float, default=0.2, help="resume: seconds between tries")
+    parser.add_argument("--until-done", action="store_true")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--hostname", help="this host's name; only in a UTS namespace of its own "
+                                           "(run under `unshare --uts`)")
+    args = parser.parse_args(argv)
+    if args.hostname:
+        _set_hostname(args.hostname)
+    log = _Log(args.log)
+    journal, transfer = _journal(args, log)
+    print("ready", flush=True)
+    try:
+        if args.role == "start":
+            log.write("start")
+            result = transfer(args.receiver, args.steps, args.linger_step)
+            log.write("done", result=result)
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while True:
+            for outcome in journal.resume_all():
+                log.write("resume", oplog=outcome.oplog_id, status=outcome.status,
+                          result=outcome.value if outcome.status == "done" else None)
+                if outcome.status == "done":
+                    return 0
+            if not args.until_done or time.monotonic() > deadline:
+                return 0 if not args.until_done else 1
+            time.sleep(args.every)
+    finally:
+        journal.close()
+        log.stream.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

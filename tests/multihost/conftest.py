@@ -1,0 +1,80 @@
+"""Fixtures for the multi-host tests: the topology of :mod:`chttp_examples.multihost`.
+
+They need root (network namespaces, iptables), ``ip``, ``iptables``, the PostgreSQL
+server binaries and ``pgbouncer``; without one of them every test here is skipped and
+says which is missing. Each topology is removed by its fixture's teardown, failing or
+not, and the teardown checks that no namespace or link of it is left.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+from chttp_examples.multihost.database import PgBouncerNotFound, find_pgbouncer
+from chttp_examples.multihost.netns import NetworkUnavailable, leftovers, require_network
+from chttp_examples.multihost.topology import Topology
+
+from chttp_server.testing import PostgresNotFound, find_postgres_bin
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "scale: long multi-host/size runs, only with -m scale")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``scale`` tests run only when asked for by name (``-m scale``), never by default."""
+    if "scale" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="a scale run: select it with -m scale")
+    for item in items:
+        if item.get_closest_marker("scale") is not None:
+            item.add_marker(skip)
+
+
+def _missing() -> str | None:
+    try:
+        require_network()
+        find_pgbouncer()
+        find_postgres_bin()
+    except (NetworkUnavailable, PgBouncerNotFound, PostgresNotFound) as error:
+        return str(error)
+    return None
+
+
+@pytest.fixture(scope="session")
+def multihost_ready() -> None:
+    reason = _missing()
+    if reason is not None:
+        pytest.skip(f"multi-host topology unavailable: {reason}")
+
+
+def _built(tmp_path_factory: pytest.TempPathFactory, name: str, *, via: str,
+           synchronous: bool = True) -> Iterator[Topology]:
+    topology = Topology(tmp_path_factory.mktemp(name), via=via, synchronous=synchronous)
+    tag = topology.network.tag
+    try:
+        yield topology
+    finally:
+        topology.close()
+        spaces, links = leftovers()
+        assert not [n for n in spaces + links if n.startswith(tag)], "topology left things behind"
+
+
+@pytest.fixture(scope="module")
+def bouncer_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """Three receivers reaching the synchronous primary through PgBouncer (transaction mode).
+
+    One per test module: the tests of a module leave it as they found it (a killed
+    receiver is restarted, a cut restored, PgBouncer started again) and use message ids
+    of their own; a fresh one per module keeps one module's faults from another's.
+    """
+    yield from _built(tmp_path_factory, "bouncer", via="pgbouncer")
+
+
+@pytest.fixture
+def failover_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFactory,
+                      request: pytest.FixtureRequest) -> Iterator[Topology]:
+    """Receivers on the libpq multi-host URL; ``synchronous`` from ``request.param`` (default on)."""
+    synchronous = getattr(request, "param", True)
+    yield from _built(tmp_path_factory, "failover", via="multihost", synchronous=synchronous)
