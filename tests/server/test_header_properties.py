@@ -36,7 +36,7 @@ from sqlalchemy import func, select
 
 from chttp_core.schema import messages
 from chttp_core.wire import MAX_SCOPE_LENGTH, scope_key
-from chttp_server import CertifiedMiddleware, remote_user_scope
+from chttp_server import CertifiedMiddleware
 
 from .apps import Root, host_writes
 
@@ -110,14 +110,10 @@ first_sent_dates = st.one_of(date_parts, real_dates, st.text(PRINTABLE, max_size
 # -- the receiver under test -----------------------------------------------------------------
 
 
-def fitted_scope(environ) -> str:
-    """The principal made to fit the scope column (chttp_core.wire.scope_key)."""
-    return scope_key(remote_user_scope(environ))
-
-
 @pytest.fixture
 def middleware(engine):
-    return CertifiedMiddleware(Root(), engine=engine, scope=fitted_scope)
+    """The default scope (REMOTE_USER): the middleware makes it fit (scope_key) itself."""
+    return CertifiedMiddleware(Root(), engine=engine)
 
 
 def store_state(engine) -> tuple[int, int]:
