@@ -50,7 +50,6 @@ __all__ = [
     "explain_database_error",
     "shown_url",
     "known_revisions",
-    "foreign_tables",
 ]
 
 #: The command line was fine, the world was not.

@@ -4,6 +4,7 @@
 
     ChttpError                        root of every error this project raises
      ├── SchemaOutOfDateError         the database is not at this code's migration head
+     ├── ForeignSchemaError           chttp_ tables that chttp's migrations did not make
      └── StoreError                   a store could not do what was asked (no HTTP in it)
           ├── StoreUnreachable        the database cannot be reached or would not answer
           └── ClaimTimedOut           a message key stayed claimed by another transaction
@@ -18,7 +19,7 @@ the stores stay free of WebOb and of any front end.
 
 from __future__ import annotations
 
-__all__ = ["ChttpError", "SchemaOutOfDateError", "StoreError", "StoreUnreachable", "ClaimTimedOut"]
+__all__ = ["ChttpError", "SchemaOutOfDateError", "ForeignSchemaError", "StoreError", "StoreUnreachable", "ClaimTimedOut"]
 
 
 class ChttpError(Exception):
@@ -40,6 +41,23 @@ class SchemaOutOfDateError(ChttpError):
             f"the chttp schema is at {found!s}, this code needs {self.head}; "
             f"run `{self.command}` (or chttp_core.migrate.upgrade(...)) first"
         )
+
+
+class ForeignSchemaError(ChttpError):
+    """The database holds ``chttp_`` tables but no chttp version: someone else's tables.
+
+    Upgrading over them would fail half-way or, worse, adopt tables of another shape;
+    :func:`chttp_core.migrate.upgrade` refuses instead, after taking its lock (so a
+    concurrent first upgrade is never mistaken for foreign tables).
+    """
+
+    def __init__(self, tables: list[str]) -> None:
+        super().__init__(tables)
+        self.tables = tables
+
+    def __str__(self) -> str:
+        return (f"the database already has {', '.join(self.tables)} but no chttp version "
+                "table row: these tables were not made by chttp's migrations")
 
 
 class StoreError(ChttpError):

@@ -21,11 +21,11 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import URL
 
 from chttp_core.db import is_postgresql, make_engine
-from chttp_core.errors import SchemaOutOfDateError
+from chttp_core.errors import ForeignSchemaError, SchemaOutOfDateError
 
 __all__ = [
     "VERSION_TABLE",
@@ -104,6 +104,11 @@ def upgrade(target: str | URL | Engine | Connection, revision: str = "head") -> 
     A connection that is already inside a transaction is left for its owner to commit,
     so the upgrade can join a host application's own migration transaction; the lock is
     then held until that commit.
+
+    :class:`~chttp_core.errors.ForeignSchemaError` if, under the lock, the database has
+    ``chttp_`` tables but no chttp version: they are not ours to upgrade. (Checked under
+    the lock because a concurrent first upgrade's tables look exactly like that to
+    anyone who reads the version and the table list outside it.)
     """
     with _connection(target) as connection:
         caller_transaction = connection.in_transaction()
@@ -111,6 +116,7 @@ def upgrade(target: str | URL | Engine | Connection, revision: str = "head") -> 
             connection.begin()
         try:
             _lock_for_upgrade(connection)
+            _refuse_foreign_tables(connection)
             with _config() as config:
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
@@ -120,6 +126,17 @@ def upgrade(target: str | URL | Engine | Connection, revision: str = "head") -> 
             if not caller_transaction and connection.in_transaction():
                 connection.rollback()
             raise
+
+
+def _refuse_foreign_tables(connection: Connection) -> None:
+    """Raise :class:`ForeignSchemaError` for ``chttp_`` tables without a chttp version."""
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    if context.get_current_revision() is not None:
+        return
+    ours = sorted(name for name in inspect(connection).get_table_names()
+                  if name.startswith("chttp_") and name != VERSION_TABLE)
+    if ours:
+        raise ForeignSchemaError(ours)
 
 
 def _lock_for_upgrade(connection: Connection) -> None:

@@ -48,7 +48,6 @@ from chttp_core.commandline import (
     EXIT_USAGE,
     CommandError,
     add_debug_option,
-    foreign_tables,
     known_revisions,
     open_database,
     positive_int,
@@ -56,6 +55,7 @@ from chttp_core.commandline import (
     run_command,
     shown_url,
 )
+from chttp_core.errors import ForeignSchemaError
 from chttp_server import serving
 
 __all__ = ["main", "build_parser", "load_app"]
@@ -117,13 +117,11 @@ def _cmd_db_upgrade(args: argparse.Namespace) -> int:
                            f"this code knows head, {', '.join(revisions)}", status=EXIT_USAGE)
     engine = open_database(args.db, create=True)
     try:
-        theirs = foreign_tables(engine)
-        if theirs:
-            raise CommandError(
-                f"{shown_url(args.db)} already has {', '.join(theirs)} but no "
-                f"chttp_alembic_version: these tables were not made by chttp's migrations",
-                "use another database, or rename or drop those tables")
-        migrate.upgrade(engine, args.revision)
+        try:
+            migrate.upgrade(engine, args.revision)
+        except ForeignSchemaError as error:
+            raise CommandError(f"{shown_url(args.db)}: {error}",
+                               "use another database, or rename or drop those tables") from None
         print(f"chttp schema at {migrate.current_revision(engine)}")
     finally:
         engine.dispose()

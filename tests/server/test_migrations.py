@@ -147,3 +147,16 @@ def test_the_wheel_ships_the_migrations(built_wheel):
         assert f"chttp_core/migrations/versions/{version}" in names
     assert "chttp_server/middleware.py" in names
     assert not any(name.startswith("tests/") for name in names)
+
+
+def test_upgrade_refuses_chttp_tables_it_did_not_make(engine):
+    """A foreign ``chttp_messages`` (no chttp version row): refused under the upgrade's
+    lock with ForeignSchemaError, and left as it was, from code as from the CLI."""
+    from chttp_core.errors import ForeignSchemaError
+
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE chttp_messages (note VARCHAR(10))"))
+    with pytest.raises(ForeignSchemaError, match="chttp_messages"):
+        migrate.upgrade(engine)
+    assert migrate.current_revision(engine) is None
+    assert [c["name"] for c in inspect(engine).get_columns("chttp_messages")] == ["note"]
