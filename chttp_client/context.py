@@ -104,7 +104,7 @@ class ResumableContext:
 
     Not shared between threads: one call of a function owns one context. Made by
     :class:`~chttp_client.journal.Journal` (``run``/``resume``) and by
-    :class:`~chttp_client.incoming.IncomingSends`, never by a function itself.
+    :func:`~chttp_client.incoming.open_incoming_context`, never by a function itself.
     """
 
     def __init__(
