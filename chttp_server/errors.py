@@ -183,7 +183,8 @@ class ProtocolError(ChttpServerError, webob.exc.WSGIHTTPException):
         return response
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        return self.to_response()(environ, start_response)
+        body: Iterable[bytes] = self.to_response()(environ, start_response)
+        return body
 
 
 class InvalidMessageId(ProtocolError, webob.exc.HTTPBadRequest):

@@ -359,7 +359,8 @@ class CertifiedMiddleware:
         if method not in ("GET", "HEAD", "DELETE"):
             response = problem_response(405, "method-not-allowed", "Method not allowed",
                                         headers=[("Allow", "GET, HEAD, DELETE")])
-            return response(environ, start_response)
+            body: Iterable[bytes] = response(environ, start_response)
+            return body
         if not is_valid_message_id(message_id):
             raise MessageNotFound(message_id=None)
         with self.transaction(MessageKey(self.scope_of(environ), message_id)) as txn:

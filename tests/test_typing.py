@@ -1,0 +1,44 @@
+"""The library packages are ``mypy --strict`` clean (issue 8, item 7).
+
+The settings live in ``pyproject.toml`` (``[tool.mypy]``: strict, and the untyped
+third-party modules skipped the same way on every machine); this test runs the real
+checker over the three library packages, so a change that loses a type fails the suite
+and not only a developer's editor. Skipped where mypy is not installed (the ``testing``
+extra brings it).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("chttp_core", "chttp_client", "chttp_server")
+
+
+def test_the_configuration_is_strict_for_the_library_packages():
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
+    assert settings["strict"] is True
+    assert sorted(settings["files"]) == sorted(PACKAGES)
+    # Loosened checks are confined to modules that extend untyped third-party classes.
+    for override in settings.get("overrides", []):
+        loosened = {key for key, value in override.items() if value is False}
+        modules = override["module"] if isinstance(override["module"], list) else [override["module"]]
+        if loosened:
+            assert loosened == {"disallow_subclassing_any"}, override
+            assert all(module.startswith("chttp_server.") for module in modules), override
+
+
+@pytest.mark.slow
+def test_mypy_strict_is_clean_for_the_library_packages():
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install -e .[testing])")
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *PACKAGES],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Success: no issues found" in run.stdout
