@@ -1,7 +1,7 @@
 """What a handler sees of its certified request: ``environ["chttp.context"]``.
 
 The context carries the message's identity and the one database transaction that the
-message record shares with the handler (PROTOCOL.md §2). Whatever the handler writes
+message record shares with the handler (docs/protocol.rst §2). Whatever the handler writes
 through :attr:`CertifiedContext.connection` or :attr:`CertifiedContext.session` commits
 with the stored response, or not at all.
 
