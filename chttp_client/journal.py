@@ -39,8 +39,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from chttp_client import codec
-from chttp_client.codec import CodecError
 from chttp_client.acknowledger import Acknowledger
+from chttp_client.codec import CodecError
 from chttp_client.context import ResumableContext, RunServices
 from chttp_client.errors import (
     JournalError,
@@ -78,9 +78,9 @@ class ResumeOutcome:
 
     ``status`` is ``done`` (``value`` holds the result), ``failed`` (the function raised
     ``error``, now recorded), ``refused`` (unknown version: the oplog is left open and
-    intact), ``abandoned`` (non-determinism, an unreadable record, or more resumes without progress than
-    ``max_resume_attempts``: dead-lettered now, ``error`` says why) or ``busy`` (another
-    live process holds it).
+    intact), ``abandoned`` (non-determinism, an unreadable record, or more resumes
+    without progress than ``max_resume_attempts``: dead-lettered now, ``error`` says
+    why) or ``busy`` (another live process holds it).
     """
 
     oplog_id: str
@@ -296,10 +296,10 @@ class Journal:
         left ``busy`` (another live process holds it) or ``refused`` (unknown version) is
         also logged at WARNING on the ``chttp_client`` logger, so a start-up resume never
         skips one silently. One that diverges from its record (non-determinism: the code
-        changed), holds a record this version cannot read (:class:`~chttp_client.codec.CodecError`,
-        naming the oplog and step) or was resumed more than ``max_resume_attempts`` times
-        without progress is *abandoned* (:meth:`abandon`), reported once at WARNING, and
-        not tried again.
+        changed), holds a record this version cannot read
+        (:class:`~chttp_client.codec.CodecError`, naming the oplog and step) or was
+        resumed more than ``max_resume_attempts`` times without progress is *abandoned*
+        (:meth:`abandon`), reported once at WARNING, and not tried again.
         """
         self.ensure_schema()
         self.acknowledge_pending()
