@@ -13,14 +13,14 @@ from sqlalchemy import event, func, select, text
 
 from chttp_client import Journal, resumable
 from chttp_client.cli import main as cli_main
-from chttp_core.db import make_engine
 from chttp_client.incoming import (
     close_incoming_context,
     incoming_oplog_id,
     open_incoming_context,
 )
-from chttp_core.schema import oplog_steps, oplogs
 from chttp_client.testing import set_fault_hook
+from chttp_core.db import make_engine
+from chttp_core.schema import oplog_steps, oplogs
 from tests.client.conftest import BASE, Crash, crash_at
 
 DAY = timedelta(days=1)
