@@ -181,13 +181,23 @@ def dumps(value: Any) -> str:
     return json.dumps(encode(value), separators=(",", ":"), allow_nan=True)
 
 
-def loads(text: str, *, where: str | None = None) -> Any:
-    """Decode a :func:`dumps` text; :class:`CodecError` if it is not one."""
+def parse(text: str, *, where: str | None = None) -> Any:
+    """The JSON data of a stored record, its tags *not* decoded; :class:`CodecError` if
+    ``text`` is not JSON.
+
+    For a record holding encoded values that are decoded later, one by one (a step's
+    ``outcome``, ``request``, ``response``): decoding them here too would unwrap a
+    ``$dict`` twice.
+    """
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except (TypeError, ValueError, RecursionError) as error:
         raise CodecError(f"not JSON ({type(error).__name__}: {error})", where) from error
-    return decode(data, where=where)
+
+
+def loads(text: str, *, where: str | None = None) -> Any:
+    """Decode a :func:`dumps` text; :class:`CodecError` if it is not one."""
+    return decode(parse(text, where=where), where=where)
 
 
 def roundtrip(value: Any) -> Any:
@@ -216,14 +226,15 @@ _RENAMED = {
 }
 
 
-def rebuild_exception(record: dict[str, Any], *, where: str | None = None) -> BaseException:
+def rebuild_exception(record: object, *, where: str | None = None) -> BaseException:
     """The exception ``record`` describes, or :class:`RecordedError` if it cannot be made.
 
     :class:`CodecError` if ``record`` is not an exception record at all.
     """
     if not isinstance(record, dict) or not isinstance(record.get("type"), str):
         raise CodecError("an exception record without a type", where)
-    type_path = _RENAMED.get(record["type"], record["type"])
+    recorded_type: str = record["type"]
+    type_path = _RENAMED.get(recorded_type, recorded_type)
     args = decode(record.get("args", []), where=where)
     if not isinstance(args, (list, tuple)):
         raise CodecError("an exception record whose args are not a list", where)
@@ -237,4 +248,4 @@ def rebuild_exception(record: dict[str, Any], *, where: str | None = None) -> Ba
             return rebuilt
     except Exception:  # noqa: BLE001 - any failure means "cannot rebuild"
         pass
-    return RecordedError(type_path, list(args), record.get("message", ""))
+    return RecordedError(type_path, list(args), str(record.get("message", "")))

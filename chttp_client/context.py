@@ -4,8 +4,11 @@ Every non-deterministic value (:meth:`ResumableContext.persist`) and every certi
 send (:meth:`ResumableContext.post` …) is one numbered *step*. On a first run a step
 executes and is recorded; on a replay (after a crash) the step at the same number is
 returned from its record instead. A step that asks for something else than its record
-(another kind, name, body, or request headers for a send) raises :class:`~chttp_client.errors.NonDeterminismError` naming both, and poisons the
-context, so that even a function that swallows the error cannot record a result.
+(another kind, name, body, or request headers for a send) raises
+:class:`~chttp_client.errors.NonDeterminismError` naming both, and poisons the context,
+so that even a function that swallows the error cannot record a result. A recorded step
+this version cannot read (corrupted, or written by a newer version) does the same with
+:class:`~chttp_client.codec.CodecError` naming the oplog and the step.
 
 Durability arrangement (n + 1 commits for n certified sends)
 ------------------------------------------------------------
@@ -37,11 +40,8 @@ acknowledgement (``DELETE`` on ``X-Message-URL``, which lets the receiver drop i
 makes a resend meet 410) is queued **only after the commit that made the answer
 durable**. It runs in the background (:mod:`chttp_client.acknowledger`) and is marked in a later
 commit; a lost mark only means the DELETE is repeated by a later ``resume_all()`` (it is
-idempotent, docs/protocol.rst §3).
-
-A function about to cause a side effect outside the journal that must not happen twice
-or be forgotten (a token written to a file, a row in another database) calls
-:meth:`ResumableContext.checkpoint` first: it commits the buffered records now.
+idempotent, docs/protocol.rst §3). :meth:`ResumableContext.checkpoint` commits the
+buffered records before a side effect outside the journal (see :meth:`~ResumableContext.persist`).
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import httpx
 
 from chttp_client import codec, observers
+from chttp_client.codec import CodecError
 from chttp_client.errors import NonDeterminismError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
@@ -92,19 +93,12 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _replay_outcome(record: StepRecord) -> Any:
-    outcome = record.outcome or {}
-    if "error" in outcome:
-        raise codec.rebuild_exception(outcome["error"])
-    return codec.decode(outcome.get("value"))
-
-
 class ResumableContext:
     """The ``chttp_context`` argument of a resumable function (see the module docstring).
 
     Not shared between threads: one call of a function owns one context. Made by
     :class:`~chttp_client.journal.Journal` (``run``/``resume``) and by
-    :class:`~chttp_client.incoming.IncomingSends`, never by a function itself.
+    :func:`~chttp_client.incoming.open_incoming_context`, never by a function itself.
     """
 
     def __init__(
@@ -139,7 +133,8 @@ class ResumableContext:
         self._message_id_for = message_id_for or (lambda _number: str(uuid.uuid4()))
         self._writes = _Writes()
         self._number = 0
-        self._poisoned: NonDeterminismError | None = None
+        #: A step diverged or was unreadable: this run records nothing more (even if swallowed).
+        self._poisoned: NonDeterminismError | CodecError | None = None
         self._run_deadline = run_deadline
         self._lease_renewed_at: datetime | None = None
 
@@ -174,7 +169,7 @@ class ResumableContext:
         name = _callable_name(value_or_callable) if is_call else "value"
         number, record = self._next_step(KIND_PERSIST, name, None)
         if record is not None:
-            return _replay_outcome(record)
+            return self._replay(record)
         self._event("before-step", number, KIND_PERSIST, name)
         scripted = self._scripted(StepRecord(number, KIND_PERSIST, name, STEP_DONE))
         if scripted is not None:
@@ -188,7 +183,7 @@ class ResumableContext:
                 outcome = {"value": codec.encode(value)}  # TypeError: refuse unrecordable values
         self._writes.steps.append(StepRecord(number, KIND_PERSIST, name, STEP_DONE, outcome=outcome))
         self._event("after-step", number, KIND_PERSIST, name)
-        return _replay_outcome(self._writes.steps[-1])
+        return self._replay(self._writes.steps[-1])
 
     def checkpoint(self) -> None:
         """Commit every buffered record now (one commit; nothing to write: no commit).
@@ -252,7 +247,7 @@ class ResumableContext:
         request = request_record(method, full_url, built, body)
         number, record = self._next_step(KIND_SEND, name, digest, request)
         if record is not None and record.state == STEP_DONE:
-            return self._replay_send(record)
+            return cast(httpx.Response, self._replay(record))
         if record is None:
             self._event("before-step", number, KIND_SEND, name)
             scripted = self._scripted(StepRecord(number, KIND_SEND, name, STEP_DONE,
@@ -269,15 +264,18 @@ class ResumableContext:
     def call(self, function: Callable[..., Any]) -> Any:
         """Run ``function`` with the recorded arguments and record how it ended.
 
-        A :class:`NonDeterminismError` (even one the function swallowed) records
-        nothing: the oplog stays as it was, for fixed code to resume.
+        A :class:`NonDeterminismError` or an unreadable record's :class:`CodecError`
+        (even one the function swallowed) records nothing: the oplog stays as it was,
+        and :meth:`Journal.resume_all` abandons it with the error as its reason.
         """
-        arguments = codec.loads(self._arguments)
+        arguments = codec.loads(self._arguments, where=f"oplog {self.oplog_id} arguments")
         try:
             value = function(*arguments["args"], chttp_context=self, **arguments["kwargs"])
         except NonDeterminismError:
             raise
         except Exception as error:
+            if error is self._poisoned:
+                raise
             if self._poisoned is not None:
                 raise self._poisoned from error
             self._finish(OPLOG_FAILED, {"error": codec.exception_record(error)})
@@ -332,7 +330,10 @@ class ResumableContext:
 
     def _deliver(self, record: StepRecord, deadline: float | None) -> httpx.Response:
         services = self._services
-        body = codec.decode((record.request or {}).get("body"))
+        try:
+            body = codec.decode((record.request or {}).get("body"), where=self._where(record))
+        except CodecError as error:
+            raise self._unreadable(error, record) from None
 
         def on_attempt() -> None:
             self._event("send-attempt", record.number, KIND_SEND, record.name, record.message_id, body)
@@ -353,14 +354,30 @@ class ResumableContext:
         if record.message_url is not None:
             self._writes.acks.append((record.number, record.message_url))
         self._event("after-step", record.number, KIND_SEND, record.name, record.message_id, body)
-        return self._replay_send(record)
+        return cast(httpx.Response, self._replay(record))
 
-    @staticmethod
-    def _replay_send(record: StepRecord) -> httpx.Response:
-        """Rebuild the recorded answer; raise what it meant (the same on every replay)."""
-        if record.response is None:
-            raise codec.rebuild_exception((record.outcome or {})["error"])
-        return rebuild_response(record.message_id or "", record.request or {}, record.response)
+    def _replay(self, record: StepRecord) -> Any:
+        """A recorded step's value (a send's rebuilt answer), or the exception it recorded
+        raised: the same on every replay."""
+        outcome, where = record.outcome or {}, self._where(record)
+        try:
+            if record.kind == KIND_SEND and record.response is not None:
+                return rebuild_response(record.message_id or "", record.request or {}, record.response)
+            if record.kind != KIND_SEND and "error" not in outcome:
+                return codec.decode(outcome.get("value"), where=where)
+            error = codec.rebuild_exception(outcome.get("error"), where=where)
+        except CodecError as unreadable:
+            raise self._unreadable(unreadable, record) from None
+        raise error
+
+    def _where(self, record: StepRecord) -> str:
+        return f"oplog {self.oplog_id} step {record.number}"
+
+    def _unreadable(self, error: CodecError, record: StepRecord) -> CodecError:
+        """Poison the run with an unreadable record, like a divergent step, naming it."""
+        error.where = error.where or self._where(record)
+        self._poisoned = error
+        return error
 
     # -- durability ----------------------------------------------------------------------
 

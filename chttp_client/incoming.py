@@ -51,9 +51,7 @@ import logging
 import threading
 import weakref
 from datetime import timedelta
-from typing import Any
 
-import httpx
 from sqlalchemy import Engine
 
 from chttp_client import codec
@@ -65,7 +63,6 @@ from chttp_client.records import INCOMING_PREFIX
 
 __all__ = [
     "HANDLER_SEND_DEADLINE",
-    "IncomingSends",
     "open_incoming_context",
     "close_incoming_context",
     "derived_message_id",
@@ -166,37 +163,3 @@ def close_incoming_context(context: ResumableContext) -> None:
     except Exception:  # noqa: BLE001
         log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)
 
-
-class IncomingSends:
-    """The resumable context of one handler run, as ``chttp_server.context`` uses it.
-
-    A thin holder of :func:`open_incoming_context`'s context and
-    :func:`close_incoming_context`.
-    """
-
-    def __init__(
-        self,
-        journal: Journal,
-        *,
-        scope: str,
-        message_id: str,
-        # How long one handler run waits for a send's answer (None: the send's deadline).
-        send_deadline: timedelta | None = HANDLER_SEND_DEADLINE,
-    ) -> None:
-        self.journal = journal
-        self.context = open_incoming_context(journal, scope=scope, message_id=message_id,
-                                             send_deadline=send_deadline)
-
-    def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
-        return self.context.persist(value_or_callable, *args, **kwargs)
-
-    def send(self, method: str, url: str, **options: Any) -> httpx.Response:
-        return self.context.send(method, url, **options)
-
-    def checkpoint(self) -> None:
-        """Commit buffered records now (:meth:`ResumableContext.checkpoint`)."""
-        self.context.checkpoint()
-
-    def close(self) -> None:
-        """Write buffered records (:func:`close_incoming_context`)."""
-        close_incoming_context(self.context)

@@ -40,6 +40,7 @@ from sqlalchemy.engine import URL
 
 from chttp_client import codec
 from chttp_client.acknowledger import Acknowledger
+from chttp_client.codec import CodecError
 from chttp_client.context import ResumableContext, RunServices
 from chttp_client.errors import (
     JournalError,
@@ -77,9 +78,9 @@ class ResumeOutcome:
 
     ``status`` is ``done`` (``value`` holds the result), ``failed`` (the function raised
     ``error``, now recorded), ``refused`` (unknown version: the oplog is left open and
-    intact), ``abandoned`` (non-determinism, or more resumes without progress than
-    ``max_resume_attempts``: dead-lettered now, ``error`` says why) or ``busy`` (another
-    live process holds it).
+    intact), ``abandoned`` (non-determinism, an unreadable record, or more resumes
+    without progress than ``max_resume_attempts``: dead-lettered now, ``error`` says
+    why) or ``busy`` (another live process holds it).
     """
 
     oplog_id: str
@@ -92,9 +93,10 @@ class ResumeOutcome:
 
 def _recorded_result(info: OplogInfo) -> Any:
     result = info.result or {}
+    where = f"oplog {info.id} result"
     if "error" in result:
-        raise codec.rebuild_exception(result["error"])
-    return codec.decode(result.get("value"))
+        raise codec.rebuild_exception(result["error"], where=where)
+    return codec.decode(result.get("value"), where=where)
 
 
 class Journal:
@@ -244,7 +246,7 @@ class Journal:
         )
         try:
             return context.call(function)
-        except NonDeterminismError:
+        except (NonDeterminismError, CodecError):  # nothing recorded: the oplog stays open
             self.store.release_lease(info.id, owner)
             raise
 
@@ -294,8 +296,10 @@ class Journal:
         left ``busy`` (another live process holds it) or ``refused`` (unknown version) is
         also logged at WARNING on the ``chttp_client`` logger, so a start-up resume never
         skips one silently. One that diverges from its record (non-determinism: the code
-        changed) or was resumed more than ``max_resume_attempts`` times without progress
-        is *abandoned* (:meth:`abandon`), reported once at WARNING, and not tried again.
+        changed), holds a record this version cannot read
+        (:class:`~chttp_client.codec.CodecError`, naming the oplog and step) or was
+        resumed more than ``max_resume_attempts`` times without progress is *abandoned*
+        (:meth:`abandon`), reported once at WARNING, and not tried again.
         """
         self.ensure_schema()
         self.acknowledge_pending()
@@ -313,7 +317,9 @@ class Journal:
                 log.warning("chttp: oplog %s (%s v%s) not resumed, refused: %s",
                             listed.id, listed.function, listed.version, error)
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "refused", error=error))
-            except NonDeterminismError as error:  # the code changed: no resume will fix it
+            except (NonDeterminismError, CodecError) as error:
+                # The code changed, or a record is unreadable (corrupted, or written by a
+                # newer version): no resume will fix it. Not the function's own failure.
                 try:
                     self._abandon(listed, str(error))
                 except (OplogAbandonedError, OplogBusyError) as abandoned:

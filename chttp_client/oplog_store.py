@@ -111,8 +111,10 @@ def _json_or_none(value: Any) -> str | None:
     return json.dumps(value) if value is not None else None
 
 
-def _loads_or_none(text: str | None) -> Any:
-    return json.loads(text) if text is not None else None
+def _parse_or_none(text: str | None, where: str) -> Any:
+    """A stored JSON column (tags left encoded); :class:`~chttp_client.codec.CodecError`
+    naming ``where`` if it is not JSON."""
+    return codec.parse(text, where=where) if text is not None else None
 
 
 def _step_values(step: StepRecord) -> dict[str, Any]:
@@ -128,11 +130,12 @@ def _step_values(step: StepRecord) -> dict[str, Any]:
 
 
 def _step_record(row: Any) -> StepRecord:
+    where = f"oplog {row.oplog_id} step {row.number}"
     return StepRecord(
         number=row.number, kind=row.kind, name=row.name, state=row.state,
-        outcome=_loads_or_none(row.outcome), message_id=row.message_id,
-        fingerprint=row.fingerprint, request=_loads_or_none(row.request),
-        first_sent_at=_aware(row.first_sent_at), response=_loads_or_none(row.response),
+        outcome=_parse_or_none(row.outcome, where), message_id=row.message_id,
+        fingerprint=row.fingerprint, request=_parse_or_none(row.request, where),
+        first_sent_at=_aware(row.first_sent_at), response=_parse_or_none(row.response, where),
         message_url=row.message_url, acknowledged_at=_aware(row.acknowledged_at),
     )
 
@@ -141,7 +144,8 @@ def _oplog_info(row: Any, steps: tuple[StepRecord, ...] = ()) -> OplogInfo:
     return OplogInfo(
         id=row.id, function=row.function, version=row.version,
         state=OPLOG_ABANDONED if row.abandoned_reason is not None else row.state,
-        arguments=codec.loads(row.arguments), result=_loads_or_none(row.result),
+        arguments=codec.loads(row.arguments, where=f"oplog {row.id} arguments"),
+        result=_parse_or_none(row.result, f"oplog {row.id} result"),
         lease_owner=row.lease_owner, created_at=_aware(row.created_at), steps=steps,
         abandoned_reason=row.abandoned_reason, resume_attempts=row.resume_attempts or 0,
     )

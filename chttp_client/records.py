@@ -62,8 +62,12 @@ class StepRecord:
         if self.kind == KIND_SEND:
             preview = ""
             if self.request is not None and "body" in self.request:
-                body = codec.decode(self.request["body"])
-                preview = f" {body[:80]!r}{'…' if len(body) > 80 else ''}"
+                try:
+                    body = codec.decode(self.request["body"])
+                except codec.CodecError:  # a corrupted record still diverges: say so
+                    preview = " unreadable"
+                else:
+                    preview = f" {body[:80]!r}{'…' if len(body) > 80 else ''}"
             text = f"send {self.name} (body sha256 {(self.fingerprint or '')[:12]}…{preview})"
             if headers:
                 text += f" with headers {self.caller_headers()}"

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar, cast
 
 from chttp_client.journal import Journal
 from chttp_client.registry import register
@@ -59,11 +59,10 @@ def resumable(journal: Journal, *, version: int = 1, name: str | None = None) ->
                 raise TypeError("chttp_context is supplied by @resumable; do not pass it")
             return journal.run(key, version, function, args, kwargs)
 
-        wrapper.journal = journal  # type: ignore[attr-defined]
-        wrapper.chttp_name = key  # type: ignore[attr-defined]
-        wrapper.chttp_version = version  # type: ignore[attr-defined]
-        wrapper.chttp_function = function  # type: ignore[attr-defined]
-        return wrapper  # type: ignore[return-value]
+        # What the testing helper and the CLI read back off a decorated function.
+        vars(wrapper).update(journal=journal, chttp_name=key, chttp_version=version,
+                             chttp_function=function)
+        return cast(F, wrapper)  # the same call signature as ``function``
 
     return decorate
 

@@ -55,7 +55,7 @@ metadata = MetaData(
 
 # -- the receiver's messages ----------------------------------------------------------
 #
-# One row per certified message, keyed by ``(scope, message_id)`` (PROTOCOL.md §1). A row
+# One row per certified message, keyed by ``(scope, message_id)`` (docs/protocol.rst §1). A row
 # only ever becomes visible to other transactions once it is *completed*: the claim, the
 # handler's writes and the stored response commit together, so no "processing" state is
 # ever stored. After the sender's acknowledgement the response columns are cleared and the

@@ -1,7 +1,7 @@
 """Wire definitions of Certified HTTP shared by the sender and the receiver.
 
 Both halves must agree byte for byte on header names, the id syntax, the request
-fingerprint and the problem types (``../shared/PROTOCOL.md`` §1 and §4), so they live
+fingerprint and the problem types (docs/protocol.rst §1 and §4), so they live
 here, once. This module imports nothing beyond the standard library: the sender stays
 free of WebOb and the receiver reads the same constants.
 """
@@ -46,18 +46,18 @@ HEADER_REPLAYED = "Idempotent-Replayed"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
 MAX_MESSAGE_ID_LENGTH = 128
-#: PROTOCOL.md §1: 1–128 characters of ``A–Z a–z 0–9 - . _ ~ :`` (the dot-segments
+#: docs/protocol.rst §1: 1–128 characters of ``A–Z a–z 0–9 - . _ ~ :`` (the dot-segments
 #: ``.`` and ``..`` are excluded by :func:`is_valid_message_id`, not by the pattern).
 MESSAGE_ID_PATTERN = re.compile(r"[A-Za-z0-9\-._~:]{1,128}")
 #: The dot-segments of RFC 3986 §5.2.4: every URL library removes them, so a message
-#: URL ending in one could never be reached (PROTOCOL.md §1).
+#: URL ending in one could never be reached (docs/protocol.rst §1).
 _DOT_SEGMENTS = frozenset({".", ".."})
 #: Width of the store's ``scope`` column (characters); :func:`scope_key` never exceeds it.
 MAX_SCOPE_LENGTH = 255
 
 
 class Problem:
-    """The stable problem types of PROTOCOL.md §4 (the ``type`` member of problem+json).
+    """The stable problem types of docs/protocol.rst §4 (the ``type`` member of problem+json).
 
     A sender switches on these strings, so they never change once published.
     """
@@ -79,7 +79,7 @@ class Problem:
 
 
 class InvalidMessageIdError(ValueError):
-    """A message-id header that breaks PROTOCOL.md §1's syntax."""
+    """A message-id header that breaks docs/protocol.rst §1's syntax."""
 
     def __init__(self, detail: str, raw: str | None = None) -> None:
         super().__init__(detail, raw)
@@ -91,7 +91,7 @@ class InvalidMessageIdError(ValueError):
 
 
 def is_valid_message_id(value: str) -> bool:
-    """True if ``value`` is a well-formed message id (PROTOCOL.md §1).
+    """True if ``value`` is a well-formed message id (docs/protocol.rst §1).
 
     ``.`` and ``..`` match the character set but are refused: as the last segment of
     ``/chttp/messages/<id>`` every URL library (``urljoin``, browsers, proxies) removes
@@ -101,7 +101,7 @@ def is_valid_message_id(value: str) -> bool:
 
 
 def parse_idempotency_key(raw: str) -> str:
-    """Return the id carried by an ``Idempotency-Key`` header value (PROTOCOL.md §1).
+    """Return the id carried by an ``Idempotency-Key`` header value (docs/protocol.rst §1).
 
     The IETF draft (draft-ietf-httpapi-idempotency-key-header-07 §2) makes the value an
     RFC 8941 *Item* whose bare item is an sf-string, ``"abc"``. It is parsed as RFC 8941
@@ -111,7 +111,7 @@ def parse_idempotency_key(raw: str) -> str:
     server joins them). Escapes are unescaped first, and the result must still be a
     valid id, which no escaped character is.
 
-    Many clients send the bare id unquoted, which PROTOCOL.md §1 accepts too, as the
+    Many clients send the bare id unquoted, which docs/protocol.rst §1 accepts too, as the
     whole value and without parameters. An unquoted value starting with ``:`` is an
     sf-binary (or a broken one) and refused, even though ``:`` may appear inside an id.
     """
@@ -150,7 +150,7 @@ def format_idempotency_key(message_id: str) -> str:
 def scope_key(principal: str) -> str:
     """The ``scope`` stored for ``principal``: itself, or a digest form that fits.
 
-    PROTOCOL.md §4 lets a field the store cannot hold be refused or made to fit, the
+    docs/protocol.rst §4 lets a field the store cannot hold be refused or made to fit, the
     same on every database. We make it fit, because a principal is chosen by the
     deployment's authentication, not by the client, and refusing a legitimate (if long)
     user name would make certified requests impossible for that user. A principal is
@@ -243,7 +243,7 @@ def _sf_parameters(text: str, pos: int) -> None:
 
 
 def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
-    """SHA-256 over method, path, query string and body (PROTOCOL.md §1), as hex.
+    """SHA-256 over method, path, query string and body (docs/protocol.rst §1), as hex.
 
     Each part is length-prefixed so that moving bytes between parts (a ``?`` into the
     path, say) can never produce the same digest.

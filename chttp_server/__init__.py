@@ -11,7 +11,10 @@
 
     app = CertifiedMiddleware(Account(), db_url="sqlite:///chttp.db", upgrade_schema=True)
 
-See ``PROTOCOL.md`` for the wire contract this implements.
+The wire contract this implements is ``docs/protocol.rst`` in the source distribution
+(docs/protocol.rst §1 the request headers, §2 what the receiver does with a certified
+request, §3 the message resource and acknowledgement, §4 errors, retention and store
+failure, §5 the sender's duties).
 """
 
 from __future__ import annotations

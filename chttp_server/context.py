@@ -1,7 +1,7 @@
 """What a handler sees of its certified request: ``environ["chttp.context"]``.
 
 The context carries the message's identity and the one database transaction that the
-message record shares with the handler (PROTOCOL.md §2). Whatever the handler writes
+message record shares with the handler (docs/protocol.rst §2). Whatever the handler writes
 through :attr:`CertifiedContext.connection` or :attr:`CertifiedContext.session` commits
 with the stored response, or not at all.
 
@@ -15,10 +15,16 @@ message re-sends the same outgoing messages (:mod:`chttp_client.incoming`).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:  # chttp_client (and httpx) load on a handler's first send, not before
+    import httpx
+
+    from chttp_client.context import ResumableContext
+    from chttp_client.journal import Journal
 
 __all__ = ["CertifiedContext", "ENVIRON_KEY", "get_context"]
 
@@ -39,7 +45,7 @@ class CertifiedContext:
         received_at: datetime,
         expires_at: datetime,
         environ: dict[str, Any],
-        journal: Any = None,
+        journal: Journal | None = None,
         handler_send_deadline: timedelta | None = None,
     ) -> None:
         self.message_id = message_id
@@ -58,7 +64,7 @@ class CertifiedContext:
         self.journal = journal
         #: How long one run of the handler waits for a send's answer (None: no bound).
         self.handler_send_deadline = handler_send_deadline
-        self._outgoing: Any = None
+        self._outgoing: ResumableContext | None = None
 
     @property
     def session(self) -> Session:
@@ -80,14 +86,19 @@ class CertifiedContext:
     # -- the handler as a sender (chttp_client.incoming) --------------------------------
 
     @property
-    def outgoing(self) -> Any:
-        """The handler's resumable sender, made on first use (imports chttp_client lazily)."""
+    def outgoing(self) -> ResumableContext:
+        """The handler's resumable context, opened on first use.
+
+        One layer: the sender's own context for incoming ``(scope, id)``
+        (:func:`chttp_client.incoming.open_incoming_context`), closed with the request.
+        """
         if self._outgoing is None:
-            from chttp_client.incoming import IncomingSends, journal_for_engine
+            from chttp_client.incoming import journal_for_engine, open_incoming_context
 
             journal = self.journal or journal_for_engine(self.connection.engine)
-            self._outgoing = IncomingSends(journal, scope=self.scope, message_id=self.message_id,
-                                           send_deadline=self.handler_send_deadline)
+            self._outgoing = open_incoming_context(
+                journal, scope=self.scope, message_id=self.message_id,
+                send_deadline=self.handler_send_deadline)
         return self._outgoing
 
     def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -99,29 +110,31 @@ class CertifiedContext:
         neither a certified send nor a write in this request's transaction."""
         self.outgoing.checkpoint()
 
-    def send(self, method: str, url: str, **options: Any) -> Any:
+    def send(self, method: str, url: str, **options: Any) -> httpx.Response:
         """A certified send whose id derives from this message's ``(scope, id)`` and step."""
         return self.outgoing.send(method, url, **options)
 
-    def get(self, url: str, **options: Any) -> Any:
+    def get(self, url: str, **options: Any) -> httpx.Response:
         return self.send("GET", url, **options)
 
-    def post(self, url: str, **options: Any) -> Any:
+    def post(self, url: str, **options: Any) -> httpx.Response:
         return self.send("POST", url, **options)
 
-    def put(self, url: str, **options: Any) -> Any:
+    def put(self, url: str, **options: Any) -> httpx.Response:
         return self.send("PUT", url, **options)
 
-    def patch(self, url: str, **options: Any) -> Any:
+    def patch(self, url: str, **options: Any) -> httpx.Response:
         return self.send("PATCH", url, **options)
 
-    def delete(self, url: str, **options: Any) -> Any:
+    def delete(self, url: str, **options: Any) -> httpx.Response:
         return self.send("DELETE", url, **options)
 
     def close(self) -> None:
         if self._outgoing is not None:
+            from chttp_client.incoming import close_incoming_context
+
             outgoing, self._outgoing = self._outgoing, None
-            outgoing.close()
+            close_incoming_context(outgoing)
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -132,4 +145,5 @@ class CertifiedContext:
 
 def get_context(environ: dict[str, Any]) -> CertifiedContext | None:
     """The context of a certified request, ``None`` for one that is not certified."""
-    return environ.get(ENVIRON_KEY)
+    context = environ.get(ENVIRON_KEY)
+    return context if isinstance(context, CertifiedContext) else None

@@ -4,7 +4,7 @@
 
     ChttpServerError                   (a chttp_core.ChttpError)
      ├── ConfigurationError            (also ValueError; raised at construction time)
-     └── ProtocolError                 an HTTP answer of PROTOCOL.md §4, as problem+json
+     └── ProtocolError                 an HTTP answer of docs/protocol.rst §4, as problem+json
           ├── InvalidMessageId         400 invalid-message-id          (webob HTTPBadRequest)
           ├── MessageIdRequired        400 message-id-required         (HTTPBadRequest)
           ├── InvalidFirstSent         400 invalid-first-sent          (HTTPBadRequest)
@@ -108,7 +108,7 @@ def _rebuild(cls: type[ProtocolError], kwargs: dict[str, Any]) -> ProtocolError:
 
 
 class ProtocolError(ChttpServerError, webob.exc.WSGIHTTPException):
-    """An answer of PROTOCOL.md §4: raise it, or call it as a WSGI application."""
+    """An answer of docs/protocol.rst §4: raise it, or call it as a WSGI application."""
 
     code: ClassVar[int] = 500
     problem_type: ClassVar[str] = ""
@@ -183,7 +183,8 @@ class ProtocolError(ChttpServerError, webob.exc.WSGIHTTPException):
         return response
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-        return self.to_response()(environ, start_response)
+        body: Iterable[bytes] = self.to_response()(environ, start_response)
+        return body
 
 
 class InvalidMessageId(ProtocolError, webob.exc.HTTPBadRequest):
@@ -230,7 +231,7 @@ class MessageInProgress(ProtocolError, webob.exc.HTTPConflict):
 
 
 class MessageGone(ProtocolError, webob.exc.HTTPGone):
-    """The message was processed; its response is no longer available (PROTOCOL.md §3)."""
+    """The message was processed; its response is no longer available (docs/protocol.rst §3)."""
 
     code = 410
 

@@ -118,6 +118,7 @@ class Certified:
             )
         configure_sqlite(store)
         middleware = CertifiedMiddleware(app.wsgi_app, engine=store, sessions=sessions, **merged)
+        # Flask's documented way to add WSGI middleware; its stubs declare a method.
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = middleware
 

@@ -64,7 +64,7 @@ _SCRIPT_NAME_KEY = "chttp.script_name"
 
 
 def remote_user_scope(environ: dict[str, Any]) -> str:
-    """The default scope: the authenticated principal, ``""`` when anonymous (PROTOCOL.md §1)."""
+    """The default scope: the authenticated principal, ``""`` when anonymous (docs/protocol.rst §1)."""
     return environ.get("REMOTE_USER") or ""
 
 
@@ -124,7 +124,7 @@ class CertifiedMiddleware:
         db_url: str | None = None,
         # … or an engine the host application already has (then db_url must be None).
         engine: Engine | None = None,
-        # How long a message is remembered (PROTOCOL.md §4; 15 days in the original design).
+        # How long a message is remembered (docs/protocol.rst §4; 15 days in the original design).
         retention: timedelta = timedelta(days=15),
         # How long a retry waits for a concurrent request with the same id, in seconds.
         claim_timeout: float = 5.0,
@@ -133,7 +133,7 @@ class CertifiedMiddleware:
         # Largest certified request body; larger ones are 413 request-too-large, unread
         # (docs/protocol.rst §4: the fingerprint needs the whole body in memory).
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        # Path prefix of the message resource of PROTOCOL.md §3.
+        # Path prefix of the message resource of docs/protocol.rst §3.
         message_prefix: str = "/chttp/messages/",
         # The principal whose id space a request belongs to.
         scope: Callable[[dict[str, Any]], str] = remote_user_scope,
@@ -359,7 +359,8 @@ class CertifiedMiddleware:
         if method not in ("GET", "HEAD", "DELETE"):
             response = problem_response(405, "method-not-allowed", "Method not allowed",
                                         headers=[("Allow", "GET, HEAD, DELETE")])
-            return response(environ, start_response)
+            body: Iterable[bytes] = response(environ, start_response)
+            return body
         if not is_valid_message_id(message_id):
             raise MessageNotFound(message_id=None)
         with self.transaction(MessageKey(self.scope_of(environ), message_id)) as txn:

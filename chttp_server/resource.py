@@ -22,7 +22,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import webob
 import webob.exc
 
-from chttp_server.context import ENVIRON_KEY, CertifiedContext
+from chttp_server.context import CertifiedContext, get_context
 from chttp_server.errors import ProtocolError
 
 __all__ = ["Resource", "Request"]
@@ -36,7 +36,7 @@ class Request(webob.Request):
     @property
     def chttp(self) -> CertifiedContext | None:
         """The certified context, ``None`` if the request carried no message id."""
-        return self.environ.get(ENVIRON_KEY)
+        return get_context(self.environ)
 
 
 class Resource:
@@ -61,7 +61,8 @@ class Resource:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         req = Request(environ)
-        return self.dispatch(req)(environ, start_response)
+        body: Iterable[bytes] = self.dispatch(req)(environ, start_response)
+        return body
 
     def dispatch(self, req: Request) -> webob.Response:
         """Walk to the target resource, call its handler and turn the result into a response."""
@@ -94,7 +95,7 @@ class Resource:
 
 def _next_segment(req: Request) -> str | None:
     """The next non-empty path segment, without consuming it; ``None`` at the end."""
-    path = req.path_info.lstrip("/")
+    path: str = req.path_info.lstrip("/")
     if not path:
         return None
     return path.split("/", 1)[0]

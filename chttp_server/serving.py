@@ -42,6 +42,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import MultiSocketServer, TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
+from chttp_core.commandline import positive_int
 from chttp_server.errors import ConfigurationError
 
 __all__ = ["ServeLimits", "create_server", "add_limit_arguments", "limits_from_arguments"]
@@ -193,32 +194,22 @@ def _ensure_descriptors(connections: int) -> None:
 # -- command line --------------------------------------------------------------------
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
 def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of :class:`ServeLimits` other than ``--threads`` to ``parser``."""
     defaults = ServeLimits()
-    parser.add_argument("--connection-limit", type=_positive, default=defaults.connection_limit,
+    parser.add_argument("--connection-limit", type=positive_int, default=defaults.connection_limit,
                         metavar="N", help="open connections before new ones wait "
                         f"(default: {defaults.connection_limit})")
-    parser.add_argument("--channel-timeout", type=_positive, default=defaults.channel_timeout,
+    parser.add_argument("--channel-timeout", type=positive_int, default=defaults.channel_timeout,
                         metavar="SECONDS", help="close a connection idle this long "
                         f"(default: {defaults.channel_timeout})")
-    parser.add_argument("--request-timeout", type=_positive, default=defaults.request_timeout,
+    parser.add_argument("--request-timeout", type=positive_int, default=defaults.request_timeout,
                         metavar="SECONDS", help="close a connection that has not sent a whole "
                         f"request this long after its first byte (default: {defaults.request_timeout})")
-    parser.add_argument("--max-request-body", type=_positive, default=defaults.max_request_body,
+    parser.add_argument("--max-request-body", type=positive_int, default=defaults.max_request_body,
                         metavar="BYTES", help="largest request body, 413 past it "
                         f"(default: {defaults.max_request_body})")
-    parser.add_argument("--max-request-header", type=_positive,
+    parser.add_argument("--max-request-header", type=positive_int,
                         default=defaults.max_request_header, metavar="BYTES",
                         help=f"largest request head (default: {defaults.max_request_header})")
 

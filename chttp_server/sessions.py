@@ -122,19 +122,20 @@ def joined(connection: Connection) -> Iterator[None]:
 def _joined_class(base: type[Session]) -> type[Session]:
     """A subclass of ``base`` whose binds on the store's database become the request's."""
 
+    # A base chosen at run time (the host's Session subclass) is beyond mypy's checks.
     class JoinedSession(base):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs.setdefault("join_transaction_mode", "create_savepoint")
             super().__init__(*args, **kwargs)
 
         def get_bind(self, *args: Any, **kwargs: Any) -> Engine | Connection:
-            chosen = super().get_bind(*args, **kwargs)
+            chosen: Engine | Connection = super().get_bind(*args, **kwargs)
             request = _current.get()
             if request is None:
-                return chosen  # type: ignore[no-any-return]
+                return chosen
             engine = chosen.engine if isinstance(chosen, Connection) else chosen
             if engine is not request.engine and not same_database(engine, request.engine):
-                return chosen  # type: ignore[no-any-return]
+                return chosen
             if self not in request.sessions:
                 request.sessions.append(self)
             return request.connection

@@ -108,7 +108,7 @@ def utcnow() -> datetime:
 
 @dataclass(frozen=True)
 class MessageKey:
-    """``(scope, message_id)``: the stored key of PROTOCOL.md §1."""
+    """``(scope, message_id)``: the stored key of docs/protocol.rst §1."""
 
     scope: str
     message_id: str

@@ -1,7 +1,8 @@
 """The documentation in ``docs/``: it parses cleanly, and what cites it finds it.
 
-The library's comments cite the wire contract as ``docs/protocol.rst §N`` (older ones
-``PROTOCOL.md §N``, the same numbers). A renumbered or deleted section would leave those
+The library's comments cite the wire contract as ``docs/protocol.rst §N`` (the same
+numbers as the team's ``PROTOCOL.md``, which the package does not ship, so no
+citation names it). A renumbered or deleted section would leave those
 citations pointing nowhere without anything failing, so this test resolves every one of
 them against the sections that ``docs/protocol.rst`` really has, as docutils parses it.
 The parse itself is the real thing, with warnings reported: a broken table, an unknown
@@ -185,3 +186,37 @@ def test_citations_are_recognised(text: str, numbers: list[Any]):
 def test_a_missing_section_is_dangling(protocol_sections):
     assert "6" not in protocol_sections
     assert "4.1" in protocol_sections and "4.9" not in protocol_sections
+
+
+# -- one name for the contract ---------------------------------------------------------
+
+#: What users read: the library's source, the shipped examples and the README.
+_CITING_FILES = sorted(
+    [path for package in (*LIBRARY_PACKAGES, "examples") for path in (ROOT / package).rglob("*.py")]
+    + [ROOT / "README.rst"]
+)
+
+
+def test_the_library_cites_the_contract_by_its_path_in_the_package():
+    """``PROTOCOL.md`` is the team's working copy, not in the package: a user who reads
+    a citation of it finds nothing, so every citation names ``docs/protocol.rst``."""
+    stale = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in _CITING_FILES
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "PROTOCOL.md" in line
+    ]
+    assert stale == []
+
+
+def test_the_readme_points_users_to_the_protocol_document():
+    tree, _problems = parse((ROOT / "README.rst").read_text(encoding="utf-8"), "README.rst")
+    links = {node["refuri"] for node in tree.findall(docutils.nodes.reference) if "refuri" in node}
+    assert "docs/protocol.rst" in links
+
+
+def test_the_package_docstring_cites_sections_that_exist(protocol_sections):
+    import chttp_server
+
+    cited = cited_sections(chttp_server.__doc__ or "")
+    assert cited and all(number in protocol_sections for number in cited)

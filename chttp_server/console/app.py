@@ -125,7 +125,8 @@ class ConsoleApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
-        return self._respond(request)(environ, start_response)
+        body: Iterable[bytes] = self._respond(request)(environ, start_response)
+        return body
 
     # -- dispatch ---------------------------------------------------------------------
 

@@ -122,6 +122,8 @@ def django_engine(alias: str) -> Engine:
     # _initialize=False: no per-connection hooks and no first-connect rollback; the
     # dialect is initialised by initialize() instead.
     engine = create_engine(url, pool=_DjangoConnectionPool(alias), _initialize=False)
+    # Replacing the dialect's methods on this one engine is the point; the stubs
+    # declare them as methods, not assignable attributes.
     engine.dialect.do_commit = _leave_transactions_to_django  # type: ignore[method-assign]
     engine.dialect.do_rollback = _leave_transactions_to_django  # type: ignore[method-assign]
     if wrapper.vendor == "sqlite":

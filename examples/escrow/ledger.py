@@ -12,7 +12,7 @@ audit can count rows in ``ledger_operations`` and demand exactly one per leg.
 A withdraw the balance cannot cover is refused with **402** (``insufficient-funds``).
 It is a definitive answer: stored like any other, replayed to every retry, and recorded
 as a ``refused`` operation so the audit sees refusals exactly once too. (Not 409 or 422:
-those statuses carry protocol meanings a sender acts on, PROTOCOL.md §4.)
+those statuses carry protocol meanings a sender acts on, docs/protocol.rst §4.)
 
 Routes::
 

@@ -75,7 +75,7 @@ class Front:
 
     Retryable answers come from *in front of* a certified receiver (a proxy, a rate
     limiter) or from the middleware itself: a handler's own 4xx would be stored and
-    replayed (PROTOCOL.md §2), so 409/429 are produced here, like a proxy would.
+    replayed (docs/protocol.rst §2), so 409/429 are produced here, like a proxy would.
     """
 
     def __init__(self, app: CertifiedMiddleware) -> None:

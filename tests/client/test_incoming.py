@@ -162,7 +162,7 @@ def test_checkpoint_makes_a_handlers_persist_durable_before_the_request_ends(cha
         assert (step.kind, step.state) == ("persist", "done")
         # The process "dies" here: first.close() never runs. A retry of the same
         # incoming message gets the checkpointed value back, not a fresh draw.
-        first._outgoing = None
+        del first
         retry = handler_context(connection)
         assert retry.persist(random.random) == value
         retry.close()

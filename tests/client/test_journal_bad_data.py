@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import update
 
 from chttp_client import JournalError, codec, resumable
+from chttp_client.testing import set_fault_hook
 from chttp_core.schema import oplog_steps
 from tests.client.conftest import Crash, crash_at
 
@@ -75,11 +76,11 @@ def crashed_oplogs(journal, count: int) -> list[str]:
         return [first, second]
 
     wrapped = resumable(journal, name=name)(body)
-    journal.fault_hook = crash_at("after-step", 3)
+    set_fault_hook(journal, crash_at("after-step", 3))
     for _ in range(count):
         with pytest.raises(Crash):
             wrapped()
-    journal.fault_hook = None
+    set_fault_hook(journal, None)
     journal.clock.sleep((journal.lease * 2).total_seconds())  # the crashed runs' leases lapse
     return sorted(info.id for info in journal.list_open() if info.function == name)
 
@@ -126,21 +127,22 @@ def test_an_unknown_tag_never_reaches_the_function_as_a_value(journal, outcome):
     assert "unknown tag" in str(result.error)
 
 
-# xfail_strict: passes (and the marker must go) once the sender's journal/context pass
-# ``where=f"oplog {id} step {n}"`` to the codec, wrap the step rows' json.loads the same
-# way, and treat CodecError like NonDeterminismError (refused, left open), not as the
-# function's own failure. chttp_client/journal.py and context.py are the sender's files.
-@pytest.mark.xfail(reason="needs the sender's journal to name the oplog and step and to "
-                          "refuse (not fail) an unreadable oplog")
 @pytest.mark.parametrize("outcome", [
     pytest.param('{"value": {"$from-a-newer-version": "x"}}', id="unknown-tag"),
     pytest.param('{"value": ', id="not-json"),
 ])
-def test_an_unreadable_step_is_refused_naming_oplog_and_step(journal, outcome):
+def test_an_unreadable_step_is_abandoned_naming_oplog_and_step(journal, outcome):
+    """Like a non-deterministic oplog (the dead-letter policy): no resume of this code can
+    read the record, so ``resume_all()`` abandons the oplog with the codec's reason
+    instead of recording a failure the function never had."""
     bad, = crashed_oplogs(journal, 1)
     corrupt(journal, bad, 2, outcome)
     [result] = [o for o in journal.resume_all() if o.oplog_id == bad]
     assert isinstance(result.error, JournalError)
-    assert bad in str(result.error) and "step 2" in str(result.error)
-    assert result.status == "refused"
-    assert journal.get(bad).state == "open"
+    assert bad in str(result.error) and f"oplog {bad} step 2: unreadable" in str(result.error)
+    assert result.status == "abandoned"
+    # (journal.list, not get: get reads the steps, and a not-JSON one raises CodecError)
+    [info] = [o for o in journal.list(state="abandoned") if o.id == bad]
+    assert info.abandoned_reason.startswith(f"oplog {bad} step 2: unreadable oplog record")
+    # Nothing of the function's own was recorded, and it is not tried again.
+    assert [o for o in journal.resume_all() if o.oplog_id == bad] == []

@@ -13,10 +13,14 @@ from sqlalchemy import event, func, select, text
 
 from chttp_client import Journal, resumable
 from chttp_client.cli import main as cli_main
-from chttp_core.db import make_engine
-from chttp_client.incoming import IncomingSends, incoming_oplog_id
-from chttp_core.schema import oplog_steps, oplogs
+from chttp_client.incoming import (
+    close_incoming_context,
+    incoming_oplog_id,
+    open_incoming_context,
+)
 from chttp_client.testing import set_fault_hook
+from chttp_core.db import make_engine
+from chttp_core.schema import oplog_steps, oplogs
 from tests.client.conftest import BASE, Crash, crash_at
 
 DAY = timedelta(days=1)
@@ -120,9 +124,9 @@ def test_older_than_bounds_even_the_horizon(make_journal, fake_clock):
 
 def handler_oplog(journal: Journal, message_id: str) -> str:
     """What a receiver handler leaves behind when its request rolled back: an open oplog."""
-    sends = IncomingSends(journal, scope="", message_id=message_id)
+    sends = open_incoming_context(journal, scope="", message_id=message_id)
     sends.persist("drawn")
-    sends.close()
+    close_incoming_context(sends)
     return incoming_oplog_id("", message_id)
 
 
@@ -131,9 +135,9 @@ def test_handler_oplogs_go_after_the_horizon_since_their_last_activity(journal, 
     fake_clock.now += 10 * DAY
     second = handler_oplog(journal, "in-2")
     # a retry of in-1's incoming message ran its handler again: that is activity
-    again = IncomingSends(journal, scope="", message_id="in-1")
+    again = open_incoming_context(journal, scope="", message_id="in-1")
     assert again.persist("other") == "drawn"  # replayed
-    again.close()
+    close_incoming_context(again)
     assert {i.function for i in journal.list_open()} == {"chttp.incoming"}
 
     fake_clock.now += 14 * DAY  # in-1: 14 days since its retry; in-2: 14 days
@@ -155,14 +159,14 @@ def test_a_shorter_horizon_for_a_receiver_with_a_shorter_retention(journal, fake
 def test_a_handler_oplog_leased_by_a_live_run_is_kept(journal, fake_clock):
     handler_oplog(journal, "in-live")
     fake_clock.now += 20 * DAY
-    live = IncomingSends(journal, scope="", message_id="in-live")  # takes the lease now …
+    live = open_incoming_context(journal, scope="", message_id="in-live")  # takes the lease now …
     fake_clock.now += journal.lease / 2  # … and still holds it
     with journal.engine.begin() as connection:  # even if its last activity looked old
         connection.execute(oplogs.update().values(updated_at=fake_clock.now - 30 * DAY))
     assert journal.purge(older_than=DAY) == 0
     fake_clock.now += journal.lease
     assert journal.purge(older_than=DAY) == 1
-    live.close()
+    close_incoming_context(live)
 
 
 def test_batches_are_separate_transactions(journal, fake_clock):

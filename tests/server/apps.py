@@ -1,6 +1,6 @@
 """A small certified service used by the receiver tests.
 
-Each path exercises one row of PROTOCOL.md §2's outcome table; every handler records
+Each path exercises one row of docs/protocol.rst §2's outcome table; every handler records
 its run in ``host_writes`` through the shared transaction, so a test can count how often
 a handler's effect really committed.
 """

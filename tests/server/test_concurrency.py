@@ -5,7 +5,7 @@ clients in 32 threads send the same certified request, each over its own TCP con
 each request running on its own pooled database connection. The first claimer is held
 at a gate inside its transaction until every duplicate is provably waiting for it
 (PostgreSQL: ``pg_stat_activity`` shows them blocked on its row lock), so the test really
-exercises PROTOCOL.md §2 step 1's "wait for the concurrent claimer", not a lucky order.
+exercises docs/protocol.rst §2 step 1's "wait for the concurrent claimer", not a lucky order.
 
 "Exactly once" is counted in the host's own table, written through the shared
 transaction: committed rows, not handler calls.

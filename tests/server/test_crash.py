@@ -1,4 +1,4 @@
-"""Crash safety (PROTOCOL.md §2, "the process dies mid-request"): SIGKILL, then retry.
+"""Crash safety (docs/protocol.rst §2, "the process dies mid-request"): SIGKILL, then retry.
 
 A real ``chttp-server serve`` process runs a handler that has written the first half of
 its effect inside the shared transaction and is stopped before the second half. The

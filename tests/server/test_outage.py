@@ -1,4 +1,4 @@
-"""The store going away (PROTOCOL.md §4): fail closed, keep serving the rest, recover.
+"""The store going away (docs/protocol.rst §4): fail closed, keep serving the rest, recover.
 
 These tests own a PostgreSQL cluster of their own and stop it with ``pg_ctl`` mid-traffic
 (the session cluster is shared with every other test and must stay up). The wrapped

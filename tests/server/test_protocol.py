@@ -1,4 +1,4 @@
-"""PROTOCOL.md §1–§4 over WebTest, on SQLite and on a real PostgreSQL.
+"""docs/protocol.rst §1–§4 over WebTest, on SQLite and on a real PostgreSQL.
 
 Each test names the rule it guards; a handler's effect is counted in the host's own
 table, so "ran once" means "committed once", not "was called once".
