@@ -96,7 +96,8 @@ def protocol_sections() -> dict[str, docutils.nodes.section]:
     return section_numbers(tree)
 
 
-_RST_FILES = sorted(DOCS.glob("*.rst"))
+#: The docs and the README (the front door: a broken heading there is a bug too).
+_RST_FILES = [*sorted(DOCS.glob("*.rst")), ROOT / "README.rst"]
 
 
 def test_the_documents_exist():
