@@ -53,7 +53,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import httpx
 
-from chttp_client import codec, observers
+from chttp_client import codec, observers, telemetry
 from chttp_client.errors import NonDeterminismError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
@@ -310,6 +310,7 @@ class ResumableContext:
         record = self._recorded[number - 1]
         got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest, request=request)
         if not record.matches(got):
+            telemetry.nondeterminism()
             self._poisoned = NonDeterminismError(self.oplog_id, number, record.describe_against(got),
                                                  got.describe_against(record))
             raise self._poisoned
@@ -320,6 +321,7 @@ class ResumableContext:
         try:
             return observers.scripted_step(self._services.store, self.oplog_id, proposed)
         except NonDeterminismError as error:
+            telemetry.nondeterminism()
             self._poisoned = error
             raise
 
@@ -333,20 +335,23 @@ class ResumableContext:
     def _deliver(self, record: StepRecord, deadline: float | None) -> httpx.Response:
         services = self._services
         body = codec.decode((record.request or {}).get("body"))
+        observed = telemetry.observe_send(record, oplog_id=self.oplog_id, function=self.function)
 
         def on_attempt() -> None:
+            observed.attempt()
             self._event("send-attempt", record.number, KIND_SEND, record.name, record.message_id, body)
 
         def on_answer() -> None:
             self._event("send-answered", record.number, KIND_SEND, record.name, record.message_id, body)
 
-        with services.heartbeat.hold(self.oplog_id, self._owner,
-                                     self._lease_renewed_at or services.clock()):
+        with observed, services.heartbeat.hold(self.oplog_id, self._owner,
+                                               self._lease_renewed_at or services.clock()):
             answer_recorded_send(
                 record, client=services.http_client, policy=services.retry, clock=services.clock,
                 sleep=services.sleep, deadline=deadline, run_deadline=self._run_deadline,
                 on_attempt=on_attempt, on_answer=on_answer, on_wait=self._renew_lease_if_due,
             )
+            observed.settled(record)
         # Buffered: the oplog's next commit records it, and only then may it be
         # acknowledged (the module docstring says why).
         self._writes.answers.append(record)
@@ -380,6 +385,7 @@ class ResumableContext:
         ))
         # The buffer is durable: its answers may be acknowledged now.
         self._writes = _Writes()
+        telemetry.oplog_committed(new=not self._stored, finish=finish)
         self._stored = True
         self._lease_renewed_at = now
         for number, url in writes.acks:

@@ -50,6 +50,7 @@ from chttp_server.incoming import first_sent_of, message_id_of, read_body
 from chttp_server.sessions import join as join_sessions
 from chttp_server.sessions import joined
 from chttp_server.store import MessageKey, MessageStore, StoredMessage, utcnow
+from chttp_server.telemetry import observe_message
 from chttp_server.transaction import MessageTransaction, store_errors
 
 __all__ = ["CertifiedMiddleware", "remote_user_scope", "require_for_methods"]
@@ -226,11 +227,15 @@ class CertifiedMiddleware:
                 self.store.prepare_schema(upgrade=self._upgrade_schema)
         self._schema_ready = True
 
-    def transaction(self, key: MessageKey) -> MessageTransaction:
-        """A message transaction of its own for ``key`` (schema checked first if needed)."""
+    def transaction(self, key: MessageKey, *, observation: Any = None) -> MessageTransaction:
+        """A message transaction of its own for ``key`` (schema checked first if needed);
+        ``observation``: the request's :func:`~chttp_server.telemetry.observe_message`."""
         if not self._schema_ready:
             self._prepare_schema(at_start=False)
-        return MessageTransaction(self.store, key, retry_after=self.retry_after)
+        if observation is None:
+            return MessageTransaction(self.store, key, retry_after=self.retry_after)
+        return MessageTransaction(self.store, key, retry_after=self.retry_after,
+                                  observation=observation)
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -274,12 +279,13 @@ class CertifiedMiddleware:
     def _certified(
         self, environ: dict[str, Any], start_response: Callable[..., Any], message_id: str
     ) -> Iterable[bytes]:
-        message = self.incoming(environ, message_id)
-        with self.transaction(message.key) as txn:
-            stored = txn.claim(message)
-            if stored is not None:
-                return self._replay(environ, start_response, stored)
-            response = self._run_in(txn, environ, message)
+        with observe_message(environ, message_id) as observed:  # metrics and spans, if on
+            message = self.incoming(environ, message_id)
+            with self.transaction(message.key, observation=observed) as txn:
+                stored = txn.claim(message)
+                if stored is not None:
+                    return self._replay(environ, start_response, stored)
+                response = self._run_in(txn, environ, message)
         if txn.outcome is not Outcome.STORE:  # a 5xx / 429, rolled back: the key stays free
             start_response(response.status, response.headers)
             return [response.body]
