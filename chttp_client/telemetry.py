@@ -65,6 +65,7 @@ class _Instruments:
     """The sender's instruments, made once from the library's meter."""
 
     def __init__(self, meter: Any) -> None:
+        self.meter = meter
         self.sends = meter.create_counter(
             "chttp.client.sends", unit="{send}", description="Certified sends that went on the wire")
         self.attempts = meter.create_counter(
@@ -89,15 +90,16 @@ _instruments: _Instruments | None = None
 
 def _meter_instruments() -> _Instruments | None:
     global _instruments
-    if _instruments is not None:
-        return _instruments
     meter = telemetry.metering()
     if meter is None:
         return None
-    with _LOCK:
-        if _instruments is None:
-            _instruments = _Instruments(meter)
-    return _instruments
+    instruments = _instruments
+    if instruments is None or instruments.meter is not meter:  # first use, or configure()
+        with _LOCK:
+            if _instruments is None or _instruments.meter is not meter:
+                _instruments = _Instruments(meter)
+            instruments = _instruments
+    return instruments
 
 
 def attempted() -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "NoOp",
     "NOOP",
     "api",
+    "configure",
     "tracing",
     "metering",
     "trace_headers",
@@ -118,6 +119,19 @@ def api() -> _Api | None:
                     _api = _Api(*modules)
     result: _Api | None = _api
     return result
+
+
+def configure(*, tracer_provider: Any = None, meter_provider: Any = None) -> None:
+    """Report to these providers instead of the global ones (``None``: back to the global).
+
+    Like the ``tracer_provider=`` / ``meter_provider=`` of OpenTelemetry's own
+    instrumentations: for an application that keeps its providers out of the globals,
+    and for tests, which cannot unset a global provider once set.
+    """
+    global _tracer, _meter
+    with _LOCK:
+        _tracer = None if tracer_provider is None else tracer_provider.get_tracer(SCOPE_NAME)
+        _meter = None if meter_provider is None else meter_provider.get_meter(SCOPE_NAME)
 
 
 def tracing() -> Any:

@@ -92,6 +92,7 @@ class _Instruments:
     """The receiver's instruments, made once from the library's meter."""
 
     def __init__(self, meter: Any) -> None:
+        self.meter = meter
         self.messages = meter.create_counter(
             "chttp.server.messages", unit="{message}",
             description="Certified requests by outcome")
@@ -112,11 +113,13 @@ def _instruments_for(meter: Any) -> _Instruments | None:
     global _instruments
     if meter is None:
         return None
-    if _instruments is None:
+    instruments = _instruments
+    if instruments is None or instruments.meter is not meter:  # first use, or configure()
         with _LOCK:
-            if _instruments is None:
+            if _instruments is None or _instruments.meter is not meter:
                 _instruments = _Instruments(meter)
-    return _instruments
+            instruments = _instruments
+    return instruments
 
 
 def observe_message(environ: dict[str, Any], message_id: str) -> MessageObservation | NoOp:
