@@ -3,9 +3,15 @@
 Each outcome of docs/protocol.rst §2-§4 is produced for real (WebTest through
 ``CertifiedMiddleware`` on SQLite and PostgreSQL) and must increment its own value of
 ``chttp.server.messages``; the spans carry the message id and neither the scope nor a body.
+Flask (in process) and Django (in a subprocess) report through the same hook.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import webtest
@@ -13,6 +19,7 @@ import webtest
 from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware
 from chttp_server.store import MessageKey
+from tests.server.live import REPO_ROOT
 
 SCOPE = "alice-principal"
 BODY = b"hello, ledger"
@@ -153,3 +160,17 @@ def test_flask_reports_through_the_same_hook(sqlite_url, otel):
     assert otel.counter("chttp.server.messages", "chttp.outcome") == {
         "processed": 1, "replayed": 1, "reused": 1}
     assert [s.attributes["chttp.message_id"] for s in otel.spans("chttp.receive")] == ["flask-1"] * 3
+
+
+def test_django_reports_through_the_same_hook(tmp_path):
+    """Django's settings are per process: the scenario runs in tests/telemetry/django_scenario.py."""
+    done = subprocess.run([sys.executable, "-m", "tests.telemetry.django_scenario", str(tmp_path)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "CHTTP_TEST_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["statuses"] == [201, 201, 422, 429, 500]
+    assert seen["counts"] == {"processed": 1, "replayed": 1, "reused": 1, "rolled_back": 2}
+    assert seen["message_ids"] == ["dj-1", "dj-1", "dj-1", "dj-2", "dj-3"]
+    assert seen["first_trace"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert seen["handler_spans"] == 3
