@@ -164,3 +164,15 @@ def test_a_handlers_send_continues_the_incoming_trace(pg_url, tmp_path, otel):
     assert {outer.context.trace_id, send.context.trace_id, inner.context.trace_id} == {
         outer.context.trace_id}
     assert inner.parent.span_id == send.context.span_id
+
+
+@pytest.mark.parametrize(("response", "error", "cause"), [
+    pytest.param(None, httpx.ReadTimeout("slow"), "timeout", id="timeout"),
+    pytest.param(None, httpx.ConnectError("refused"), "connection", id="connection"),
+    pytest.param(httpx.Response(409), None, "status_409", id="in-progress"),
+    pytest.param(httpx.Response(429), None, "status_429", id="too-many"),
+])
+def test_retry_causes(response, error, cause):
+    from chttp_client.telemetry import retry_cause
+
+    assert retry_cause(response, error) == cause
