@@ -25,8 +25,8 @@ STATES = ("absent", "unconfigured", "configured")
 
 def _measure(state: str, directory: str, requests: int) -> dict[str, float]:
     if state == "absent":
-        from tests.telemetry.scenario import _BlockOpenTelemetry
-        sys.meta_path.insert(0, _BlockOpenTelemetry())
+        from tests.telemetry.scenario import BlockOpenTelemetry
+        sys.meta_path.insert(0, BlockOpenTelemetry())
     if state == "configured":
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import InMemoryMetricReader

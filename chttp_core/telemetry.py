@@ -28,7 +28,8 @@ from __future__ import annotations
 import importlib
 import threading
 from types import ModuleType, TracebackType
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "SCOPE_NAME",

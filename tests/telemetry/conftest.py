@@ -7,7 +7,8 @@ test); the global path is exercised in a subprocess (test_absent.py, the README 
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider

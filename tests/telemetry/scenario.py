@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 
-class _BlockOpenTelemetry(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):  # noqa: ANN001 - importlib's signature
+class BlockOpenTelemetry(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
         if fullname == "opentelemetry" or fullname.startswith("opentelemetry."):
             raise ImportError(f"No module named {fullname!r} (blocked by the test)")
-        return None
 
 
 def exchange(directory: Path, message_id: str) -> dict:
@@ -56,7 +55,7 @@ def exchange(directory: Path, message_id: str) -> dict:
 
 def main(mode: str, directory: Path) -> None:
     if mode == "absent":
-        sys.meta_path.insert(0, _BlockOpenTelemetry())
+        sys.meta_path.insert(0, BlockOpenTelemetry())
     from chttp_core import telemetry
     from chttp_server.telemetry import observe_message
 
