@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from chttp_core.db import configure_sqlite, make_engine
 from chttp_core.errors import StoreUnreachable
+from chttp_core.telemetry import NOOP
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
 from chttp_server.decisions import (
@@ -227,13 +228,11 @@ class CertifiedMiddleware:
                 self.store.prepare_schema(upgrade=self._upgrade_schema)
         self._schema_ready = True
 
-    def transaction(self, key: MessageKey, *, observation: Any = None) -> MessageTransaction:
+    def transaction(self, key: MessageKey, *, observation: Any = NOOP) -> MessageTransaction:
         """A message transaction of its own for ``key`` (schema checked first if needed);
         ``observation``: the request's :func:`~chttp_server.telemetry.observe_message`."""
         if not self._schema_ready:
             self._prepare_schema(at_start=False)
-        if observation is None:
-            return MessageTransaction(self.store, key, retry_after=self.retry_after)
         return MessageTransaction(self.store, key, retry_after=self.retry_after,
                                   observation=observation)
 
@@ -258,7 +257,8 @@ class CertifiedMiddleware:
                 if self.require_id is not None and self.require_id(environ):
                     raise MessageIdRequired("this request must carry X-Message-ID or Idempotency-Key")
                 return self.app(environ, start_response)
-            return self._certified(environ, start_response, message_id)
+            with observe_message(environ, message_id) as observed:  # metrics, spans: if on
+                return self._certified(environ, start_response, message_id, observed)
         except ProtocolError as error:
             return error(environ, start_response)
 
@@ -277,15 +277,15 @@ class CertifiedMiddleware:
         )
 
     def _certified(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], message_id: str
+        self, environ: dict[str, Any], start_response: Callable[..., Any], message_id: str,
+        observed: Any = NOOP,
     ) -> Iterable[bytes]:
-        with observe_message(environ, message_id) as observed:  # metrics and spans, if on
-            message = self.incoming(environ, message_id)
-            with self.transaction(message.key, observation=observed) as txn:
-                stored = txn.claim(message)
-                if stored is not None:
-                    return self._replay(environ, start_response, stored)
-                response = self._run_in(txn, environ, message)
+        message = self.incoming(environ, message_id)
+        with self.transaction(message.key, observation=observed) as txn:
+            stored = txn.claim(message)
+            if stored is not None:
+                return self._replay(environ, start_response, stored)
+            response = self._run_in(txn, environ, message)
         if txn.outcome is not Outcome.STORE:  # a 5xx / 429, rolled back: the key stays free
             start_response(response.status, response.headers)
             return [response.body]
