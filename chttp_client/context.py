@@ -53,11 +53,12 @@ from typing import Any, Callable, Mapping, Sequence, cast
 
 import httpx
 
-from chttp_client import codec, observers
+from chttp_client import codec, observers, telemetry
 from chttp_client.codec import CodecError
 from chttp_client.errors import NonDeterminismError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
+from chttp_client.shorthands import SendShorthands
 from chttp_client.oplog_store import Commit, Finish, NewOplog
 from chttp_client.recorded_sends import answer_recorded_send, rebuild_response, request_record
 from chttp_client.records import StepRecord
@@ -93,7 +94,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class ResumableContext:
+class ResumableContext(SendShorthands):
     """The ``chttp_context`` argument of a resumable function (see the module docstring).
 
     Not shared between threads: one call of a function owns one context. Made by
@@ -201,21 +202,6 @@ class ResumableContext:
         moment: datetime = self.persist(_utcnow)
         return moment
 
-    def get(self, url: str, **options: Any) -> httpx.Response:
-        return self.send("GET", url, **options)
-
-    def post(self, url: str, **options: Any) -> httpx.Response:
-        return self.send("POST", url, **options)
-
-    def put(self, url: str, **options: Any) -> httpx.Response:
-        return self.send("PUT", url, **options)
-
-    def patch(self, url: str, **options: Any) -> httpx.Response:
-        return self.send("PATCH", url, **options)
-
-    def delete(self, url: str, **options: Any) -> httpx.Response:
-        return self.send("DELETE", url, **options)
-
     def send(
         self,
         method: str,
@@ -308,6 +294,7 @@ class ResumableContext:
         record = self._recorded[number - 1]
         got = StepRecord(number, kind, name, STEP_DONE, fingerprint=digest, request=request)
         if not record.matches(got):
+            telemetry.nondeterminism()
             self._poisoned = NonDeterminismError(self.oplog_id, number, record.describe_against(got),
                                                  got.describe_against(record))
             raise self._poisoned
@@ -318,6 +305,7 @@ class ResumableContext:
         try:
             return observers.scripted_step(self._services.store, self.oplog_id, proposed)
         except NonDeterminismError as error:
+            telemetry.nondeterminism()
             self._poisoned = error
             raise
 
@@ -334,20 +322,23 @@ class ResumableContext:
             body = codec.decode((record.request or {}).get("body"), where=self._where(record))
         except CodecError as error:
             raise self._unreadable(error, record) from None
+        observed = telemetry.observe_send(record, oplog_id=self.oplog_id, function=self.function)
 
         def on_attempt() -> None:
+            observed.attempt()
             self._event("send-attempt", record.number, KIND_SEND, record.name, record.message_id, body)
 
         def on_answer() -> None:
             self._event("send-answered", record.number, KIND_SEND, record.name, record.message_id, body)
 
-        with services.heartbeat.hold(self.oplog_id, self._owner,
-                                     self._lease_renewed_at or services.clock()):
+        with observed, services.heartbeat.hold(self.oplog_id, self._owner,
+                                               self._lease_renewed_at or services.clock()):
             answer_recorded_send(
                 record, client=services.http_client, policy=services.retry, clock=services.clock,
                 sleep=services.sleep, deadline=deadline, run_deadline=self._run_deadline,
                 on_attempt=on_attempt, on_answer=on_answer, on_wait=self._renew_lease_if_due,
             )
+            observed.settled(record)
         # Buffered: the oplog's next commit records it, and only then may it be
         # acknowledged (the module docstring says why).
         self._writes.answers.append(record)
@@ -397,6 +388,7 @@ class ResumableContext:
         ))
         # The buffer is durable: its answers may be acknowledged now.
         self._writes = _Writes()
+        telemetry.oplog_committed(new=not self._stored, finish=finish)
         self._stored = True
         self._lease_renewed_at = now
         for number, url in writes.acks:

@@ -38,7 +38,7 @@ import httpx
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from chttp_client import codec
+from chttp_client import codec, telemetry
 from chttp_client.acknowledger import Acknowledger
 from chttp_client.codec import CodecError
 from chttp_client.context import ResumableContext, RunServices
@@ -239,6 +239,7 @@ class Journal:
         if self.max_resume_attempts is not None and attempts > self.max_resume_attempts:
             self._abandon(info, f"{attempts - 1} resumes made no progress "
                                 f"(max_resume_attempts={self.max_resume_attempts})")
+        telemetry.resumed()
         context = ResumableContext(
             self.services, oplog_id=info.id, function=info.function, version=info.version,
             arguments=self.store.arguments(info.id), recorded=info.steps, stored=True,
@@ -276,6 +277,7 @@ class Journal:
         if not self.store.abandon(info.id, reason=reason, now=self.clock(),
                                   result={"error": codec.exception_record(error)}):
             raise OplogBusyError(info.id, "nobody: it finished meanwhile")
+        telemetry.oplog_state("abandoned")
         log.warning("chttp: oplog %s (%s v%s) abandoned: %s", info.id, info.function, info.version, reason)
         raise error
 

@@ -15,11 +15,12 @@ from urllib.parse import urljoin
 
 import httpx
 
-from chttp_client import codec
+from chttp_client import codec, telemetry
 from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, protocol_error_for
 from chttp_client.records import StepRecord
 from chttp_client.sending import RetryPolicy, deliver, problem_type_of
 from chttp_core.schema import STEP_DONE
+from chttp_core.telemetry import TRACE_HEADERS, trace_headers
 from chttp_core.wire import HEADER_FIRST_SENT, HEADER_MESSAGE_ID, HEADER_MESSAGE_URL, format_http_date
 
 __all__ = [
@@ -33,10 +34,12 @@ __all__ = [
 
 #: Response headers not kept: the body is stored decoded, so these would lie about it.
 _DROPPED_RESPONSE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length"})
-#: Request headers httpx adds by itself; the recorded request keeps only the caller's.
+#: Request headers httpx adds by itself, and the W3C trace context the library adds to
+#: each attempt (chttp_core.telemetry): the recorded request keeps only the caller's, so
+#: a resumed send under another trace still matches its record (docs/protocol.rst §5.5).
 _AUTOMATIC_REQUEST_HEADERS = frozenset(
     {"host", "content-length", "accept", "accept-encoding", "connection", "user-agent"}
-)
+) | TRACE_HEADERS
 
 
 def caller_headers(built: httpx.Request) -> list[list[str]]:
@@ -136,8 +139,9 @@ def answer_recorded_send(
     limit = policy.deadline if deadline is None else timedelta(seconds=deadline)
 
     def build() -> httpx.Request:
+        # Each attempt carries the current span's traceparent (none when tracing is off).
         return client.build_request(request["method"], request["url"], content=body,
-                                    headers=headers, timeout=policy.timeout)
+                                    headers=headers + trace_headers(), timeout=policy.timeout)
 
     deadline_at = first_sent + limit
     run_deadline_at = None if run_deadline is None else clock() + run_deadline
@@ -150,6 +154,7 @@ def answer_recorded_send(
     if attempt.response is None and run_deadline_at is not None and clock() < deadline_at:
         # Only this run gave up: the step stays "recorded" and the next run (a retry
         # of the incoming message) resends it under the same id.
+        telemetry.deadline_exceeded("run")
         raise DeadlineExceeded(
             record.message_id, request["method"], request["url"],
             f"no definitive answer within this run's {run_deadline} "
@@ -157,6 +162,7 @@ def answer_recorded_send(
             "the next run resends the same message",
         )
     if attempt.response is None:
+        telemetry.deadline_exceeded("send")
         error = DeadlineExceeded(
             record.message_id, request["method"], request["url"],
             f"no definitive answer after {attempt.attempts} attempt(s) within {limit}; "

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import httpx
 
+from chttp_client import telemetry
 from chttp_core.wire import PROBLEM_CONTENT_TYPE, Problem, parse_http_date
 
 __all__ = ["RetryPolicy", "Attempt", "deliver", "is_retryable", "problem_type_of", "retry_after_of"]
@@ -126,17 +127,20 @@ def deliver(
         if on_attempt is not None:
             on_attempt(request)
         attempts += 1
+        telemetry.attempted()
         wait: float | None = None
         try:
             response = client.send(request)
             response.read()
         except httpx.TransportError as exc:  # connection errors and timeouts
             last_error = f"{type(exc).__name__}: {exc}"
+            telemetry.retried(telemetry.retry_cause(None, exc))
         else:
             if not is_retryable(response):
                 return Attempt(response, attempts)
             last_error = f"HTTP {response.status_code}"
             wait = retry_after_of(response, clock())
+            telemetry.retried(telemetry.retry_cause(response, None))
         failures += 1
         delay = policy.backoff(failures)
         if wait is not None:

@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 
 from chttp_core.db import configure_sqlite, make_engine
 from chttp_core.errors import StoreUnreachable
+from chttp_core.telemetry import NOOP
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
 from chttp_server.decisions import (
@@ -50,6 +51,7 @@ from chttp_server.incoming import first_sent_of, message_id_of, read_body
 from chttp_server.sessions import join as join_sessions
 from chttp_server.sessions import joined
 from chttp_server.store import MessageKey, MessageStore, StoredMessage, utcnow
+from chttp_server.telemetry import observe_message
 from chttp_server.transaction import MessageTransaction, store_errors
 
 __all__ = ["CertifiedMiddleware", "remote_user_scope", "require_for_methods"]
@@ -226,11 +228,13 @@ class CertifiedMiddleware:
                 self.store.prepare_schema(upgrade=self._upgrade_schema)
         self._schema_ready = True
 
-    def transaction(self, key: MessageKey) -> MessageTransaction:
-        """A message transaction of its own for ``key`` (schema checked first if needed)."""
+    def transaction(self, key: MessageKey, *, observation: Any = NOOP) -> MessageTransaction:
+        """A message transaction of its own for ``key`` (schema checked first if needed);
+        ``observation``: the request's :func:`~chttp_server.telemetry.observe_message`."""
         if not self._schema_ready:
             self._prepare_schema(at_start=False)
-        return MessageTransaction(self.store, key, retry_after=self.retry_after)
+        return MessageTransaction(self.store, key, retry_after=self.retry_after,
+                                  observation=observation)
 
     # -- WSGI ------------------------------------------------------------------------
 
@@ -253,7 +257,8 @@ class CertifiedMiddleware:
                 if self.require_id is not None and self.require_id(environ):
                     raise MessageIdRequired("this request must carry X-Message-ID or Idempotency-Key")
                 return self.app(environ, start_response)
-            return self._certified(environ, start_response, message_id)
+            with observe_message(environ, message_id) as observed:  # metrics, spans: if on
+                return self._certified(environ, start_response, message_id, observed)
         except ProtocolError as error:
             return error(environ, start_response)
 
@@ -272,10 +277,11 @@ class CertifiedMiddleware:
         )
 
     def _certified(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], message_id: str
+        self, environ: dict[str, Any], start_response: Callable[..., Any], message_id: str,
+        observed: Any = NOOP,
     ) -> Iterable[bytes]:
         message = self.incoming(environ, message_id)
-        with self.transaction(message.key) as txn:
+        with self.transaction(message.key, observation=observed) as txn:
             stored = txn.claim(message)
             if stored is not None:
                 return self._replay(environ, start_response, stored)

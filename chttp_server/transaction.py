@@ -51,12 +51,13 @@ import sys
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 
 from chttp_core import migrate
+from chttp_core.telemetry import NOOP
 from chttp_core.errors import ClaimTimedOut, SchemaOutOfDateError, StoreUnreachable
 from chttp_server.decisions import (
     IncomingMessage,
@@ -67,6 +68,7 @@ from chttp_server.decisions import (
 )
 from chttp_server.errors import MessageInProgress, ProtocolError, StoreUnavailable
 from chttp_server.store import MessageKey, MessageStore, StoredMessage
+from chttp_server.telemetry import PROCESSED, REPLAYED, ROLLED_BACK
 
 __all__ = ["MessageTransaction", "store_errors"]
 
@@ -146,6 +148,8 @@ class MessageTransaction:
         # Joined mode: how to commit / roll back (None: the front end does it itself).
         commit: Callable[[], None] | None = None,
         rollback: Callable[[], None] | None = None,
+        # The request's chttp_server.telemetry.observe_message (the no-op: nothing reported).
+        observation: Any = NOOP,
     ) -> None:
         if connection is None and (commit is not None or rollback is not None):
             raise ValueError("commit= and rollback= are for a joined connection only")
@@ -162,6 +166,7 @@ class MessageTransaction:
         #: rolled back (a retry answered from the store, a 5xx), ``None`` before.
         self.outcome: Outcome | None = None
         self._guard = store_errors(retry_after=retry_after, message_id=key.message_id)
+        self.observed = observation
 
     # -- connection ------------------------------------------------------------------
 
@@ -218,12 +223,14 @@ class MessageTransaction:
         A new claim of a message older than the retention raises 412.
         """
         now = self.store.clock()
-        with self._errors():
+        with self.observed.claim(), self._errors():
             existing = self.store.claim(self.connection, self.key, message.fingerprint, now)
             if existing is not None:
                 self.rollback()
         if existing is not None:
-            return stored_answer(existing, message.fingerprint, now)
+            replay = stored_answer(existing, message.fingerprint, now)
+            self.observed.finish(REPLAYED, replay.status)
+            return replay
         check_fresh_claim(message, now, self.store.retention)
         self.received_at = now
         return None
@@ -234,7 +241,7 @@ class MessageTransaction:
         The handler's other errors (its own bad statement, a bug) propagate: they are
         the application's failure, rolled back when the block is left.
         """
-        return self._guard
+        return self.observed.handler(self._guard) if self.observed else self._guard
 
     def complete(self, status: int, headers: Headers, body: bytes, *,
                  too_large: bool = False, limit: int = 0) -> bool:
@@ -248,9 +255,12 @@ class MessageTransaction:
         with self._errors():
             if decision is Outcome.ROLL_BACK:
                 self.rollback()
+                self.observed.finish(ROLLED_BACK, status)
                 return False
-            self.store.complete(self.connection, self.key, status, headers, body)
-            self.commit()
+            with self.observed.store(len(body)):
+                self.store.complete(self.connection, self.key, status, headers, body)
+                self.commit()
+        self.observed.finish(PROCESSED, status)
         return True
 
     # -- the message resource (§3) ---------------------------------------------------

@@ -44,6 +44,7 @@ from django.http import HttpRequest, HttpResponseBase
 
 from chttp_core import migrate
 from chttp_core.errors import SchemaOutOfDateError, StoreUnreachable
+from chttp_core.telemetry import NOOP
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.context import CertifiedContext
 from chttp_server.decisions import (
@@ -80,6 +81,7 @@ from chttp_server.store import (
     StoredMessage,
     unreachable_as_store_error,
 )
+from chttp_server.telemetry import observe_message
 from chttp_server.transaction import MessageTransaction, store_errors
 
 __all__ = ["CertifiedMiddleware", "MIGRATE_COMMAND"]
@@ -200,9 +202,10 @@ class CertifiedMiddleware:
         )
 
     def _certified(self, request: HttpRequest, message_id: str) -> HttpResponseBase:
-        with self._store_errors(message_id):
+        with observe_message(request.META, message_id) as observed, \
+                self._store_errors(message_id):
             message = self.incoming(request, message_id)
-            with self._message_transaction(message.key) as txn:
+            with self._message_transaction(message.key, observed) as txn:
                 stored = txn.claim(message)
                 if stored is None:
                     response, expires_at = self._run_view(request, txn, message)
@@ -222,7 +225,8 @@ class CertifiedMiddleware:
             yield
 
     @contextmanager
-    def _message_transaction(self, key: MessageKey) -> Iterator[MessageTransaction]:
+    def _message_transaction(self, key: MessageKey,
+                             observation: Any = NOOP) -> Iterator[MessageTransaction]:
         """``atomic`` on the alias, and the message transaction joined to its connection.
 
         Rolling back is ``set_rollback(True)``; committing is leaving ``atomic`` normally.
@@ -232,6 +236,7 @@ class CertifiedMiddleware:
             txn = MessageTransaction(
                 self.store, key, retry_after=self.conf.retry_after, connection=connection,
                 rollback=partial(transaction.set_rollback, True, using=self.alias),
+                observation=observation,
             )
             with txn:
                 yield txn
