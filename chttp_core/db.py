@@ -8,6 +8,11 @@ threads and processes: WAL (readers never block the writer), a busy timeout (a w
 waits for the lock instead of failing at once) and ``BEGIN IMMEDIATE`` (a transaction
 takes the write lock up front, so two transactions can never deadlock upgrading a
 read lock, and a claim is serialised exactly like PostgreSQL's row lock).
+
+PostgreSQL engines get bounded network waits (:data:`POSTGRESQL_CONNECT_DEFAULTS`):
+without them a store behind a silent partition (packets dropped, no reset) holds a
+request for as long as the kernel retransmits — about 15 minutes on Linux — and the
+503 store-unavailable a client is owed (docs/protocol.rst §4) never comes.
 """
 
 from __future__ import annotations
@@ -21,11 +26,29 @@ from sqlalchemy.engine import URL, make_url
 
 __all__ = [
     "normalize_url", "make_engine", "configure_sqlite", "begin_immediately", "is_sqlite",
-    "is_postgresql", "is_disconnect",
+    "is_postgresql", "is_disconnect", "POSTGRESQL_CONNECT_DEFAULTS", "postgresql_connect_args",
 ]
 
 #: How long a SQLite writer waits for the database lock, in seconds.
 SQLITE_BUSY_TIMEOUT = 5.0
+
+#: libpq options every PostgreSQL engine made here gets unless the URL's query or the
+#: caller's ``connect_args`` name them. ``connect_timeout`` (s) bounds a new connection;
+#: ``tcp_user_timeout`` (ms, libpq >= 12) bounds how long data sent (a statement, a
+#: pre-ping) may stay unacknowledged; the keepalives find a dead peer on a connection
+#: that waits for an answer with nothing left to send. Together: a request whose store
+#: went silent is answered 503 after roughly ``tcp_user_timeout + connect_timeout``.
+POSTGRESQL_CONNECT_DEFAULTS: dict[str, int] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+#: The libpq version from which ``tcp_user_timeout`` is a known option.
+_TCP_USER_TIMEOUT_SINCE = 120000
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -52,6 +75,9 @@ def make_engine(
     """Create an engine for a chttp store, with the dialect settings described above.
 
     ``sqlite_busy_timeout`` is how long a SQLite writer waits for the lock (seconds).
+    A PostgreSQL engine gets ``pool_pre_ping`` and the bounded network waits of
+    :data:`POSTGRESQL_CONNECT_DEFAULTS` (see :func:`postgresql_connect_args`); a URL
+    query parameter (``?connect_timeout=2``) or ``connect_args={...}`` overrides any.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -62,7 +88,36 @@ def make_engine(
         _configure_sqlite(engine)
         return engine
     engine_options.setdefault("pool_pre_ping", True)
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":
+        engine_options["connect_args"] = postgresql_connect_args(
+            parsed, engine_options.get("connect_args"))
     return create_engine(parsed, **engine_options)
+
+
+def postgresql_connect_args(url: URL, connect_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``connect_args`` with :data:`POSTGRESQL_CONNECT_DEFAULTS` added where nobody chose.
+
+    The URL's own query parameters win over a default (SQLAlchemy would otherwise let
+    ``connect_args`` override the URL), and so do the caller's ``connect_args``.
+    ``tcp_user_timeout`` is left out when the libpq psycopg2 links is older than 12,
+    which would refuse the option.
+    """
+    chosen = dict(connect_args or {})
+    for name, value in POSTGRESQL_CONNECT_DEFAULTS.items():
+        if name in url.query or name in chosen:
+            continue
+        if name == "tcp_user_timeout" and _libpq_version() < _TCP_USER_TIMEOUT_SINCE:
+            continue
+        chosen[name] = value
+    return chosen
+
+
+def _libpq_version() -> int:
+    try:
+        import psycopg2
+    except ImportError:  # pragma: no cover - no driver: the engine fails on connect anyway
+        return 0
+    return int(getattr(psycopg2, "__libpq_version__", 0))
 
 
 def configure_sqlite(engine: Engine) -> None:

@@ -210,6 +210,18 @@ class Takeover:
     lease_expired_at: float
     effects: dict[str, list[str]]
     a_alive_at_kill: bool = True
+    #: The hosts' journal clock offsets (seconds); ``lease_expired_at`` is in A's clock.
+    a_skew: float = 0.0
+    b_skew: float = 0.0
+    #: What A's own call ended with when it was not killed (``kill_a=False``).
+    a_errors: list[str] = field(default_factory=list)
+    a_done: bool = False
+    a_killed: bool = True
+
+    @property
+    def b_took_over_at(self) -> float | None:
+        """Real time of B's first POST (None if B sent nothing)."""
+        return min((t for t, _ in self.b_posts), default=None)
 
     @property
     def in_flight(self) -> str:
@@ -220,8 +232,11 @@ class Takeover:
         first_b = min((t for t, _ in self.b_posts), default=None)
         return "\n".join([
             "== senders on two hosts over one journal",
-            f"host A sent {len(self.a_posts)} POSTs and was SIGKILLed with {self.in_flight} in "
-            f"flight; its lease expired {self.lease_expired_at - self.killed_at:.2f} s later",
+            (f"host A sent {len(self.a_posts)} POSTs and was SIGKILLed with {self.in_flight} in "
+             f"flight; its lease expired {self.lease_expired_at - self.killed_at:.2f} s later"
+             if self.a_killed else
+             f"host A sent {len(self.a_posts)} POSTs, was not killed and ended with "
+             f"{self.a_errors or 'its result'}"),
             f"host B was refused (busy) {len(self.b_busy)} times, first sent "
             + (f"{first_b - self.lease_expired_at:.2f} s after the lease expired" if first_b else "nothing")
             + f", {len(self.b_posts)} POSTs, ids {sorted({i for _, i in self.b_posts})}",
@@ -250,7 +265,8 @@ def _posts(log: list[dict[str, Any]]) -> list[tuple[float, str]]:
 
 
 def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
-                    lease: float = 6.0) -> Takeover:
+                    lease: float = 6.0, linger: float = 2.0, a_skew: float = 0.0,
+                    b_skew: float = 0.0, kill_a: bool = True, tag: str = "") -> Takeover:
     """Host A runs a resumable function; host B keeps resuming; A is SIGKILLed mid-send.
 
     A's step ``linger_step`` lingers in the receiver, and A is killed while it does. B
@@ -260,20 +276,32 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     in-flight one under its id. The lease must outlast any stall of A between two of its
     commits (an answer stalled by the network), or B takes over a live A: correct — A's
     next commit fails with OplogBusyError, ids stay the same — but not this scenario.
+
+    ``a_skew`` / ``b_skew`` shift each host's journal clock (seconds; ``--clock-skew``);
+    ``kill_a=False`` leaves A running (to see a takeover of a *live* A that a skew larger
+    than the lease's renewal margin causes); ``tag`` names this run's log files.
     """
     assert topo.db is not None
     hosts = topo.network.hosts
     a_host = hosts.get("s1") or topo.network.add_host("s1")
     b_host = hosts.get("s2") or topo.network.add_host("s2")
-    log_a, log_b = topo.workdir / "sender-a.jsonl", topo.workdir / "sender-b.jsonl"
-    common = ("--lease", str(lease), "--steps", str(steps), "--linger-step", str(linger_step))
-    a = topo.start_sender(a_host, "start", log_a, "--receiver", topo.receivers[0].url, *common)
+    log_a = topo.workdir / f"sender-a{tag}.jsonl"
+    log_b = topo.workdir / f"sender-b{tag}.jsonl"
+    common = ("--lease", str(lease), "--steps", str(steps), "--linger-step", str(linger_step),
+              "--linger", str(linger))
+    a = topo.start_sender(a_host, "start", log_a, "--receiver", topo.receivers[0].url, *common,
+                          "--clock-skew", str(a_skew))
     _wait_log(log_a, lambda r: r["event"] == "request" and r["method"] == "POST", "A's first send")
-    b = topo.start_sender(b_host, "resume", log_b, "--until-done", *common)
-    _wait_log(log_b, lambda r: r["event"] == "resume" and r["status"] == "busy", "B refused")
-    topo.wait_lingering()
-    a_alive = a.poll() is None      # else A lost its lease on its own (a stall) and gave up
-    kill_process(a)
+    b = topo.start_sender(b_host, "resume", log_b, "--until-done", *common,
+                          "--clock-skew", str(b_skew))
+    if kill_a:
+        _wait_log(log_b, lambda r: r["event"] == "resume" and r["status"] == "busy", "B refused")
+        topo.wait_lingering()
+        a_alive = a.poll() is None      # else A lost its lease on its own (a stall) and gave up
+        kill_process(a)
+    else:
+        a.wait(60)
+        a_alive = True
     killed_at = time.time()
     oplog = next(r["oplog"] for r in _read_log(log_b) if r["event"] == "resume")
     (expires,) = query(topo.primary_port(), "SELECT extract(epoch FROM lease_expires_at) "
@@ -288,7 +316,11 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
         steps=steps, a_posts=_posts(a_log), b_posts=_posts(b_log),
         b_busy=[r["t"] for r in b_log if r["event"] == "resume" and r["status"] == "busy"],
         b_result=done[0]["result"] if done else None, killed_at=killed_at,
-        lease_expired_at=float(expires), effects=effects, a_alive_at_kill=a_alive,
+        lease_expired_at=float(expires) if expires is not None else float("nan"),
+        effects=effects, a_alive_at_kill=a_alive,
+        a_skew=a_skew, b_skew=b_skew,
+        a_errors=[r["error"] for r in a_log if r["event"] == "error"],
+        a_done=any(r["event"] == "done" for r in a_log), a_killed=kill_a,
     )
 
 

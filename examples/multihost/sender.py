@@ -15,6 +15,12 @@ Both log, one JSON line each, flushed: every HTTP request the journal's client m
 hosts — two namespaces with two host names (``unshare --uts``) — over one PostgreSQL
 journal show the lease at work: the second takes the oplog over only once the first's
 lease has expired, never while it runs, and sends the in-flight step under its old id.
+
+``--clock-skew S`` shifts this host's journal clock by ``S`` seconds
+(``Journal(clock=…)``): the lease is written and compared in the clock of whichever
+host acts, so two hosts whose clocks disagree can be tested. Only the journal's clock
+moves — a network namespace has no clock of its own (Linux time namespaces shift the
+monotonic and boot clocks, never the real-time clock a lease is stamped with).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import socket
 import sys
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 import httpx
@@ -38,13 +44,17 @@ FUNCTION_NAME = "chttp_examples.multihost.transfer"
 
 
 class _Log:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, skew: float = 0.0) -> None:
         self.stream = open(path, "a")
         self.lock = threading.Lock()
         self.host = socket.gethostname()
+        self.skew = skew
 
     def write(self, event: str, **fields: Any) -> None:
-        record = {"t": time.time(), "host": self.host, "pid": os.getpid(), "event": event, **fields}
+        now = time.time()
+        # "t" is real time (comparable across hosts); "clock" is this host's journal clock.
+        record = {"t": now, "clock": now + self.skew, "host": self.host, "pid": os.getpid(),
+                  "event": event, **fields}
         with self.lock:
             self.stream.write(json.dumps(record) + "\n")
             self.stream.flush()
@@ -58,8 +68,13 @@ def _journal(args: argparse.Namespace, log: _Log) -> Any:
                   id=request.headers.get("X-Message-ID") or request.headers.get("Idempotency-Key"))
 
     client = httpx.Client(timeout=httpx.Timeout(10.0), event_hooks={"request": [on_request]})
+    skew = timedelta(seconds=args.clock_skew)
+
+    def clock() -> datetime:
+        return datetime.now(timezone.utc) + skew
+
     journal = Journal(args.journal, http_client=client, lease=timedelta(seconds=args.lease),
-                      retry=RetryPolicy())
+                      retry=RetryPolicy(), clock=clock)
 
     def transfer(receiver: str, steps: int, linger_step: int, *, chttp_context: Any) -> list[str]:
         nonces = []
@@ -93,18 +108,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=0.2, help="resume: seconds between tries")
     parser.add_argument("--until-done", action="store_true")
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--clock-skew", type=float, default=0.0,
+                        help="seconds added to this host's journal clock (may be negative)")
     parser.add_argument("--hostname", help="this host's name; only in a UTS namespace of its own "
                                            "(run under `unshare --uts`)")
     args = parser.parse_args(argv)
     if args.hostname:
         _set_hostname(args.hostname)
-    log = _Log(args.log)
+    log = _Log(args.log, args.clock_skew)
     journal, transfer = _journal(args, log)
     print("ready", flush=True)
     try:
         if args.role == "start":
             log.write("start")
-            result = transfer(args.receiver, args.steps, args.linger_step)
+            try:
+                result = transfer(args.receiver, args.steps, args.linger_step)
+            except Exception as error:
+                log.write("error", error=type(error).__name__, detail=str(error))
+                raise
             log.write("done", result=result)
             return 0
         deadline = time.monotonic() + args.timeout
