@@ -82,8 +82,11 @@ def draw(data: dict[str, Any], path: str | Path, *, title: str = "certified-http
         xs = [row["concurrency"] for row in rows]
         rps_axes.plot(xs, [row["rps"] for row in rows], marker="o", label=name)
         p99_axes.plot(xs, [row["p99_ms"] for row in rows], marker="o", label=name)
+    concurrencies = sorted({row["concurrency"] for row in data.get("grid", [])})
     for axes, label in ((rps_axes, "requests/s"), (p99_axes, "p99 latency (ms)")):
         axes.set_xscale("log", base=2)
+        axes.set_xticks(concurrencies, [str(c) for c in concurrencies])
+        axes.minorticks_off()
         axes.set_xlabel("concurrent clients")
         axes.set_ylabel(label)
         axes.grid(True, alpha=0.3)
@@ -97,8 +100,8 @@ def draw(data: dict[str, Any], path: str | Path, *, title: str = "certified-http
     colours = ["tab:green" if row.get("verdict") == "met" else "tab:red" for row in ratios]
     positions = list(range(len(ratios)))
     ratio_axes.barh(positions, values, color=colours)
-    ratio_axes.scatter([row["target"] for row in ratios], positions, marker="|", s=400,
-                       color="black", label="target", zorder=3)
+    ratio_axes.scatter([row["target"] for row in ratios], positions, marker="|", s=300,
+                       linewidths=2, color="black", label="target", zorder=3)
     ratio_axes.set_yticks(positions, labels, fontsize=7)
     ratio_axes.invert_yaxis()
     ratio_axes.set_title("ratios (green: target met)")
