@@ -15,6 +15,11 @@ and a lost connection is invalidated first, so the store's one classification of
 (:func:`chttp_server.store.unreachable_as_store_error`) and the claim's retry on a
 fresh connection see exactly what they see on the portable path.
 
+The claim and the stored response are server-side prepared statements (``PREPARE`` once
+per connection, then ``EXECUTE``): a pooler in transaction mode (PgBouncer) that moves
+sessions between clients does not keep them; behind one, build the store with
+``MessageStore(..., dbapi_statements=False)``.
+
 SQLAlchemy's ``before_cursor_execute`` / ``after_cursor_execute`` listeners are called
 as SQLAlchemy calls them (without an execution context; a ``retval=True`` listener's
 rewrite is not applied). Other drivers (and SQLite) keep the SQLAlchemy statements of :mod:`chttp_server.store`.
@@ -28,7 +33,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["supports", "claim", "complete", "lookup", "CLAIM", "COMPLETE", "LOOKUP"]
+__all__ = ["supports", "claim", "complete", "lookup", "CLAIM", "COMPLETE", "LOOKUP",
+           "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -63,6 +69,32 @@ LOOKUP = (
     "WHERE scope = %(scope)s AND message_id = %(message_id)s"
 )
 
+
+def _prepared(name: str, sql: str, parameters: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """``(PREPARE …, EXECUTE …)`` of ``sql`` whose ``%(name)s`` become ``$n`` of the given types."""
+    body = sql
+    for number, (parameter, _type) in enumerate(parameters, start=1):
+        body = body.replace(f"%({parameter})s", f"${number}")
+    types = ", ".join(sql_type for _name, sql_type in parameters)
+    arguments = ", ".join(f"%({parameter})s" for parameter, _type in parameters)
+    return f"PREPARE {name} ({types}) AS {body}", f"EXECUTE {name} ({arguments})"
+
+
+#: The claim and the stored response as server-side prepared statements, prepared once
+#: per connection: PostgreSQL then neither parses nor plans them per request (the
+#: claim's planning cost about as much as its execution: ~0.1 ms of the server's CPU).
+_CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("chttp_claim_1", CLAIM, (
+    ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
+    ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
+))
+_COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("chttp_complete_1", COMPLETE, (
+    ("status", "integer"), ("headers", "text"), ("body", "bytea"), ("scope", "text"),
+    ("message_id", "text"),
+))
+#: Where a pooled connection remembers what it has prepared (its pool record's ``info``,
+#: which lives exactly as long as the DB-API connection: a reconnect prepares again).
+_PREPARED_KEY = "chttp_prepared_statements"
+
 #: Rows of :data:`CLAIM` and of :data:`LOOKUP`, with the attribute names of a SQLAlchemy row.
 _ClaimRow = namedtuple("_ClaimRow", ("claimed", *_COLUMNS))  # type: ignore[misc]
 _StoredRow = namedtuple("_StoredRow", _COLUMNS)  # type: ignore[misc]
@@ -75,12 +107,22 @@ def supports(engine: Engine) -> bool:
 
 def claim(connection: Connection, params: dict[str, Any]) -> Any:
     """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name)."""
-    return _ClaimRow._make(_run(connection, CLAIM, params, fetch=True))
+    _prepare(connection, _CLAIM_PREPARE)
+    return _ClaimRow._make(_run(connection, CLAIM_EXECUTE, params, fetch=True))
 
 
 def complete(connection: Connection, params: dict[str, Any]) -> None:
     """Run :data:`COMPLETE` (params: scope, message_id, status, headers, body)."""
-    _run(connection, COMPLETE, params, fetch=False)
+    _prepare(connection, _COMPLETE_PREPARE)
+    _run(connection, COMPLETE_EXECUTE, params, fetch=False)
+
+
+def _prepare(connection: Connection, prepare: str) -> None:
+    """Prepare once per DB-API connection (``PREPARE`` survives a rollback)."""
+    done: set[str] = connection.connection.info.setdefault(_PREPARED_KEY, set())
+    if prepare not in done:
+        _run(connection, prepare, None, fetch=False)
+        done.add(prepare)
 
 
 def lookup(connection: Connection, scope: str, message_id: str) -> Any | None:
@@ -89,7 +131,7 @@ def lookup(connection: Connection, scope: str, message_id: str) -> Any | None:
     return _StoredRow._make(found) if found is not None else None
 
 
-def _run(connection: Connection, sql: str, params: dict[str, Any], *, fetch: bool) -> Any:
+def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fetch: bool) -> Any:
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None
     dialect = connection.dialect

@@ -108,7 +108,8 @@ def rig(pg_engine, pg_url):
 
 
 def is_claim(statement: str) -> bool:
-    return statement.startswith("WITH claim AS")
+    # The SQLAlchemy statement, or the prepared one psycopg2 runs (chttp_server.store_dbapi).
+    return statement.startswith(("WITH claim AS", "EXECUTE chttp_claim"))
 
 
 def test_a_claim_killed_once_is_retried_on_a_fresh_connection(rig, pg_engine):
@@ -154,7 +155,8 @@ def test_store_killed_during_a_replay_is_503_then_replays(rig, pg_engine, point,
 
 
 @pytest.mark.parametrize("point", [
-    pytest.param(lambda what: what.lstrip().upper().startswith("UPDATE"), id="completion"),
+    pytest.param(lambda what: what.lstrip().upper().startswith(("UPDATE", "EXECUTE CHTTP_COMPLETE")),
+                 id="completion"),
     pytest.param(lambda what: what == "COMMIT", id="commit"),
 ])
 def test_store_killed_while_storing_is_503_and_the_retry_runs_once(rig, pg_engine, point):
