@@ -176,6 +176,7 @@ class MessageStore:
         #: psycopg2: the claim and the stored response skip SQLAlchemy's execution
         #: layer (chttp_server.store_dbapi); any other driver runs the statements below.
         self._dbapi = dbapi_statements and store_dbapi.supports(engine)
+        self._prepared = self._dbapi and store_dbapi.prepares(engine)
 
     # -- connections -----------------------------------------------------------------
 
@@ -279,7 +280,7 @@ class MessageStore:
         try:
             row: Any
             if self._dbapi:
-                row = store_dbapi.claim(connection, params)
+                row = store_dbapi.claim(connection, params, prepared=self._prepared)
             else:
                 row = connection.execute(_PG_CLAIM, params).one()
         except sa_exc.OperationalError as exc:
@@ -301,7 +302,7 @@ class MessageStore:
                 store_dbapi.complete(connection, {
                     "scope": key.scope, "message_id": key.message_id, "status": status,
                     "headers": json.dumps(headers), "body": body,
-                })
+                }, prepared=self._prepared)
                 return
             connection.execute(_COMPLETE, {
                 "key_scope": key.scope, "key_id": key.message_id,

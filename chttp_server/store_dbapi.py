@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["supports", "claim", "complete", "lookup", "CLAIM", "COMPLETE", "LOOKUP",
+__all__ = ["supports", "prepares", "claim", "complete", "lookup", "CLAIM", "COMPLETE", "LOOKUP",
            "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
@@ -91,8 +91,9 @@ _COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("chttp_complete_1", COMPLETE, (
     ("status", "integer"), ("headers", "text"), ("body", "bytea"), ("scope", "text"),
     ("message_id", "text"),
 ))
-#: Where a pooled connection remembers what it has prepared (its pool record's ``info``,
-#: which lives exactly as long as the DB-API connection: a reconnect prepares again).
+#: Where a pooled connection remembers what it has prepared: its pool record's ``info``,
+#: which SQLAlchemy's own pools keep exactly as long as the DB-API connection (a
+#: reconnect is a new record and prepares again). See :func:`prepares`.
 _PREPARED_KEY = "chttp_prepared_statements"
 
 #: Rows of :data:`CLAIM` and of :data:`LOOKUP`, with the attribute names of a SQLAlchemy row.
@@ -105,20 +106,36 @@ def supports(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2"
 
 
-def claim(connection: Connection, params: dict[str, Any]) -> Any:
+def prepares(engine: Engine) -> bool:
+    """True if the statements can be prepared once per connection on this engine.
+
+    Only on SQLAlchemy's own pools, whose records live as long as their connections.
+    A pool of another package may hand one session out through fresh records (the
+    Django front end's pool wraps Django's connection anew on every checkout): there
+    the second ``PREPARE`` would fail, so the literal statements run instead.
+    """
+    return type(engine.pool).__module__.startswith("sqlalchemy.")
+
+
+def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
     """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name)."""
-    _prepare(connection, _CLAIM_PREPARE)
-    return _ClaimRow._make(_run(connection, CLAIM_EXECUTE, params, fetch=True))
+    if prepared:
+        _prepare(connection, _CLAIM_PREPARE)
+        return _ClaimRow._make(_run(connection, CLAIM_EXECUTE, params, fetch=True))
+    return _ClaimRow._make(_run(connection, CLAIM, params, fetch=True))
 
 
-def complete(connection: Connection, params: dict[str, Any]) -> None:
+def complete(connection: Connection, params: dict[str, Any], *, prepared: bool) -> None:
     """Run :data:`COMPLETE` (params: scope, message_id, status, headers, body)."""
-    _prepare(connection, _COMPLETE_PREPARE)
-    _run(connection, COMPLETE_EXECUTE, params, fetch=False)
+    if prepared:
+        _prepare(connection, _COMPLETE_PREPARE)
+        _run(connection, COMPLETE_EXECUTE, params, fetch=False)
+    else:
+        _run(connection, COMPLETE, params, fetch=False)
 
 
 def _prepare(connection: Connection, prepare: str) -> None:
-    """Prepare once per DB-API connection (``PREPARE`` survives a rollback)."""
+    """Prepare once per connection (``PREPARE`` survives a rollback)."""
     done: set[str] = connection.connection.info.setdefault(_PREPARED_KEY, set())
     if prepare not in done:
         _run(connection, prepare, None, fetch=False)
