@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="run only these scenario groups")
     parser.add_argument("--python-load", action="store_true",
                         help="use the Python load generator even if wrk is installed")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the results as JSON (e.g. docs/bench.json)")
+    parser.add_argument("--png", default=None, metavar="PATH",
+                        help="also draw them with matplotlib (e.g. docs/bench.png)")
     args = parser.parse_args(argv)
     quick = args.quick
     return Options(
@@ -46,6 +50,8 @@ def parse_args(argv: list[str] | None) -> Options:
         use_wrk=not args.python_load,
         sender_functions=20 if quick else 200,
         only=frozenset(args.only or ()),
+        json_path=args.json,
+        png_path=args.png,
     )
 
 
@@ -56,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
               "(rows are labelled; its own overhead caps the HTTP figures)", file=sys.stderr)
     results = run_all(options)
     print(render(results, options))
+    if options.json_path or options.png_path:
+        from bench.figures import draw, results_to_json, write_json
+
+        data = results_to_json(results, options)
+        if options.json_path:
+            write_json(data, options.json_path)
+        if options.png_path:
+            draw(data, options.png_path)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The benchmarked application, in its three dresses: bare, certified and peer.
 
 One WSGI function serves all three, so the only difference between the rows of the
-table is the middleware. ``POST /items`` inserts one row into ``bench_items``: in its own
+table is the middleware. ``POST /transfer`` is the realistic handler (lock an account
+row, update it, insert a ledger entry, read both back). ``POST /items`` inserts one row into ``bench_items``: in its own
 transaction when bare (or behind the peer, which keeps its records in transactions of its
 own), and through the certified request's shared connection when
 ``environ["chttp.context"]`` is present. ``GET /pid`` answers the worker's pid, so the
@@ -13,7 +14,9 @@ environment (``BENCH_MODE`` = ``bare`` | ``certified`` | ``peer``, ``BENCH_DB_UR
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import threading
 from typing import Any, Callable, Iterable
 
@@ -27,6 +30,16 @@ __all__ = ["make_app", "application", "MODES"]
 MODES = ("bare", "certified", "peer")
 
 _INSERT = text("INSERT INTO bench_items (message_id, payload) VALUES (:message_id, :payload)")
+
+#: The realistic handler (``POST /transfer``): the statements of a typical API write.
+_LOCK_ACCOUNT = text("SELECT balance FROM bench_accounts WHERE id = :id FOR UPDATE")
+_UPDATE_ACCOUNT = text("UPDATE bench_accounts SET balance = balance + :amount WHERE id = :id")
+_LOG_ENTRY = text("INSERT INTO bench_ledger (account_id, amount, message_id) "
+                  "VALUES (:id, :amount, :message_id) RETURNING id")
+_READ_BACK = text("SELECT a.balance, l.created_at FROM bench_accounts a "
+                  "JOIN bench_ledger l ON l.account_id = a.id WHERE a.id = :id AND l.id = :entry")
+#: Accounts the transfers spread over (bench/cluster.py creates them).
+ACCOUNTS = 1000
 _CREATED = ("201 Created", [("Content-Type", "application/json"), ("Content-Length", "12")])
 _CREATED_BODY = b'{"ok": true}'
 
@@ -42,6 +55,8 @@ def items_app(engine: Engine) -> Callable[..., Iterable[bytes]]:
             start_response("200 OK", [("Content-Type", "text/plain"),
                                       ("Content-Length", str(len(body)))])
             return [body]
+        if path == "/transfer" and method == "POST":
+            return transfer(environ, start_response)
         if path != "/items" or method != "POST":
             start_response("404 Not Found", [("Content-Length", "0")])
             return [b""]
@@ -58,7 +73,34 @@ def items_app(engine: Engine) -> Callable[..., Iterable[bytes]]:
         start_response(*_CREATED)
         return [_CREATED_BODY]
 
+    def transfer(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        """Lock an account, update it, log the entry, read both back: five statements."""
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        amount = int(json.loads(environ["wsgi.input"].read(length) or b"{}").get("amount", 1))
+        account = random.randrange(1, ACCOUNTS + 1)
+        context = environ.get(ENVIRON_KEY)
+        if context is not None:
+            result = _transfer_in(context.connection, account, amount, context.message_id)
+        else:
+            with engine.begin() as connection:
+                result = _transfer_in(connection, account, amount, None)
+        body = json.dumps(result).encode()
+        start_response("201 Created", [("Content-Type", "application/json"),
+                                       ("Content-Length", str(len(body)))])
+        return [body]
+
     return app
+
+
+def _transfer_in(connection: Any, account: int, amount: int,
+                 message_id: str | None) -> dict[str, Any]:
+    connection.execute(_LOCK_ACCOUNT, {"id": account}).one()
+    connection.execute(_UPDATE_ACCOUNT, {"id": account, "amount": amount})
+    entry = connection.execute(_LOG_ENTRY, {"id": account, "amount": amount,
+                                            "message_id": message_id}).scalar_one()
+    balance, created = connection.execute(_READ_BACK, {"id": account, "entry": entry}).one()
+    return {"account": account, "balance": balance, "entry": entry,
+            "at": created.isoformat()}
 
 
 def make_app(mode: str, db_url: str, *, pool_size: int = 8) -> Callable[..., Iterable[bytes]]:
@@ -70,7 +112,9 @@ def make_app(mode: str, db_url: str, *, pool_size: int = 8) -> Callable[..., Ite
     if mode == "certified":
         from chttp_server import CertifiedMiddleware
 
-        store_engine = make_engine(db_url, pool_size=pool_size, max_overflow=pool_size)
+        # As the middleware makes its own from a URL: no pre-ping (the claim retries).
+        store_engine = make_engine(db_url, pool_size=pool_size, max_overflow=pool_size,
+                                   pool_pre_ping=False)
         return CertifiedMiddleware(app, engine=store_engine)
     if mode == "peer":
         # idemkit's documented WSGI set-up: WSGIIdempotencyMiddleware with

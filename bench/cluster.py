@@ -18,7 +18,7 @@ import psycopg2
 from chttp_core import migrate
 from chttp_server.testing import PostgresCluster
 
-__all__ = ["BenchDatabase", "ITEMS_DDL"]
+__all__ = ["BenchDatabase", "ITEMS_DDL", "ACCOUNTS_DDL"]
 
 #: The application's own table: one row per POST, bare or certified alike.
 ITEMS_DDL = """
@@ -26,6 +26,23 @@ CREATE TABLE IF NOT EXISTS bench_items (
     id bigserial PRIMARY KEY,
     message_id text,
     payload text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+#: The realistic scenario's tables (bench/app.py ``POST /transfer``): accounts, a ledger.
+ACCOUNTS_DDL = """
+CREATE TABLE IF NOT EXISTS bench_accounts (
+    id integer PRIMARY KEY,
+    balance bigint NOT NULL DEFAULT 0
+);
+INSERT INTO bench_accounts (id) SELECT g FROM generate_series(1, 1000) AS g
+    ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS bench_ledger (
+    id bigserial PRIMARY KEY,
+    account_id integer NOT NULL REFERENCES bench_accounts (id),
+    amount bigint NOT NULL,
+    message_id text,
     created_at timestamptz NOT NULL DEFAULT now()
 )
 """
@@ -55,6 +72,7 @@ class BenchDatabase:
         self.url = self.cluster.create_database(self.name)
         migrate.upgrade(self.url)
         self.execute(ITEMS_DDL)
+        self.execute(ACCOUNTS_DDL)
         return self
 
     def __exit__(self, *exc_info: object) -> None:

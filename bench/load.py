@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["LoadResult", "LoadSpec", "run_load", "median_result", "wrk_available", "WRK_INSTALL_HINT", "BODY",
-           "PATH"]
+           "PATH", "TRANSFER_PATH"]
 
 PATH = "/items"
+#: The realistic handler of bench/app.py: five statements in the request's transaction.
+TRANSFER_PATH = "/transfer"
 BODY = '{"amount": 1}'
 WRK_INSTALL_HINT = "wrk not found: install it (Debian/Ubuntu: apt-get install -y wrk)"
 
@@ -86,6 +88,7 @@ class LoadSpec:
     header: str = "X-Message-ID"      # or "Idempotency-Key" for the peer
     replay_prefix: str = "r-"
     replay_ids: int = 0
+    path: str = PATH                  # PATH (minimal handler) or TRANSFER_PATH (realistic)
 
 
 @dataclass
@@ -114,7 +117,7 @@ def run_load(spec: LoadSpec, *, use_wrk: bool = True) -> LoadResult:
 def _run_wrk(spec: LoadSpec) -> LoadResult:
     with tempfile.TemporaryDirectory(prefix="chttp-bench-wrk-") as tmp:
         script = Path(tmp) / "bench.lua"
-        script.write_text(_LUA.replace("__PATH__", PATH).replace("__BODY__", BODY))
+        script.write_text(_LUA.replace("__PATH__", spec.path).replace("__BODY__", BODY))
         threads = min(spec.concurrency, 2)
         quoted = "quoted" if spec.header.lower() == "idempotency-key" else "plain"
         command = [
@@ -169,7 +172,7 @@ def _run_python(spec: LoadSpec) -> LoadResult:
                 headers[spec.header] = f'"{ident}"' if quoted else ident
             began = time.perf_counter()
             try:
-                connection.request("POST", PATH, body=BODY, headers=headers)
+                connection.request("POST", spec.path, body=BODY, headers=headers)
                 response = connection.getresponse()
                 response.read()
                 if response.status >= 400:

@@ -14,7 +14,7 @@ from bench.load import LoadResult
 if TYPE_CHECKING:
     from bench.scenarios import Options, Results
 
-__all__ = ["render"]
+__all__ = ["render", "RATIOS", "ratio_rows"]
 
 
 def _row(name: str, concurrency: object, result: LoadResult) -> str:
@@ -39,6 +39,31 @@ def _verdict(value: float, target: float, *, at_least: bool = True) -> str:
     return "met" if ok else "MISSED"
 
 
+#: The throughput ratios of issue 12 and their targets: (label, numerator row,
+#: denominator row, target). Compared, printed and drawn; never asserted.
+RATIOS: tuple[tuple[str, str, str, float], ...] = (
+    ("certified / bare", "certified", "bare", 0.85),
+    ("replay / bare", "replay", "bare", 1.0),
+    ("certified / peer", "certified", "peer (idemkit)", 2.0),
+    ("transfer cert / bare", "certified /transfer", "bare /transfer", 0.92),
+    ("transfer cert / peer", "certified /transfer", "peer /transfer", 2.0),
+)
+
+
+def ratio_rows(grid: dict[tuple[str, int], LoadResult],
+               concurrencies: tuple[int, ...]) -> list[dict[str, object]]:
+    """Every ratio of :data:`RATIOS` whose two rows ran, per concurrency."""
+    rows: list[dict[str, object]] = []
+    for c in concurrencies:
+        for label, numerator, denominator, target in RATIOS:
+            top, bottom = grid.get((numerator, c)), grid.get((denominator, c))
+            if top and bottom:
+                value = _ratio(top.rps, bottom.rps)
+                rows.append({"ratio": label, "concurrency": c, "value": value,
+                             "target": target, "verdict": _verdict(value, target)})
+    return rows
+
+
 def render(results: Results, options: Options) -> str:
     lines: list[str] = []
     s = results.settings
@@ -60,26 +85,17 @@ def render(results: Results, options: Options) -> str:
         lines.append("")
         lines.append("ratios (throughput)       conc   value  target")
         lines.append("-" * 50)
+        ratios = ratio_rows(results.grid, options.concurrencies)
         for c in options.concurrencies:
             grid = results.grid
             bare = grid.get(("bare", c))
             certified = grid.get(("certified", c))
-            replay = grid.get(("replay", c))
-            peer = grid.get(("peer (idemkit)", c))
             floor = grid.get(("floor (pgbench)", c))
-            if bare and certified:
-                value = _ratio(certified.rps, bare.rps)
-                lines.append(f"certified / bare         {c:>4} {value:>7.2f}  >= 0.85 "
-                             f"{_verdict(value, 0.85)}")
-            if bare and replay:
-                value = _ratio(replay.rps, bare.rps)
-                lines.append(f"replay / bare            {c:>4} {value:>7.2f}  >= 1.00 "
-                             f"{_verdict(value, 1.0)}")
-            if peer and certified:
-                value = _ratio(certified.rps, peer.rps)
-                lines.append(f"certified / peer         {c:>4} {value:>7.2f}  >= 1.50 "
-                             f"{_verdict(value, 1.5)}")
-            elif certified:
+            for row in ratios:
+                if row["concurrency"] == c:
+                    lines.append(f"{row['ratio']:<24} {c:>4} {row['value']:>7.2f}  "
+                                 f">= {row['target']:.2f} {row['verdict']}")
+            if certified and not grid.get(("peer (idemkit)", c)):
                 lines.append(f"certified / peer         {c:>4}     n/a  (peer skipped)")
             if floor and certified:
                 value = _ratio(certified.rps, floor.rps)
@@ -151,4 +167,27 @@ def render(results: Results, options: Options) -> str:
                 f"{sender['journal_xact_commits_per_function']:.2f} xact_commit in the journal "
                 f"database; receiver database {sender['receiver_xact_commits_per_function']:.2f}"
                 " xact_commit per function")
+            lines += _dbos_lines(sender)
     return "\n".join(lines)
+
+
+def _dbos_lines(sender: dict[str, object]) -> list[str]:
+    """The same function as a DBOS workflow, side by side with the resumable one."""
+    dbos = sender.get("dbos")
+    if not isinstance(dbos, dict):
+        return []
+    if "skipped" in dbos:
+        return [f"  DBOS: skipped: {dbos['skipped']}"]
+    ratio = _ratio(float(sender["functions_per_s"]),  # type: ignore[arg-type]
+                   float(dbos["functions_per_s"]))
+    ours = float(sender["journal_xact_commits_per_function"])  # type: ignore[arg-type]
+    theirs = float(dbos["xact_commits_per_function_less_idle"])
+    fewer = "fewer" if ours < theirs else "NOT fewer"
+    return [
+        f"  DBOS workflow (10 steps + 1 POST step), one caller: {dbos['functions_per_s']:.1f} "
+        f"functions/s; answers {dbos['statuses']}; {dbos['xact_commits_per_function']:.2f} "
+        f"xact_commit per function in its system database ({theirs:.2f} less its idle "
+        f"pollers' {dbos['idle_xact_commits_per_s']:.1f}/s)",
+        f"  resumable / DBOS: {ratio:.2f} in functions/s (target >= 1.50 "
+        f"{_verdict(ratio, 1.5)}); commits per function {ours:.2f} vs {theirs:.2f} ({fewer})",
+    ]

@@ -18,7 +18,7 @@ from typing import Callable
 
 from bench.cluster import BenchDatabase, DatabaseSettings
 from bench.floor import pgbench_floor
-from bench.load import BODY, PATH, LoadResult, LoadSpec, median_result, run_load
+from bench.load import BODY, PATH, TRANSFER_PATH, LoadResult, LoadSpec, median_result, run_load
 from bench.servers import Server
 
 __all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES"]
@@ -51,6 +51,8 @@ class Options:
     use_wrk: bool = True
     sender_functions: int = 200                    # resumable functions in the sender run
     only: frozenset[str] = frozenset()             # empty: every scenario
+    json_path: str | None = None                   # where to write the results as JSON
+    png_path: str | None = None                    # where to draw them (matplotlib PNG)
 
 
 @dataclass
@@ -183,6 +185,15 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
     if "peer" in servers:
         runs.append(("peer (idemkit)", lambda c: _load(options, servers["peer"], c,
                                                        kind="new", header="Idempotency-Key")))
+    # The realistic handler (issue 12): lock, update, log, read back, on the same servers.
+    runs.append(("bare /transfer", lambda c: _load(options, servers["bare"], c, kind="none",
+                                                   path=TRANSFER_PATH)))
+    runs.append(("certified /transfer", lambda c: _load(options, servers["certified"], c,
+                                                        kind="new", path=TRANSFER_PATH)))
+    if "peer" in servers:
+        runs.append(("peer /transfer", lambda c: _load(options, servers["peer"], c, kind="new",
+                                                       header="Idempotency-Key",
+                                                       path=TRANSFER_PATH)))
     if "django-bare" in servers and "django-certified" in servers:
         runs.append(("django bare", lambda c: _load(options, servers["django-bare"], c,
                                                     kind="none")))

@@ -23,9 +23,14 @@ if TYPE_CHECKING:
     from bench.cluster import BenchDatabase
     from bench.scenarios import Options
 
-__all__ = ["run_sender", "PERSIST_STEPS"]
+__all__ = ["run_sender", "PERSIST_STEPS", "STATS_FLUSH_WAIT"]
 
 PERSIST_STEPS = 10
+
+#: PostgreSQL 15+ backends report their commits to ``pg_stat_database`` when they go
+#: idle, at most every 10 s (``PGSTAT_IDLE_INTERVAL``); pooled connections sit idle,
+#: so a delta read sooner misses most of them (the 0.0 of earlier runs).
+STATS_FLUSH_WAIT = 11.0
 
 
 def _xact_commits(db: BenchDatabase, database: str) -> int:
@@ -69,6 +74,7 @@ def run_sender(db: BenchDatabase, options: Options) -> dict[str, object]:
             transfer(0)  # schema, pools and code paths warm before the clock starts
             journal.wait_for_acknowledgements()
             commits["journal"] = 0
+            time.sleep(STATS_FLUSH_WAIT)
             before_journal = _xact_commits(db, journal_db)
             before_receiver = _xact_commits(db, db.name)
             statuses: dict[int, int] = {}
@@ -79,7 +85,7 @@ def run_sender(db: BenchDatabase, options: Options) -> dict[str, object]:
             elapsed = time.perf_counter() - began
             engine_commits_at_return = commits["journal"]
             journal.wait_for_acknowledgements()
-            time.sleep(0.7)  # pg_stat_database is updated by backends at most every 500 ms
+            time.sleep(STATS_FLUSH_WAIT)
             functions = options.sender_functions
             engine_commits_with_acks = commits["journal"]
             after_journal = _xact_commits(db, journal_db)
@@ -91,7 +97,14 @@ def run_sender(db: BenchDatabase, options: Options) -> dict[str, object]:
                 / PERSIST_STEPS
             per_send = engine_commits_per_function(0, 2, variants) - base
             journal.wait_for_acknowledgements()
+            from bench.dbos_sender import run_dbos
+
+            try:
+                dbos = run_dbos(db, server.address, functions)
+            except Exception as exc:  # report the failure, keep the resumable figures
+                dbos = {"skipped": f"DBOS run failed: {type(exc).__name__}: {exc}"}
             return {
+                "dbos": dbos,
                 "commits_per_extra_persist": per_persist,
                 "commits_per_extra_send": per_send,
                 "commits_0_persist_1_send": base,

@@ -182,7 +182,10 @@ class CertifiedMiddleware:
         self.app = app
         if engine is None:
             assert db_url is not None  # exactly one of them, checked above
-            engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout)
+            # No pre-ping: the claim, a transaction's first statement, is retried once on
+            # a fresh connection instead (MessageTransaction.claim): a round trip saved
+            # on every request.
+            engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout, pool_pre_ping=False)
         else:
             # A SQLite engine made elsewhere gets WAL and BEGIN IMMEDIATE (chttp_core.db):
             # without them a claim is not serialised and savepoints do not work.

@@ -34,7 +34,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     LargeBinary,
-    Row,
     bindparam,
     delete,
     func,
@@ -50,6 +49,7 @@ from chttp_core import migrate
 from chttp_core.db import begin_immediately, is_disconnect
 from chttp_core.errors import ClaimTimedOut, StoreUnreachable
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
+from chttp_server import store_dbapi
 
 __all__ = ["MessageKey", "StoredMessage", "MessageStore", "unreachable_as_store_error", "utcnow"]
 
@@ -140,7 +140,8 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def _row_to_message(row: Row[Any]) -> StoredMessage:
+def _row_to_message(row: Any) -> StoredMessage:
+    # A SQLAlchemy Row or a store_dbapi named tuple: the same attribute names.
     headers = json.loads(row.headers) if row.headers is not None else None
     return StoredMessage(
         key=MessageKey(row.scope, row.message_id),
@@ -164,12 +165,18 @@ class MessageStore:
         retention: timedelta,
         claim_timeout: float,
         clock: Callable[[], datetime] = utcnow,
+        # False: SQLAlchemy statements on every driver (the portable path, kept tested).
+        dbapi_statements: bool = True,
     ) -> None:
         self.engine = engine
         self.retention = retention
         self.claim_timeout = claim_timeout
         self.clock = clock
         self._postgresql = engine.dialect.name == "postgresql"
+        #: psycopg2: the claim and the stored response skip SQLAlchemy's execution
+        #: layer (chttp_server.store_dbapi); any other driver runs the statements below.
+        self._dbapi = dbapi_statements and store_dbapi.supports(engine)
+        self._prepared = self._dbapi and store_dbapi.prepares(engine)
 
     # -- connections -----------------------------------------------------------------
 
@@ -271,7 +278,11 @@ class MessageStore:
             "lock_timeout": f"{int(self.claim_timeout * 1000)}ms",
         }
         try:
-            row = connection.execute(_PG_CLAIM, params).one()
+            row: Any
+            if self._dbapi:
+                row = store_dbapi.claim(connection, params, prepared=self._prepared)
+            else:
+                row = connection.execute(_PG_CLAIM, params).one()
         except sa_exc.OperationalError as exc:
             if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
                 raise ClaimTimedOut(
@@ -287,6 +298,12 @@ class MessageStore:
     ) -> None:
         """Store the response of the message claimed by this transaction."""
         with _UNREACHABLE:
+            if self._dbapi:
+                store_dbapi.complete(connection, {
+                    "scope": key.scope, "message_id": key.message_id, "status": status,
+                    "headers": json.dumps(headers), "body": body,
+                }, prepared=self._prepared)
+                return
             connection.execute(_COMPLETE, {
                 "key_scope": key.scope, "key_id": key.message_id,
                 "new_status": status, "new_headers": json.dumps(headers), "new_body": body,
@@ -296,9 +313,13 @@ class MessageStore:
 
     def lookup(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
         with _UNREACHABLE:
-            row = connection.execute(
-                _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
-            ).first()
+            row: Any
+            if self._dbapi:
+                row = store_dbapi.lookup(connection, key.scope, key.message_id)
+            else:
+                row = connection.execute(
+                    _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
+                ).first()
         return _row_to_message(row) if row is not None else None
 
     def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:

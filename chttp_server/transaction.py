@@ -224,7 +224,12 @@ class MessageTransaction:
         """
         now = self.store.clock()
         with self.observed.claim(), self._errors():
-            existing = self.store.claim(self.connection, self.key, message.fingerprint, now)
+            try:
+                existing = self.store.claim(self.connection, self.key, message.fingerprint, now)
+            except StoreUnreachable as exc:
+                if not self._reconnected_after(exc):
+                    raise
+                existing = self.store.claim(self.connection, self.key, message.fingerprint, now)
             if existing is not None:
                 self.rollback()
         if existing is not None:
@@ -234,6 +239,24 @@ class MessageTransaction:
         check_fresh_claim(message, now, self.store.retention)
         self.received_at = now
         return None
+
+    def _reconnected_after(self, error: StoreUnreachable) -> bool:
+        """After a first statement that met a dead pooled connection: begin on a fresh one.
+
+        The store's engine has no pre-ping (a ``SELECT 1`` round trip on every checkout,
+        the costliest part of a certified request beyond the application's own work), so
+        a connection the database dropped while it sat in the pool fails the claim, the
+        first statement of the transaction: nothing of it ran. SQLAlchemy then
+        invalidates the whole pool; one retry on a fresh connection is safe, and if the
+        store is really down the reconnect fails and the answer is 503 (docs/protocol.rst §4).
+        Own mode only: a joined connection belongs to the front end.
+        """
+        cause = error.__cause__
+        if self.joined or not (isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated):
+            return False
+        self.close()
+        self._connection = self.store.begin()
+        return True
 
     def handler_errors(self) -> AbstractContextManager[None]:
         """Around the handler's run: a statement that lost the store's connection is 503.

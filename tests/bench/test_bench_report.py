@@ -67,3 +67,70 @@ def test_report_has_the_django_ratio_when_both_django_rows_ran() -> None:
     line = next(l for l in text.splitlines() if l.startswith("django certified / bare"))
     assert "0.75" in line
     assert "django bare" in text and "django certified" in text
+
+
+def _run_with_everything() -> tuple[Results, Options]:
+    options = Options(concurrencies=(1, 4))
+    results = Results(tool="wrk")
+    for c in (1, 4):
+        results.grid.update({
+            ("bare", c): _result(100 * c), ("certified", c): _result(90 * c),
+            ("replay", c): LoadResult(rps=float("nan"), p50_ms=1.0, p99_ms=3.0,
+                                       requests=0, errors=0, tool="wrk"), ("peer (idemkit)", c): _result(30 * c),
+            ("bare /transfer", c): _result(50 * c), ("certified /transfer", c): _result(40 * c),
+        })
+    results.purge = {"before": _result(100), "during": _result(85), "concurrency": 4,
+                     "deleted": 10, "purge_seconds": 1.0, "window_seconds": 1.0}
+    return results, options
+
+
+def test_results_json_round_trips_and_carries_the_ratios(tmp_path) -> None:
+    from bench.figures import read_json, results_to_json, write_json
+
+    results, options = _run_with_everything()
+    data = results_to_json(results, options)
+    path = tmp_path / "bench.json"
+    write_json(data, path)
+    assert read_json(path) == data
+    certified = next(r for r in data["grid"] if r["scenario"] == "certified"
+                     and r["concurrency"] == 4)
+    assert certified["rps"] == 360
+    replay = next(r for r in data["grid"] if r["scenario"] == "replay")
+    assert replay["rps"] is None  # NaN is not JSON: it becomes null
+    ratio = next(r for r in data["ratios"] if r["ratio"] == "transfer cert / bare"
+                 and r["concurrency"] == 1)
+    assert (ratio["value"], ratio["target"], ratio["verdict"]) == (0.8, 0.92, "MISSED")
+    assert data["purge"]["during"]["rps"] == 85
+
+
+def test_the_picture_is_a_png_drawn_from_the_json(tmp_path) -> None:
+    from bench.figures import draw, main, results_to_json, write_json
+
+    results, options = _run_with_everything()
+    data = results_to_json(results, options)
+    picture = tmp_path / "bench.png"
+    draw(data, picture)
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    write_json(data, tmp_path / "bench.json")
+    redrawn = tmp_path / "again.png"
+    assert main([str(tmp_path / "bench.json"), str(redrawn)]) == 0
+    assert redrawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_shows_the_realistic_ratio_and_the_dbos_comparison() -> None:
+    results, options = _run_with_everything()
+    results.sender = {
+        "functions": 10, "functions_per_s": 30.0, "statuses": {201: 10},
+        "journal_commits_per_send": 2.0, "commits_per_extra_send": 1.0,
+        "commits_0_persist_1_send": 2.0, "commits_per_extra_persist": 0.0,
+        "journal_commits_per_function_with_acks": 2.0,
+        "journal_xact_commits_per_function": 4.0, "receiver_xact_commits_per_function": 2.0,
+        "dbos": {"functions": 10, "functions_per_s": 10.0, "statuses": {201: 10},
+                 "xact_commits_per_function": 50.0, "idle_xact_commits_per_s": 1.0,
+                 "xact_commits_per_function_less_idle": 40.0},
+    }
+    text = render(results, options)
+    line = next(l for l in text.splitlines() if l.startswith("transfer cert / bare"))
+    assert "0.80" in line and line.split()[-1] == "MISSED"
+    dbos = next(l for l in text.splitlines() if "resumable / DBOS" in l)
+    assert "3.00" in dbos and "met" in dbos and "4.00 vs 40.00 (fewer)" in dbos

@@ -110,7 +110,7 @@ def test_store_down_mid_traffic_fails_closed_and_recovers(cluster, outage_url):
         assert counting.plain_runs == 1
 
         cluster.start()
-        # The pooled connection died with the server; the pre-ping replaces it.
+        # The pooled connection died with the server; the claim retries on a fresh one.
         recovered = post(app, "during-1")
         assert recovered.status_int == 200
         assert "Idempotent-Replayed" not in recovered.headers
@@ -185,4 +185,31 @@ def test_store_back_with_a_schema_behind_the_code_keeps_answering_503(cluster):
         engine.dispose()
         assert post(app, "x").status_int == 200
     finally:
+        middleware.engine.dispose()
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_without_an_error(cluster, outage_url):
+    """No pre-ping on the store's engine: the claim meets the dead connection and is
+    retried once on a fresh one, so the sender never sees the drop (issue 12)."""
+    counting = CountingApp()
+    middleware = CertifiedMiddleware(counting, db_url=outage_url)
+    assert middleware.engine.pool._pre_ping is False  # the retry, not a ping, recovers
+    app = webtest.TestApp(middleware)
+    killer = make_engine(outage_url)
+    try:
+        assert post(app, "first").status_int == 200  # leaves a pooled connection behind
+        with killer.begin() as connection:
+            killed = connection.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar_one()
+        assert killed >= 1
+        response = post(app, "second")
+        assert response.status_int == 200
+        assert "Idempotent-Replayed" not in response.headers
+        assert post(app, "first").headers["Idempotent-Replayed"] == "true"
+        assert counting.certified_runs == ["first", "second"]
+        assert count_writes(middleware.engine, "outage") == 2
+    finally:
+        killer.dispose()
         middleware.engine.dispose()

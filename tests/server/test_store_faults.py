@@ -47,13 +47,15 @@ class Killer:
         self.engine = engine
         self.admin = make_engine(admin_url)
         self.armed: Callable[[str], bool] | None = None
+        self.times = 0
         self.kills = 0
         event.listen(engine, "before_cursor_execute", self._on_statement)
         event.listen(engine, "rollback", self._on_rollback)
         event.listen(engine, "commit", self._on_commit)
 
-    def arm(self, condition: Callable[[str], bool]) -> None:
+    def arm(self, condition: Callable[[str], bool], *, times: int = 1) -> None:
         self.armed = condition
+        self.times = times
 
     def _kill(self, connection) -> None:
         pid = connection.connection.dbapi_connection.get_backend_pid()
@@ -65,7 +67,9 @@ class Killer:
 
     def _fire(self, connection, what: str) -> None:
         if self.armed is not None and self.armed(what):
-            self.armed = None
+            self.times -= 1
+            if self.times <= 0:
+                self.armed = None
             self._kill(connection)
 
     def _on_statement(self, connection, _cursor, statement, *_rest) -> None:
@@ -104,24 +108,45 @@ def rig(pg_engine, pg_url):
 
 
 def is_claim(statement: str) -> bool:
-    return statement.startswith("WITH claim AS")
+    # The SQLAlchemy statement, or the prepared one psycopg2 runs (chttp_server.store_dbapi).
+    return statement.startswith(("WITH claim AS", "EXECUTE chttp_claim"))
+
+
+def test_a_claim_killed_once_is_retried_on_a_fresh_connection(rig, pg_engine):
+    """The first statement met a dead connection, nothing ran: the retry answers (issue 12)."""
+    app, killer = rig
+    first = post(app, "k1")
+    assert first.status_int == 201
+    killer.arm(is_claim)
+    again = post(app, "k1")
+    assert killer.kills == 1
+    assert again.status_int == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    fresh = post(app, "k2")
+    assert fresh.status_int == 201 and "Idempotent-Replayed" not in fresh.headers
+    killer.arm(is_claim)
+    assert post(app, "k3").status_int == 201  # a new message's claim, killed once
+    assert killer.kills == 2
+    assert count_writes(pg_engine, "echo") == 3
 
 
 def is_lookup(statement: str) -> bool:
     return statement.lstrip().upper().startswith("SELECT") and "chttp_messages" in statement
 
 
-@pytest.mark.parametrize("point", [
-    pytest.param(is_claim, id="replay-read"),
-    pytest.param(lambda what: what == "ROLLBACK", id="replay-rollback"),
+@pytest.mark.parametrize("point, kills", [
+    # The claim is the transaction's first statement: killed once, it is retried on a
+    # fresh connection (no pre-ping, issue 12); killed on the retry too, it is 503.
+    pytest.param(is_claim, 2, id="replay-read"),
+    pytest.param(lambda what: what == "ROLLBACK", 1, id="replay-rollback"),
 ])
-def test_store_killed_during_a_replay_is_503_then_replays(rig, pg_engine, point):
+def test_store_killed_during_a_replay_is_503_then_replays(rig, pg_engine, point, kills):
     app, killer = rig
     first = post(app, "r1")
     assert first.status_int == 201
-    killer.arm(point)
+    killer.arm(point, times=kills)
     assert_generic_503(post(app, "r1"))
-    assert killer.kills == 1
+    assert killer.kills == kills
     again = post(app, "r1")
     assert again.status_int == 201
     assert again.headers["Idempotent-Replayed"] == "true"
@@ -130,7 +155,8 @@ def test_store_killed_during_a_replay_is_503_then_replays(rig, pg_engine, point)
 
 
 @pytest.mark.parametrize("point", [
-    pytest.param(lambda what: what.lstrip().upper().startswith("UPDATE"), id="completion"),
+    pytest.param(lambda what: what.lstrip().upper().startswith(("UPDATE", "EXECUTE CHTTP_COMPLETE")),
+                 id="completion"),
     pytest.param(lambda what: what == "COMMIT", id="commit"),
 ])
 def test_store_killed_while_storing_is_503_and_the_retry_runs_once(rig, pg_engine, point):

@@ -1,0 +1,119 @@
+"""``python -m bench.profile``: the CPU cost of one request, in process, without HTTP.
+
+HTTP figures on a shared two-core machine move with the neighbours' load; what a
+request costs the server's own process does not move as much. This drives the bench
+application (bench/app.py) directly as a WSGI callable, ``--requests`` times per mode,
+on a durable throwaway cluster, and prints per-request wall and process CPU time
+(``time.process_time``: the server's Python, not PostgreSQL's) and, with ``--cprofile``,
+the top functions. Modes alternate in rounds so drift touches each alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import sys
+import time
+import uuid
+from typing import Any, Callable, Iterable
+
+from bench.cluster import BenchDatabase
+from bench.load import BODY, PATH
+
+__all__ = ["main", "drive"]
+
+
+_PATHS = {"items": PATH, "transfer": "/transfer"}
+_path = PATH
+
+
+def _environ(message_id: str | None) -> dict[str, Any]:
+    body = BODY.encode()
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": _path, "SCRIPT_NAME": "", "QUERY_STRING": "",
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
+    }
+    if message_id is not None:
+        environ["HTTP_X_MESSAGE_ID"] = message_id
+    return environ
+
+
+def drive(app: Callable[..., Iterable[bytes]], ids: Iterable[str | None]) -> tuple[int, float, float]:
+    """Call ``app`` once per id; return (requests, wall seconds, process CPU seconds)."""
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        statuses.append(status)
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    count = 0
+    for message_id in ids:
+        for _chunk in app(_environ(message_id), start_response):
+            pass
+        count += 1
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    bad = [s for s in statuses if not s.startswith(("200", "201"))]
+    if bad:
+        raise RuntimeError(f"{len(bad)} failed requests, e.g. {bad[0]}")
+    return count, wall, cpu
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.app import make_app
+
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", default=["bare", "certified", "replay"])
+    parser.add_argument("--cprofile", choices=["bare", "certified", "replay"], default=None)
+    parser.add_argument("--scenario", choices=sorted(_PATHS), default="items")
+    args = parser.parse_args(argv)
+    global _path
+    _path = _PATHS[args.scenario]
+    with BenchDatabase() as db:
+        apps = {"bare": make_app("bare", db.url),
+                "certified": make_app("certified", db.url)}
+        apps["replay"] = apps["certified"]
+        drive(apps["certified"], ["template"])
+        drive(apps["bare"], [None] * 50)
+        cpu: dict[str, list[float]] = {mode: [] for mode in args.modes}
+        wall: dict[str, list[float]] = {mode: [] for mode in args.modes}
+        for _round in range(args.rounds):
+            for mode in args.modes:
+                tag = uuid.uuid4().hex[:8]
+                ids: list[str | None]
+                if mode == "bare":
+                    ids = [None] * args.requests
+                elif mode == "replay":
+                    ids = ["template"] * args.requests
+                else:
+                    ids = [f"{tag}-{n}" for n in range(args.requests)]
+                n, w, c = drive(apps[mode], ids)
+                cpu[mode].append(c / n * 1e6)
+                wall[mode].append(w / n * 1e6)
+        print(f"{'mode':<10} {'wall us/req':>12} {'cpu us/req':>11}  (median of {args.rounds})")
+        for mode in args.modes:
+            print(f"{mode:<10} {statistics.median(wall[mode]):>12.0f} "
+                  f"{statistics.median(cpu[mode]):>11.0f}")
+        if args.cprofile:
+            mode = args.cprofile
+            ids = ([None] * args.requests if mode == "bare" else
+                   ["template"] * args.requests if mode == "replay" else
+                   [f"p-{n}" for n in range(args.requests)])
+            profiler = cProfile.Profile()
+            profiler.enable()
+            drive(apps[mode], ids)
+            profiler.disable()
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+            print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

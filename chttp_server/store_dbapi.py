@@ -1,0 +1,189 @@
+"""The store's hot statements on PostgreSQL + psycopg2, sent straight to the DB-API cursor.
+
+Why: every certified request runs two store statements (the claim, the stored
+response). Through SQLAlchemy's execution context each costs ~50 µs of Python
+(compiled-cache lookup, parameter processing, result metadata) for SQL that never
+changes; on a CPU-bound two-core server that was a third of what a certified request
+cost beyond the application's own work (issue 12, ``python -m bench.profile``).
+
+The statements still run on the SQLAlchemy :class:`~sqlalchemy.Connection`'s own
+DB-API connection, inside the transaction it began (psycopg2 opens it implicitly on the
+first statement, exactly as under SQLAlchemy), so the claim, the handler's writes and
+the stored response still commit as one (docs/protocol.rst §2). A driver error is
+wrapped as SQLAlchemy would have wrapped it (:meth:`sqlalchemy.exc.DBAPIError.instance`),
+and a lost connection is invalidated first, so the store's one classification of errors
+(:func:`chttp_server.store.unreachable_as_store_error`) and the claim's retry on a
+fresh connection see exactly what they see on the portable path.
+
+The claim and the stored response are server-side prepared statements (``PREPARE`` once
+per connection, then ``EXECUTE``): a pooler in transaction mode (PgBouncer) that moves
+sessions between clients does not keep them; behind one, build the store with
+``MessageStore(..., dbapi_statements=False)``.
+
+SQLAlchemy's ``before_cursor_execute`` / ``after_cursor_execute`` listeners are called
+as SQLAlchemy calls them (without an execution context; a ``retval=True`` listener's
+rewrite is not applied). Other drivers (and SQLite) keep the SQLAlchemy statements of :mod:`chttp_server.store`.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+
+__all__ = ["supports", "prepares", "claim", "complete", "lookup", "CLAIM", "COMPLETE", "LOOKUP",
+           "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
+
+_COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
+            "received_at", "expires_at")
+_SELECT_STORED = ", ".join(f"stored.{name}" for name in _COLUMNS)
+
+#: The claim of :data:`chttp_server.store._PG_CLAIM`, word for word, in psycopg2's
+#: parameter style and with the stored row's columns named (their order is the tuple's).
+CLAIM = (
+    "WITH claim AS ("
+    "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
+    "expires_at) "
+    "SELECT %(scope)s, %(message_id)s, %(fingerprint)s, %(state)s, %(received_at)s, "
+    "%(expires_at)s "
+    "FROM (SELECT set_config('lock_timeout', %(lock_timeout)s || left(set_config("
+    "'chttp.saved_lock_timeout', current_setting('lock_timeout'), true), 0), true)"
+    ") AS bounded_wait "
+    "ON CONFLICT (scope, message_id) DO NOTHING "
+    "RETURNING set_config('lock_timeout', current_setting('chttp.saved_lock_timeout'), true)"
+    ") "
+    f"SELECT (SELECT count(*) FROM claim) AS claimed, {_SELECT_STORED} "
+    "FROM (SELECT 1) AS one LEFT JOIN chttp_messages AS stored "
+    "ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s"
+)
+
+COMPLETE = (
+    "UPDATE chttp_messages SET status = %(status)s, headers = %(headers)s, body = %(body)s "
+    "WHERE scope = %(scope)s AND message_id = %(message_id)s"
+)
+
+LOOKUP = (
+    f"SELECT {', '.join(_COLUMNS)} FROM chttp_messages "
+    "WHERE scope = %(scope)s AND message_id = %(message_id)s"
+)
+
+
+def _prepared(name: str, sql: str, parameters: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """``(PREPARE …, EXECUTE …)`` of ``sql`` whose ``%(name)s`` become ``$n`` of the given types."""
+    body = sql
+    for number, (parameter, _type) in enumerate(parameters, start=1):
+        body = body.replace(f"%({parameter})s", f"${number}")
+    types = ", ".join(sql_type for _name, sql_type in parameters)
+    arguments = ", ".join(f"%({parameter})s" for parameter, _type in parameters)
+    return f"PREPARE {name} ({types}) AS {body}", f"EXECUTE {name} ({arguments})"
+
+
+#: The claim and the stored response as server-side prepared statements, prepared once
+#: per connection: PostgreSQL then neither parses nor plans them per request (the
+#: claim's planning cost about as much as its execution: ~0.1 ms of the server's CPU).
+_CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("chttp_claim_1", CLAIM, (
+    ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
+    ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
+))
+_COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("chttp_complete_1", COMPLETE, (
+    ("status", "integer"), ("headers", "text"), ("body", "bytea"), ("scope", "text"),
+    ("message_id", "text"),
+))
+#: Where a pooled connection remembers what it has prepared: its pool record's ``info``,
+#: which SQLAlchemy's own pools keep exactly as long as the DB-API connection (a
+#: reconnect is a new record and prepares again). See :func:`prepares`.
+_PREPARED_KEY = "chttp_prepared_statements"
+
+#: Rows of :data:`CLAIM` and of :data:`LOOKUP`, with the attribute names of a SQLAlchemy row.
+_ClaimRow = namedtuple("_ClaimRow", ("claimed", *_COLUMNS))  # type: ignore[misc]
+_StoredRow = namedtuple("_StoredRow", _COLUMNS)  # type: ignore[misc]
+
+
+def supports(engine: Engine) -> bool:
+    """True where the statements above run as they are: PostgreSQL through psycopg2."""
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2"
+
+
+def prepares(engine: Engine) -> bool:
+    """True if the statements can be prepared once per connection on this engine.
+
+    Only on SQLAlchemy's own pools, whose records live as long as their connections.
+    A pool of another package may hand one session out through fresh records (the
+    Django front end's pool wraps Django's connection anew on every checkout): there
+    the second ``PREPARE`` would fail, so the literal statements run instead.
+    """
+    return type(engine.pool).__module__.startswith("sqlalchemy.")
+
+
+def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
+    """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name)."""
+    if prepared:
+        _prepare(connection, _CLAIM_PREPARE)
+        return _ClaimRow._make(_run(connection, CLAIM_EXECUTE, params, fetch=True))
+    return _ClaimRow._make(_run(connection, CLAIM, params, fetch=True))
+
+
+def complete(connection: Connection, params: dict[str, Any], *, prepared: bool) -> None:
+    """Run :data:`COMPLETE` (params: scope, message_id, status, headers, body)."""
+    if prepared:
+        _prepare(connection, _COMPLETE_PREPARE)
+        _run(connection, COMPLETE_EXECUTE, params, fetch=False)
+    else:
+        _run(connection, COMPLETE, params, fetch=False)
+
+
+def _prepare(connection: Connection, prepare: str) -> None:
+    """Prepare once per connection (``PREPARE`` survives a rollback)."""
+    done: set[str] = connection.connection.info.setdefault(_PREPARED_KEY, set())
+    if prepare not in done:
+        _run(connection, prepare, None, fetch=False)
+        done.add(prepare)
+
+
+def lookup(connection: Connection, scope: str, message_id: str) -> Any | None:
+    """The stored row (columns by name), or ``None``."""
+    found = _run(connection, LOOKUP, {"scope": scope, "message_id": message_id}, fetch=True)
+    return _StoredRow._make(found) if found is not None else None
+
+
+def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fetch: bool) -> Any:
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    dialect = connection.dialect
+    dbapi = dialect.loaded_dbapi
+    cursor = dbapi_connection.cursor()
+    try:
+        # SQLAlchemy's cursor events still see the statement (tracing, the fault tests'
+        # injected kills); with no listener this is one truth test.
+        if connection.dispatch.before_cursor_execute:
+            for listener in connection.dispatch.before_cursor_execute:
+                listener(connection, cursor, sql, params, None, False)
+        cursor.execute(sql, params)
+        result = cursor.fetchone() if fetch else cursor.rowcount
+        if connection.dispatch.after_cursor_execute:
+            for listener in connection.dispatch.after_cursor_execute:
+                listener(connection, cursor, sql, params, None, False)
+        return result
+    except dbapi.Error as error:
+        if dialect.is_disconnect(error, dbapi_connection, cursor):
+            _fail_through_sqlalchemy(connection, error)
+        raise sa_exc.DBAPIError.instance(sql, params, error, dbapi.Error,
+                                         dialect=dialect) from error
+    finally:
+        cursor.close()
+
+
+def _fail_through_sqlalchemy(connection: Connection, error: Exception) -> None:
+    """Let SQLAlchemy meet the lost connection itself, so it does what it always does.
+
+    A statement through SQLAlchemy on the dead connection fails again, and SQLAlchemy
+    then invalidates this connection and every connection pooled before now (so the
+    claim's one retry really gets a fresh one), and raises the ``DBAPIError`` marked
+    ``connection_invalidated``, which is raised here. Only on this failure path.
+    """
+    try:
+        connection.exec_driver_sql("SELECT 1")
+    except sa_exc.DBAPIError as lost:
+        raise lost from error

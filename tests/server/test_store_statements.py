@@ -1,0 +1,127 @@
+"""The store's two ways to run its statements on PostgreSQL give the same answers.
+
+psycopg2 runs the claim, the stored response and the lookup on the DB-API cursor
+(chttp_server.store_dbapi, issue 12); every other driver runs SQLAlchemy statements.
+Both paths run here against the real PostgreSQL fixture, so the portable one stays
+tested even though the bench never takes it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg2
+import pytest
+from sqlalchemy import create_engine, make_url
+from sqlalchemy.pool import Pool
+
+from chttp_core.db import make_engine
+from chttp_core.errors import ClaimTimedOut
+from chttp_core.migrate import upgrade
+from chttp_server.store import MessageKey, MessageStore, utcnow
+
+
+@pytest.fixture
+def engine(pg_url):
+    engine = make_engine(pg_url, pool_pre_ping=False)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.parametrize("dbapi_statements", [True, False], ids=["dbapi", "sqlalchemy"])
+def test_claim_complete_and_replay(engine, dbapi_statements):
+    store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.5,
+                         dbapi_statements=dbapi_statements)
+    key = MessageKey("alice", f"m-{dbapi_statements}")
+    now = utcnow()
+    connection = store.begin()
+    try:
+        assert store.claim(connection, key, "f" * 64, now) is None
+        store.complete(connection, key, 201, [("Content-Type", "text/plain")], b"\x00body")
+        store.commit(connection)
+    finally:
+        connection.close()
+    connection = store.begin()
+    try:
+        stored = store.claim(connection, key, "f" * 64, utcnow())
+        assert stored is not None
+        assert (stored.status, stored.headers, stored.body) == \
+            (201, [("Content-Type", "text/plain")], b"\x00body")
+        assert stored.fingerprint == "f" * 64 and stored.key == key
+        assert stored.received_at == now and stored.expires_at == now + timedelta(days=1)
+        assert store.lookup(connection, key) == stored
+        assert store.lookup(connection, MessageKey("alice", "unknown")) is None
+        store.rollback(connection)
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("dbapi_statements", [True, False], ids=["dbapi", "sqlalchemy"])
+def test_a_claim_held_by_another_transaction_times_out(engine, dbapi_statements):
+    store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.2,
+                         dbapi_statements=dbapi_statements)
+    key = MessageKey("", "held")
+    holder = store.begin()
+    waiter = store.begin()
+    try:
+        assert store.claim(holder, key, "a" * 64, utcnow()) is None
+        with pytest.raises(ClaimTimedOut):
+            store.claim(waiter, key, "a" * 64, utcnow())
+    finally:
+        store.rollback(waiter)
+        store.rollback(holder)
+        waiter.close()
+        holder.close()
+
+
+class _OneSessionPool(Pool):
+    """Like the Django front end's pool: one session, handed out through fresh records."""
+
+    def __init__(self, raw, **options) -> None:
+        self.raw = raw
+        options.setdefault("reset_on_return", None)
+        super().__init__(lambda: raw, **options)
+
+    def _do_get(self):
+        return self._create_connection()
+
+    def _do_return_conn(self, record) -> None:
+        pass
+
+    def _close_connection(self, connection, *, terminate: bool = False) -> None:
+        pass
+
+    def status(self) -> str:
+        return "one session"
+
+    def dispose(self) -> None:
+        pass
+
+    def recreate(self):
+        return self.__class__(self.raw, _dispatch=self.dispatch, dialect=self._dialect)
+
+
+def test_a_session_reused_through_fresh_pool_records_is_not_prepared_twice(engine, pg_url):
+    """Prepared statements only where the pool record lives as long as the session."""
+    raw = psycopg2.connect(make_url(pg_url).render_as_string(hide_password=False)
+                           .replace("postgresql+psycopg2://", "postgresql://"))
+    shared = create_engine("postgresql+psycopg2://", pool=_OneSessionPool(raw))
+    store = MessageStore(shared, retention=timedelta(days=1), claim_timeout=0.5)
+    try:
+        for n in range(3):
+            key = MessageKey("", f"django-like-{n}")
+            connection = store.begin()
+            try:
+                assert store.claim(connection, key, "f" * 64, utcnow()) is None
+                store.complete(connection, key, 200, [], b"ok")
+                store.commit(connection)
+            finally:
+                connection.close()
+        with engine.connect() as check:
+            stored = check.exec_driver_sql(
+                "SELECT count(*) FROM chttp_messages WHERE message_id LIKE 'django-like-%%' "
+                "AND status = 200").scalar_one()
+        assert stored == 3
+    finally:
+        raw.close()
