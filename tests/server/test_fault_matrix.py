@@ -42,7 +42,8 @@ INJECTED: list[str] = []
 
 
 def claim(what: str) -> bool:
-    return what.startswith("WITH claim AS")
+    # Under psycopg2 the claim is a prepared statement (chttp_server.store_dbapi).
+    return what.startswith(("WITH claim AS", "EXECUTE chttp_claim"))
 
 
 def handler_statement(what: str) -> bool:
@@ -50,7 +51,7 @@ def handler_statement(what: str) -> bool:
 
 
 def completion(what: str) -> bool:
-    return what.lstrip().upper().startswith("UPDATE CHTTP_MESSAGES")
+    return what.lstrip().upper().startswith(("UPDATE CHTTP_MESSAGES", "EXECUTE CHTTP_COMPLETE"))
 
 
 def lookup(what: str) -> bool:
@@ -209,7 +210,15 @@ def test_store_dropped_at_a_statement(store, cluster, kind, name, request_kind, 
         injector.close()
     assert injector.fired == 1, f"{name}: the point was never reached"
     INJECTED.append(f"{kind}-{name}")
-    assert_generic_503(answer)
+    if answer.status_int == 503:
+        assert_generic_503(answer)
+    else:
+        # A claim that meets a connection the database dropped before anything ran is
+        # retried once on a fresh one (MessageTransaction.claim): then a correct result.
+        assert point in (claim,) and request_kind in (POST_FRESH, POST_AGAIN), answer
+        assert answer.status_int == 201 and answer.json["message_id"] == message_id
+        if first is not None:
+            assert answer.headers["Idempotent-Replayed"] == "true" and answer.body == first.body
     if kind == "stop":
         cluster.start()
 
