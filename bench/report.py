@@ -104,12 +104,14 @@ def render(results: Results, options: Options) -> str:
             if floor and bare:
                 value = _ratio(bare.rps, floor.rps)
                 lines.append(f"bare / db floor          {c:>4} {value:>7.2f}")
-            django_bare = grid.get(("django bare", c))
-            django_certified = grid.get(("django certified", c))
-            if django_bare and django_certified:
-                value = _ratio(django_certified.rps, django_bare.rps)
-                lines.append(f"django certified / bare  {c:>4} {value:>7.2f}  (the Django "
-                             "integration's cost in its own framework)")
+            for framework, name in (("django", "Django"), ("flask", "Flask")):
+                plain = grid.get((f"{framework} bare", c))
+                certified_row = grid.get((f"{framework} certified", c))
+                if plain and certified_row:
+                    value = _ratio(certified_row.rps, plain.rps)
+                    label = f"{framework} certified / bare"
+                    lines.append(f"{label:<24} {c:>4} {value:>7.2f}  (the {name} "
+                                 "integration's cost in its own framework)")
         lines.append("")
     if results.scale:
         lines.append("scale: stored messages vs latency (certified server)")

@@ -21,20 +21,30 @@ from bench.floor import pgbench_floor
 from bench.load import BODY, PATH, TRANSFER_PATH, LoadResult, LoadSpec, median_result, run_load
 from bench.servers import Server
 
-__all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES"]
+__all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES", "FLASK_MODES"]
 
 TEMPLATE_ID = "template-0"
 
 #: The Django project's two dresses (bench/django_app.py), next to the raw WSGI rows.
 DJANGO_MODES = ("django-bare", "django-certified")
+#: The Flask + Flask-SQLAlchemy app's two dresses (bench/flask_app.py).
+FLASK_MODES = ("flask-bare", "flask-certified")
+#: The framework rows: mode prefix -> (the module they need, the install hint).
+_FRAMEWORKS = {"django": ("django", "pip install Django"),
+               "flask": ("flask_sqlalchemy", "pip install Flask Flask-SQLAlchemy")}
 
 
-def _django_available() -> bool:
+def _framework_missing(mode: str) -> str:
+    """Why ``mode``'s framework cannot run here, or ``""`` (the raw WSGI modes need none)."""
+    framework = mode.split("-", 1)[0]
+    if framework not in _FRAMEWORKS:
+        return ""
+    module, hint = _FRAMEWORKS[framework]
     try:
-        import django  # noqa: F401
+        __import__(module)
     except ImportError:
-        return False
-    return True
+        return f"{module} is not installed ({hint})"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -104,12 +114,12 @@ def run_all(options: Options) -> Results:
             peer_ready = f"idemkit unavailable: {type(exc).__name__}: {exc}"
         servers: dict[str, Server] = {}
         try:
-            for mode in ("bare", "certified", "peer", *DJANGO_MODES):
+            for mode in ("bare", "certified", "peer", *DJANGO_MODES, *FLASK_MODES):
                 if mode == "peer" and peer_ready:
                     results.skipped["peer"] = peer_ready
                     continue
-                if mode in DJANGO_MODES and not _django_available():
-                    results.skipped["django"] = "Django is not installed (pip install Django)"
+                if _framework_missing(mode):
+                    results.skipped[mode.split("-", 1)[0]] = _framework_missing(mode)
                     continue
                 progress(f"booting gunicorn ({mode}): {options.workers} workers x "
                          f"{options.threads} threads; waiting for every worker")
@@ -117,9 +127,9 @@ def run_all(options: Options) -> Results:
                     servers[mode] = Server(mode, db.url, workers=options.workers,
                                            threads=options.threads).__enter__()
                 except Exception as exc:
-                    if mode not in ("peer", *DJANGO_MODES):
+                    if mode not in ("peer", *DJANGO_MODES, *FLASK_MODES):
                         raise
-                    group = "peer" if mode == "peer" else "django"
+                    group = mode.split("-", 1)[0]
                     results.skipped[group] = f"{mode} server failed: {short_reason(exc)}"
             _warm_up(servers, options)
             status = _post(servers["certified"].address, TEMPLATE_ID)
@@ -199,6 +209,11 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
                                                     kind="none")))
         runs.append(("django certified", lambda c: _load(options, servers["django-certified"],
                                                          c, kind="new")))
+    if "flask-bare" in servers and "flask-certified" in servers:
+        runs.append(("flask bare", lambda c: _load(options, servers["flask-bare"], c,
+                                                   kind="none")))
+        runs.append(("flask certified", lambda c: _load(options, servers["flask-certified"],
+                                                        c, kind="new")))
     # Each cell is measured in `rounds` slices, the scenarios interleaved round by round,
     # and reported as the median: other load on a shared machine then hits every row of
     # a concurrency alike instead of whichever happened to run during it.

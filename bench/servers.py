@@ -23,6 +23,10 @@ from chttp_server.testing import free_port
 __all__ = ["Server", "ServerFailed"]
 
 
+#: The WSGI entry point of each framework's rows (the mode's prefix); else bench.app.
+_APPLICATIONS = {"django": "bench.django_app:application", "flask": "bench.flask_app:application"}
+
+
 class ServerFailed(RuntimeError):
     """The server exited or its workers did not all boot in time."""
 
@@ -32,7 +36,8 @@ class ServerFailed(RuntimeError):
 
 
 class Server:
-    """``gunicorn bench.app:application`` (or ``bench.django_app``) in one mode; a context manager."""
+    """``gunicorn bench.app:application`` (or ``bench.django_app``, ``bench.flask_app``) in
+    one mode; a context manager."""
 
     def __init__(
         self,
@@ -80,9 +85,8 @@ class Server:
             "--keep-alive", "30",
             "--error-logfile", str(self.log_path),
             "--log-level", "warning",
-            # The Django rows serve the same endpoint from a Django project.
-            "bench.django_app:application" if self.mode.startswith("django-")
-            else "bench.app:application",
+            # The framework rows serve the same endpoint from a Django project / Flask app.
+            _APPLICATIONS.get(self.mode.split("-", 1)[0], "bench.app:application"),
         ]
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
