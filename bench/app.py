@@ -115,7 +115,8 @@ def make_app(mode: str, db_url: str, *, pool_size: int = 8) -> Callable[..., Ite
         # As the middleware makes its own from a URL: no pre-ping (the claim retries).
         store_engine = make_engine(db_url, pool_size=pool_size, max_overflow=pool_size,
                                    pool_pre_ping=False)
-        return CertifiedMiddleware(app, engine=store_engine)
+        # Direct connections to PostgreSQL: the store may prepare its statements.
+        return CertifiedMiddleware(app, engine=store_engine, prepared_statements=True)
     if mode == "peer":
         # idemkit's documented WSGI set-up: WSGIIdempotencyMiddleware with
         # PostgresBackend.from_url (schema made beforehand by `idemkit init-pg`).

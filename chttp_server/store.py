@@ -167,6 +167,11 @@ class MessageStore:
         clock: Callable[[], datetime] = utcnow,
         # False: SQLAlchemy statements on every driver (the portable path, kept tested).
         dbapi_statements: bool = True,
+        # True: psycopg2 prepares the claim and the stored response once per pooled
+        # connection (PREPARE/EXECUTE: less planning per request). Only on a direct
+        # PostgreSQL connection: a transaction-mode pooler (PgBouncer) hands the next
+        # transaction another server session, where the statement does not exist.
+        prepared_statements: bool = False,
     ) -> None:
         self.engine = engine
         self.retention = retention
@@ -176,7 +181,7 @@ class MessageStore:
         #: psycopg2: the claim and the stored response skip SQLAlchemy's execution
         #: layer (chttp_server.store_dbapi); any other driver runs the statements below.
         self._dbapi = dbapi_statements and store_dbapi.supports(engine)
-        self._prepared = self._dbapi and store_dbapi.prepares(engine)
+        self._prepared = self._dbapi and prepared_statements and store_dbapi.prepares(engine)
 
     # -- connections -----------------------------------------------------------------
 

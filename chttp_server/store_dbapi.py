@@ -15,10 +15,10 @@ and a lost connection is invalidated first, so the store's one classification of
 (:func:`chttp_server.store.unreachable_as_store_error`) and the claim's retry on a
 fresh connection see exactly what they see on the portable path.
 
-The claim and the stored response are server-side prepared statements (``PREPARE`` once
-per connection, then ``EXECUTE``): a pooler in transaction mode (PgBouncer) that moves
-sessions between clients does not keep them; behind one, build the store with
-``MessageStore(..., dbapi_statements=False)``.
+With ``prepared_statements=True`` (``MessageStore`` / ``CertifiedMiddleware``; off by
+default) the claim and the stored response are server-side prepared statements
+(``PREPARE`` once per connection, then ``EXECUTE``). Only on direct connections: a pooler
+in transaction mode (PgBouncer) moves sessions between clients and does not keep them.
 
 SQLAlchemy's ``before_cursor_execute`` / ``after_cursor_execute`` listeners are called
 as SQLAlchemy calls them (without an execution context; a ``retval=True`` listener's

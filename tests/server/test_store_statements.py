@@ -107,7 +107,8 @@ def test_a_session_reused_through_fresh_pool_records_is_not_prepared_twice(engin
     raw = psycopg2.connect(make_url(pg_url).render_as_string(hide_password=False)
                            .replace("postgresql+psycopg2://", "postgresql://"))
     shared = create_engine("postgresql+psycopg2://", pool=_OneSessionPool(raw))
-    store = MessageStore(shared, retention=timedelta(days=1), claim_timeout=0.5)
+    store = MessageStore(shared, retention=timedelta(days=1), claim_timeout=0.5,
+                         prepared_statements=True)
     try:
         for n in range(3):
             key = MessageKey("", f"django-like-{n}")
@@ -125,3 +126,22 @@ def test_a_session_reused_through_fresh_pool_records_is_not_prepared_twice(engin
         assert stored == 3
     finally:
         raw.close()
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["default", "prepared"])
+def test_statements_are_prepared_only_when_asked(engine, prepared):
+    """Off by default: behind a transaction-mode pooler the next transaction's server
+    session would not have the statement (docs/scale.rst)."""
+    options = {"prepared_statements": True} if prepared else {}
+    store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.5, **options)
+    key = MessageKey("", f"prepared-{prepared}")
+    connection = store.begin()
+    try:
+        assert store.claim(connection, key, "f" * 64, utcnow()) is None
+        store.complete(connection, key, 200, [], b"ok")
+        names = sorted(connection.exec_driver_sql(
+            "SELECT name FROM pg_prepared_statements").scalars())
+        store.commit(connection)
+    finally:
+        connection.close()
+    assert names == (["chttp_claim_1", "chttp_complete_1"] if prepared else [])
