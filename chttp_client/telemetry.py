@@ -33,7 +33,6 @@ the wire and make no span.
 
 from __future__ import annotations
 
-import threading
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
@@ -84,22 +83,11 @@ class _Instruments:
             "chttp.client.oplogs", unit="{oplog}", description="Oplogs entering a state")
 
 
-_LOCK = threading.Lock()
-_instruments: _Instruments | None = None
+_INSTRUMENTS = telemetry.InstrumentCache(_Instruments)
 
 
 def _meter_instruments() -> _Instruments | None:
-    global _instruments
-    meter = telemetry.metering()
-    if meter is None:
-        return None
-    instruments = _instruments
-    if instruments is None or instruments.meter is not meter:  # first use, or configure()
-        with _LOCK:
-            if _instruments is None or _instruments.meter is not meter:
-                _instruments = _Instruments(meter)
-            instruments = _instruments
-    return instruments
+    return _INSTRUMENTS.get(telemetry.metering())
 
 
 def attempted() -> None:

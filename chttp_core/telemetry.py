@@ -29,7 +29,7 @@ import importlib
 import threading
 from types import ModuleType, TracebackType
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 __all__ = [
     "SCOPE_NAME",
@@ -42,6 +42,7 @@ __all__ = [
     "metering",
     "trace_headers",
     "extract_from_environ",
+    "InstrumentCache",
 ]
 
 #: The instrumentation scope of every meter and tracer of this library.
@@ -203,3 +204,29 @@ def extract_from_environ(environ: dict[str, Any]) -> Any:
     if otel.trace.get_current_span().get_span_context().is_valid:
         return otel.context.get_current()
     return otel.propagate.extract(environ, getter=_ENVIRON_GETTER)
+
+
+_Instruments = TypeVar("_Instruments")
+
+
+class InstrumentCache(Generic[_Instruments]):
+    """One half's metric instruments, made once per meter and again after
+    :func:`configure` installs another (both halves keep theirs in one of these)."""
+
+    def __init__(self, make: Callable[[Any], _Instruments]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        #: ``(meter, instruments)`` in one tuple, so a reader never pairs the two wrongly.
+        self._cached: tuple[Any, _Instruments] | None = None
+
+    def get(self, meter: Any) -> _Instruments | None:
+        """The instruments of ``meter``; ``None`` when metrics are off (``meter`` None)."""
+        if meter is None:
+            return None
+        cached = self._cached
+        if cached is None or cached[0] is not meter:  # first use, or configure()
+            with self._lock:
+                cached = self._cached
+                if cached is None or cached[0] is not meter:
+                    cached = self._cached = (meter, self._make(meter))
+        return cached[1]

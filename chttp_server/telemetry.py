@@ -32,7 +32,6 @@ and never a body.
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import AbstractContextManager
 from types import TracebackType
@@ -105,21 +104,11 @@ class _Instruments:
             "chttp.server.response.size", unit="By", description="Bodies of stored responses")
 
 
-_LOCK = threading.Lock()
-_instruments: _Instruments | None = None
+_INSTRUMENTS = telemetry.InstrumentCache(_Instruments)
 
 
 def _instruments_for(meter: Any) -> _Instruments | None:
-    global _instruments
-    if meter is None:
-        return None
-    instruments = _instruments
-    if instruments is None or instruments.meter is not meter:  # first use, or configure()
-        with _LOCK:
-            if _instruments is None or _instruments.meter is not meter:
-                _instruments = _Instruments(meter)
-            instruments = _instruments
-    return instruments
+    return _INSTRUMENTS.get(meter)
 
 
 def observe_message(environ: dict[str, Any], message_id: str) -> MessageObservation | NoOp:
