@@ -135,15 +135,23 @@ def _from_environment() -> Callable[..., Iterable[bytes]]:
                     pool_size=int(os.environ.get("BENCH_POOL_SIZE", "8")))
 
 
-def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Gunicorn's entry point; builds the app on first call (after the worker forks)."""
-    global _app
-    if _app is None:
-        with _app_lock:
-            if _app is None:
-                _app = _from_environment()
-    return _app(environ, start_response)
+class BuiltOnFirstCall:
+    """A gunicorn entry point whose app is built on its first call, after the worker
+    forks (connections must not cross the fork); the framework apps use it too."""
+
+    def __init__(self, build: Callable[[], Callable[..., Iterable[bytes]]]) -> None:
+        self._build = build
+        self._app: Callable[..., Iterable[bytes]] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = self._build()
+        return self._app(environ, start_response)
 
 
-_app: Callable[..., Iterable[bytes]] | None = None
-_app_lock = threading.Lock()
+#: Gunicorn's entry point: ``bench.app:application``.
+application = BuiltOnFirstCall(_from_environment)

@@ -16,10 +16,11 @@ come from the environment, and Django is configured in the worker on the first r
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any, Callable, Iterable
 
 from sqlalchemy.engine import make_url
+
+from bench.app import BuiltOnFirstCall
 
 __all__ = ["application", "MODES"]
 
@@ -85,15 +86,5 @@ def _from_environment() -> Callable[..., Iterable[bytes]]:
     return get_wsgi_application()
 
 
-def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Gunicorn's entry point; configures Django on first call (after the worker forks)."""
-    global _app
-    if _app is None:
-        with _app_lock:
-            if _app is None:
-                _app = _from_environment()
-    return _app(environ, start_response)
-
-
-_app: Callable[..., Iterable[bytes]] | None = None
-_app_lock = threading.Lock()
+#: Gunicorn's entry point; configures Django on first call (after the worker forks).
+application = BuiltOnFirstCall(_from_environment)

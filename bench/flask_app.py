@@ -16,8 +16,9 @@ come from the environment; the app is built in the worker on the first request.
 from __future__ import annotations
 
 import os
-import threading
-from typing import Any, Callable, Iterable
+from typing import Any
+
+from bench.app import BuiltOnFirstCall
 
 __all__ = ["application", "make_app", "MODES"]
 
@@ -65,17 +66,9 @@ def make_app(mode: str, db_url: str) -> Any:
     return app
 
 
-def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Gunicorn's entry point; builds the app on first call (after the worker forks)."""
-    global _app
-    if _app is None:
-        with _app_lock:
-            if _app is None:
-                _app = make_app(os.environ.get("BENCH_MODE", "flask-bare"),
-                                os.environ["BENCH_DB_URL"])
-    result: Iterable[bytes] = _app(environ, start_response)
-    return result
+def _from_environment() -> Any:
+    return make_app(os.environ.get("BENCH_MODE", "flask-bare"), os.environ["BENCH_DB_URL"])
 
 
-_app: Any = None
-_app_lock = threading.Lock()
+#: Gunicorn's entry point; builds the app on first call (after the worker forks).
+application = BuiltOnFirstCall(_from_environment)
