@@ -4,6 +4,7 @@
 
     ChttpServerError                   (a chttp_core.ChttpError)
      ├── ConfigurationError            (also ValueError; raised at construction time)
+     ├── HandlerEndedTransaction       (also RuntimeError; a handler committed or rolled back)
      └── ProtocolError                 an HTTP answer of docs/protocol.rst §4, as problem+json
           ├── InvalidMessageId         400 invalid-message-id          (webob HTTPBadRequest)
           ├── MessageIdRequired        400 message-id-required         (HTTPBadRequest)
@@ -42,6 +43,7 @@ from chttp_core.wire import PROBLEM_CONTENT_TYPE, Problem
 __all__ = [
     "ChttpServerError",
     "ConfigurationError",
+    "HandlerEndedTransaction",
     "SchemaOutOfDateError",
     "ProtocolError",
     "InvalidMessageId",
@@ -69,6 +71,18 @@ class ChttpServerError(ChttpError):
 
 class ConfigurationError(ChttpServerError, ValueError):
     """The middleware or a resource was set up wrongly; raised at construction time."""
+
+
+class HandlerEndedTransaction(ChttpServerError, RuntimeError):
+    """A handler called ``commit()`` or ``rollback()`` on the certified request's connection.
+
+    That transaction belongs to the message: the claim, the handler's writes and the
+    stored response commit together or not at all (docs/protocol.rst §2). Ending it
+    early would store a claim without its response, or run the rest of the handler
+    outside the message. Nothing is stored: the request is rolled back whole and the
+    sender's retry runs the handler again. Use a savepoint
+    (``connection.begin_nested()``) to undo part of the handler's work.
+    """
 
 
 def problem_body(

@@ -182,28 +182,52 @@ class MessageStore:
         #: layer (chttp_server.store_dbapi); any other driver runs the statements below.
         self._dbapi = dbapi_statements and store_dbapi.supports(engine)
         self._prepared = self._dbapi and prepared_statements and store_dbapi.prepares(engine)
+        #: psycopg2 on SQLAlchemy's own pools: a transaction the store begins itself sends
+        #: BEGIN with the claim and COMMIT with the stored response (store_dbapi, "Fewer
+        #: round trips"): two round trips fewer per certified request.
+        self._fused = self._dbapi and store_dbapi.prepares(engine)
+        if self._fused:
+            store_dbapi.install(engine)
 
     # -- connections -----------------------------------------------------------------
 
     def begin(self) -> Connection:
-        """Open a connection and begin a transaction, or raise :class:`StoreUnreachable`."""
+        """Open a connection and begin a transaction, or raise :class:`StoreUnreachable`.
+
+        End it with :meth:`commit` or :meth:`rollback` (not the connection's own
+        ``commit()``: on PostgreSQL + psycopg2 the server-side ``BEGIN`` travels with the
+        first store statement and only the store says ``COMMIT``; see
+        :mod:`chttp_server.store_dbapi`).
+        """
         with _UNREACHABLE:
             connection = self.engine.connect()
         try:
             with _UNREACHABLE:
                 # On SQLite the claim holds the write lock from the start (module docstring).
                 begin_immediately(connection).begin()
+                if self._fused:
+                    store_dbapi.begin(connection)
         except BaseException:
             connection.close()
             raise
         return connection
 
+    def says_begin_itself(self, connection: Connection) -> bool:
+        """True if this connection's transaction is one the store begins and ends in SQL
+        (psycopg2, :mod:`chttp_server.store_dbapi`): its ``commit()`` / ``rollback()``
+        do nothing on the server; only :meth:`commit` and :meth:`rollback` end it."""
+        return self._fused and store_dbapi.fused(connection)
+
     def commit(self, connection: Connection) -> None:
         with _UNREACHABLE:
+            if self._fused:
+                store_dbapi.end(connection, "COMMIT")
             connection.commit()
 
     def rollback(self, connection: Connection) -> None:
         with _UNREACHABLE:
+            if self._fused:
+                store_dbapi.end(connection, "ROLLBACK")
             if connection.in_transaction():
                 connection.rollback()
 
@@ -299,15 +323,21 @@ class MessageStore:
         return False, _row_to_message(row) if row.scope is not None else None
 
     def complete(
-        self, connection: Connection, key: MessageKey, status: int, headers: Headers, body: bytes
+        self, connection: Connection, key: MessageKey, status: int, headers: Headers, body: bytes,
+        *, commit: bool = False,
     ) -> None:
-        """Store the response of the message claimed by this transaction."""
+        """Store the response of the message claimed by this transaction.
+
+        ``commit``: the caller commits right after (:meth:`commit`); where the store
+        began the transaction itself on psycopg2, ``COMMIT`` then travels with the
+        response's UPDATE (one round trip) and :meth:`commit` finds nothing left to do.
+        """
         with _UNREACHABLE:
             if self._dbapi:
                 store_dbapi.complete(connection, {
                     "scope": key.scope, "message_id": key.message_id, "status": status,
                     "headers": json.dumps(headers), "body": body,
-                }, prepared=self._prepared)
+                }, prepared=self._prepared, commit=commit)
                 return
             connection.execute(_COMPLETE, {
                 "key_scope": key.scope, "key_id": key.message_id,

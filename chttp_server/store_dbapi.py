@@ -20,6 +20,24 @@ default) the claim and the stored response are server-side prepared statements
 (``PREPARE`` once per connection, then ``EXECUTE``). Only on direct connections: a pooler
 in transaction mode (PgBouncer) moves sessions between clients and does not keep them.
 
+**Fewer round trips in a transaction of the store's own** (:func:`begin`, the WSGI
+middleware's and the Flask extension's mode; never on a connection a front end lends,
+such as Django's): psycopg2 sends ``BEGIN`` as a round trip of its own before the first
+statement and ``COMMIT`` as another after the last, so a certified request cost five
+round trips (BEGIN, claim, the handler's insert, the stored response, COMMIT) against a
+bare application's three. Here the DB-API connection is switched to autocommit for the
+message's transaction and the store says ``BEGIN`` and ``COMMIT`` itself, each in the
+same query string as its neighbour: ``BEGIN; <claim>`` and ``<stored response>;
+COMMIT``. The handler's statements run in between, inside that one server-side
+transaction (psycopg2 adds nothing in autocommit), so the guarantee is unchanged: the
+claim, the handler's writes and the response commit as one. Everything that ends such
+a transaction goes through :func:`end` (``COMMIT`` / ``ROLLBACK`` when the server is
+still in it); a connection handed back to the pool any other way is rolled back and
+switched back by a pool ``reset`` listener (:func:`install`), so an open transaction
+never reaches the next user of a pooled connection. A handler that ends the transaction
+itself (``connection.commit()`` / ``rollback()``, a no-op on the server in autocommit) is
+caught by :class:`~chttp_server.transaction.MessageTransaction` before anything is stored.
+
 SQLAlchemy's ``before_cursor_execute`` / ``after_cursor_execute`` listeners are called
 as SQLAlchemy calls them (without an execution context; a ``retval=True`` listener's
 rewrite is not applied). Other drivers (and SQLite) keep the SQLAlchemy statements of :mod:`chttp_server.store`.
@@ -33,8 +51,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["supports", "prepares", "claim", "complete", "lookup", "CLAIM", "COMPLETE", "LOOKUP",
-           "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
+__all__ = ["supports", "prepares", "install", "begin", "fused", "end", "claim", "complete", "lookup",
+           "CLAIM", "COMPLETE", "LOOKUP", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -117,21 +135,115 @@ def prepares(engine: Engine) -> bool:
     return type(engine.pool).__module__.startswith("sqlalchemy.")
 
 
+#: Where a pooled connection records that the store switched it to autocommit for a
+#: transaction of its own (:func:`begin`); its pool record's ``info``, read on check-in.
+_FUSED_KEY = "chttp_fused_transaction"
+#: The engines whose pools carry the check-in listener of :func:`install`.
+_INSTALLED_KEY = "chttp_fused_reset_installed"
+#: ``psycopg2.extensions.TRANSACTION_STATUS_IDLE``: no transaction open on the server.
+_IDLE = 0
+
+
+def install(engine: Engine) -> None:
+    """Give ``engine``'s pool the check-in listener that ends a fused transaction (once).
+
+    Whatever path hands the connection back (a close after an exception, garbage
+    collection), the transaction still open on the server is rolled back and the
+    connection leaves autocommit before its next user gets it. Idempotent.
+    """
+    from sqlalchemy import event
+
+    if getattr(engine.pool, _INSTALLED_KEY, False):
+        return
+    event.listen(engine, "reset", _end_on_checkin)
+    setattr(engine.pool, _INSTALLED_KEY, True)
+
+
+def _end_on_checkin(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+    if record is None or not record.info.pop(_FUSED_KEY, False):
+        return
+    if reset_state.terminate_only:  # being closed: the server drops the transaction
+        return
+    # An error here (a dead connection) makes SQLAlchemy invalidate the record.
+    if dbapi_connection.get_transaction_status() != _IDLE:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("ROLLBACK")
+    dbapi_connection.autocommit = False
+
+
+def begin(connection: Connection) -> bool:
+    """Make ``connection``'s next store statement carry ``BEGIN`` (module docstring).
+
+    Returns False, changing nothing, where psycopg2 would send more than a plain
+    ``BEGIN`` (an isolation level, read-only or deferrable set on the connection) or
+    where the connection is already in autocommit: those keep psycopg2's own transactions.
+    """
+    fairy = connection.connection
+    dbapi_connection = fairy.dbapi_connection
+    if (dbapi_connection is None or dbapi_connection.autocommit
+            or dbapi_connection.isolation_level is not None
+            or dbapi_connection.readonly is not None or dbapi_connection.deferrable is not None):
+        return False
+    fairy.info[_FUSED_KEY] = True
+    dbapi_connection.autocommit = True
+    return True
+
+
+def fused(connection: Connection) -> bool:
+    """True while ``connection`` is in a transaction :func:`begin` fused (until check-in)."""
+    return bool(connection.connection.info.get(_FUSED_KEY))
+
+
+_fused = fused
+
+
+def end(connection: Connection, statement: str) -> None:
+    """``COMMIT`` or ``ROLLBACK`` a fused transaction if the server is still in one.
+
+    On a connection that is not fused this does nothing: SQLAlchemy's own
+    ``commit()`` / ``rollback()`` (which the caller runs next either way) does it.
+    """
+    if _fused(connection) and _transaction_status(connection) != _IDLE:
+        _run(connection, statement, None, fetch=False)
+
+
+def _transaction_status(connection: Connection) -> int:
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None
+    return int(dbapi_connection.get_transaction_status())
+
+
+def _opening(connection: Connection, sql: str) -> str:
+    """``sql``, preceded by ``BEGIN`` if it opens a fused transaction."""
+    if _fused(connection) and _transaction_status(connection) == _IDLE:
+        return "BEGIN; " + sql
+    return sql
+
+
 def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
     """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name)."""
     if prepared:
         _prepare(connection, _CLAIM_PREPARE)
-        return _ClaimRow._make(_run(connection, CLAIM_EXECUTE, params, fetch=True))
-    return _ClaimRow._make(_run(connection, CLAIM, params, fetch=True))
+        return _ClaimRow._make(_run(connection, _opening(connection, CLAIM_EXECUTE), params,
+                                    fetch=True))
+    return _ClaimRow._make(_run(connection, _opening(connection, CLAIM), params, fetch=True))
 
 
-def complete(connection: Connection, params: dict[str, Any], *, prepared: bool) -> None:
-    """Run :data:`COMPLETE` (params: scope, message_id, status, headers, body)."""
+def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,
+             commit: bool = False) -> None:
+    """Run :data:`COMPLETE` (params: scope, message_id, status, headers, body).
+
+    ``commit``: on a fused connection, ``COMMIT`` travels in the same round trip (the
+    caller then runs :func:`end` / SQLAlchemy's commit, which find nothing left to do).
+    """
     if prepared:
         _prepare(connection, _COMPLETE_PREPARE)
-        _run(connection, COMPLETE_EXECUTE, params, fetch=False)
+        sql = COMPLETE_EXECUTE
     else:
-        _run(connection, COMPLETE, params, fetch=False)
+        sql = COMPLETE
+    if commit and _fused(connection):
+        sql += "; COMMIT"
+    _run(connection, sql, params, fetch=False)
 
 
 def _prepare(connection: Connection, prepare: str) -> None:
@@ -144,7 +256,8 @@ def _prepare(connection: Connection, prepare: str) -> None:
 
 def lookup(connection: Connection, scope: str, message_id: str) -> Any | None:
     """The stored row (columns by name), or ``None``."""
-    found = _run(connection, LOOKUP, {"scope": scope, "message_id": message_id}, fetch=True)
+    found = _run(connection, _opening(connection, LOOKUP),
+                 {"scope": scope, "message_id": message_id}, fetch=True)
     return _StoredRow._make(found) if found is not None else None
 
 
@@ -156,13 +269,16 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
     cursor = dbapi_connection.cursor()
     try:
         # SQLAlchemy's cursor events still see the statement (tracing, the fault tests'
-        # injected kills); with no listener this is one truth test.
-        if connection.dispatch.before_cursor_execute:
+        # injected kills). The flags are SQLAlchemy's own test before every event
+        # point: reading ``connection.dispatch`` builds a per-connection dispatcher
+        # (~15 µs a request), so it is only read when a listener exists.
+        events = connection._has_events or connection.engine._has_events
+        if events and connection.dispatch.before_cursor_execute:
             for listener in connection.dispatch.before_cursor_execute:
                 listener(connection, cursor, sql, params, None, False)
         cursor.execute(sql, params)
         result = cursor.fetchone() if fetch else cursor.rowcount
-        if connection.dispatch.after_cursor_execute:
+        if events and connection.dispatch.after_cursor_execute:
             for listener in connection.dispatch.after_cursor_execute:
                 listener(connection, cursor, sql, params, None, False)
         return result

@@ -53,7 +53,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Callable
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, RootTransaction
 from sqlalchemy import exc as sa_exc
 
 from chttp_core import migrate
@@ -66,7 +66,12 @@ from chttp_server.decisions import (
     outcome_for,
     stored_answer,
 )
-from chttp_server.errors import MessageInProgress, ProtocolError, StoreUnavailable
+from chttp_server.errors import (
+    HandlerEndedTransaction,
+    MessageInProgress,
+    ProtocolError,
+    StoreUnavailable,
+)
 from chttp_server.store import MessageKey, MessageStore, StoredMessage
 from chttp_server.telemetry import PROCESSED, REPLAYED, ROLLED_BACK
 
@@ -167,6 +172,8 @@ class MessageTransaction:
         self.outcome: Outcome | None = None
         self._guard = store_errors(retry_after=retry_after, message_id=key.message_id)
         self.observed = observation
+        #: Own mode: the transaction the store began, which the handler must not end.
+        self._root: RootTransaction | None = None
 
     # -- connection ------------------------------------------------------------------
 
@@ -187,8 +194,15 @@ class MessageTransaction:
         """Open a connection and begin (own mode); nothing in joined mode."""
         if self._connection is None:
             with self._errors():
-                self._connection = self.store.begin()
+                self._open()
         return self
+
+    def _open(self) -> None:
+        self._connection = self.store.begin()
+        # Where the connection's commit()/rollback() would not reach the server, a
+        # handler calling them must be caught (complete); elsewhere they do what they say.
+        self._root = (self._connection.get_transaction()
+                      if self.store.says_begin_itself(self._connection) else None)
 
     def close(self) -> None:
         """Roll back whatever is still open and release the connection (own mode)."""
@@ -255,7 +269,7 @@ class MessageTransaction:
         if self.joined or not (isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated):
             return False
         self.close()
-        self._connection = self.store.begin()
+        self._open()
         return True
 
     def handler_errors(self) -> AbstractContextManager[None]:
@@ -275,13 +289,22 @@ class MessageTransaction:
         """
         decision = outcome_for(status, too_large=too_large, limit=limit,
                                message_id=self.key.message_id)
+        if self._root is not None and not self._root.is_active:
+            # Not a no-op to forgive: the server never saw it (the store's own
+            # transaction runs in autocommit, chttp_server.store_dbapi), so writes the
+            # handler meant to undo are still in it, or writes it meant to make durable
+            # would wait for the response. Roll back the whole message instead.
+            raise HandlerEndedTransaction(
+                "the handler committed or rolled back the certified request's transaction; "
+                "nothing was stored (use connection.begin_nested() to undo part of it)")
         with self._errors():
             if decision is Outcome.ROLL_BACK:
                 self.rollback()
                 self.observed.finish(ROLLED_BACK, status)
                 return False
             with self.observed.store(len(body)):
-                self.store.complete(self.connection, self.key, status, headers, body)
+                self.store.complete(self.connection, self.key, status, headers, body,
+                                    commit=not self.joined)
                 self.commit()
         self.observed.finish(PROCESSED, status)
         return True

@@ -86,7 +86,7 @@ class Actions:
         connection = store.begin()
         try:
             before = store.acknowledge(connection, MessageKey(scope, message_id))
-            connection.commit()
+            store.commit(connection)  # the store ends what it began (MessageStore.begin)
         finally:
             connection.close()
         if before is None:

@@ -33,6 +33,7 @@ from chttp_server import CertifiedMiddleware
 from chttp_server.testing import PostgresCluster
 
 from .apps import Root, count_writes, host_metadata
+from .statements import is_claim, is_commit, is_completion, is_lookup, is_rollback
 from .test_store_faults import assert_generic_503
 
 Matcher = Callable[[str], bool]
@@ -41,29 +42,12 @@ Matcher = Callable[[str], bool]
 INJECTED: list[str] = []
 
 
-def claim(what: str) -> bool:
-    # Under psycopg2 the claim is a prepared statement (chttp_server.store_dbapi).
-    return what.startswith(("WITH claim AS", "EXECUTE chttp_claim"))
-
-
 def handler_statement(what: str) -> bool:
     return what.lstrip().upper().startswith("INSERT INTO HOST_WRITES")
 
 
-def completion(what: str) -> bool:
-    return what.lstrip().upper().startswith(("UPDATE CHTTP_MESSAGES", "EXECUTE CHTTP_COMPLETE"))
-
-
-def lookup(what: str) -> bool:
-    return what.lstrip().upper().startswith("SELECT") and "chttp_messages" in what
-
-
-def commit(what: str) -> bool:
-    return what == "COMMIT"
-
-
-def rollback(what: str) -> bool:
-    return what == "ROLLBACK"
+claim, completion, lookup = is_claim, is_completion, is_lookup
+commit, rollback = is_commit, is_rollback
 
 
 class Injector:

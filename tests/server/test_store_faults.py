@@ -22,6 +22,7 @@ from chttp_core.db import make_engine
 from chttp_server import CertifiedMiddleware
 
 from .apps import Root, count_writes, host_metadata
+from .statements import is_claim, is_commit, is_completion, is_lookup, is_rollback
 
 
 def post(app, message_id: str, path: str = "/echo", body: bytes = b"10"):
@@ -107,11 +108,6 @@ def rig(pg_engine, pg_url):
     killer.close()
 
 
-def is_claim(statement: str) -> bool:
-    # The SQLAlchemy statement, or the prepared one psycopg2 runs (chttp_server.store_dbapi).
-    return statement.startswith(("WITH claim AS", "EXECUTE chttp_claim"))
-
-
 def test_a_claim_killed_once_is_retried_on_a_fresh_connection(rig, pg_engine):
     """The first statement met a dead connection, nothing ran: the retry answers (issue 12)."""
     app, killer = rig
@@ -130,15 +126,11 @@ def test_a_claim_killed_once_is_retried_on_a_fresh_connection(rig, pg_engine):
     assert count_writes(pg_engine, "echo") == 3
 
 
-def is_lookup(statement: str) -> bool:
-    return statement.lstrip().upper().startswith("SELECT") and "chttp_messages" in statement
-
-
 @pytest.mark.parametrize("point, kills", [
     # The claim is the transaction's first statement: killed once, it is retried on a
     # fresh connection (no pre-ping, issue 12); killed on the retry too, it is 503.
     pytest.param(is_claim, 2, id="replay-read"),
-    pytest.param(lambda what: what == "ROLLBACK", 1, id="replay-rollback"),
+    pytest.param(is_rollback, 1, id="replay-rollback"),
 ])
 def test_store_killed_during_a_replay_is_503_then_replays(rig, pg_engine, point, kills):
     app, killer = rig
@@ -155,9 +147,8 @@ def test_store_killed_during_a_replay_is_503_then_replays(rig, pg_engine, point,
 
 
 @pytest.mark.parametrize("point", [
-    pytest.param(lambda what: what.lstrip().upper().startswith(("UPDATE", "EXECUTE CHTTP_COMPLETE")),
-                 id="completion"),
-    pytest.param(lambda what: what == "COMMIT", id="commit"),
+    pytest.param(is_completion, id="completion"),
+    pytest.param(is_commit, id="commit"),
 ])
 def test_store_killed_while_storing_is_503_and_the_retry_runs_once(rig, pg_engine, point):
     app, killer = rig
@@ -173,9 +164,9 @@ def test_store_killed_while_storing_is_503_and_the_retry_runs_once(rig, pg_engin
 
 @pytest.mark.parametrize("method, point", [
     pytest.param("GET", is_lookup, id="get-read"),
-    pytest.param("GET", lambda what: what == "ROLLBACK", id="get-rollback"),
+    pytest.param("GET", is_rollback, id="get-rollback"),
     pytest.param("DELETE", is_lookup, id="delete-read"),
-    pytest.param("DELETE", lambda what: what == "COMMIT", id="delete-commit"),
+    pytest.param("DELETE", is_commit, id="delete-commit"),
 ])
 def test_store_killed_under_the_message_resource_is_503(rig, method, point):
     app, killer = rig
