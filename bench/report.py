@@ -104,6 +104,17 @@ def render(results: Results, options: Options) -> str:
             if floor and bare:
                 value = _ratio(bare.rps, floor.rps)
                 lines.append(f"bare / db floor          {c:>4} {value:>7.2f}")
+            bare_sql = grid.get(("bare sql (pgbench)", c))
+            certified_sql = grid.get(("certified sql (pgbench)", c))
+            if bare_sql and certified_sql:
+                value = _ratio(certified_sql.rps, bare_sql.rps)
+                lines.append(f"certified / bare, sql    {c:>4} {value:>7.2f}  (the database's "
+                             "bound: the two requests' SQL alone, bench/floor.py)")
+            advisory_sql = grid.get(("advisory sql (pgbench)", c))
+            if bare_sql and advisory_sql:
+                value = _ratio(advisory_sql.rps, bare_sql.rps)
+                lines.append(f"advisory / bare, sql     {c:>4} {value:>7.2f}  (one row write "
+                             "under an advisory lock: measured, not taken)")
             for framework, name in (("django", "Django"), ("flask", "Flask")):
                 plain = grid.get((f"{framework} bare", c))
                 certified_row = grid.get((f"{framework} certified", c))

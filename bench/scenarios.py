@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Callable
 
 from bench.cluster import BenchDatabase, DatabaseSettings
-from bench.floor import pgbench_floor
+from bench.floor import pgbench_floor, pgbench_script
 from bench.load import BODY, PATH, TRANSFER_PATH, LoadResult, LoadSpec, median_result, run_load
 from bench.servers import Server
 
@@ -187,6 +187,16 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
     runs: list[tuple[str, Callable[[int], LoadResult]]] = [
         ("floor (pgbench)", lambda c: pgbench_floor(port=db.port, database=db.name,
                                                     concurrency=c, duration=_slice(options))),
+        # The SQL of a bare and of a certified request alone (bench/floor.py): the
+        # ratio the database allows before any Python runs.
+        ("bare sql (pgbench)", lambda c: pgbench_script("bare", port=db.port, database=db.name,
+                                                        concurrency=c, duration=_slice(options))),
+        ("certified sql (pgbench)", lambda c: pgbench_script(
+            "certified", port=db.port, database=db.name, concurrency=c,
+            duration=_slice(options))),
+        ("advisory sql (pgbench)", lambda c: pgbench_script(
+            "advisory", port=db.port, database=db.name, concurrency=c,
+            duration=_slice(options))),
         ("bare", lambda c: _load(options, servers["bare"], c, kind="none")),
         ("certified", lambda c: _load(options, servers["certified"], c, kind="new")),
         ("replay", lambda c: _load(options, servers["certified"], c, kind="replay",

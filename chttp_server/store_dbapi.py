@@ -162,8 +162,8 @@ def install(engine: Engine) -> None:
 def _end_on_checkin(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
     if record is None or not record.info.pop(_FUSED_KEY, False):
         return
-    if reset_state.terminate_only:  # being closed: the server drops the transaction
-        return
+    if reset_state.terminate_only or dbapi_connection.closed:
+        return  # being closed, or lost: the server drops the transaction
     # An error here (a dead connection) makes SQLAlchemy invalidate the record.
     if dbapi_connection.get_transaction_status() != _IDLE:
         with dbapi_connection.cursor() as cursor:
@@ -194,8 +194,6 @@ def fused(connection: Connection) -> bool:
     return bool(connection.connection.info.get(_FUSED_KEY))
 
 
-_fused = fused
-
 
 def end(connection: Connection, statement: str) -> None:
     """``COMMIT`` or ``ROLLBACK`` a fused transaction if the server is still in one.
@@ -203,7 +201,7 @@ def end(connection: Connection, statement: str) -> None:
     On a connection that is not fused this does nothing: SQLAlchemy's own
     ``commit()`` / ``rollback()`` (which the caller runs next either way) does it.
     """
-    if _fused(connection) and _transaction_status(connection) != _IDLE:
+    if fused(connection) and _transaction_status(connection) != _IDLE:
         _run(connection, statement, None, fetch=False)
 
 
@@ -215,7 +213,7 @@ def _transaction_status(connection: Connection) -> int:
 
 def _opening(connection: Connection, sql: str) -> str:
     """``sql``, preceded by ``BEGIN`` if it opens a fused transaction."""
-    if _fused(connection) and _transaction_status(connection) == _IDLE:
+    if fused(connection) and _transaction_status(connection) == _IDLE:
         return "BEGIN; " + sql
     return sql
 
@@ -241,7 +239,7 @@ def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,
         sql = COMPLETE_EXECUTE
     else:
         sql = COMPLETE
-    if commit and _fused(connection):
+    if commit and fused(connection):
         sql += "; COMMIT"
     _run(connection, sql, params, fetch=False)
 
