@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="run only these scenario groups")
     parser.add_argument("--python-load", action="store_true",
                         help="use the Python load generator even if wrk is installed")
+    parser.add_argument("--purge-pause", type=float, default=0.05, metavar="SECONDS",
+                        help="pause between batches of the paced purge run (default 0.05; "
+                             "0: only the flat-out purge)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write the results as JSON (e.g. docs/bench.json)")
     parser.add_argument("--png", default=None, metavar="PATH",
@@ -44,6 +47,7 @@ def parse_args(argv: list[str] | None) -> Options:
         scale_small=10_000,
         scale_large=100_000 if quick else 1_000_000,
         purge_rows=100_000 if quick else 1_000_000,
+        purge_pause=max(0.0, args.purge_pause),
         rounds=1 if quick else max(1, args.rounds),
         workers=args.workers,
         threads=args.threads,

@@ -53,6 +53,7 @@ def results_to_json(results: Results, options: Options) -> dict[str, Any]:
         "scale": [{"kind": kind, "stored": stored, "concurrency": c, **asdict(result)}
                   for (kind, stored, c), result in results.scale.items()],
         "purge": results.purge,
+        "purge_paced": results.purge_paced,
         "sender": results.sender,
     })
 

@@ -141,12 +141,14 @@ def render(results: Results, options: Options) -> str:
                     lines.append(f"{kind:<31} {c:>4} {change:>+7.0%}  within 20% "
                                  f"{_verdict(abs(change), 0.20, at_least=False)}")
         lines.append("")
-    if results.purge:
-        p = results.purge
+    for p in (results.purge, results.purge_paced):
+        if not p:
+            continue
         before: LoadResult = p["before"]  # type: ignore[assignment]
         during: LoadResult = p["during"]  # type: ignore[assignment]
-        lines.append(f"purge of {p['deleted']:,} expired rows (MessageStore.purge) under "
-                     f"certified traffic at concurrency {p['concurrency']}")
+        pace = f", pause {p['pause']:g} s between batches" if p.get("pause") else ""
+        lines.append(f"purge of {p['deleted']:,} expired rows (MessageStore.purge{pace}) "
+                     f"under certified traffic at concurrency {p['concurrency']}")
         lines += _header()
         lines.append(_row("certified, before", p["concurrency"], before))
         lines.append(_row("certified, during", p["concurrency"], during))

@@ -56,6 +56,7 @@ class Options:
     scale_small: int = 10_000
     scale_large: int = 1_000_000
     purge_rows: int = 1_000_000
+    purge_pause: float = 0.05                      # seconds between batches, paced purge
     workers: int = 4
     threads: int = 4
     use_wrk: bool = True
@@ -72,6 +73,7 @@ class Results:
     skipped: dict[str, str] = field(default_factory=dict)
     scale: dict[tuple[str, int, int], LoadResult] = field(default_factory=dict)
     purge: dict[str, object] = field(default_factory=dict)
+    purge_paced: dict[str, object] = field(default_factory=dict)
     sender: dict[str, object] = field(default_factory=dict)
     tool: str = ""
 
@@ -261,6 +263,14 @@ def _scale(db: BenchDatabase, servers: dict[str, Server], options: Options,
 
 def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
            results: Results) -> None:
+    """The purge twice: flat out, then paced (``MessageStore.purge(pause=…)``)."""
+    results.purge = _purge_once(db, servers, options, pause=0.0)
+    if options.purge_pause > 0:
+        results.purge_paced = _purge_once(db, servers, options, pause=options.purge_pause)
+
+
+def _purge_once(db: BenchDatabase, servers: dict[str, Server], options: Options, *,
+                pause: float) -> dict[str, object]:
     from chttp_core.db import make_engine
     from chttp_server.store import MessageStore
 
@@ -277,10 +287,10 @@ def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
 
     def purge() -> None:
         began = time.monotonic()
-        outcome["deleted"] = store.purge()
+        outcome["deleted"] = store.purge(pause=pause)
         outcome["seconds"] = time.monotonic() - began
 
-    progress("purge: MessageStore.purge() while the same traffic runs")
+    progress(f"purge: MessageStore.purge(pause={pause:g}) while the same traffic runs")
     thread = threading.Thread(target=purge)
     began = time.monotonic()
     thread.start()
@@ -288,7 +298,7 @@ def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
     window_seconds = time.monotonic() - began
     thread.join()
     engine.dispose()
-    results.purge = {"before": before, "during": during, "concurrency": concurrency,
-                     "deleted": int(outcome.get("deleted", 0)),
-                     "purge_seconds": outcome.get("seconds", float("nan")),
-                     "window_seconds": window_seconds}
+    return {"before": before, "during": during, "concurrency": concurrency,
+            "deleted": int(outcome.get("deleted", 0)), "pause": pause,
+            "purge_seconds": outcome.get("seconds", float("nan")),
+            "window_seconds": window_seconds}

@@ -43,6 +43,7 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "add_debug_option",
+    "non_negative_float",
     "positive_int",
     "run_command",
     "open_database",
@@ -89,6 +90,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse ``type`` for durations in seconds that may be 0 (``--pause -1`` is 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text}")
     return value
 
 

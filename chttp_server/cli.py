@@ -50,6 +50,7 @@ from chttp_core.commandline import (
     add_debug_option,
     known_revisions,
     open_database,
+    non_negative_float,
     positive_int,
     require_schema,
     run_command,
@@ -151,6 +152,9 @@ def _add_purge(commands: Any) -> None:
     _add_db_option(purge)
     purge.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
                        help="messages deleted per transaction (default: %(default)s)")
+    purge.add_argument("--pause", type=non_negative_float, default=0.0, metavar="SECONDS",
+                       help="sleep between batches, leaving the database to live traffic "
+                            "(default: %(default)s)")
     purge.set_defaults(handler=_cmd_purge)
 
 
@@ -162,7 +166,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
         require_schema(engine, args.db)
         # Retention is already baked into each row's expires_at.
         store = MessageStore(engine, retention=timedelta(days=15), claim_timeout=5.0)
-        deleted = store.purge(batch_size=args.batch_size)
+        deleted = store.purge(batch_size=args.batch_size, pause=args.pause)
     finally:
         engine.dispose()
     print(f"purged {deleted} expired message(s)")

@@ -268,7 +268,8 @@ def test_chttp_purge_deletes_expired_messages(project):
                                     "WHERE message_id = 'p-1'"), {"past": "2000-01-01 00:00:00"})
     finally:
         engine.dispose()
-    done = manage(django_env(project.db_url, project.test_dir), "chttp_purge")
+    done = manage(django_env(project.db_url, project.test_dir), "chttp_purge",
+                  "--batch-size", "1", "--pause", "0.01")
     assert "deleted 1 expired message" in done.stdout
     assert project.stored("p-1") == 0
     assert project.stored("p-2") == 1

@@ -111,6 +111,17 @@ def test_purge_batch_size_must_be_positive(capsys, tmp_path):
     assert status == 2 and "--batch-size" in line and "at least 1" in line
 
 
+@pytest.mark.parametrize("value", ["-1", "soon", "inf", "nan"])
+def test_purge_pause_must_be_a_finite_duration(capsys, tmp_path, value):
+    status, line = run(capsys, "purge", "--db", _schema_db(tmp_path / "x.db"), "--pause", value)
+    assert status == 2 and "--pause" in line
+
+
+def test_purge_with_a_pause_runs(capsys, tmp_path):
+    assert main(["purge", "--db", _schema_db(tmp_path / "x.db"), "--pause", "0.01"]) == 0
+    assert "purged 0 expired message(s)" in capsys.readouterr().out
+
+
 def test_serve_a_port_in_use(capsys, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

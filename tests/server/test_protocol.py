@@ -353,6 +353,25 @@ def test_purge_works_in_bounded_batches(make_app, engine, clock):
     assert store.count() == 1
 
 
+def test_purge_pauses_between_batches(make_app, clock, monkeypatch):
+    """``pause`` sleeps between batches (not before the first or after the last), and
+    the purge still deletes every expired row."""
+    import chttp_server.store
+
+    app = make_app(retention=timedelta(minutes=1))
+    for number in range(7):
+        post(app, "/echo", f"pp-{number}")
+    clock.now += timedelta(minutes=2)
+    slept: list[float] = []
+    monkeypatch.setattr(chttp_server.store.time, "sleep", slept.append)
+    store = app.app.store
+    assert store.purge(batch_size=3, pause=0.25) == 7
+    assert slept == [0.25, 0.25]  # batches of 3, 3 and 1
+    assert store.count() == 0
+    with pytest.raises(ValueError, match="pause"):
+        store.purge(pause=-1)
+
+
 # -- scoping ----------------------------------------------------------------------------
 
 

@@ -24,6 +24,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--batch-size", type=int, default=1000,
                             help="rows deleted per statement (default 1000)")
+        parser.add_argument("--pause", type=float, default=0.0,
+                            help="seconds to sleep between batches, leaving the database "
+                                 "to live traffic (default 0)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -32,8 +35,10 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         if options["batch_size"] < 1:
             raise CommandError("--batch-size must be at least 1")
+        if not 0 <= options["pause"] < float("inf"):
+            raise CommandError("--pause must be a finite number of seconds >= 0")
         engine = django_engine(conf.database)
         initialize(engine)
         store = MessageStore(engine, retention=conf.retention, claim_timeout=conf.claim_timeout)
-        deleted = store.purge(batch_size=options["batch_size"])
+        deleted = store.purge(batch_size=options["batch_size"], pause=options["pause"])
         self.stdout.write(f"deleted {deleted} expired message(s)")
