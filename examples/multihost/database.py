@@ -217,16 +217,34 @@ class ReplicatedPostgres:
                 shutil.rmtree(cluster.base, ignore_errors=True)
 
 
+def _pid_in(path: Path) -> int | None:
+    """The pid a pid file names, or None (absent, or not written completely yet)."""
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _alive(pid: int) -> bool:
+    """Whether any thread of process ``pid`` still runs (and so may hold its sockets).
+
+    A zombie counts as dead: only its parent (pg_ctl, runuser: gone) would reap it, and
+    it has closed its files. But a multi-threaded process's leader turns zombie while
+    its other threads are still exiting, and the files they share (PgBouncer's listening
+    socket) close only with the last of them: so every thread is looked at.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie counts as dead: only its parent (pg_ctl is gone) would reap it.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return False
+    for task in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 class PgBouncer:
@@ -243,6 +261,8 @@ class PgBouncer:
         self.process: subprocess.Popen[bytes] | None = None
         self.config = base / "pgbouncer.ini"
         self.log = base / "pgbouncer.log"
+        #: PgBouncer writes its pid here once it listens (see :meth:`start`).
+        self.pidfile = base / "pgbouncer.pid"
         (base / "users.txt").write_text('"postgres" ""\n')
         self._write_config()
         if os.geteuid() == 0:  # pgbouncer refuses to run as root
@@ -265,24 +285,38 @@ class PgBouncer:
             f"default_pool_size = {self.pool_size}\n"
             "ignore_startup_parameters = extra_float_digits,options\n"
             f"logfile = {self.log}\n"
+            f"pidfile = {self.pidfile}\n"
             "server_login_retry = 1\n"
             "admin_users = postgres\n"
         )
 
     def start(self) -> PgBouncer:
+        """Start PgBouncer and return once *this* process listens on :attr:`port`.
+
+        Ready means: the pid file exists (PgBouncer writes it only after binding its
+        listening sockets), names a live process of this start, and the port accepts.
+        A connection alone is no proof: a PgBouncer still dying, or anything else on the
+        port, accepts it while the new one fails to bind ("Address already in use",
+        FATAL "nowhere to listen on") and exits. That is then a RuntimeError with
+        PgBouncer's own words, not a silent outage the load would stall on.
+        """
         command = [self.binary, str(self.config)]
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
+        # A stale pid file (SIGKILL leaves it) would count as ready before the new one binds.
+        self.pidfile.unlink(missing_ok=True)
         with open(self.base / "stderr.log", "ab") as stderr:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
                                             start_new_session=True)
 
         def accepting() -> bool:
             assert self.process is not None
-            if self.process.poll() is not None:
+            if self.process.poll() is not None:   # runuser exits with its PgBouncer
                 output = (self.base / "stderr.log").read_text()
                 log = self.log.read_text() if self.log.exists() else ""
                 raise RuntimeError(f"pgbouncer exited: {output[-1000:]}{log[-1000:]}")
+            if _pid_in(self.pidfile) not in process_tree(self.process.pid):
+                raise OSError("pgbouncer has not bound its port yet")
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True
 
@@ -298,10 +332,29 @@ class PgBouncer:
                 time.sleep(0.05)
 
     def kill(self) -> None:
-        """SIGKILL PgBouncer (and the runuser wrapper): every pooled connection drops."""
-        if self.process is not None and self.process.poll() is None:
+        """SIGKILL PgBouncer (and the runuser wrapper); return once every process is gone.
+
+        Reaping the wrapper is not enough: ``runuser`` forks PgBouncer, and the wrapper
+        can be reaped while PgBouncer is still exiting with its listening socket open.
+        A :meth:`start` in that moment met the dying listener while the new PgBouncer
+        failed to bind and exited, and the receivers found nothing on the port for
+        good: the stall seen once in tests/multihost/test_failover.py's PgBouncer restart.
+        """
+        if self.process is None or self.process.poll() is not None:
+            return
+        tree = process_tree(self.process.pid)
+        try:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        except ProcessLookupError:
+            pass
+        for pid in tree:   # a member that left the group dies too
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(10)
+        # Every thread gone: the listening socket is closed and the port free.
+        _wait_for(lambda: not any(_alive(pid) for pid in tree), 10, "pgbouncer to die")
 
     def restart(self) -> None:
         self.kill()

@@ -19,9 +19,11 @@ its ``--give-up`` deadline) and stops, so a run ends with no message left in dou
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -132,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--linger", type=float, default=0.0,
                         help="ask the handler to sleep this long inside its transaction")
     args = parser.parse_args(argv)
+    # ``kill -USR1`` writes every worker's stack to stderr (the client host's log).
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     with open(args.history, "a") as stream:
         history = _History(stream)
         workers = [threading.Thread(target=_worker, args=(n, args, history), daemon=True)

@@ -30,9 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--claim-timeout", type=float, default=2.0)
     args = parser.parse_args(argv)
 
+    import faulthandler
     import logging
 
     import waitress
+
+    # ``kill -USR1`` writes every thread's stack to stderr (the host's log): what a
+    # stalled receiver's workers are waiting on, without a debugger on the host.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     # The store's warnings (unreachable, 503) go to stderr, which the topology keeps per host.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")

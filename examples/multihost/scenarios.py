@@ -59,7 +59,7 @@ class Outcome:
             f"fault, {report.rate(self.fault_at, max(self.healed_at, self.fault_at + 1e-3)):.0f} "
             f"during it ({self.healed_at - self.fault_at:.1f} s), "
             f"{report.rate(self.healed_at, self.stopped_at or report.end):.0f} after; longest stretch without an "
-            f"answer {report.longest_gap(self.fault_at):.2f} s; recovered "
+            f"answer {report.longest_gap(self.fault_at, self.stopped_at or None):.2f} s; recovered "
             + (f"{recovery:.2f} s after the repair" if recovery is not None else "never"),
         ]
         lines += [f"{name}: {value}" for name, value in self.extra.items()]
