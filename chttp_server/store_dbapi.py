@@ -52,7 +52,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 __all__ = ["supports", "prepares", "install", "begin", "fused", "end", "claim", "complete", "lookup",
-           "CLAIM", "COMPLETE", "LOOKUP", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
+           "CLAIM", "CLAIM_FUSED", "COMPLETE", "LOOKUP", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -74,6 +74,28 @@ CLAIM = (
     ") "
     f"SELECT (SELECT count(*) FROM claim) AS claimed, {_SELECT_STORED} "
     "FROM (SELECT 1) AS one LEFT JOIN chttp_messages AS stored "
+    "ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s"
+)
+
+#: The claim where the store began the transaction itself (:func:`begin`): the same
+#: decision as :data:`CLAIM` as three short statements in one query string, because
+#: PostgreSQL plans these far more cheaply (~80 µs of the server's CPU less per request
+#: without prepared statements, measured in the backend's /proc CPU time): save and
+#: bound ``lock_timeout``; the insert; then put ``lock_timeout`` back and read the row,
+#: ``claimed`` when this transaction wrote it (its ``xmin`` is our transaction id: the
+#: store's own transaction is never a subtransaction here). psycopg2 returns the last
+#: statement's row. The read is a statement of its own, so after waiting on a concurrent
+#: claimer that committed it sees the committed row (no second lookup).
+CLAIM_FUSED = (
+    "SELECT set_config('lock_timeout', %(lock_timeout)s || left(set_config("
+    "'chttp.saved_lock_timeout', current_setting('lock_timeout'), true), 0), true); "
+    "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
+    "expires_at) VALUES (%(scope)s, %(message_id)s, %(fingerprint)s, %(state)s, "
+    "%(received_at)s, %(expires_at)s) ON CONFLICT (scope, message_id) DO NOTHING; "
+    "SELECT COALESCE(stored.xmin = pg_current_xact_id_if_assigned()::xid, false) AS claimed, "
+    f"{_SELECT_STORED} "
+    "FROM (SELECT set_config('lock_timeout', current_setting('chttp.saved_lock_timeout'), "
+    "true)) AS restored LEFT JOIN chttp_messages AS stored "
     "ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s"
 )
 
@@ -222,9 +244,12 @@ def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> 
     """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name)."""
     if prepared:
         _prepare(connection, _CLAIM_PREPARE)
-        return _ClaimRow._make(_run(connection, _opening(connection, CLAIM_EXECUTE), params,
-                                    fetch=True))
-    return _ClaimRow._make(_run(connection, _opening(connection, CLAIM), params, fetch=True))
+        sql = CLAIM_EXECUTE
+    elif fused(connection):
+        sql = CLAIM_FUSED
+    else:
+        sql = CLAIM
+    return _ClaimRow._make(_run(connection, _opening(connection, sql), params, fetch=True))
 
 
 def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,

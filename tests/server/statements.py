@@ -17,7 +17,10 @@ def opened(statement: str) -> str:
 
 
 def is_claim(statement: str) -> bool:
-    return opened(statement).startswith(("WITH claim AS", "EXECUTE chttp_claim"))
+    # The SQLAlchemy claim, the prepared one, or the three-statement one of a fused
+    # transaction (chttp_server.store_dbapi.CLAIM_FUSED).
+    return (opened(statement).startswith(("WITH claim AS", "EXECUTE chttp_claim"))
+            or "; INSERT INTO chttp_messages" in statement)
 
 
 def is_completion(statement: str) -> bool:
