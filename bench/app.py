@@ -9,7 +9,8 @@ own), and through the certified request's shared connection when
 launcher can tell when every worker has booted.
 
 Gunicorn loads ``bench.app:application``; the mode and the database come from the
-environment (``BENCH_MODE`` = ``bare`` | ``certified`` | ``peer``, ``BENCH_DB_URL``).
+environment (``BENCH_MODE`` = ``bare`` | ``certified`` | ``certified-default`` | ``peer``,
+``BENCH_DB_URL``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from chttp_server.context import ENVIRON_KEY
 
 __all__ = ["make_app", "application", "MODES"]
 
-MODES = ("bare", "certified", "peer")
+MODES = ("bare", "certified", "certified-default", "peer")
 
 _INSERT = text("INSERT INTO bench_items (message_id, payload) VALUES (:message_id, :payload)")
 
@@ -112,14 +113,17 @@ def make_app(mode: str, db_url: str, *, pool_size: int = 8) -> Callable[..., Ite
     engine = make_engine(db_url, pool_size=pool_size, max_overflow=pool_size,
                          pool_pre_ping=False)
     app = items_app(engine)
-    if mode == "certified":
+    if mode in ("certified", "certified-default"):
         from chttp_server import CertifiedMiddleware
 
         # As the middleware makes its own from a URL: no pre-ping (the claim retries).
         store_engine = make_engine(db_url, pool_size=pool_size, max_overflow=pool_size,
                                    pool_pre_ping=False)
-        # Direct connections to PostgreSQL: the store may prepare its statements.
-        return CertifiedMiddleware(app, engine=store_engine, prepared_statements=True)
+        # "certified": direct connections to PostgreSQL, so the store may prepare its
+        # statements; "certified-default": the middleware's defaults (what works behind
+        # PgBouncer too), measured beside it.
+        return CertifiedMiddleware(app, engine=store_engine,
+                                   prepared_statements=mode == "certified")
     if mode == "peer":
         # idemkit's documented WSGI set-up: WSGIIdempotencyMiddleware with
         # PostgresBackend.from_url (schema made beforehand by `idemkit init-pg`).

@@ -104,6 +104,11 @@ def render(results: Results, options: Options) -> str:
             if floor and bare:
                 value = _ratio(bare.rps, floor.rps)
                 lines.append(f"bare / db floor          {c:>4} {value:>7.2f}")
+            default = grid.get(("certified, default settings", c))
+            if default and bare:
+                value = _ratio(default.rps, bare.rps)
+                lines.append(f"certified, default / bare {c:>3} {value:>7.2f}  (no prepared "
+                             "statements: what works behind PgBouncer too)")
             bare_sql = grid.get(("bare sql (pgbench)", c))
             certified_sql = grid.get(("certified sql (pgbench)", c))
             if bare_sql and certified_sql:

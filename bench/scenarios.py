@@ -116,7 +116,8 @@ def run_all(options: Options) -> Results:
             peer_ready = f"idemkit unavailable: {type(exc).__name__}: {exc}"
         servers: dict[str, Server] = {}
         try:
-            for mode in ("bare", "certified", "peer", *DJANGO_MODES, *FLASK_MODES):
+            for mode in ("bare", "certified", "certified-default", "peer", *DJANGO_MODES,
+                         *FLASK_MODES):
                 if mode == "peer" and peer_ready:
                     results.skipped["peer"] = peer_ready
                     continue
@@ -201,6 +202,8 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
             duration=_slice(options))),
         ("bare", lambda c: _load(options, servers["bare"], c, kind="none")),
         ("certified", lambda c: _load(options, servers["certified"], c, kind="new")),
+        ("certified, default settings", lambda c: _load(options, servers["certified-default"],
+                                                        c, kind="new")),
         ("replay", lambda c: _load(options, servers["certified"], c, kind="replay",
                                    replay_ids=options.scale_small)),
     ]
