@@ -158,10 +158,10 @@ class CertifiedMiddleware:
         # The application's own sessionmaker / scoped_session (or a list of them): their
         # sessions join each certified request's transaction (chttp_server.sessions).
         sessions: Any = (),
-        # PostgreSQL + psycopg2: prepare the store's two statements once per pooled
-        # connection (less planning per request). Off by default: behind a
-        # transaction-mode pooler (PgBouncer) a prepared statement is not there in the
-        # next transaction's server session. Turn on for direct connections only.
+        # PostgreSQL + psycopg2: the claim is always a prepared statement, prepared on
+        # demand by each server session that lacks it (safe behind PgBouncer). True:
+        # the stored response is prepared too, once per pooled connection, which a
+        # transaction-mode pooler (PgBouncer) breaks. Turn on for direct connections only.
         prepared_statements: bool = False,
     ) -> None:
         if isinstance(app, CertifiedMiddleware):

@@ -172,6 +172,8 @@ class MessageStore:
         # connection (PREPARE/EXECUTE: less planning per request). Only on a direct
         # PostgreSQL connection: a transaction-mode pooler (PgBouncer) hands the next
         # transaction another server session, where the statement does not exist.
+        # (False still prepares the claim of the store's own transactions, on demand
+        # per server session, which is safe behind a pooler: store_dbapi.claim.)
         prepared_statements: bool = False,
     ) -> None:
         self.engine = engine

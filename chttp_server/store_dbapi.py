@@ -45,6 +45,7 @@ rewrite is not applied). Other drivers (and SQLite) keep the SQLAlchemy statemen
 
 from __future__ import annotations
 
+import hashlib
 from collections import namedtuple
 from typing import Any
 
@@ -52,7 +53,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 __all__ = ["supports", "prepares", "install", "begin", "fused", "end", "claim", "complete", "lookup",
-           "CLAIM", "CLAIM_FUSED", "COMPLETE", "LOOKUP", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
+           "CLAIM", "COMPLETE", "LOOKUP", "CLAIM_PREPARE", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -77,28 +78,6 @@ CLAIM = (
     "ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s"
 )
 
-#: The claim where the store began the transaction itself (:func:`begin`): the same
-#: decision as :data:`CLAIM` as three short statements in one query string, because
-#: PostgreSQL plans these far more cheaply (~80 µs of the server's CPU less per request
-#: without prepared statements, measured in the backend's /proc CPU time): save and
-#: bound ``lock_timeout``; the insert; then put ``lock_timeout`` back and read the row,
-#: ``claimed`` when this transaction wrote it (its ``xmin`` is our transaction id: the
-#: store's own transaction is never a subtransaction here). psycopg2 returns the last
-#: statement's row. The read is a statement of its own, so after waiting on a concurrent
-#: claimer that committed it sees the committed row (no second lookup).
-CLAIM_FUSED = (
-    "SELECT set_config('lock_timeout', %(lock_timeout)s || left(set_config("
-    "'chttp.saved_lock_timeout', current_setting('lock_timeout'), true), 0), true); "
-    "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
-    "expires_at) VALUES (%(scope)s, %(message_id)s, %(fingerprint)s, %(state)s, "
-    "%(received_at)s, %(expires_at)s) ON CONFLICT (scope, message_id) DO NOTHING; "
-    "SELECT COALESCE(stored.xmin = pg_current_xact_id_if_assigned()::xid, false) AS claimed, "
-    f"{_SELECT_STORED} "
-    "FROM (SELECT set_config('lock_timeout', current_setting('chttp.saved_lock_timeout'), "
-    "true)) AS restored LEFT JOIN chttp_messages AS stored "
-    "ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s"
-)
-
 COMPLETE = (
     "UPDATE chttp_messages SET status = %(status)s, headers = %(headers)s, body = %(body)s "
     "WHERE scope = %(scope)s AND message_id = %(message_id)s"
@@ -110,24 +89,32 @@ LOOKUP = (
 )
 
 
-def _prepared(name: str, sql: str, parameters: tuple[tuple[str, str], ...]) -> tuple[str, str]:
-    """``(PREPARE …, EXECUTE …)`` of ``sql`` whose ``%(name)s`` become ``$n`` of the given types."""
+def _prepared(kind: str, sql: str, parameters: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+    """``(PREPARE …, EXECUTE …)`` of ``sql`` whose ``%(name)s`` become ``$n`` of the given types.
+
+    The statement's name carries a digest of its text: a server session (which a pooler
+    may hand to any client) that has a statement of this name has this very statement,
+    whichever version of this package prepared it.
+    """
     body = sql
     for number, (parameter, _type) in enumerate(parameters, start=1):
         body = body.replace(f"%({parameter})s", f"${number}")
     types = ", ".join(sql_type for _name, sql_type in parameters)
     arguments = ", ".join(f"%({parameter})s" for parameter, _type in parameters)
+    name = f"chttp_{kind}_{hashlib.sha256(f'{types}|{body}'.encode()).hexdigest()[:16]}"
     return f"PREPARE {name} ({types}) AS {body}", f"EXECUTE {name} ({arguments})"
 
 
-#: The claim and the stored response as server-side prepared statements, prepared once
-#: per connection: PostgreSQL then neither parses nor plans them per request (the
-#: claim's planning cost about as much as its execution: ~0.1 ms of the server's CPU).
-_CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("chttp_claim_1", CLAIM, (
+#: The claim and the stored response as server-side prepared statements: PostgreSQL then
+#: neither parses nor plans them per request (planning the claim cost ~0.1-0.2 ms of the
+#: server's CPU, more than running it). With ``prepared_statements=True`` both are
+#: prepared once per pooled connection; in the store's own transactions the claim is
+#: prepared on demand by every server session that lacks it (:func:`claim`).
+CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, (
     ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
     ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
 ))
-_COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("chttp_complete_1", COMPLETE, (
+_COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("complete", COMPLETE, (
     ("status", "integer"), ("headers", "text"), ("body", "bytea"), ("scope", "text"),
     ("message_id", "text"),
 ))
@@ -240,16 +227,39 @@ def _opening(connection: Connection, sql: str) -> str:
     return sql
 
 
+#: SQLSTATE invalid_sql_statement_name: EXECUTE of a statement this session lacks.
+_PG_NO_SUCH_STATEMENT = "26000"
+
+
 def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
     """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name)."""
     if prepared:
-        _prepare(connection, _CLAIM_PREPARE)
+        _prepare(connection, CLAIM_PREPARE)
         sql = CLAIM_EXECUTE
-    elif fused(connection):
-        sql = CLAIM_FUSED
+    elif fused(connection) and _transaction_status(connection) == _IDLE:
+        return _ClaimRow._make(_claim_prepared_on_demand(connection, params))
     else:
         sql = CLAIM
     return _ClaimRow._make(_run(connection, _opening(connection, sql), params, fetch=True))
+
+
+def _claim_prepared_on_demand(connection: Connection, params: dict[str, Any]) -> Any:
+    """``BEGIN; EXECUTE <claim>``, preparing the claim first where this session lacks it.
+
+    Safe behind a transaction-mode pooler, where each transaction may run in another
+    server session: a session without the statement fails the ``EXECUTE`` (SQLSTATE
+    26000) inside the transaction just begun, which keeps that session ours (a pooler
+    does not move a client in a transaction), and the retry rolls back, prepares and
+    claims in one query string, on that same session. Once every session has it, each
+    claim is one round trip again; on a direct connection it is prepared once.
+    """
+    try:
+        return _run(connection, "BEGIN; " + CLAIM_EXECUTE, params, fetch=True)
+    except sa_exc.DBAPIError as error:
+        if getattr(error.orig, "pgcode", None) != _PG_NO_SUCH_STATEMENT:
+            raise
+    return _run(connection, f"ROLLBACK; {CLAIM_PREPARE}; BEGIN; {CLAIM_EXECUTE}", params,
+                fetch=True)
 
 
 def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,

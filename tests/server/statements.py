@@ -17,10 +17,10 @@ def opened(statement: str) -> str:
 
 
 def is_claim(statement: str) -> bool:
-    # The SQLAlchemy claim, the prepared one, or the three-statement one of a fused
-    # transaction (chttp_server.store_dbapi.CLAIM_FUSED).
+    # The SQLAlchemy claim, or the prepared one (prepared on demand: "ROLLBACK; PREPARE
+    # chttp_claim_…; BEGIN; EXECUTE chttp_claim_…", chttp_server.store_dbapi.claim).
     return (opened(statement).startswith(("WITH claim AS", "EXECUTE chttp_claim"))
-            or "; INSERT INTO chttp_messages" in statement)
+            or (statement.startswith("ROLLBACK; PREPARE chttp_claim_")))
 
 
 def is_completion(statement: str) -> bool:

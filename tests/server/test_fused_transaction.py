@@ -120,8 +120,7 @@ def test_a_certified_request_takes_as_many_round_trips_as_a_bare_one(rig):
 
     sent = log.during(lambda: post(app, "m-1"))
     assert len(sent) == 3, sent
-    assert sent[0].startswith("BEGIN; SELECT set_config('lock_timeout'")
-    assert "; INSERT INTO chttp_messages" in sent[0]
+    assert sent[0].startswith("BEGIN; EXECUTE chttp_claim_")
     assert sent[1].startswith("INSERT INTO host_writes")
     assert sent[2].startswith("UPDATE chttp_messages") and sent[2].endswith("; COMMIT")
 
@@ -131,13 +130,38 @@ def test_a_certified_request_takes_as_many_round_trips_as_a_bare_one(rig):
     assert message_rows(engine) == 2
 
 
+def test_each_server_session_prepares_the_claim_on_demand(rig):
+    """A session without the claim statement (a fresh one, or one a pooler hands over)
+    fails the EXECUTE inside its new transaction and prepares it in the retry's round
+    trip; every later claim there is one EXECUTE."""
+    engine, log = rig
+    engine.dispose()  # a fresh server session
+    app = certified(engine, writing_app())
+    first = log.during(lambda: post(app, "p-1"))
+    claims = [statement for statement in first if "chttp_claim_" in statement]
+    assert len(claims) == 2, first
+    assert claims[0].startswith("BEGIN; EXECUTE chttp_claim_")
+    assert claims[1].startswith("ROLLBACK; PREPARE chttp_claim_")
+    assert "; BEGIN; EXECUTE chttp_claim_" in claims[1]
+
+    with engine.connect() as connection:  # the pool's one connection: forget the statement
+        connection.exec_driver_sql("DEALLOCATE ALL")
+        connection.rollback()
+    second = log.during(lambda: post(app, "p-2"))
+    assert any(statement.startswith("ROLLBACK; PREPARE chttp_claim_") for statement in second)
+    again = log.during(lambda: post(app, "p-3"))
+    assert len(again) == 3 and again[0].startswith("BEGIN; EXECUTE chttp_claim_"), again
+    assert count_writes(engine, "echo") == 3
+    assert message_rows(engine) == 3
+
+
 def test_a_replay_is_answered_in_two_round_trips(rig):
     engine, log = rig
     app = certified(engine, writing_app())
     first = post(app, "m-2")
     again = log.during(lambda: post(app, "m-2"))
     assert len(again) == 2, again
-    assert again[0].startswith("BEGIN; SELECT set_config('lock_timeout'") and again[1] == "ROLLBACK"
+    assert again[0].startswith("BEGIN; EXECUTE chttp_claim_") and again[1] == "ROLLBACK"
     assert count_writes(engine, "echo") == 1
     assert post(app, "m-2").body == first.body
 
