@@ -147,3 +147,45 @@ def test_the_heartbeat_thread_stops_with_the_journal(db_url, receiver):
     assert heartbeats() == before + 1
     journal.close()
     assert heartbeats() == before
+
+
+def test_a_lease_is_stamped_and_read_with_the_databases_clock(db_url, receiver):
+    """Two journals a day apart (their hosts' clocks) agree on a lease: the database's.
+
+    Stamped with the owner's clock, the lease of an owner a day behind would be free at
+    once; read with the taker's clock, every lease would be free to a taker a day ahead.
+    """
+    day = timedelta(days=1)
+    seen: dict[str, object] = {}
+
+    def during(request: httpx.Request) -> None:
+        [oplog] = behind.list_open()
+        seen["deadline"], seen["at"] = lease_expires_at(behind, oplog.id), datetime.now(timezone.utc)
+        try:
+            ahead.take_lease(oplog.id)
+        except OplogBusyError as error:
+            seen["ahead"] = error
+        else:
+            seen["ahead"] = "took a live owner's lease"
+
+    behind = Journal(db_url, transport=DuringAttempt(receiver, during), lease=LEASE,
+                     clock=lambda: datetime.now(timezone.utc) - day)
+    ahead = Journal(db_url, transport=httpx.WSGITransport(app=receiver), lease=LEASE,
+                    clock=lambda: datetime.now(timezone.utc) + day)
+    try:
+        @resumable(behind)
+        def transfer(*, chttp_context):
+            return chttp_context.post(f"{BASE}/escrow", json={"amount": 1}).status_code
+
+        before = datetime.now(timezone.utc)
+        assert transfer() == 201  # never taken over
+        assert isinstance(seen["ahead"], OplogBusyError)
+        assert not isinstance(seen["ahead"], OplogTakenOverError)
+        # The deadline: this machine's (the database's) now plus the lease, whatever the
+        # owner's clock said (SQLite keeps milliseconds, hence the lower bound's slack).
+        deadline, at = seen["deadline"], seen["at"]
+        assert before + LEASE - timedelta(milliseconds=1) <= deadline <= at + LEASE
+        assert count_runs(receiver.engine) == 1
+    finally:
+        behind.close()
+        ahead.close()
