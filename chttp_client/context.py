@@ -378,13 +378,13 @@ class ResumableContext(SendShorthands):
         writes = self._writes
         now = services.clock()
         services.store.commit(Commit(
-            oplog_id=self.oplog_id, owner=self._owner, now=now, lease_until=now + services.lease,
+            oplog_id=self.oplog_id, owner=self._owner, now=now, lease=services.lease,
             new=None if self._stored else NewOplog(self.function, self.version, self._arguments),
             inserts=writes.steps + new_steps, answers=writes.answers, finish=finish,
             acks=services.acknowledger.take_marks(),
             # This process acknowledges the answers it makes durable (and nobody else
             # meanwhile); without acknowledgements, resume_all() will.
-            ack_claim_until=now + services.lease if services.acknowledger.enabled else None,
+            ack_claim=services.lease if services.acknowledger.enabled else None,
         ))
         # The buffer is durable: its answers may be acknowledged now.
         self._writes = _Writes()
@@ -399,7 +399,11 @@ class ResumableContext(SendShorthands):
         self._commit([], Finish(state, result))
 
     def _renew_lease_if_due(self) -> None:
-        """Between retry attempts: renew the lease once half of it has passed."""
+        """Between retry attempts: renew the lease once half of it has passed.
+
+        *When* is timed with the journal's clock (only its rate matters); the new
+        deadline is the database's now plus the lease (:mod:`chttp_client.leases`).
+        """
         if not self._stored:
             return
         services = self._services
@@ -407,6 +411,6 @@ class ResumableContext(SendShorthands):
         last = self._lease_renewed_at
         if last is not None and now - last < services.lease / 2:
             return
-        services.store.renew_lease(self.oplog_id, self._owner, now=now, until=now + services.lease)
+        services.store.renew_lease(self.oplog_id, self._owner, now=now, lease=services.lease)
         self._lease_renewed_at = now
 

@@ -119,8 +119,8 @@ class OplogBusyError(JournalError):
 class OplogTakenOverError(OplogBusyError):
     """Our run lost its oplog's lease: another process took the oplog over.
 
-    That happens only when our lease lapsed (this process looked dead: stalled longer
-    than the lease, or its clock is far off). The function goes on, or already ended,
+    That happens only when our lease lapsed by the database's clock (this process
+    looked dead: stalled longer than the lease), or was taken with ``force``. The function goes on, or already ended,
     in the other process; ``state`` is the oplog's state when we noticed (``open``,
     ``done``, ``failed``). Its result: ``journal.resume(oplog_id)`` returns (or raises)
     the recorded result once the oplog is finished, and raises

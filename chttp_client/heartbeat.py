@@ -5,8 +5,10 @@ network far longer than that: one slow attempt, or retries for hours while the r
 is down. Without renewals meanwhile, the lease lapses and another process's
 ``resume_all()`` takes the oplog over from a process that is still alive. So while a
 send is in flight its run is *held* here (:meth:`Heartbeat.hold`), and one daemon thread
-per journal renews every held lease once a third of it has passed (by the journal's
-clock), checking a few times per lease. A renewal that finds the lease taken over stops
+per journal renews every held lease once a third of it has passed (timed by the
+journal's clock, whose offset does not matter: only how fast it runs), checking a few
+times per lease. The renewed deadline is the database's now plus the lease
+(:mod:`chttp_client.leases`), so a host whose clock is off still keeps its lease. A renewal that finds the lease taken over stops
 renewing it; the run's next commit then raises
 :class:`~chttp_client.errors.OplogTakenOverError`.
 """
@@ -82,7 +84,7 @@ class Heartbeat:
                    if now - held.renewed_at >= self.lease / 3]
         for oplog_id, held in due:
             try:
-                self.store.renew_lease(oplog_id, held.owner, now=now, until=now + self.lease)
+                self.store.renew_lease(oplog_id, held.owner, now=now, lease=self.lease)
             except OplogBusyError as error:
                 log.warning("chttp: lease of oplog %s lost while a send was in flight: %s", oplog_id, error)
                 with self._lock:

@@ -21,7 +21,10 @@ re-exported here), not per journal object.
 
 Leases (:mod:`chttp_client.leases`): a run holds its oplog's lease; every commit of the
 run renews it and fails with :class:`~chttp_client.errors.OplogBusyError` if it was
-taken over, so two processes never run one oplog at once.
+taken over, so two processes never run one oplog at once. A lease's deadline is kept by
+the database's clock, not ``clock=`` (hosts sharing a journal need not agree on the
+time); a test that needs a lease gone expires it there
+(:func:`chttp_client.testing.expire_leases`).
 """
 
 from __future__ import annotations
@@ -120,11 +123,12 @@ class Journal:
         transport: httpx.BaseTransport | None = None,
         # Retries, backoff, per-attempt timeout and per-send deadline (docs/protocol.rst §5).
         retry: RetryPolicy = RetryPolicy(),
-        # How long a run's lease lasts without a commit renewing it.
+        # How long a run's lease lasts without a commit renewing it (database clock).
         lease: timedelta = timedelta(minutes=10),
         # DELETE on X-Message-URL after each answer (docs/protocol.rst §3), in the background.
         acknowledge: bool = True,
         # Time and sleep; tests replace them so that nothing waits on the wall clock.
+        # Lease deadlines do not use it: they are the database's (chttp_client.leases).
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
         # Resumes of one oplog that make no progress (no commit: a crash loop) before
@@ -234,7 +238,7 @@ class Journal:
             raise UnknownFunctionError(info.id, info.function, info.version, sorted(functions))
         owner = new_owner()
         now = self.clock()
-        attempts = self.store.take_lease(info.id, owner, now=now, until=now + self.lease,
+        attempts = self.store.take_lease(info.id, owner, now=now, lease=self.lease,
                                          force=force, count_attempt=True)
         if self.max_resume_attempts is not None and attempts > self.max_resume_attempts:
             self._abandon(info, f"{attempts - 1} resumes made no progress "
@@ -288,7 +292,7 @@ class Journal:
         """
         owner = new_owner()
         now = self.clock()
-        self.store.take_lease(oplog_id, owner, now=now, until=now + self.lease, force=force)
+        self.store.take_lease(oplog_id, owner, now=now, lease=self.lease, force=force)
         return owner
 
     def resume_all(self) -> builtins.list[ResumeOutcome]:
@@ -387,8 +391,7 @@ class Journal:
         resumers and the live process that queued it never DELETE one message twice.
         """
         self.ensure_schema()
-        now = self.clock()
-        claimed = self.store.claim_pending_acks(now=now, until=now + self.lease)
+        claimed = self.store.claim_pending_acks(claim=self.lease)
         done = sum(self.acknowledger.send(p.oplog_id, p.number, p.url) for p in claimed)
         self.store.mark_acknowledged(self.acknowledger.take_marks())
         return done

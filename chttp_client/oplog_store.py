@@ -10,6 +10,13 @@ Every write of a run is one :class:`Commit`: the oplog row inserted (first write
 lease renewed — failing with :class:`~chttp_client.errors.OplogTakenOverError` if
 another process took it over — then new steps, answered steps, the result if the run ends, and
 the acknowledgement marks gathered since the previous commit, in one transaction.
+
+Leases and acknowledgement claims are given as *durations*: their deadlines are
+computed and compared in SQL with the database's clock
+(:func:`~chttp_client.leases.lease_deadline`, :func:`~chttp_client.leases.database_now`),
+never with a client's, so hosts whose clocks disagree still agree on who runs an
+oplog. Every other time (``now``: created, updated, finished, acknowledged) is the
+journal's clock, as before.
 """
 
 from __future__ import annotations
@@ -20,11 +27,11 @@ from datetime import datetime, timedelta, timezone
 import builtins
 from typing import Any, Iterator, Sequence, overload
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, or_, select, update
 
 from chttp_client import codec, retention
 from chttp_client.errors import JournalError, OplogBusyError, OplogTakenOverError
-from chttp_client.leases import lease_is_free
+from chttp_client.leases import database_now, lease_deadline, owner_is_gone
 from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
 from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
 
@@ -79,7 +86,8 @@ class Commit:
     oplog_id: str
     owner: str | None
     now: datetime
-    lease_until: datetime
+    #: How long the lease lasts from this commit, by the database's clock.
+    lease: timedelta
     #: Insert the oplog row (first write of a run) instead of renewing the lease.
     new: NewOplog | None = None
     #: New steps.
@@ -88,9 +96,9 @@ class Commit:
     answers: Sequence[StepRecord] = ()
     finish: Finish | None = None
     acks: Sequence[AckMark] = field(default_factory=list)
-    #: Claim the acknowledgement of each answer with a message URL until then (this
-    #: process will send it); None: leave it to ``resume_all()``.
-    ack_claim_until: datetime | None = None
+    #: Claim the acknowledgement of each answer with a message URL for this long, by
+    #: the database's clock (this process will send it); None: leave it to ``resume_all()``.
+    ack_claim: timedelta | None = None
 
 
 @overload
@@ -209,13 +217,15 @@ class OplogStore:
         """Write ``commit`` in one transaction (see the module docstring)."""
         with self.engine.begin() as connection:
             self._open(connection, commit)
+            claim_until = (None if commit.ack_claim is None
+                           else lease_deadline(connection.dialect, commit.ack_claim))
             if commit.inserts:
                 connection.execute(insert(oplog_steps), [
                     {"oplog_id": commit.oplog_id, "number": step.number, **_step_values(step)}
                     for step in commit.inserts
                 ])
             for step in commit.answers:
-                claim = commit.ack_claim_until if step.message_url is not None else None
+                claim = claim_until if step.message_url is not None else None
                 updated = connection.execute(
                     update(oplog_steps)
                     .where(oplog_steps.c.oplog_id == commit.oplog_id,
@@ -240,19 +250,22 @@ class OplogStore:
             connection.execute(insert(oplogs).values(
                 id=commit.oplog_id, function=commit.new.function, version=commit.new.version,
                 arguments=commit.new.arguments, state=OPLOG_OPEN, lease_owner=commit.owner,
-                lease_expires_at=commit.lease_until, created_at=commit.now, updated_at=commit.now,
+                lease_expires_at=lease_deadline(connection.dialect, commit.lease),
+                created_at=commit.now, updated_at=commit.now,
             ))
             return
-        self._renew(connection, commit.oplog_id, commit.owner, commit.now, commit.lease_until)
+        self._renew(connection, commit.oplog_id, commit.owner, commit.now, commit.lease)
 
     @staticmethod
     def _renew(connection: Connection, oplog_id: str, owner: str | None,
-               now: datetime, until: datetime) -> None:
-        # A write of the run is progress: its resumes start counting again.
+               now: datetime, lease: timedelta) -> None:
+        # A write of the run is progress: its resumes start counting again. Renewing
+        # does not ask whether the lease expired meanwhile: only a taker ends a lease.
         renewed = connection.execute(
             update(oplogs)
             .where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner)
-            .values(lease_expires_at=until, updated_at=now, resume_attempts=0)
+            .values(lease_expires_at=lease_deadline(connection.dialect, lease), updated_at=now,
+                    resume_attempts=0)
         ).rowcount
         if renewed != 1:
             row = connection.execute(
@@ -262,42 +275,74 @@ class OplogStore:
 
     # -- leases ----------------------------------------------------------------------------
 
-    def renew_lease(self, oplog_id: str, owner: str, *, now: datetime, until: datetime) -> None:
-        """Extend our lease; :class:`OplogTakenOverError` if it was taken over."""
-        with self.engine.begin() as connection:
-            self._renew(connection, oplog_id, owner, now, until)
+    def renew_lease(self, oplog_id: str, owner: str, *, now: datetime, lease: timedelta) -> None:
+        """Extend our lease to ``lease`` from the database's now.
 
-    def take_lease(self, oplog_id: str, owner: str, *, now: datetime, until: datetime,
-                   force: bool = False, count_attempt: bool = False) -> int:
-        """Lease the open oplog to ``owner`` (compare-and-swap on the owner we saw).
-
-        ``force`` takes it even from a live owner; ``count_attempt`` counts a resume.
-        Returns the resumes counted since the run last made progress, this one
-        included. :class:`OplogBusyError` if it is held (or finished meanwhile, or a
-        concurrent resumer won the swap).
+        :class:`OplogTakenOverError` if it was taken over.
         """
         with self.engine.begin() as connection:
+            self._renew(connection, oplog_id, owner, now, lease)
+
+    def take_lease(self, oplog_id: str, owner: str, *, now: datetime, lease: timedelta,
+                   force: bool = False, count_attempt: bool = False) -> int:
+        """Lease the open oplog to ``owner`` for ``lease`` (compare-and-swap on the owner we saw).
+
+        The lease seen is free if it expired by the *database's* clock — the swap
+        itself re-checks that in SQL, so an owner renewing meanwhile keeps it — or if
+        its owner is a process of this host that no longer exists. ``force`` takes it
+        even from a live owner; ``count_attempt`` counts a resume. Returns the resumes
+        counted since the run last made progress, this one included.
+        :class:`OplogBusyError` if it is held (or finished meanwhile, or a concurrent
+        resumer won the swap).
+        """
+        with self.engine.begin() as connection:
+            db_now = database_now(connection.dialect)
+            expired = or_(oplogs.c.lease_expires_at.is_(None), oplogs.c.lease_expires_at <= db_now)
             row = connection.execute(
-                select(oplogs.c.state, oplogs.c.lease_owner, oplogs.c.lease_expires_at,
-                       oplogs.c.resume_attempts)
+                select(oplogs.c.state, oplogs.c.lease_owner, oplogs.c.resume_attempts,
+                       expired.label("expired"))
                 .where(oplogs.c.id == oplog_id)
             ).one()
             if row.state != OPLOG_OPEN:
                 raise OplogBusyError(oplog_id, "nobody: it finished meanwhile")
             seen = row.lease_owner
-            if seen is not None and not force and not lease_is_free(seen, _aware(row.lease_expires_at), now):
-                raise OplogBusyError(oplog_id, seen)
             condition = oplogs.c.lease_owner.is_(None) if seen is None else oplogs.c.lease_owner == seen
+            if seen is not None and not force and not owner_is_gone(seen):
+                if not row.expired:
+                    raise OplogBusyError(oplog_id, seen)
+                condition = and_(condition, expired)
             attempts = (row.resume_attempts or 0) + (1 if count_attempt else 0)
             taken = connection.execute(
                 update(oplogs)
                 .where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN, condition)
-                .values(lease_owner=owner, lease_expires_at=until, updated_at=now,
-                        resume_attempts=attempts)
+                .values(lease_owner=owner, lease_expires_at=lease_deadline(connection.dialect, lease),
+                        updated_at=now, resume_attempts=attempts)
             ).rowcount
         if taken != 1:
             raise OplogBusyError(oplog_id, "a concurrent resumer")
         return attempts
+
+    def expire_leases(self, oplog_id: str | None = None) -> int:
+        """End the leases (and acknowledgement claims) of ``oplog_id``, or of every oplog, now.
+
+        Their owners stay recorded, so a taker still swaps on the owner it saw, and a
+        live owner's next commit still renews or finds itself taken over, exactly as
+        when the lease ran out by the database's clock. For tests (lease time passing
+        without waiting for it) and for an operator who knows a host is gone. Returns
+        how many oplog leases were ended.
+        """
+        dialect = self.engine.dialect
+        leased: ColumnElement[bool] = and_(oplogs.c.lease_owner.is_not(None),
+                                           oplogs.c.state == OPLOG_OPEN)
+        claimed: ColumnElement[bool] = oplog_steps.c.ack_claimed_until.is_not(None)
+        if oplog_id is not None:
+            leased = and_(leased, oplogs.c.id == oplog_id)
+            claimed = and_(claimed, oplog_steps.c.oplog_id == oplog_id)
+        with self.engine.begin() as connection:
+            connection.execute(update(oplog_steps).where(claimed)
+                               .values(ack_claimed_until=database_now(dialect)))
+            return connection.execute(update(oplogs).where(leased)
+                                      .values(lease_expires_at=database_now(dialect))).rowcount
 
     def release_lease(self, oplog_id: str, owner: str) -> None:
         """Give the lease up (a refused run), if we still hold it."""
@@ -319,14 +364,16 @@ class OplogStore:
 
     # -- acknowledgements ------------------------------------------------------------------
 
-    def claim_pending_acks(self, *, now: datetime, until: datetime) -> builtins.list[PendingAck]:
-        """Claim, until ``until``, every answered message nobody acknowledged or claimed.
+    def claim_pending_acks(self, *, claim: timedelta) -> builtins.list[PendingAck]:
+        """Claim, for ``claim``, every answered message nobody acknowledged or claimed.
 
         Each claim is a compare-and-swap on the claim we saw, so of several processes
         running ``resume_all()`` at once exactly one sends each DELETE; a claim of a
-        process that died lapses at its time.
+        process that died lapses at its time — by the database's clock, like a lease.
         """
-        free = or_(oplog_steps.c.ack_claimed_until.is_(None), oplog_steps.c.ack_claimed_until <= now)
+        dialect = self.engine.dialect
+        free = or_(oplog_steps.c.ack_claimed_until.is_(None),
+                   oplog_steps.c.ack_claimed_until <= database_now(dialect))
         unacknowledged = and_(
             oplog_steps.c.kind == KIND_SEND, oplog_steps.c.state == STEP_DONE,
             oplog_steps.c.message_url.is_not(None), oplog_steps.c.acknowledged_at.is_(None), free)
@@ -342,7 +389,7 @@ class OplogStore:
                     update(oplog_steps)
                     .where(oplog_steps.c.oplog_id == pending.oplog_id,
                            oplog_steps.c.number == pending.number, unacknowledged)
-                    .values(ack_claimed_until=until)
+                    .values(ack_claimed_until=lease_deadline(dialect, claim))
                 ).rowcount
             if won == 1:
                 claimed.append(pending)

@@ -14,7 +14,8 @@ older retry is refused with 412 ``message-too-old``. So:
   when the receiver has forgotten the message and the DELETE would only meet a 404;
 * a handler oplog goes once its *last activity* is older than ``horizon`` (default: the
   receiver's default retention, 15 days; pass the receiver's own ``retention`` if it
-  differs), and never while a live run holds its lease;
+  differs), and never while a live run holds its lease (by the database's clock, like
+  every lease: :mod:`chttp_client.leases`);
 * an abandoned oplog (``Journal.abandon``, stored as ``failed`` with its reason) goes
   like a failed one;
 * an ordinary open oplog is never removed: it is unfinished work for ``resume_all()``.
@@ -35,6 +36,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, and_, delete, exists, not_, or_, select
 
+from chttp_client.leases import database_now
 from chttp_client.records import INCOMING_PREFIX
 from chttp_core.schema import (
     KIND_SEND,
@@ -54,7 +56,7 @@ RECEIVER_RETENTION = timedelta(days=15)
 def purge(
     engine: Engine,
     *,
-    # The journal's clock now.
+    # The journal's clock now (ages; a lease's expiry is read with the database's clock).
     now: datetime,
     older_than: timedelta,
     # Handler oplogs and unacknowledged answers: kept this long after their last activity.
@@ -89,7 +91,7 @@ def purge(
     incoming = and_(
         oplogs.c.function == INCOMING_PREFIX,
         oplogs.c.updated_at < long_cutoff,
-        or_(oplogs.c.lease_expires_at.is_(None), oplogs.c.lease_expires_at <= now),
+        or_(oplogs.c.lease_expires_at.is_(None), oplogs.c.lease_expires_at <= database_now(engine.dialect)),
     )
     victims = (
         select(oplogs.c.id)

@@ -72,6 +72,7 @@ __all__ = [
     "SimulatedCrash",
     "set_fault_hook",
     "get_fault_hook",
+    "expire_leases",
 ]
 
 FaultHook = Callable[[StepEvent], None]
@@ -110,6 +111,20 @@ def get_fault_hook(journal: Journal) -> FaultHook | None:
     with _HOOKS_LOCK:
         observer = _HOOKS.get(journal.store)
     return observer.hook if observer is not None else None
+
+
+def expire_leases(journal: Journal, oplog_id: str | None = None) -> int:
+    """Let lease time pass for ``oplog_id`` (or every open oplog) without waiting for it.
+
+    A lease runs out by the *database's* clock, which ``Journal(clock=…)`` does not
+    move (:mod:`chttp_client.leases`); this ends the leases and acknowledgement claims
+    there instead (:meth:`OplogStore.expire_leases
+    <chttp_client.oplog_store.OplogStore.expire_leases>`), owners kept, so another
+    journal may take the oplog over exactly as after a real expiry. Returns how many
+    leases were ended.
+    """
+    journal.ensure_schema()
+    return journal.store.expire_leases(oplog_id)
 
 
 class _Script(StepObserver):

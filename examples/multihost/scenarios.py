@@ -210,7 +210,8 @@ class Takeover:
     lease_expired_at: float
     effects: dict[str, list[str]]
     a_alive_at_kill: bool = True
-    #: The hosts' journal clock offsets (seconds); ``lease_expired_at`` is in A's clock.
+    #: The hosts' journal clock offsets (seconds); ``lease_expired_at`` is the
+    #: database's clock (a lease's deadline is never a host's clock).
     a_skew: float = 0.0
     b_skew: float = 0.0
     #: What A's own call ended with when it was not killed (``kill_a=False``).
@@ -278,8 +279,9 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     next commit fails with OplogBusyError, ids stay the same — but not this scenario.
 
     ``a_skew`` / ``b_skew`` shift each host's journal clock (seconds; ``--clock-skew``);
-    ``kill_a=False`` leaves A running (to see a takeover of a *live* A that a skew larger
-    than the lease's renewal margin causes); ``tag`` names this run's log files.
+    ``kill_a=False`` leaves A running to its end (to see that a skew larger than the
+    lease's renewal margin no longer lets B take over a *live* A: B is refused until A
+    finished, then finds nothing open and stops); ``tag`` names this run's log files.
     """
     assert topo.db is not None
     hosts = topo.network.hosts

@@ -8,7 +8,8 @@
 ``start`` runs :func:`transfer` (``--steps`` certified POSTs to ``/effects``; the one
 numbered ``--linger-step`` asks its handler to linger, so the process can be killed
 while that send is certainly in flight). ``resume`` calls ``Journal.resume_all()`` every
-``--every`` seconds until it has finished an oplog (``--until-done``) or once.
+``--every`` seconds until it has finished an oplog or finds none open any more (the
+owner finished it: ``--until-done``), or once.
 
 Both log, one JSON line each, flushed: every HTTP request the journal's client makes
 (time, this host's name, the message id) and every resume outcome. Two of these on two
@@ -17,10 +18,11 @@ journal show the lease at work: the second takes the oplog over only once the fi
 lease has expired, never while it runs, and sends the in-flight step under its old id.
 
 ``--clock-skew S`` shifts this host's journal clock by ``S`` seconds
-(``Journal(clock=…)``): the lease is written and compared in the clock of whichever
-host acts, so two hosts whose clocks disagree can be tested. Only the journal's clock
-moves — a network namespace has no clock of its own (Linux time namespaces shift the
-monotonic and boot clocks, never the real-time clock a lease is stamped with).
+(``Journal(clock=…)``), so two hosts whose clocks disagree can be tested. Only the
+journal's clock moves — a network namespace has no clock of its own (Linux time
+namespaces shift the monotonic and boot clocks, never the real-time clock). The lease
+is not stamped with it: its deadline is the database's clock (chttp_client.leases), and
+the skew only shifts the times the journal records (created, updated, first sent).
 """
 
 from __future__ import annotations
@@ -130,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         deadline = time.monotonic() + args.timeout
         while True:
-            for outcome in journal.resume_all():
+            outcomes = journal.resume_all()
+            if args.until_done and not outcomes:  # its owner finished it: nothing to wait for
+                log.write("idle")
+                return 0
+            for outcome in outcomes:
                 log.write("resume", oplog=outcome.oplog_id, status=outcome.status,
                           result=outcome.value if outcome.status == "done" else None)
                 if outcome.status == "done":

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from chttp_client import Journal
-from chttp_client.testing import set_fault_hook
+from chttp_client.testing import expire_leases, set_fault_hook
 from tests.client.receiver import count_runs, make_receiver, runs
 from tests.client.sender_app import NAME, install
 from tests.server.live import REPO_ROOT, serve_in_thread
@@ -152,6 +152,10 @@ def test_an_expired_lease_of_a_live_owner_can_be_taken(db_url, live_receiver):
         assert outcome.status == "busy"
     with Journal(db_url, lease=timedelta(hours=1),
                  clock=lambda: datetime.now(timezone.utc) + timedelta(hours=2)) as later:
+        # A clock two hours ahead does not end the lease: the database's clock does.
+        [outcome] = later.resume_all()
+        assert outcome.status == "busy" and outcome.error.owner == oplog.lease_owner
+        assert expire_leases(later, oplog.id) == 1  # the hour has passed, by the database
         [outcome] = later.resume_all()
         assert outcome.status == "done"
     assert count_runs(front.engine) == 1

@@ -54,16 +54,28 @@ def wait_until(condition, what: str) -> None:
         time.sleep(0.01)
 
 
+def let_time_pass(journal: Journal, oplog_id: str, by: timedelta) -> datetime:
+    """``by`` passes for the lease of ``oplog_id`` by the database's clock: its deadline
+    comes ``by`` closer (leases run by that clock, not the journal's fake one). Returns
+    the moved deadline."""
+    moved = lease_expires_at(journal, oplog_id) - by
+    with journal.engine.begin() as connection:
+        connection.execute(oplogs.update().where(oplogs.c.id == oplog_id)
+                           .values(lease_expires_at=moved))
+    return moved
+
+
 def test_a_heartbeat_keeps_the_lease_through_a_long_attempt(db_url, receiver, fake_clock):
     seen: dict[str, object] = {}
 
     def during(request: httpx.Request) -> None:
         [oplog] = journal.list_open()
-        # The attempt takes 8 minutes, then 8 more: longer than the 10-minute lease.
+        # The attempt takes 8 minutes, then 8 more: longer than the 10-minute lease. The
+        # journal's clock times the renewals, the database's clock the lease: both move.
         for _ in range(2):
-            fake_clock.now += timedelta(minutes=8)
-            now = fake_clock.now
-            wait_until(lambda: lease_expires_at(journal, oplog.id) >= now + LEASE / 2,
+            moved = let_time_pass(journal, oplog.id, timedelta(minutes=8))
+            fake_clock.now += timedelta(minutes=8)  # after: the renewal must follow the move
+            wait_until(lambda: lease_expires_at(journal, oplog.id) >= moved + LEASE / 2,
                        "the heartbeat renewed the lease")
         try:
             other.take_lease(oplog.id)  # another process's resume_all, 16 minutes in
@@ -135,3 +147,45 @@ def test_the_heartbeat_thread_stops_with_the_journal(db_url, receiver):
     assert heartbeats() == before + 1
     journal.close()
     assert heartbeats() == before
+
+
+def test_a_lease_is_stamped_and_read_with_the_databases_clock(db_url, receiver):
+    """Two journals a day apart (their hosts' clocks) agree on a lease: the database's.
+
+    Stamped with the owner's clock, the lease of an owner a day behind would be free at
+    once; read with the taker's clock, every lease would be free to a taker a day ahead.
+    """
+    day = timedelta(days=1)
+    seen: dict[str, object] = {}
+
+    def during(request: httpx.Request) -> None:
+        [oplog] = behind.list_open()
+        seen["deadline"], seen["at"] = lease_expires_at(behind, oplog.id), datetime.now(timezone.utc)
+        try:
+            ahead.take_lease(oplog.id)
+        except OplogBusyError as error:
+            seen["ahead"] = error
+        else:
+            seen["ahead"] = "took a live owner's lease"
+
+    behind = Journal(db_url, transport=DuringAttempt(receiver, during), lease=LEASE,
+                     clock=lambda: datetime.now(timezone.utc) - day)
+    ahead = Journal(db_url, transport=httpx.WSGITransport(app=receiver), lease=LEASE,
+                    clock=lambda: datetime.now(timezone.utc) + day)
+    try:
+        @resumable(behind)
+        def transfer(*, chttp_context):
+            return chttp_context.post(f"{BASE}/escrow", json={"amount": 1}).status_code
+
+        before = datetime.now(timezone.utc)
+        assert transfer() == 201  # never taken over
+        assert isinstance(seen["ahead"], OplogBusyError)
+        assert not isinstance(seen["ahead"], OplogTakenOverError)
+        # The deadline: this machine's (the database's) now plus the lease, whatever the
+        # owner's clock said (SQLite keeps milliseconds, hence the lower bound's slack).
+        deadline, at = seen["deadline"], seen["at"]
+        assert before + LEASE - timedelta(milliseconds=1) <= deadline <= at + LEASE
+        assert count_runs(receiver.engine) == 1
+    finally:
+        behind.close()
+        ahead.close()

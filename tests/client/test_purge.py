@@ -1,7 +1,9 @@
 """Journal retention: Journal.purge and ``chttp-client purge`` (chttp_client.retention).
 
 Ages come from the journal's clock: the tests move the fake clock forward instead of
-waiting, so "three days later" is exact and instant.
+waiting, so "three days later" is exact and instant. Leases run out by the database's
+clock, which the fake one does not move (chttp_client.leases): where days pass over a
+handler's lease, the test ends it there (``expire_leases``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from chttp_client.incoming import (
     incoming_oplog_id,
     open_incoming_context,
 )
-from chttp_client.testing import set_fault_hook
+from chttp_client.testing import expire_leases, set_fault_hook
 from chttp_core.db import make_engine
 from chttp_core.schema import oplog_steps, oplogs
 from tests.client.conftest import BASE, Crash, crash_at
@@ -141,6 +143,7 @@ def test_handler_oplogs_go_after_the_horizon_since_their_last_activity(journal, 
     assert {i.function for i in journal.list_open()} == {"chttp.incoming"}
 
     fake_clock.now += 14 * DAY  # in-1: 14 days since its retry; in-2: 14 days
+    assert expire_leases(journal) == 2  # their handlers' leases ran out long ago
     assert journal.purge(older_than=DAY) == 0
     fake_clock.now += 2 * DAY
     assert journal.purge(older_than=DAY) == 2
@@ -152,6 +155,7 @@ def test_handler_oplogs_go_after_the_horizon_since_their_last_activity(journal, 
 def test_a_shorter_horizon_for_a_receiver_with_a_shorter_retention(journal, fake_clock):
     handler_oplog(journal, "in-short")
     fake_clock.now += 4 * DAY
+    assert expire_leases(journal) == 1  # the handler's lease ran out long ago
     assert journal.purge(older_than=DAY) == 0
     assert journal.purge(older_than=DAY, horizon=3 * DAY) == 1
 
@@ -160,11 +164,11 @@ def test_a_handler_oplog_leased_by_a_live_run_is_kept(journal, fake_clock):
     handler_oplog(journal, "in-live")
     fake_clock.now += 20 * DAY
     live = open_incoming_context(journal, scope="", message_id="in-live")  # takes the lease now …
-    fake_clock.now += journal.lease / 2  # … and still holds it
+    fake_clock.now += journal.lease / 2  # … and still holds it (by the database's clock)
     with journal.engine.begin() as connection:  # even if its last activity looked old
         connection.execute(oplogs.update().values(updated_at=fake_clock.now - 30 * DAY))
     assert journal.purge(older_than=DAY) == 0
-    fake_clock.now += journal.lease
+    assert expire_leases(journal, incoming_oplog_id("", "in-live")) == 1  # its lease ran out
     assert journal.purge(older_than=DAY) == 1
     close_incoming_context(live)
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from chttp_client import DeadlineExceeded, Journal, NonDeterminismError, RetryPolicy, resumable
-from chttp_client.testing import set_fault_hook
+from chttp_client.testing import expire_leases, set_fault_hook
 from chttp_server import CertifiedMiddleware
 from tests.client.conftest import Crash, FakeClock, crash_at
 from tests.client.receiver import count_runs, make_receiver
@@ -108,7 +108,8 @@ def test_a_resumed_send_after_a_crash_keeps_its_message_id(journal, receiver, cl
         crashing()
     set_fault_hook(journal, None)
     assert len(journal.list_open()) == 1
-    clock.now += journal.lease * 2  # the crashed run's lease has run out
+    clock.now += journal.lease * 2
+    assert expire_leases(journal) == 1  # the crashed run's lease has run out (database clock)
     [outcome] = journal.resume_all()
     assert outcome.status == "done"
     first, resumed = otel.spans("chttp.send")
