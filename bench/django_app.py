@@ -22,12 +22,13 @@ from sqlalchemy.engine import make_url
 
 from bench.app import BuiltOnFirstCall
 
-__all__ = ["application", "MODES"]
+__all__ = ["application", "MODES", "settings_for"]
 
 MODES = ("django-bare", "django-certified")
 
 
-def _settings(mode: str, db_url: str) -> dict[str, Any]:
+def settings_for(mode: str, db_url: str) -> dict[str, Any]:
+    """The Django settings of ``mode`` on ``db_url`` (also bench/django_profile.py's)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     url = make_url(db_url)
@@ -80,7 +81,7 @@ def _from_environment() -> Callable[..., Iterable[bytes]]:
     from django.conf import settings
     from django.core.wsgi import get_wsgi_application
 
-    settings.configure(**_settings(os.environ.get("BENCH_MODE", "django-bare"),
+    settings.configure(**settings_for(os.environ.get("BENCH_MODE", "django-bare"),
                                    os.environ["BENCH_DB_URL"]))
     django.setup()
     return get_wsgi_application()
