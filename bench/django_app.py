@@ -42,6 +42,8 @@ def settings_for(mode: str, db_url: str) -> dict[str, Any]:
         "SECRET_KEY": "bench", "DEBUG": False, "ALLOWED_HOSTS": ["*"], "USE_TZ": True,
         "ROOT_URLCONF": __name__, "INSTALLED_APPS": ["chttp_server.django"],
         "MIDDLEWARE": middleware, "DATABASES": {"default": database},
+        # Direct connections to PostgreSQL, as bench/app.py's certified row.
+        "CHTTP": {"PREPARED_STATEMENTS": True},
     }
 
 

@@ -49,7 +49,7 @@ from django.db import utils as django_db
 from sqlalchemy import DateTime, Engine, create_engine
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from chttp_core.errors import StoreUnreachable
 
@@ -66,10 +66,17 @@ _INITIALIZED_LOCK = threading.Lock()
 class _DjangoConnectionPool(Pool):
     """A pool whose every checkout is the current thread's Django DB-API connection."""
 
+    #: Its records live exactly as long as their DB-API connections (:meth:`_do_get`),
+    #: like those of SQLAlchemy's own pools, so a statement prepared on one stays known
+    #: in its ``info`` (:func:`chttp_server.store_dbapi.prepares`).
+    keeps_records = True
+
     def __init__(self, alias: str, **options: Any) -> None:
         self.alias = alias
         options.setdefault("reset_on_return", None)
         super().__init__(self._django_connection, **options)
+        # Django's connections are per thread, so are the records that wrap them.
+        self._local = threading.local()
 
     def _django_connection(self) -> DBAPIConnection:
         wrapper = connections[self.alias]
@@ -83,7 +90,34 @@ class _DjangoConnectionPool(Pool):
         return cast(DBAPIConnection, wrapper.connection)
 
     def _do_get(self) -> ConnectionPoolEntry:
-        return self._create_connection()
+        """This thread's pool record, made anew only when Django's connection changed.
+
+        A record per checkout cost a record, its ``connect`` events and its ``info`` on
+        every request; one kept as long as its DB-API connection also keeps ``info``
+        (what :mod:`chttp_server.store_dbapi` has prepared on it) for that connection's
+        life, as SQLAlchemy's own pools do. Django reopened (or closed after a
+        failure) the connection: the old record belongs to a closed connection and is
+        replaced.
+        """
+        current = self._django_connection()
+        record: ConnectionPoolEntry | None = getattr(self._local, "record", None)
+        if record is None or record.dbapi_connection is not current:
+            record = self._create_connection()
+            self._local.record = record
+        return record
+
+    def _invalidate(self, connection: PoolProxiedConnection, exception: BaseException | None = None,
+                    _checkin: bool = True) -> None:
+        """Invalidate the failed connection only, never "every connection made before now".
+
+        SQLAlchemy's pools treat a disconnect as news about all their connections and
+        recycle every older record on its next checkout. Here every thread's
+        connection is Django's own and Django checks it after a failure; recycling a
+        healthy one would only forget what its record knows (``info``: the statements
+        prepared on it, which the session still has, so preparing again would fail).
+        """
+        if _checkin and connection.is_valid:
+            connection.invalidate(exception)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         """Nothing: the connection stays Django's."""
