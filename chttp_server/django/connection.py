@@ -61,6 +61,9 @@ __all__ = [
 VENDORS = ("sqlite", "postgresql")
 
 _INITIALIZED_LOCK = threading.Lock()
+_ENGINES_LOCK = threading.Lock()
+#: django_engine's engines by (alias, SQLAlchemy URL).
+_ENGINES: dict[tuple[str, str], Engine] = {}
 
 
 class _DjangoConnectionPool(Pool):
@@ -143,7 +146,14 @@ def _leave_transactions_to_django(dbapi_connection: DBAPIConnection) -> None:
 
 
 def django_engine(alias: str) -> Engine:
-    """An engine whose connections are Django's connection for ``alias`` (see above)."""
+    """The engine whose connections are Django's connection for ``alias`` (see above).
+
+    One per alias (and driver) in a process, however many middleware instances ask
+    (Django's test ``Client`` builds its own handler, so its own middleware, per
+    client): every thread has one Django connection per alias, so it must have one pool
+    record for it too, or what one record knows about the session (the statements
+    prepared on it) would be unknown to another's, which would prepare them again.
+    """
     wrapper = connections[alias]
     if wrapper.vendor not in VENDORS:
         raise ValueError(f"unsupported Django backend {wrapper.vendor!r}")
@@ -153,6 +163,14 @@ def django_engine(alias: str) -> Engine:
         from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
         url = "postgresql+psycopg://" if is_psycopg3 else "postgresql+psycopg2://"
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get((alias, url))
+        if engine is None:
+            engine = _ENGINES[(alias, url)] = _new_engine(alias, url, wrapper.vendor)
+    return engine
+
+
+def _new_engine(alias: str, url: str, vendor: str) -> Engine:
     # _initialize=False: no per-connection hooks and no first-connect rollback; the
     # dialect is initialised by initialize() instead.
     engine = create_engine(url, pool=_DjangoConnectionPool(alias), _initialize=False)
@@ -160,7 +178,7 @@ def django_engine(alias: str) -> Engine:
     # declare them as methods, not assignable attributes.
     engine.dialect.do_commit = _leave_transactions_to_django  # type: ignore[method-assign]
     engine.dialect.do_rollback = _leave_transactions_to_django  # type: ignore[method-assign]
-    if wrapper.vendor == "sqlite":
+    if vendor == "sqlite":
         # Django opens SQLite with detect_types: its converters already turn DATETIME
         # columns into datetimes, which SQLAlchemy's string parser would reject.
         engine.dialect.colspecs = {**engine.dialect.colspecs, DateTime: _ConvertedDateTime}

@@ -207,6 +207,11 @@ def connection(directory: Path) -> dict[str, Any]:
         return [response.status_code, response.headers.get("Idempotent-Replayed")]
 
     answers["answers"] = [post(message_id) for message_id in ("c-1", "c-2", "c-1", "c-3")]
+    # Another client is another handler with a middleware of its own, on the same
+    # connection: it must know what the first one prepared there.
+    answers["another client"] = Client().post(
+        "/orders/counted", b"", content_type="application/json",
+        headers={"X-Message-ID": "c-5"}).status_code
 
     def prepared() -> list[str]:
         with django_connection.cursor() as cursor:

@@ -131,12 +131,13 @@ def test_the_store_keeps_one_record_per_django_connection_and_prepares_on_it(pg_
     assert answers["record kept"] is True
     assert answers["record after close"] is None
     assert answers["answers"] == [[201, None], [201, None], [201, "true"], [201, None]]
+    assert answers["another client"] == 201
     assert answers["after reconnect"] == [[201, None], [201, "true"], [201, "true"]]
     lost = answers["lost elsewhere"]
     assert lost["other before"] == [201, None]
     assert lost["here"] == [503, [201, None]]  # t-3 did not run, then ran on a new session
     assert lost["other after"] == [201, None]  # the other thread's session went on
-    assert answers["orders"] == 4 + 4  # c-1 .. c-4 and t-1 .. t-4, each once
+    assert answers["orders"] == 5 + 4  # c-1 .. c-5 and t-1 .. t-4, each once
     expected = ["chttp_claim_1", "chttp_complete_1"] if answers["prepares"] else []
     assert answers["prepared"] == expected
     assert answers["prepared after reconnect"] == expected
