@@ -75,6 +75,16 @@ def _backend_cpu() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _prepares() -> bool:
+    """Whether the certified handler's store runs prepared statements (CHTTP's
+    ``PREPARED_STATEMENTS`` is on in bench/django_app.py; the store decides)."""
+    from chttp_server import store_dbapi
+    from chttp_server.django.connection import django_engine
+
+    return store_dbapi.supports(django_engine("default")) and \
+        store_dbapi.prepares(django_engine("default"))
+
+
 def _close_django_connections() -> None:
     from django.db import connections
 
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[mode].append(c / n * 1e6)
                 wall[mode].append(w / n * 1e6)
         trips = round_trips(db, apps, args.modes, 100, show=args.statements)
+        print(f"the store prepares its statements: {_prepares()}")
         print(f"{'mode':<10} {'wall us/req':>12} {'cpu us/req':>11} {'pg cpu us/req':>14} "
               f"{'round trips':>12}  (median of {args.rounds} x {args.requests})")
         for mode in args.modes:

@@ -32,7 +32,9 @@ PostgreSQL database; on SQLite name another file (``"sqlite:///outgoing.db"``).
 ``PREPARED_STATEMENTS``: on PostgreSQL through psycopg2, the store's claim and stored
 response become server-side prepared statements, prepared once per Django connection
 (with persistent connections, ``CONN_MAX_AGE``, once per connection's life): the server
-then neither parses nor plans them on every request. Only on direct connections to
+then neither parses nor plans them on every request. With Django's default
+``CONN_MAX_AGE = 0`` every request opens a connection and would prepare both again, two
+more round trips: leave it off then. Only on direct connections to
 PostgreSQL, as for the WSGI middleware's ``prepared_statements=True``: behind PgBouncer
 in transaction mode the next transaction may run in a session that never saw the
 ``PREPARE`` (docs/scale.rst). Off by default.

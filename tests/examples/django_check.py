@@ -71,6 +71,7 @@ def refusals(directory: Path) -> dict[str, Any]:
         "listed twice": {"MIDDLEWARE": [*base_middleware, ours]},
         "unknown key": {"CHTTP": {"RETENTON": 60}},
         "bad retention": {"CHTTP": {"RETENTION": -1}},
+        "bad prepared statements": {"CHTTP": {"PREPARED_STATEMENTS": "yes"}},
         "migrated": {},
         "authentication after, own scope": {
             "MIDDLEWARE": auth_after,
