@@ -69,8 +69,9 @@ def _backend_cpu() -> float:
     """CPU seconds the PostgreSQL backend of Django's connection has used so far."""
     from django.db import connection
 
-    connection.ensure_connection()
-    pid = connection.connection.get_backend_pid()
+    with connection.cursor() as cursor:  # psycopg2 or psycopg 3, whichever Django chose
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

@@ -191,7 +191,9 @@ def connection(directory: Path) -> dict[str, Any]:
 
     call_command("migrate", verbosity=0)
     engine = django_engine("default")
-    answers: dict[str, Any] = {"prepares": store_dbapi.prepares(engine)}
+    # Prepared only through psycopg2 (store_dbapi), and only on a pool it accepts.
+    answers: dict[str, Any] = {
+        "prepares": store_dbapi.supports(engine) and store_dbapi.prepares(engine)}
     with engine.connect() as first:
         first.connection.info["marked"] = True
     with engine.connect() as again:
@@ -241,11 +243,14 @@ def _lost_in_another_thread(post: Callable[[str], list[Any]]) -> dict[str, Any]:
     try:
         answers: dict[str, Any] = {"other before": other.submit(post, "t-1").result()}
         assert post("t-2")[0] == 201
+        with django_connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (pid,) = cursor.fetchone()
+        # psycopg2 or psycopg 3, whichever Django chose.
         killer = django_connection.get_new_connection(django_connection.get_connection_params())
         killer.autocommit = True
         with killer.cursor() as cursor:
-            cursor.execute("SELECT pg_terminate_backend(%s)",
-                           [django_connection.connection.get_backend_pid()])
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
         killer.close()
         answers["here"] = [post("t-3")[0], post("t-3")]
         answers["other after"] = other.submit(post, "t-4").result()
