@@ -58,6 +58,16 @@ def items(request: Any) -> Any:
     return HttpResponse(b'{"ok": true}', status=201, content_type="application/json")
 
 
+def items_atomic(request: Any) -> Any:
+    """``POST /items-atomic``: the bare view in a transaction, as ``ATOMIC_REQUESTS`` runs
+    it (BEGIN, INSERT, COMMIT); bench/django_profile.py's ``atomic`` mode measures what a
+    transaction of its own costs a Django request, certified or not."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        return items(request)
+
+
 def pid(request: Any) -> Any:
     from django.http import HttpResponse
 
@@ -68,7 +78,8 @@ def _urlpatterns() -> list[Any]:
     from django.urls import path
     from django.views.decorators.csrf import csrf_exempt
 
-    return [path("items", csrf_exempt(items)), path("pid", pid)]
+    return [path("items", csrf_exempt(items)), path("items-atomic", csrf_exempt(items_atomic)),
+            path("pid", pid)]
 
 
 def __getattr__(name: str) -> Any:

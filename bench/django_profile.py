@@ -36,7 +36,9 @@ from bench.profile import drive
 
 __all__ = ["main", "build_handlers", "round_trips"]
 
-MODES = ("bare", "certified", "replay")
+#: ``atomic``: the bare handler's view in ``transaction.atomic`` (``POST /items-atomic``),
+#: what a project with ``ATOMIC_REQUESTS`` pays for a transaction without any chttp.
+MODES = ("bare", "atomic", "certified", "replay")
 
 App = Callable[..., Iterable[bytes]]
 
@@ -54,11 +56,19 @@ def build_handlers(db_url: str) -> dict[str, App]:
     certified = WSGIHandler()
     settings.MIDDLEWARE = []
     bare = WSGIHandler()
-    return {"bare": bare, "certified": certified, "replay": certified}
+    return {"bare": bare, "atomic": _at_path(bare, "/items-atomic"), "certified": certified,
+            "replay": certified}
+
+
+def _at_path(app: App, path: str) -> App:
+    def at_path(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        return app({**environ, "PATH_INFO": path}, start_response)
+
+    return at_path
 
 
 def _ids(mode: str, count: int, tag: str) -> list[str | None]:
-    if mode == "bare":
+    if mode in ("bare", "atomic"):
         return [None] * count
     if mode == "replay":
         return ["template"] * count
