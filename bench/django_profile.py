@@ -86,6 +86,19 @@ def _backend_cpu() -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _driver() -> str:
+    """Django picks psycopg 3 whenever it is importable, psycopg2 otherwise."""
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    if is_psycopg3:
+        import psycopg
+
+        return f"psycopg {psycopg.__version__}"
+    import psycopg2
+
+    return f"psycopg2 {psycopg2.__version__.split()[0]}"
+
+
 def _prepares() -> bool:
     """Whether the certified handler's store runs prepared statements (CHTTP's
     ``PREPARED_STATEMENTS`` is on in bench/django_app.py; the store decides)."""
@@ -161,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 cpu[mode].append(c / n * 1e6)
                 wall[mode].append(w / n * 1e6)
         trips = round_trips(db, apps, args.modes, 100, show=args.statements)
-        print(f"the store prepares its statements: {_prepares()}")
+        print(f"Django's driver: {_driver()}; the store prepares its statements: {_prepares()}")
         print(f"{'mode':<10} {'wall us/req':>12} {'cpu us/req':>11} {'pg cpu us/req':>14} "
               f"{'round trips':>12}  (median of {args.rounds} x {args.requests})")
         for mode in args.modes:
