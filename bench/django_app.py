@@ -22,12 +22,13 @@ from sqlalchemy.engine import make_url
 
 from bench.app import BuiltOnFirstCall
 
-__all__ = ["application", "MODES"]
+__all__ = ["application", "MODES", "settings_for"]
 
 MODES = ("django-bare", "django-certified")
 
 
-def _settings(mode: str, db_url: str) -> dict[str, Any]:
+def settings_for(mode: str, db_url: str) -> dict[str, Any]:
+    """The Django settings of ``mode`` on ``db_url`` (also bench/django_profile.py's)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     url = make_url(db_url)
@@ -41,6 +42,8 @@ def _settings(mode: str, db_url: str) -> dict[str, Any]:
         "SECRET_KEY": "bench", "DEBUG": False, "ALLOWED_HOSTS": ["*"], "USE_TZ": True,
         "ROOT_URLCONF": __name__, "INSTALLED_APPS": ["chttp_server.django"],
         "MIDDLEWARE": middleware, "DATABASES": {"default": database},
+        # Direct connections to PostgreSQL, as bench/app.py's certified row.
+        "CHTTP": {"PREPARED_STATEMENTS": True},
     }
 
 
@@ -55,6 +58,16 @@ def items(request: Any) -> Any:
     return HttpResponse(b'{"ok": true}', status=201, content_type="application/json")
 
 
+def items_atomic(request: Any) -> Any:
+    """``POST /items-atomic``: the bare view in a transaction, as ``ATOMIC_REQUESTS`` runs
+    it (BEGIN, INSERT, COMMIT); bench/django_profile.py's ``atomic`` mode measures what a
+    transaction of its own costs a Django request, certified or not."""
+    from django.db import transaction
+
+    with transaction.atomic():
+        return items(request)
+
+
 def pid(request: Any) -> Any:
     from django.http import HttpResponse
 
@@ -65,7 +78,8 @@ def _urlpatterns() -> list[Any]:
     from django.urls import path
     from django.views.decorators.csrf import csrf_exempt
 
-    return [path("items", csrf_exempt(items)), path("pid", pid)]
+    return [path("items", csrf_exempt(items)), path("items-atomic", csrf_exempt(items_atomic)),
+            path("pid", pid)]
 
 
 def __getattr__(name: str) -> Any:
@@ -80,7 +94,7 @@ def _from_environment() -> Callable[..., Iterable[bytes]]:
     from django.conf import settings
     from django.core.wsgi import get_wsgi_application
 
-    settings.configure(**_settings(os.environ.get("BENCH_MODE", "django-bare"),
+    settings.configure(**settings_for(os.environ.get("BENCH_MODE", "django-bare"),
                                    os.environ["BENCH_DB_URL"]))
     django.setup()
     return get_wsgi_application()

@@ -15,6 +15,7 @@ the same defaults (:class:`chttp_server.CertifiedMiddleware`)::
         "RETRY_AFTER": 1,                   # seconds, on 503 store-unavailable
         "JOURNAL": None,                    # handler sends: a Journal or a URL (see below)
         "HANDLER_SEND_DEADLINE": timedelta(seconds=30),
+        "PREPARED_STATEMENTS": False,       # True: PREPARE the store's statements (see below)
     }
 
 ``DATABASE`` is the alias whose connection runs each certified request's transaction,
@@ -27,6 +28,16 @@ certified middleware, and the anonymous scope ``""`` otherwise (docs/protocol.rs
 journaled. The journal must commit outside the request's transaction, so it never
 shares Django's connection: ``None`` means a journal on its own connections to the same
 PostgreSQL database; on SQLite name another file (``"sqlite:///outgoing.db"``).
+
+``PREPARED_STATEMENTS``: on PostgreSQL through psycopg2, the store's claim and stored
+response become server-side prepared statements, prepared once per Django connection
+(with persistent connections, ``CONN_MAX_AGE``, once per connection's life): the server
+then neither parses nor plans them on every request. With Django's default
+``CONN_MAX_AGE = 0`` every request opens a connection and would prepare both again, two
+more round trips: leave it off then. Only on direct connections to
+PostgreSQL, as for the WSGI middleware's ``prepared_statements=True``: behind PgBouncer
+in transaction mode the next transaction may run in a session that never saw the
+``PREPARE`` (docs/scale.rst). Off by default.
 
 A key this module does not know is refused: a typo would otherwise silently keep a
 default the project thought it had changed.
@@ -60,6 +71,7 @@ _DEFAULTS: dict[str, Any] = {
     "RETRY_AFTER": 1,
     "JOURNAL": None,
     "HANDLER_SEND_DEADLINE": timedelta(seconds=30),
+    "PREPARED_STATEMENTS": False,
 }
 
 
@@ -81,6 +93,8 @@ class ChttpSettings:
     #: A ``chttp_client.Journal``, a URL, or ``None`` (see the module docstring).
     journal: Any
     handler_send_deadline: timedelta | None
+    #: Prepare the store's statements once per connection (see the module docstring).
+    prepared_statements: bool
 
 
 def read_settings(raw: Any) -> ChttpSettings:
@@ -112,6 +126,7 @@ def read_settings(raw: Any) -> ChttpSettings:
         retry_after=_count("RETRY_AFTER", values["RETRY_AFTER"]),
         journal=values["JOURNAL"],
         handler_send_deadline=None if deadline is None else _duration("HANDLER_SEND_DEADLINE", deadline),
+        prepared_statements=_flag("PREPARED_STATEMENTS", values["PREPARED_STATEMENTS"]),
     )
 
 
@@ -138,6 +153,12 @@ def _positive(key: str, value: Any) -> float:
 def _count(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigurationError(f"{SETTING_NAME}[{key!r}] must be a non-negative int")
+    return value
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{SETTING_NAME}[{key!r}] must be True or False")
     return value
 
 

@@ -49,7 +49,7 @@ from django.db import utils as django_db
 from sqlalchemy import DateTime, Engine, create_engine
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.pool import ConnectionPoolEntry, Pool
+from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
 from chttp_core.errors import StoreUnreachable
 
@@ -61,15 +61,25 @@ __all__ = [
 VENDORS = ("sqlite", "postgresql")
 
 _INITIALIZED_LOCK = threading.Lock()
+_ENGINES_LOCK = threading.Lock()
+#: django_engine's engines by (alias, SQLAlchemy URL).
+_ENGINES: dict[tuple[str, str], Engine] = {}
 
 
 class _DjangoConnectionPool(Pool):
     """A pool whose every checkout is the current thread's Django DB-API connection."""
 
+    #: Its records live exactly as long as their DB-API connections (:meth:`_do_get`),
+    #: like those of SQLAlchemy's own pools, so a statement prepared on one stays known
+    #: in its ``info`` (:func:`chttp_server.store_dbapi.prepares`).
+    keeps_records = True
+
     def __init__(self, alias: str, **options: Any) -> None:
         self.alias = alias
         options.setdefault("reset_on_return", None)
         super().__init__(self._django_connection, **options)
+        # Django's connections are per thread, so are the records that wrap them.
+        self._local = threading.local()
 
     def _django_connection(self) -> DBAPIConnection:
         wrapper = connections[self.alias]
@@ -83,7 +93,34 @@ class _DjangoConnectionPool(Pool):
         return cast(DBAPIConnection, wrapper.connection)
 
     def _do_get(self) -> ConnectionPoolEntry:
-        return self._create_connection()
+        """This thread's pool record, made anew only when Django's connection changed.
+
+        A record per checkout cost a record, its ``connect`` events and its ``info`` on
+        every request; one kept as long as its DB-API connection also keeps ``info``
+        (what :mod:`chttp_server.store_dbapi` has prepared on it) for that connection's
+        life, as SQLAlchemy's own pools do. Django reopened (or closed after a
+        failure) the connection: the old record belongs to a closed connection and is
+        replaced.
+        """
+        current = self._django_connection()
+        record: ConnectionPoolEntry | None = getattr(self._local, "record", None)
+        if record is None or record.dbapi_connection is not current:
+            record = self._create_connection()
+            self._local.record = record
+        return record
+
+    def _invalidate(self, connection: PoolProxiedConnection, exception: BaseException | None = None,
+                    _checkin: bool = True) -> None:
+        """Invalidate the failed connection only, never "every connection made before now".
+
+        SQLAlchemy's pools treat a disconnect as news about all their connections and
+        recycle every older record on its next checkout. Here every thread's
+        connection is Django's own and Django checks it after a failure; recycling a
+        healthy one would only forget what its record knows (``info``: the statements
+        prepared on it, which the session still has, so preparing again would fail).
+        """
+        if _checkin and connection.is_valid:
+            connection.invalidate(exception)
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         """Nothing: the connection stays Django's."""
@@ -109,7 +146,14 @@ def _leave_transactions_to_django(dbapi_connection: DBAPIConnection) -> None:
 
 
 def django_engine(alias: str) -> Engine:
-    """An engine whose connections are Django's connection for ``alias`` (see above)."""
+    """The engine whose connections are Django's connection for ``alias`` (see above).
+
+    One per alias (and driver) in a process, however many middleware instances ask
+    (Django's test ``Client`` builds its own handler, so its own middleware, per
+    client): every thread has one Django connection per alias, so it must have one pool
+    record for it too, or what one record knows about the session (the statements
+    prepared on it) would be unknown to another's, which would prepare them again.
+    """
     wrapper = connections[alias]
     if wrapper.vendor not in VENDORS:
         raise ValueError(f"unsupported Django backend {wrapper.vendor!r}")
@@ -119,6 +163,14 @@ def django_engine(alias: str) -> Engine:
         from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
         url = "postgresql+psycopg://" if is_psycopg3 else "postgresql+psycopg2://"
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get((alias, url))
+        if engine is None:
+            engine = _ENGINES[(alias, url)] = _new_engine(alias, url, wrapper.vendor)
+    return engine
+
+
+def _new_engine(alias: str, url: str, vendor: str) -> Engine:
     # _initialize=False: no per-connection hooks and no first-connect rollback; the
     # dialect is initialised by initialize() instead.
     engine = create_engine(url, pool=_DjangoConnectionPool(alias), _initialize=False)
@@ -126,7 +178,7 @@ def django_engine(alias: str) -> Engine:
     # declare them as methods, not assignable attributes.
     engine.dialect.do_commit = _leave_transactions_to_django  # type: ignore[method-assign]
     engine.dialect.do_rollback = _leave_transactions_to_django  # type: ignore[method-assign]
-    if wrapper.vendor == "sqlite":
+    if vendor == "sqlite":
         # Django opens SQLite with detect_types: its converters already turn DATETIME
         # columns into datetimes, which SQLAlchemy's string parser would reject.
         engine.dialect.colspecs = {**engine.dialect.colspecs, DateTime: _ConvertedDateTime}

@@ -109,7 +109,8 @@ class CertifiedMiddleware:
         self.alias = self.conf.database
         self.engine = django_engine(self.alias)
         self.store = MessageStore(self.engine, retention=self.conf.retention,
-                                  claim_timeout=self.conf.claim_timeout)
+                                  claim_timeout=self.conf.claim_timeout,
+                                  prepared_statements=self.conf.prepared_statements)
         self.journal = journal_for(self.conf.journal, self.alias)
         self._ready = False
         self._ready_lock = threading.Lock()

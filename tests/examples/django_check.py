@@ -8,14 +8,20 @@ client send the same message id through Django's test client; their answers.
 
 ``python -m tests.examples.django_check policies DIR``: messages on another alias, the
 ``REQUIRE_ID`` and ``MESSAGE_PREFIX`` settings, and ``Idempotency-Key``.
+
+``python -m tests.examples.django_check connection DIR``: on the PostgreSQL database of
+``$CHTTP_ORDERS_DB``, with persistent connections and ``PREPARED_STATEMENTS``: how long
+the store's pool record of Django's connection lives, and requests across a reconnect.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import django
 from django.conf import settings
@@ -31,6 +37,10 @@ def _configure(directory: Path, scenario: str) -> None:
         names["DATABASES"]["messages"] = {"ENGINE": "django.db.backends.sqlite3",
                                           "NAME": str(directory / "messages.db")}
         names["CHTTP"] = {"DATABASE": "messages"}
+    if scenario == "connection":  # PostgreSQL, persistent connections, prepared statements
+        database = base.database_from_url(os.environ["CHTTP_ORDERS_DB"])
+        names["DATABASES"] = {"default": {**database, "CONN_MAX_AGE": 600}}
+        names["CHTTP"] = {"PREPARED_STATEMENTS": True}
     settings.configure(**names)
     django.setup()
 
@@ -61,6 +71,7 @@ def refusals(directory: Path) -> dict[str, Any]:
         "listed twice": {"MIDDLEWARE": [*base_middleware, ours]},
         "unknown key": {"CHTTP": {"RETENTON": 60}},
         "bad retention": {"CHTTP": {"RETENTION": -1}},
+        "bad prepared statements": {"CHTTP": {"PREPARED_STATEMENTS": "yes"}},
         "migrated": {},
         "authentication after, own scope": {
             "MIDDLEWARE": auth_after,
@@ -169,8 +180,89 @@ def policies(directory: Path) -> dict[str, Any]:
     return answers
 
 
+def connection(directory: Path) -> dict[str, Any]:
+    from django.core.management import call_command
+    from django.db import connection as django_connection
+    from django.test import Client
+
+    from chttp_examples.django_orders.orders.models import Order
+    from chttp_server import store_dbapi
+    from chttp_server.django.connection import django_engine
+
+    call_command("migrate", verbosity=0)
+    engine = django_engine("default")
+    # Prepared only through psycopg2 (store_dbapi), and only on a pool it accepts.
+    answers: dict[str, Any] = {
+        "prepares": store_dbapi.supports(engine) and store_dbapi.prepares(engine)}
+    with engine.connect() as first:
+        first.connection.info["marked"] = True
+    with engine.connect() as again:
+        answers["record kept"] = again.connection.info.get("marked")
+    django_connection.close()
+    with engine.connect() as reopened:
+        answers["record after close"] = reopened.connection.info.get("marked")
+
+    client = Client()
+
+    def post(message_id: str) -> list[Any]:
+        response = client.post("/orders/counted", b"", content_type="application/json",
+                               headers={"X-Message-ID": message_id})
+        return [response.status_code, response.headers.get("Idempotent-Replayed")]
+
+    answers["answers"] = [post(message_id) for message_id in ("c-1", "c-2", "c-1", "c-3")]
+    # Another client is another handler with a middleware of its own, on the same
+    # connection: it must know what the first one prepared there.
+    answers["another client"] = Client().post(
+        "/orders/counted", b"", content_type="application/json",
+        headers={"X-Message-ID": "c-5"}).status_code
+
+    def prepared() -> list[str]:
+        with django_connection.cursor() as cursor:
+            cursor.execute("SELECT name FROM pg_prepared_statements ORDER BY name")
+            return [row[0] for row in cursor.fetchall()]
+
+    answers["prepared"] = prepared()
+    django_connection.close()  # a new session: whatever was prepared is gone with the old
+    answers["after reconnect"] = [post(message_id) for message_id in ("c-4", "c-4", "c-2")]
+    answers["prepared after reconnect"] = prepared()
+    answers["lost elsewhere"] = _lost_in_another_thread(post)
+    answers["orders"] = Order.objects.filter(item="counted").count()
+    return answers
+
+
+def _lost_in_another_thread(post: Callable[[str], list[Any]]) -> dict[str, Any]:
+    """The server ends this thread's session; a healthy thread's connection goes on.
+
+    The thread's next message is 503 ``store-unavailable`` (nothing ran), the one after
+    it runs on a new connection; the other thread's connection, and what its record
+    knows, is not touched by the failure.
+    """
+    from django.db import connection as django_connection
+
+    other = ThreadPoolExecutor(max_workers=1)  # one thread: one Django connection
+    try:
+        answers: dict[str, Any] = {"other before": other.submit(post, "t-1").result()}
+        assert post("t-2")[0] == 201
+        with django_connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            (pid,) = cursor.fetchone()
+        # psycopg2 or psycopg 3, whichever Django chose.
+        killer = django_connection.get_new_connection(django_connection.get_connection_params())
+        killer.autocommit = True
+        with killer.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+        killer.close()
+        answers["here"] = [post("t-3")[0], post("t-3")]
+        answers["other after"] = other.submit(post, "t-4").result()
+        other.submit(lambda: django_connection.close()).result()  # that thread's own
+    finally:
+        other.shutdown()
+    return answers
+
+
 if __name__ == "__main__":
     scenario, directory = sys.argv[1], Path(sys.argv[2])
     _configure(directory, scenario)
-    scenarios = {"refusals": refusals, "scope": scope, "policies": policies}
+    scenarios = {"refusals": refusals, "scope": scope, "policies": policies,
+                 "connection": connection}
     print(json.dumps(scenarios[scenario](directory)))

@@ -18,8 +18,8 @@ from tests.examples.django_live import django_env
 from tests.server.live import REPO_ROOT
 
 
-def check(scenario: str, directory: Path) -> Any:
-    env = django_env(f"sqlite:///{directory / 'check.db'}", directory)
+def check(scenario: str, directory: Path, db_url: str | None = None) -> Any:
+    env = django_env(db_url or f"sqlite:///{directory / 'check.db'}", directory)
     env.pop("DJANGO_SETTINGS_MODULE")
     done = subprocess.run([sys.executable, "-m", "tests.examples.django_check", scenario,
                            str(directory)], cwd=REPO_ROOT, env=env, capture_output=True,
@@ -44,6 +44,7 @@ def refusals(tmp_path_factory) -> dict[str, str | None]:
     ("listed twice", "listed more than once in MIDDLEWARE"),
     ("unknown key", "unknown keys ['RETENTON']"),
     ("bad retention", "RETENTION"),
+    ("bad prepared statements", "['PREPARED_STATEMENTS'] must be True or False"),
 ])
 def test_a_configuration_that_cannot_give_the_guarantee_is_refused_at_start_up(refusals, case, fix):
     assert refusals[case] is not None, f"{case}: the application started"
@@ -116,3 +117,28 @@ def test_migrate_and_chttp_purge_run_from_the_installed_wheel(tmp_path, built_wh
         [sys.executable, "-c", "import chttp_server.django as m; print(m.__file__)"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
     assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
+
+
+def test_the_store_keeps_one_record_per_django_connection_and_prepares_on_it(pg_url, tmp_path):
+    """The pool record wrapping Django's connection lives as long as that connection.
+
+    Its ``info`` outlives a checkout and is gone once Django reopens the connection;
+    requests keep their guarantee across the reconnect. ``PREPARED_STATEMENTS`` prepares
+    the claim and the stored response on the connection's session where the store's
+    ``store_dbapi.prepares`` accepts the pool (it checks the pool's promise that its
+    records live as long as their connections), and prepares nothing otherwise.
+    """
+    answers = check("connection", tmp_path, pg_url)
+    assert answers["record kept"] is True
+    assert answers["record after close"] is None
+    assert answers["answers"] == [[201, None], [201, None], [201, "true"], [201, None]]
+    assert answers["another client"] == 201
+    assert answers["after reconnect"] == [[201, None], [201, "true"], [201, "true"]]
+    lost = answers["lost elsewhere"]
+    assert lost["other before"] == [201, None]
+    assert lost["here"] == [503, [201, None]]  # t-3 did not run, then ran on a new session
+    assert lost["other after"] == [201, None]  # the other thread's session went on
+    assert answers["orders"] == 5 + 4  # c-1 .. c-5 and t-1 .. t-4, each once
+    expected = ["chttp_claim_1", "chttp_complete_1"] if answers["prepares"] else []
+    assert answers["prepared"] == expected
+    assert answers["prepared after reconnect"] == expected

@@ -76,7 +76,8 @@ def test_a_claim_held_by_another_transaction_times_out(engine, dbapi_statements)
 
 
 class _OneSessionPool(Pool):
-    """Like the Django front end's pool: one session, handed out through fresh records."""
+    """A pool of another package: one session, handed out through fresh records (as the
+    Django front end's pool did before it kept one record per Django connection)."""
 
     def __init__(self, raw, **options) -> None:
         self.raw = raw
