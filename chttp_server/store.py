@@ -188,7 +188,7 @@ class MessageStore:
         #: psycopg2 on SQLAlchemy's own pools: a transaction the store begins itself sends
         #: BEGIN with the claim and COMMIT with the stored response (store_dbapi, "Fewer
         #: round trips"): two round trips fewer per certified request.
-        self._fused = self._dbapi and store_dbapi.prepares(engine)
+        self._fused = self._dbapi and store_dbapi.fuses(engine)
         if self._fused:
             store_dbapi.install(engine)
 

@@ -52,7 +52,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["supports", "prepares", "install", "begin", "fused", "end", "claim", "complete", "lookup",
+__all__ = ["supports", "prepares", "fuses", "install", "begin", "fused", "end", "claim", "complete", "lookup",
            "CLAIM", "COMPLETE", "LOOKUP", "CLAIM_PREPARE", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
@@ -136,11 +136,21 @@ def supports(engine: Engine) -> bool:
 def prepares(engine: Engine) -> bool:
     """True if the statements can be prepared once per connection on this engine.
 
-    Only on SQLAlchemy's own pools, whose records live as long as their connections.
-    A pool of another package may hand one session out through fresh records (the
-    Django front end's pool wraps Django's connection anew on every checkout): there
-    the second ``PREPARE`` would fail, so the literal statements run instead.
+    Only on pools whose records live as long as their connections: SQLAlchemy's own,
+    and a pool that says so (``keeps_records = True``, as the Django front end's pool
+    does). A pool that hands one session out through fresh records would meet
+    "already exists" on the second ``PREPARE``; there the literal statements run.
     """
+    return _sqlalchemy_pool(engine) or bool(getattr(engine.pool, "keeps_records", False))
+
+
+def fuses(engine: Engine) -> bool:
+    """True if the store may run its own transactions as :func:`begin` describes: on
+    SQLAlchemy's own pools, whose check-in ``reset`` event :func:`install` relies on."""
+    return _sqlalchemy_pool(engine)
+
+
+def _sqlalchemy_pool(engine: Engine) -> bool:
     return type(engine.pool).__module__.startswith("sqlalchemy.")
 
 
