@@ -72,7 +72,10 @@ class CertifiedContext:
 
         It joins the request's transaction: ``session.commit()`` only flushes into it
         and the middleware commits once, with the stored response (SQLAlchemy's
-        ``join_transaction_mode="conditional_savepoint"``).
+        ``join_transaction_mode="conditional_savepoint"``). ``session.rollback()``
+        would end the message's transaction (refused with
+        :class:`~chttp_server.errors.HandlerEndedTransaction` on PostgreSQL + psycopg2):
+        undo part of the work inside ``session.begin_nested()`` instead.
         """
         if self._session is None:
             self._session = Session(bind=self.connection, autoflush=True)
