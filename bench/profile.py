@@ -6,6 +6,13 @@ application (bench/app.py) directly as a WSGI callable, ``--requests`` times per
 on a durable throwaway cluster, and prints per-request wall and process CPU time
 (``time.process_time``: the server's Python, not PostgreSQL's) and, with ``--cprofile``,
 the top functions. Modes alternate in rounds so drift touches each alike.
+
+It also prints what each request cost PostgreSQL: the CPU time of the server's client
+backends (``/proc/<pid>/stat``, same machine), per request. On two cores shared by the
+server, PostgreSQL and the load generator, the two CPU columns together are what a
+request costs once the machine is saturated: the bound on the ratios at 4 and 16 clients.
+``certified`` prepares the store's statements (``prepared_statements=True``, as the
+bench's certified server does); ``certified-default`` runs the middleware's defaults.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import statistics
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from bench.cluster import BenchDatabase
@@ -63,26 +72,44 @@ def drive(app: Callable[..., Iterable[bytes]], ids: Iterable[str | None]) -> tup
     return count, wall, cpu
 
 
+def backend_cpu_seconds(db: BenchDatabase) -> float:
+    """CPU seconds (user + system) used so far by the bench database's client backends."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in db.scalar("SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = "
+                         "current_database() AND backend_type = 'client backend' "
+                         "AND pid <> pg_backend_pid()") or []:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a backend that has just exited
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.app import make_app
 
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", default=["bare", "certified", "replay"])
-    parser.add_argument("--cprofile", choices=["bare", "certified", "replay"], default=None)
+    modes = ["bare", "certified", "certified-default", "replay"]
+    parser.add_argument("--modes", nargs="+", choices=modes, default=modes)
+    parser.add_argument("--cprofile", choices=modes, default=None)
     parser.add_argument("--scenario", choices=sorted(_PATHS), default="items")
     args = parser.parse_args(argv)
     global _path
     _path = _PATHS[args.scenario]
     with BenchDatabase() as db:
-        apps = {"bare": make_app("bare", db.url),
-                "certified": make_app("certified", db.url)}
+        apps = {mode: make_app(mode, db.url) for mode in ("bare", "certified",
+                                                          "certified-default")}
         apps["replay"] = apps["certified"]
         drive(apps["certified"], ["template"])
+        drive(apps["certified-default"], ["template-default"])
         drive(apps["bare"], [None] * 50)
         cpu: dict[str, list[float]] = {mode: [] for mode in args.modes}
         wall: dict[str, list[float]] = {mode: [] for mode in args.modes}
+        database: dict[str, list[float]] = {mode: [] for mode in args.modes}
         for _round in range(args.rounds):
             for mode in args.modes:
                 tag = uuid.uuid4().hex[:8]
@@ -93,18 +120,22 @@ def main(argv: list[str] | None = None) -> int:
                     ids = ["template"] * args.requests
                 else:
                     ids = [f"{tag}-{n}" for n in range(args.requests)]
+                before = backend_cpu_seconds(db)
                 n, w, c = drive(apps[mode], ids)
+                database[mode].append((backend_cpu_seconds(db) - before) / n * 1e6)
                 cpu[mode].append(c / n * 1e6)
                 wall[mode].append(w / n * 1e6)
-        print(f"{'mode':<10} {'wall us/req':>12} {'cpu us/req':>11}  (median of {args.rounds})")
+        print(f"{'mode':<18} {'wall us/req':>12} {'cpu us/req':>11} {'postgres cpu':>13}  "
+              f"(median of {args.rounds})")
         for mode in args.modes:
-            print(f"{mode:<10} {statistics.median(wall[mode]):>12.0f} "
-                  f"{statistics.median(cpu[mode]):>11.0f}")
+            print(f"{mode:<18} {statistics.median(wall[mode]):>12.0f} "
+                  f"{statistics.median(cpu[mode]):>11.0f} "
+                  f"{statistics.median(database[mode]):>13.0f}")
         if args.cprofile:
             mode = args.cprofile
             ids = ([None] * args.requests if mode == "bare" else
                    ["template"] * args.requests if mode == "replay" else
-                   [f"p-{n}" for n in range(args.requests)])
+                   [f"p-{mode}-{n}" for n in range(args.requests)])
             profiler = cProfile.Profile()
             profiler.enable()
             drive(apps[mode], ids)
