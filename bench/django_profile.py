@@ -23,16 +23,14 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import os
 import pstats
-import statistics
 import sys
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from bench.cluster import BenchDatabase
-from bench.profile import drive
+from bench.profile import drive, measure, medians, process_cpu_seconds
 
 __all__ = ["main", "build_handlers", "round_trips"]
 
@@ -82,8 +80,7 @@ def _backend_cpu() -> float:
     with connection.cursor() as cursor:  # psycopg2 or psycopg 3, whichever Django chose
         cursor.execute("SELECT pg_backend_pid()")
         (pid,) = cursor.fetchone()
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_seconds(pid)
 
 
 def _driver() -> str:
@@ -163,24 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         drive(apps["certified"], ["template"])
         drive(apps["bare"], [None] * 50)
         drive(apps["certified"], _ids("certified", 50, "warm"))
-        cpu: dict[str, list[float]] = {mode: [] for mode in args.modes}
-        wall: dict[str, list[float]] = {mode: [] for mode in args.modes}
-        server: dict[str, list[float]] = {mode: [] for mode in args.modes}
+        samples: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in args.modes}
         for _round in range(args.rounds):
             for mode in args.modes:
-                before = _backend_cpu()
-                n, w, c = drive(apps[mode], _ids(mode, args.requests, uuid.uuid4().hex[:8]))
-                server[mode].append((_backend_cpu() - before) / n * 1e6)
-                cpu[mode].append(c / n * 1e6)
-                wall[mode].append(w / n * 1e6)
+                samples[mode].append(measure(
+                    apps[mode], _ids(mode, args.requests, uuid.uuid4().hex[:8]), _backend_cpu))
         trips = round_trips(db, apps, args.modes, 100, show=args.statements)
         print(f"Django's driver: {_driver()}; the store prepares its statements: {_prepares()}")
         print(f"{'mode':<10} {'wall us/req':>12} {'cpu us/req':>11} {'pg cpu us/req':>14} "
               f"{'round trips':>12}  (median of {args.rounds} x {args.requests})")
         for mode in args.modes:
-            print(f"{mode:<10} {statistics.median(wall[mode]):>12.0f} "
-                  f"{statistics.median(cpu[mode]):>11.0f} {statistics.median(server[mode]):>14.0f} "
-                  f"{trips[mode]:>12.2f}")
+            wall, cpu, server = medians(samples[mode])
+            print(f"{mode:<10} {wall:>12.0f} {cpu:>11.0f} {server:>14.0f} {trips[mode]:>12.2f}")
         if args.cprofile:
             profiler = cProfile.Profile()
             ids = _ids(args.cprofile, args.requests, "p-" + uuid.uuid4().hex[:8])

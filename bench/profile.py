@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable
 from bench.cluster import BenchDatabase
 from bench.load import BODY, PATH
 
-__all__ = ["main", "drive"]
+__all__ = ["main", "drive", "measure", "medians", "process_cpu_seconds", "backend_cpu_seconds"]
 
 
 _PATHS = {"items": PATH, "transfer": "/transfer"}
@@ -72,18 +72,37 @@ def drive(app: Callable[..., Iterable[bytes]], ids: Iterable[str | None]) -> tup
     return count, wall, cpu
 
 
+def measure(app: Callable[..., Iterable[bytes]], ids: Iterable[str | None],
+            database_cpu: Callable[[], float]) -> tuple[float, float, float]:
+    """Drive ``app`` once per id: (wall, process CPU, database CPU) in µs per request."""
+    before = database_cpu()
+    count, wall, cpu = drive(app, ids)
+    database = database_cpu() - before
+    return wall / count * 1e6, cpu / count * 1e6, database / count * 1e6
+
+
+def medians(samples: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """The median of each column of :func:`measure`'s rounds."""
+    wall, cpu, database = zip(*samples)
+    return statistics.median(wall), statistics.median(cpu), statistics.median(database)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` of this machine has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def backend_cpu_seconds(db: BenchDatabase) -> float:
-    """CPU seconds (user + system) used so far by the bench database's client backends."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """CPU seconds used so far by the bench database's client backends (but this one)."""
     total = 0.0
     for pid in db.scalar("SELECT array_agg(pid) FROM pg_stat_activity WHERE datname = "
                          "current_database() AND backend_type = 'client backend' "
                          "AND pid <> pg_backend_pid()") or []:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += process_cpu_seconds(pid)
         except FileNotFoundError:  # a backend that has just exited
             continue
-        total += (int(fields[11]) + int(fields[12])) / ticks
     return total
 
 
@@ -107,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         drive(apps["certified"], ["template"])
         drive(apps["certified-default"], ["template-default"])
         drive(apps["bare"], [None] * 50)
-        cpu: dict[str, list[float]] = {mode: [] for mode in args.modes}
-        wall: dict[str, list[float]] = {mode: [] for mode in args.modes}
-        database: dict[str, list[float]] = {mode: [] for mode in args.modes}
+        samples: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in args.modes}
         for _round in range(args.rounds):
             for mode in args.modes:
                 tag = uuid.uuid4().hex[:8]
@@ -120,17 +137,12 @@ def main(argv: list[str] | None = None) -> int:
                     ids = ["template"] * args.requests
                 else:
                     ids = [f"{tag}-{n}" for n in range(args.requests)]
-                before = backend_cpu_seconds(db)
-                n, w, c = drive(apps[mode], ids)
-                database[mode].append((backend_cpu_seconds(db) - before) / n * 1e6)
-                cpu[mode].append(c / n * 1e6)
-                wall[mode].append(w / n * 1e6)
+                samples[mode].append(measure(apps[mode], ids, lambda: backend_cpu_seconds(db)))
         print(f"{'mode':<18} {'wall us/req':>12} {'cpu us/req':>11} {'postgres cpu':>13}  "
               f"(median of {args.rounds})")
         for mode in args.modes:
-            print(f"{mode:<18} {statistics.median(wall[mode]):>12.0f} "
-                  f"{statistics.median(cpu[mode]):>11.0f} "
-                  f"{statistics.median(database[mode]):>13.0f}")
+            wall, cpu, database = medians(samples[mode])
+            print(f"{mode:<18} {wall:>12.0f} {cpu:>11.0f} {database:>13.0f}")
         if args.cprofile:
             mode = args.cprofile
             ids = ([None] * args.requests if mode == "bare" else

@@ -64,6 +64,17 @@ def ratio_rows(grid: dict[tuple[str, int], LoadResult],
     return rows
 
 
+#: Ratios printed without a target: (label, row, the row it is divided by, what it says).
+_INFORMATIVE_RATIOS = (
+    ("certified, default/bare", "certified, default settings", "bare",
+     "the middleware's defaults: what works behind PgBouncer too"),
+    ("certified / bare, sql", "certified sql (pgbench)", "bare sql (pgbench)",
+     "the database's bound: the two requests' SQL alone, bench/floor.py"),
+    ("advisory / bare, sql", "advisory sql (pgbench)", "bare sql (pgbench)",
+     "one row write under an advisory lock: measured, not taken"),
+)
+
+
 def render(results: Results, options: Options) -> str:
     lines: list[str] = []
     s = results.settings
@@ -104,22 +115,11 @@ def render(results: Results, options: Options) -> str:
             if floor and bare:
                 value = _ratio(bare.rps, floor.rps)
                 lines.append(f"bare / db floor          {c:>4} {value:>7.2f}")
-            default = grid.get(("certified, default settings", c))
-            if default and bare:
-                value = _ratio(default.rps, bare.rps)
-                lines.append(f"certified, default / bare {c:>3} {value:>7.2f}  (no prepared "
-                             "statements: what works behind PgBouncer too)")
-            bare_sql = grid.get(("bare sql (pgbench)", c))
-            certified_sql = grid.get(("certified sql (pgbench)", c))
-            if bare_sql and certified_sql:
-                value = _ratio(certified_sql.rps, bare_sql.rps)
-                lines.append(f"certified / bare, sql    {c:>4} {value:>7.2f}  (the database's "
-                             "bound: the two requests' SQL alone, bench/floor.py)")
-            advisory_sql = grid.get(("advisory sql (pgbench)", c))
-            if bare_sql and advisory_sql:
-                value = _ratio(advisory_sql.rps, bare_sql.rps)
-                lines.append(f"advisory / bare, sql     {c:>4} {value:>7.2f}  (one row write "
-                             "under an advisory lock: measured, not taken)")
+            for label, row, base, note in _INFORMATIVE_RATIOS:
+                measured, against = grid.get((row, c)), grid.get((base, c))
+                if measured and against:
+                    lines.append(f"{label:<24} {c:>4} {_ratio(measured.rps, against.rps):>7.2f}"
+                                 f"  ({note})")
             for framework, name in (("django", "Django"), ("flask", "Flask")):
                 plain = grid.get((f"{framework} bare", c))
                 certified_row = grid.get((f"{framework} certified", c))

@@ -134,3 +134,14 @@ def test_report_shows_the_realistic_ratio_and_the_dbos_comparison() -> None:
     assert "0.80" in line and line.split()[-1] == "MISSED"
     dbos = next(l for l in text.splitlines() if "resumable / DBOS" in l)
     assert "3.00" in dbos and "met" in dbos and "4.00 vs 40.00 (fewer)" in dbos
+
+
+def test_the_sql_only_rows_are_reported_as_the_databases_bound() -> None:
+    results = Results()
+    results.grid = {("bare", 1): _result(100), ("certified", 1): _result(60),
+                    ("bare sql (pgbench)", 1): _result(300),
+                    ("certified sql (pgbench)", 1): _result(180)}
+    text = render(results, Options(concurrencies=(1,)))
+    line = next(line for line in text.splitlines() if line.startswith("certified / bare, sql"))
+    assert line.split()[5] == "0.60" and "the database's bound" in line
+    assert "advisory / bare, sql" not in text  # no advisory row measured: no ratio printed
