@@ -139,6 +139,7 @@ def test_the_store_keeps_one_record_per_django_connection_and_prepares_on_it(pg_
     assert lost["here"] == [503, [201, None]]  # t-3 did not run, then ran on a new session
     assert lost["other after"] == [201, None]  # the other thread's session went on
     assert answers["orders"] == 5 + 4  # c-1 .. c-5 and t-1 .. t-4, each once
-    expected = ["chttp_claim_1", "chttp_complete_1"] if answers["prepares"] else []
-    assert answers["prepared"] == expected
-    assert answers["prepared after reconnect"] == expected
+    # Statement names end in a digest of their text (chttp_server.store_dbapi).
+    expected = ["chttp_claim", "chttp_complete"] if answers["prepares"] else []
+    for prepared in (answers["prepared"], answers["prepared after reconnect"]):
+        assert [name.rsplit("_", 1)[0] for name in prepared] == expected
