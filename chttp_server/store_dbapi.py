@@ -7,18 +7,20 @@ changes; on a CPU-bound two-core server that was a third of what a certified req
 cost beyond the application's own work (issue 12, ``python -m bench.profile``).
 
 The statements still run on the SQLAlchemy :class:`~sqlalchemy.Connection`'s own
-DB-API connection, inside the transaction it began (psycopg2 opens it implicitly on the
-first statement, exactly as under SQLAlchemy), so the claim, the handler's writes and
+DB-API connection, inside the one transaction of the message (psycopg2's, or the
+store's own: below), so the claim, the handler's writes and
 the stored response still commit as one (docs/protocol.rst §2). A driver error is
 wrapped as SQLAlchemy would have wrapped it (:meth:`sqlalchemy.exc.DBAPIError.instance`),
 and a lost connection is invalidated first, so the store's one classification of errors
 (:func:`chttp_server.store.unreachable_as_store_error`) and the claim's retry on a
 fresh connection see exactly what they see on the portable path.
 
-With ``prepared_statements=True`` (``MessageStore`` / ``CertifiedMiddleware``; off by
-default) the claim and the stored response are server-side prepared statements
-(``PREPARE`` once per connection, then ``EXECUTE``). Only on direct connections: a pooler
-in transaction mode (PgBouncer) moves sessions between clients and does not keep them.
+**Prepared statements.** In the store's own transactions the claim is always a
+server-side prepared statement, prepared on demand by each server session that lacks it
+(:func:`claim`: safe behind a transaction-mode pooler). With ``prepared_statements=True``
+(``MessageStore`` / ``CertifiedMiddleware``; off by default) the claim and the stored
+response are prepared once per pooled connection, in every mode: for direct connections
+only, since a pooler in transaction mode (PgBouncer) moves sessions between clients.
 
 **Fewer round trips in a transaction of the store's own** (:func:`begin`, the WSGI
 middleware's and the Flask extension's mode; never on a connection a front end lends,
@@ -211,7 +213,6 @@ def begin(connection: Connection) -> bool:
 def fused(connection: Connection) -> bool:
     """True while ``connection`` is in a transaction :func:`begin` fused (until check-in)."""
     return bool(connection.connection.info.get(_FUSED_KEY))
-
 
 
 def end(connection: Connection, statement: str) -> None:
