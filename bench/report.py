@@ -137,12 +137,14 @@ def render(results: Results, options: Options) -> str:
                 if measured and against:
                     lines.append(f"{label:<24} {c:>4} {_ratio(measured.rps, against.rps):>7.2f}"
                                  f"  ({note})")
-            cap = database_cap(bare, grid.get(("bare sql (pgbench)", c)),
-                               grid.get(("certified sql (pgbench)", c)))
-            if cap is not None:
-                lines.append(f"certified / bare, db cap {c:>4} {cap:>7.2f}  (the most the ratio "
-                             "could be if the receiver's Python cost nothing: the message row's "
-                             "SQL alone added to a bare request)")
+            for label, bare_row in (("certified / bare, db cap", "bare"),
+                                    ("transfer, db cap", "bare /transfer")):
+                cap = database_cap(grid.get((bare_row, c)), grid.get(("bare sql (pgbench)", c)),
+                                   grid.get(("certified sql (pgbench)", c)))
+                if cap is not None:
+                    lines.append(f"{label:<24} {c:>4} {cap:>7.2f}  (the most the ratio could be "
+                                 "if the receiver's Python cost nothing: the message row's SQL "
+                                 "alone added to the bare request)")
             for framework, name in (("django", "Django"), ("flask", "Flask")):
                 plain = grid.get((f"{framework} bare", c))
                 certified_row = grid.get((f"{framework} certified", c))

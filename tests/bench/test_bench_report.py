@@ -148,3 +148,4 @@ def test_the_sql_only_rows_are_reported_as_the_databases_bound() -> None:
     # A bare request takes 10 ms; the certified SQL adds 1/180 - 1/300 s = 2.22 ms.
     cap = next(line for line in text.splitlines() if line.startswith("certified / bare, db cap"))
     assert cap.split()[6] == "0.82"
+    assert "transfer, db cap" not in text  # no /transfer row measured
