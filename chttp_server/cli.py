@@ -49,8 +49,8 @@ from chttp_core.commandline import (
     CommandError,
     add_debug_option,
     known_revisions,
-    open_database,
     non_negative_float,
+    open_database,
     positive_int,
     require_schema,
     run_command,
@@ -331,7 +331,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_console(commands: Any) -> None:
-    from chttp_server.console import cli as console_cli   # options only; pages load on run
+    from chttp_server.console import cli as console_cli  # options only; pages load on run
 
     console = commands.add_parser(
         "console", help="a web console over a receiver's messages and a sender's oplogs")

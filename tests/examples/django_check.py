@@ -121,10 +121,9 @@ def scope(directory: Path) -> dict[str, Any]:
 
 def _inside_a_transaction() -> dict[str, Any]:
     """Django's ``TestCase`` runs requests inside its own transaction: messages nest."""
+    from chttp_examples.django_orders.orders.models import Order
     from django.db import transaction
     from django.test import Client
-
-    from chttp_examples.django_orders.orders.models import Order
 
     client = Client(raise_request_exception=False)
     answers: dict[str, Any] = {}
@@ -181,11 +180,11 @@ def policies(directory: Path) -> dict[str, Any]:
 
 
 def connection(directory: Path) -> dict[str, Any]:
+    from chttp_examples.django_orders.orders.models import Order
     from django.core.management import call_command
     from django.db import connection as django_connection
     from django.test import Client
 
-    from chttp_examples.django_orders.orders.models import Order
     from chttp_server import store_dbapi
     from chttp_server.django.connection import django_engine
 
