@@ -43,6 +43,7 @@ from chttp_core.commandline import (
     EXIT_USAGE,
     CommandError,
     add_debug_option,
+    non_negative,
     open_database,
     positive_int,
     require_schema,
@@ -58,15 +59,8 @@ __all__ = ["main", "build_parser"]
 PROG = "chttp-client"
 
 
-def _days(text: str) -> float:
-    """An argparse ``type``: a number of days, not negative."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of days, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, not {value}")
-    return value
+#: An argparse ``type``: a finite number of days, not negative.
+_days = non_negative("days")
 
 
 def build_parser() -> argparse.ArgumentParser:

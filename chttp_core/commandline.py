@@ -43,7 +43,7 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "add_debug_option",
-    "non_negative_float",
+    "non_negative",
     "positive_int",
     "run_command",
     "open_database",
@@ -93,15 +93,19 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_float(text: str) -> float:
-    """An argparse ``type`` for durations in seconds that may be 0 (``--pause -1`` is 2)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text}")
-    return value
+def non_negative(unit: str) -> Callable[[str], float]:
+    """An argparse ``type`` for a finite amount of ``unit`` that may be 0 (``-1`` is exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit}, not {text!r}") from None
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a finite number of {unit} >= 0, not {text}")
+        return value
+
+    return parse
 
 
 def run_command(prog: str, args: argparse.Namespace) -> int:

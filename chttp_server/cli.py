@@ -49,7 +49,7 @@ from chttp_core.commandline import (
     CommandError,
     add_debug_option,
     known_revisions,
-    non_negative_float,
+    non_negative,
     open_database,
     positive_int,
     require_schema,
@@ -152,7 +152,7 @@ def _add_purge(commands: Any) -> None:
     _add_db_option(purge)
     purge.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
                        help="messages deleted per transaction (default: %(default)s)")
-    purge.add_argument("--pause", type=non_negative_float, default=0.0, metavar="SECONDS",
+    purge.add_argument("--pause", type=non_negative("seconds"), default=0.0, metavar="SECONDS",
                        help="sleep between batches, leaving the database to live traffic "
                             "(default: %(default)s)")
     purge.set_defaults(handler=_cmd_purge)
