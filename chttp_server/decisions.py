@@ -48,7 +48,7 @@ from chttp_server.errors import (
     RequestTooLarge,
     ResponseTooLarge,
 )
-from chttp_server.store import MessageKey, StoredMessage
+from chttp_server.messages import MessageKey, StoredMessage
 
 __all__ = [
     "IncomingMessage",

@@ -26,8 +26,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Callable
 
@@ -51,14 +50,12 @@ from chttp_core.db import begin_immediately, is_disconnect
 from chttp_core.errors import ClaimTimedOut, StoreUnreachable
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 from chttp_server import store_dbapi
+from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
 
 __all__ = ["MessageKey", "StoredMessage", "MessageStore", "unreachable_as_store_error", "utcnow"]
 
 #: PostgreSQL's SQLSTATE for "lock_timeout expired" (lock_not_available).
 _PG_LOCK_NOT_AVAILABLE = "55P03"
-
-Headers = list[tuple[str, str]]
-
 
 #: The claim on PostgreSQL, in one round trip that also reads the row of a retry.
 #:
@@ -101,59 +98,6 @@ _COMPLETE = (
     .values(status=bindparam("new_status"), headers=bindparam("new_headers"),
             body=bindparam("new_body", type_=LargeBinary))
 )
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class MessageKey:
-    """``(scope, message_id)``: the stored key of docs/protocol.rst §1."""
-
-    scope: str
-    message_id: str
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """A committed message row, as the middleware needs it to answer a retry."""
-
-    key: MessageKey
-    fingerprint: str
-    state: str
-    status: int | None
-    headers: Headers | None
-    body: bytes | None
-    received_at: datetime
-    expires_at: datetime
-
-    @property
-    def acknowledged(self) -> bool:
-        return self.state == STATE_ACKNOWLEDGED
-
-    def expired(self, now: datetime) -> bool:
-        return now >= self.expires_at
-
-
-def _aware(moment: datetime) -> datetime:
-    # SQLite hands timestamps back naive; they were stored as UTC.
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _row_to_message(row: Any) -> StoredMessage:
-    # A SQLAlchemy Row or a store_dbapi named tuple: the same attribute names.
-    headers = json.loads(row.headers) if row.headers is not None else None
-    return StoredMessage(
-        key=MessageKey(row.scope, row.message_id),
-        fingerprint=row.fingerprint,
-        state=row.state,
-        status=row.status,
-        headers=[(name, value) for name, value in headers] if headers is not None else None,
-        body=bytes(row.body) if row.body is not None else None,
-        received_at=_aware(row.received_at),
-        expires_at=_aware(row.expires_at),
-    )
 
 
 class MessageStore:
@@ -323,7 +267,7 @@ class MessageStore:
             raise
         if row.claimed:
             return True, None
-        return False, _row_to_message(row) if row.scope is not None else None
+        return False, stored_message(row) if row.scope is not None else None
 
     def complete(
         self, connection: Connection, key: MessageKey, status: int, headers: Headers, body: bytes,
@@ -358,7 +302,7 @@ class MessageStore:
                 row = connection.execute(
                     _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
                 ).first()
-        return _row_to_message(row) if row is not None else None
+        return stored_message(row) if row is not None else None
 
     def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
         """Drop the stored response, keep the tombstone; return the row as it was, or None."""
