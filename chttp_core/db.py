@@ -120,7 +120,7 @@ def _libpq_version() -> int:
     return int(getattr(psycopg2, "__libpq_version__", 0))
 
 
-def configure_sqlite(engine: Engine) -> None:
+def configure_sqlite(engine: Engine, *, dispose: bool = True) -> None:
     """Make an engine made elsewhere (a Flask-SQLAlchemy ``db.engine``) fit to hold a store.
 
     It gets WAL and SQLAlchemy's control of transactions (so savepoints work), but its
@@ -128,12 +128,14 @@ def configure_sqlite(engine: Engine) -> None:
     readers must not queue for the write lock. Only the connections the message store
     begins ask for ``BEGIN IMMEDIATE``, through :func:`begin_immediately`. Foreign keys
     are left as the application set them. Idempotent; connections already pooled were
-    opened without these settings, so the pool is disposed.
+    opened without these settings, so the pool is disposed (``dispose=False``: the
+    caller does it, e.g. ``await async_engine.dispose()``, which must not run here).
     """
     if engine.dialect.name != "sqlite" or engine in _CONFIGURED:
         return
     _configure_sqlite(engine, begin="DEFERRED", foreign_keys=False)
-    engine.dispose()
+    if dispose:
+        engine.dispose()
 
 
 def begin_immediately(connection: Connection) -> Connection:

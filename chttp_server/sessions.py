@@ -22,6 +22,14 @@ When the handler ends the sessions it used are closed, so work it never committe
 discarded, as it would have been without chttp. Outside certified requests the
 sessions behave exactly as before.
 
+The ASGI front end does the same for an ``async_sessionmaker`` (or ``async_scoped_session``):
+its ``AsyncSession`` s wrap synchronous sessions of ``sync_session_class``, and that
+class is the one replaced, so ``await session.commit()`` releases the savepoint on the
+message's connection. There the front end enters the join with :func:`enter` and leaves
+it in two steps: :meth:`RequestJoin.end` (no I/O: later sessions, e.g. those of
+background tasks that run after the commit, get their own connections again) and
+:meth:`RequestJoin.close_sessions` (I/O, run through the async executor).
+
 How: the factory's session class is replaced by a subclass whose ``get_bind`` answers
 the request's connection when the bind it would have chosen is on the store's
 database; binds on other databases are left alone (they are not covered). The
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Iterator
 
 from sqlalchemy import Connection, Engine
@@ -42,23 +50,52 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from chttp_server.errors import ConfigurationError
 
-__all__ = ["join", "joined", "same_database"]
+__all__ = ["RequestJoin", "enter", "join", "joined", "same_database"]
 
 _JOINED_MARK = "_chttp_joined"
 
 
-class _Join:
+class RequestJoin:
     """The certified request now running in this context: its connection and sessions."""
 
-    __slots__ = ("connection", "engine", "sessions")
+    __slots__ = ("connection", "engine", "sessions", "ended", "_token")
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.engine = connection.engine
         self.sessions: list[Session] = []
+        #: True once the handler's part is over: sessions stop joining the message.
+        self.ended = False
+        self._token: Token[RequestJoin | None] | None = None
+
+    def end(self) -> None:
+        """Stop joining (no I/O): from now on sessions get their own connections."""
+        self.ended = True
+
+    def close_sessions(self) -> None:
+        """Close the sessions the handler used: rolls back a savepoint it never committed."""
+        sessions, self.sessions = self.sessions, []
+        for session in sessions:
+            session.close()
+
+    def leave(self) -> None:
+        """Forget this request in the context that entered it (after :meth:`end`)."""
+        self.ended = True
+        if self._token is not None:
+            token, self._token = self._token, None
+            _current.reset(token)
 
 
-_current: ContextVar[_Join | None] = ContextVar("chttp_joined_request", default=None)
+_current: ContextVar[RequestJoin | None] = ContextVar("chttp_joined_request", default=None)
+
+
+def enter(connection: Connection) -> RequestJoin:
+    """Join sessions of joined factories to ``connection`` in this context until
+    :meth:`RequestJoin.end` / :meth:`RequestJoin.leave` (the async front end's form of
+    :func:`joined`)."""
+    join_ = RequestJoin(connection)
+    join_._token = _current.set(join_)
+    return join_
 
 
 def same_database(one: Engine | URL, other: Engine | URL) -> bool:
@@ -79,19 +116,50 @@ def _sqlite_file(url: URL) -> str | None:
     return os.path.realpath(url.database)
 
 
-def join(factory: sessionmaker[Any] | scoped_session[Any], *, store: Engine) -> None:
+def join(factory: Any, *, store: Engine) -> None:
     """Make ``factory``'s sessions join certified requests on the ``store`` engine's database.
 
+    ``factory``: a ``sessionmaker`` or ``scoped_session`` (the synchronous front ends),
+    an ``async_sessionmaker`` or ``async_scoped_session`` (the ASGI front end).
     Raises :class:`ConfigurationError` when the factory is bound to another database:
     its writes could never commit with the stored response.
     """
+    async_maker = _async_maker(factory)
+    if async_maker is not None:
+        _check_bind(_sync_bind(async_maker.kw.get("bind")), store)
+        sync_class = async_maker.kw.get("sync_session_class", Session)
+        if not getattr(sync_class, _JOINED_MARK, False):
+            async_maker.kw["sync_session_class"] = _joined_class(sync_class)
+        return
     maker = factory.session_factory if isinstance(factory, scoped_session) else factory
     if not isinstance(maker, sessionmaker):
         raise ConfigurationError(
-            "sessions= takes a sqlalchemy.orm.sessionmaker or scoped_session, "
-            f"not {type(factory).__name__}"
+            "sessions= takes a sqlalchemy.orm.sessionmaker or scoped_session (or, for the "
+            f"ASGI front end, an async_sessionmaker), not {type(factory).__name__}"
         )
-    bind = maker.kw.get("bind")
+    _check_bind(maker.kw.get("bind"), store)
+    if not getattr(maker.class_, _JOINED_MARK, False):
+        maker.class_ = _joined_class(maker.class_)
+
+
+def _async_maker(factory: Any) -> Any:
+    """The ``async_sessionmaker`` behind ``factory``, or None for a synchronous factory."""
+    try:
+        from sqlalchemy.ext.asyncio import async_scoped_session, async_sessionmaker
+    except ImportError:  # pragma: no cover - SQLAlchemy without its asyncio extension
+        return None
+    if isinstance(factory, async_scoped_session):
+        factory = factory.session_factory
+    return factory if isinstance(factory, async_sessionmaker) else None
+
+
+def _sync_bind(bind: Any) -> Any:
+    """An ``AsyncEngine`` / ``AsyncConnection`` bind as its synchronous engine."""
+    sync_engine = getattr(bind, "sync_engine", None)
+    return sync_engine if sync_engine is not None else bind
+
+
+def _check_bind(bind: Any, store: Engine) -> None:
     if isinstance(bind, Connection):
         bind = bind.engine
     if isinstance(bind, Engine) and not same_database(bind, store):
@@ -101,22 +169,18 @@ def join(factory: sessionmaker[Any] | scoped_session[Any], *, store: Engine) -> 
             "with the stored response. Store the messages in the application's database "
             "(engine= the application's engine)"
         )
-    if not getattr(maker.class_, _JOINED_MARK, False):
-        maker.class_ = _joined_class(maker.class_)
 
 
 @contextmanager
 def joined(connection: Connection) -> Iterator[None]:
     """While the handler runs: joined sessions use ``connection``; closed when it ends."""
-    join_ = _Join(connection)
-    token = _current.set(join_)
+    join_ = enter(connection)
     try:
         yield
     finally:
-        _current.reset(token)
-        for session in join_.sessions:
-            # Rolls back the session's savepoint if the handler never committed it.
-            session.close()
+        join_.leave()
+        # Rolls back a session's savepoint if the handler never committed it.
+        join_.close_sessions()
 
 
 def _joined_class(base: type[Session]) -> type[Session]:
@@ -131,7 +195,7 @@ def _joined_class(base: type[Session]) -> type[Session]:
         def get_bind(self, *args: Any, **kwargs: Any) -> Engine | Connection:
             chosen: Engine | Connection = super().get_bind(*args, **kwargs)
             request = _current.get()
-            if request is None:
+            if request is None or request.ended:
                 return chosen
             engine = chosen.engine if isinstance(chosen, Connection) else chosen
             if engine is not request.engine and not same_database(engine, request.engine):

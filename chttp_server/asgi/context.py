@@ -1,0 +1,189 @@
+"""What an ASGI view sees of its certified request: :func:`current_message`.
+
+The same context as the WSGI front end's ``environ["chttp.context"]``
+(:class:`chttp_server.context.CertifiedContext`), awaited: the message's identity, the
+one database transaction the message record shares with the view — as an
+``AsyncConnection`` and a lazily made ``AsyncSession`` — and the view's own certified
+sends (``await message.post(...)``), journaled with ids derived from this message's
+``(scope, id)`` so a retried incoming message re-sends the same outgoing messages.
+
+The sends are the sender's synchronous resumable steps (:mod:`chttp_client.incoming`,
+the same step logic and oplog SQL as every other certified send), run in a worker
+thread: the journal's I/O and the HTTP exchange never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from contextvars import ContextVar
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+if TYPE_CHECKING:  # chttp_client (and httpx) load on a view's first send, not before
+    import httpx
+
+    from chttp_client.context import ResumableContext
+    from chttp_client.journal import Journal
+
+__all__ = ["AsyncCertifiedContext", "current_message"]
+
+_current: ContextVar[AsyncCertifiedContext | None] = ContextVar("chttp_asgi_message", default=None)
+
+
+def current_message() -> AsyncCertifiedContext | None:
+    """The certified request this view serves, ``None`` for a request without an id.
+
+    Set by :class:`chttp_server.asgi.CertifiedMiddleware` for the application's whole
+    run, so ``async def`` views, ``def`` views (which Starlette runs in a thread with
+    a copy of the context) and dependencies all see it.
+    """
+    return _current.get()
+
+
+class AsyncCertifiedContext:
+    """The certified request being processed: its id, scope and shared transaction."""
+
+    def __init__(
+        self,
+        *,
+        message_id: str,
+        scope: str,
+        fingerprint: str,
+        connection: AsyncConnection,
+        received_at: datetime,
+        expires_at: datetime,
+        asgi_scope: dict[str, Any],
+        journal: Callable[[], Journal] | None = None,
+        handler_send_deadline: timedelta | None = None,
+    ) -> None:
+        self.message_id = message_id
+        #: The principal whose id space the message belongs to (docs/protocol.rst §1).
+        self.scope = scope
+        self.fingerprint = fingerprint
+        self.received_at = received_at
+        self.expires_at = expires_at
+        #: The ASGI ``http`` scope of the request.
+        self.asgi_scope = asgi_scope
+        #: Always False inside a view: a replay answers from the store and never runs it.
+        self.replayed = False
+        self.handler_send_deadline = handler_send_deadline
+        self._connection: AsyncConnection | None = connection
+        self._session: AsyncSession | None = None
+        self._journal = journal
+        self._outgoing: ResumableContext | None = None
+
+    # -- the shared transaction ------------------------------------------------------
+
+    @property
+    def connection(self) -> AsyncConnection:
+        """The connection the claim, the view and the stored response share."""
+        if self._connection is None:
+            raise RuntimeError(
+                "the certified request's transaction has ended (committed with the stored "
+                "response): work done after it, such as a background task, is not part of "
+                "the message")
+        return self._connection
+
+    @property
+    def session(self) -> AsyncSession:
+        """An ``AsyncSession`` bound to the shared connection, made on first use.
+
+        It joins the request's transaction (``conditional_savepoint``): ``await
+        session.commit()`` only flushes into it, and the middleware commits once, with
+        the stored response. Undo part of the work inside ``session.begin_nested()``.
+        """
+        if self._session is None:
+            self._session = AsyncSession(bind=self.connection, autoflush=True)
+        return self._session
+
+    async def flush(self) -> None:
+        """Push pending ORM changes into the transaction before the response is stored."""
+        if self._session is not None:
+            await self._session.flush()
+
+    # -- the view as a sender (chttp_client.incoming) --------------------------------
+
+    async def _outgoing_context(self) -> ResumableContext:
+        if self._outgoing is None:
+            if self._journal is None:
+                raise RuntimeError("this middleware has no journal for certified sends")
+            from chttp_client.incoming import open_incoming_context
+
+            journal = await asyncio.to_thread(self._journal)
+            self._outgoing = await asyncio.to_thread(functools.partial(
+                open_incoming_context, journal, scope=self.scope, message_id=self.message_id,
+                send_deadline=self.handler_send_deadline))
+        return self._outgoing
+
+    async def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Record a value once per incoming message; it survives the view's rollback.
+
+        A coroutine function is awaited on the loop the first time; its result is
+        recorded (and returned, unchanged, on every retry of the message).
+        """
+        outgoing = await self._outgoing_context()
+        if asyncio.iscoroutinefunction(value_or_callable):
+            # The step runs in the worker thread (the same persist() as everywhere); the
+            # coroutine it calls on the first run runs on this loop meanwhile.
+            value_or_callable = _on_loop(value_or_callable, asyncio.get_running_loop())
+        return await asyncio.to_thread(outgoing.persist, value_or_callable, *args, **kwargs)
+
+    async def checkpoint(self) -> None:
+        """Make the values persisted so far durable now."""
+        outgoing = await self._outgoing_context()
+        await asyncio.to_thread(outgoing.checkpoint)
+
+    async def send(self, method: str, url: str, **options: Any) -> httpx.Response:
+        """A certified send whose id derives from this message's ``(scope, id)`` and step."""
+        outgoing = await self._outgoing_context()
+        return await asyncio.to_thread(functools.partial(outgoing.send, method, url, **options))
+
+    async def get(self, url: str, **options: Any) -> httpx.Response:
+        return await self.send("GET", url, **options)
+
+    async def post(self, url: str, **options: Any) -> httpx.Response:
+        return await self.send("POST", url, **options)
+
+    async def put(self, url: str, **options: Any) -> httpx.Response:
+        return await self.send("PUT", url, **options)
+
+    async def patch(self, url: str, **options: Any) -> httpx.Response:
+        return await self.send("PATCH", url, **options)
+
+    async def delete(self, url: str, **options: Any) -> httpx.Response:
+        return await self.send("DELETE", url, **options)
+
+    # -- the end of the request ------------------------------------------------------
+
+    def close_session(self) -> None:
+        """Close the context's own session (synchronous: run through the executor)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            session.sync_session.close()
+
+    async def close(self) -> None:
+        """The request is over: journal buffered send records, forget the connection."""
+        self._connection = None
+        if self._outgoing is not None:
+            from chttp_client.incoming import close_incoming_context
+
+            outgoing, self._outgoing = self._outgoing, None
+            await asyncio.to_thread(close_incoming_context, outgoing)
+
+    def __repr__(self) -> str:
+        return f"<AsyncCertifiedContext scope={self.scope!r} message_id={self.message_id!r}>"
+
+
+def _on_loop(function: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
+    """``function`` (a coroutine function) as a plain callable for a worker thread: it
+    runs the coroutine on ``loop`` and waits for its result. Same name, so the step
+    it records is named as the function (the step's identity on replay)."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(function(*args, **kwargs), loop).result()
+
+    return call

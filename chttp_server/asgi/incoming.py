@@ -1,0 +1,87 @@
+"""Reading a certified request off an ASGI ``http`` scope: id, first-sent date, body.
+
+docs/protocol.rst §1 and §4. A thin ASGI adapter over :mod:`chttp_server.decisions`,
+which holds the rules, as :mod:`chttp_server.incoming` is for WSGI: these functions only
+find the values in the scope and the ``receive`` channel.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Awaitable, Callable
+
+from chttp_server.decisions import check_request_length, parse_first_sent, parse_message_id
+from chttp_server.errors import IncompleteBody
+
+__all__ = ["Receive", "Send", "Scope", "header", "message_id_of", "first_sent_of",
+           "read_body", "replaying_receive"]
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The value of header ``name`` (lower-case bytes), repeated fields joined by ``", "``
+    as a WSGI server joins them (RFC 9110 §5.3), so both front ends see the same value;
+    ``None`` if absent. Decoded as latin-1, the HTTP/1.1 octets as they came."""
+    values = [value for key, value in scope.get("headers", ()) if key.lower() == name]
+    if not values:
+        return None
+    return ", ".join(value.decode("latin-1") for value in values)
+
+
+def message_id_of(scope: Scope) -> str | None:
+    """The request's message id, ``None`` without one; 400 for a malformed or
+    conflicting one."""
+    return parse_message_id(header(scope, b"x-message-id"), header(scope, b"idempotency-key"))
+
+
+def first_sent_of(scope: Scope) -> datetime | None:
+    """``X-Message-First-Sent`` as an aware datetime; 400 if present but not an HTTP-date."""
+    return parse_first_sent(header(scope, b"x-message-first-sent"))
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, 413 past ``limit`` bytes (§4).
+
+    Refused from ``Content-Length`` before anything is read, or as soon as the chunks
+    pass the cap. A client that disconnects before the end (or sends less than its
+    ``Content-Length``) gets 400 incomplete-body: the fingerprint of a truncated body
+    would make its complete retry look like a reused id.
+    """
+    declared = header(scope, b"content-length")
+    length: int | None = None
+    if declared is not None and declared.strip().isdigit():
+        length = int(declared.strip())
+        check_request_length(length, limit)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise IncompleteBody("the client disconnected before the end of the body")
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            check_request_length(total, limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if length is not None and total < length:
+        raise IncompleteBody(f"Content-Length is {length} but the body ended after {total} bytes")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def replaying_receive(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the application the body already read, once, whole;
+    afterwards it waits on the real channel (which then says ``http.disconnect``)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive_again() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return receive_again
