@@ -183,8 +183,22 @@ def _configure_sqlite(engine: Engine, *, begin: str = "IMMEDIATE", foreign_keys:
         connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+#: Modules of asyncio drivers whose connect errors SQLAlchemy hands on untranslated.
+_ASYNC_DRIVER_MODULES = ("asyncpg", "psycopg", "aiosqlite")
+
+
 def is_disconnect(error: BaseException) -> bool:
-    """True if ``error`` means the store could not be reached (rather than a bad query)."""
+    """True if ``error`` means the store could not be reached (rather than a bad query).
+
+    Besides SQLAlchemy's own errors: what an asyncio driver raises while *connecting*
+    reaches us untranslated (asyncpg's ``ConnectionRefusedError``, ``TimeoutError``,
+    "the database system is starting up"), since SQLAlchemy wraps only errors of
+    statements on an established connection.
+    """
+    if isinstance(error, OSError):  # ConnectionRefusedError, socket.gaierror, TimeoutError
+        return True
+    if type(error).__module__.split(".", 1)[0] in _ASYNC_DRIVER_MODULES:
+        return True
     if isinstance(error, sa_exc.DBAPIError):
         if error.connection_invalidated:
             return True

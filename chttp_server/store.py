@@ -376,8 +376,7 @@ class _UnreachableAsStoreError:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        if isinstance(exc, (sa_exc.DBAPIError, sa_exc.DisconnectionError, sa_exc.TimeoutError)) \
-                and is_disconnect(exc):
+        if exc is not None and is_disconnect(exc):
             raise StoreUnreachable(_first_line(exc)) from exc
         return None
 

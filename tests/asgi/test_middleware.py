@@ -1,0 +1,249 @@
+"""The ASGI middleware in process (httpx's ASGITransport): the rules it shares with WSGI,
+its configuration errors, and what it leaves alone."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route
+
+from chttp_server import store as store_module
+from chttp_server.asgi import CertifiedMiddleware, current_message, require_for_methods
+from chttp_server.errors import ConfigurationError
+from chttp_server.store import MessageStore
+from chttp_server.transaction import MessageTransaction
+
+
+
+def _counting_app() -> tuple[Starlette, list[str]]:
+    """A plain Starlette app (not FastAPI): every run of its view is recorded."""
+    runs: list[str] = []
+
+    async def echo(request: Request) -> JSONResponse:
+        body = await request.body()
+        message = current_message()
+        runs.append(body.decode())
+        return JSONResponse({"body": body.decode(), "run": len(runs),
+                             "id": message.message_id if message else None,
+                             "scope": message.scope if message else None}, status_code=201)
+
+    return Starlette(routes=[Route("/echo", echo, methods=["POST", "PUT"])]), runs
+
+
+def _client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+
+
+async def _dispose(engine: AsyncEngine) -> None:
+    await engine.dispose()
+
+
+def test_the_async_front_end_runs_the_one_claim_of_the_core(async_db_url: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No second copy: the claim is MessageTransaction.claim → MessageStore.claim, and on
+    PostgreSQL the statement sent is the core's own claim text."""
+    calls: list[str] = []
+    for owner, name in ((MessageTransaction, "claim"), (MessageStore, "claim"),
+                        (MessageTransaction, "complete"), (MessageStore, "complete")):
+        real = getattr(owner, name)
+
+        def spy(*args: Any, _real: Any = real, _label: str = f"{owner.__name__}.{name}",
+                **kwargs: Any) -> Any:
+            calls.append(_label)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, spy)
+    engine = create_async_engine(async_db_url)
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_rest: statements.append(statement))
+    app, runs = _counting_app()
+
+    async def scenario() -> None:
+        async with _client(CertifiedMiddleware(app, engine=engine, upgrade_schema=True)) as client:
+            message_id = str(uuid.uuid4())
+            for _ in range(2):
+                answer = await client.post("/echo", content=b"one", headers={"X-Message-ID": message_id})
+                assert answer.status_code == 201
+        await engine.dispose()
+
+    asyncio.run(scenario())
+    assert runs == ["one"]
+    assert calls.count("MessageTransaction.claim") == calls.count("MessageStore.claim") == 2
+    assert calls.count("MessageTransaction.complete") == calls.count("MessageStore.complete") == 1
+    if engine.dialect.name == "postgresql":
+        claim_sql = str(store_module._PG_CLAIM.compile(dialect=engine.sync_engine.dialect))
+        assert statements.count(claim_sql) == 2
+
+
+def test_the_principal_is_the_authenticated_user(sqlite_url: str) -> None:
+    class HeaderAuth(AuthenticationBackend):
+        async def authenticate(self, conn: Any) -> Any:
+            user = conn.headers.get("x-user")
+            return (AuthCredentials(["authenticated"]), SimpleUser(user)) if user else None
+
+    inner, runs = _counting_app()
+    engine = create_async_engine(sqlite_url.replace("sqlite://", "sqlite+aiosqlite://"))
+    certified = CertifiedMiddleware(inner, engine=engine, upgrade_schema=True)
+    app = Starlette(routes=[], middleware=[Middleware(AuthenticationMiddleware, backend=HeaderAuth())])
+    app.mount("/", certified)
+
+    async def scenario() -> list[httpx.Response]:
+        async with _client(app) as client:
+            answers = [await client.post("/echo", content=b"x",
+                                         headers={"X-Message-ID": "same-id", "X-User": user})
+                       for user in ("alice", "bob", "alice")]
+        await engine.dispose()
+        return answers
+
+    alice, bob, alice_again = asyncio.run(scenario())
+    assert [alice.json()["scope"], bob.json()["scope"]] == ["alice", "bob"]
+    assert alice_again.headers["Idempotent-Replayed"] == "true"
+    assert runs == ["x", "x"]  # one run per principal: each has its own id space
+
+
+def test_protocol_refusals_are_problem_json_and_run_nothing(sqlite_url: str) -> None:
+    app, runs = _counting_app()
+    engine = create_async_engine(sqlite_url.replace("sqlite://", "sqlite+aiosqlite://"))
+    middleware = CertifiedMiddleware(app, engine=engine, upgrade_schema=True, max_request_bytes=10,
+                                     require_id=require_for_methods("PUT"))
+
+    async def scenario() -> dict[str, httpx.Response]:
+        async with _client(middleware) as client:
+            answers = {
+                "malformed": await client.post("/echo", content=b"x", headers={"X-Message-ID": "a b"}),
+                "too-large": await client.post("/echo", content=b"x" * 11, headers={"X-Message-ID": "big"}),
+                "required": await client.put("/echo", content=b"x"),
+                "first-sent": await client.post("/echo", content=b"x", headers={
+                    "X-Message-ID": "fs", "X-Message-First-Sent": "yesterday"}),
+                "conflicting": await client.post("/echo", content=b"x", headers={
+                    "X-Message-ID": "one", "Idempotency-Key": "two"}),
+            }
+        await engine.dispose()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert {name: answer.status_code for name, answer in answers.items()} == {
+        "malformed": 400, "too-large": 413, "required": 400, "first-sent": 400, "conflicting": 400}
+    for answer in answers.values():
+        assert answer.headers["content-type"] == "application/problem+json"
+    assert runs == []
+
+
+def test_lifespan_and_websocket_scopes_pass_through_untouched(sqlite_url: str) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    async def raw_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append((scope["type"], scope.get("chttp.middleware")))
+        if scope["type"] == "lifespan":
+            message = await receive()
+            assert message["type"] == "lifespan.startup"
+            await send({"type": "lifespan.startup.complete"})
+
+    engine = create_async_engine(sqlite_url.replace("sqlite://", "sqlite+aiosqlite://"))
+    middleware = CertifiedMiddleware(raw_app, engine=engine)
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        async def receive() -> dict[str, Any]:
+            return {"type": "lifespan.startup"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+        await middleware({"type": "websocket", "path": "/ws", "headers": [(b"x-message-id", b"m")]},
+                         receive, send)
+        await engine.dispose()
+
+    asyncio.run(scenario())
+    assert seen == [("lifespan", None), ("websocket", None)]
+    assert sent == [{"type": "lifespan.startup.complete"}]
+
+
+def test_configuration_mistakes_raise_at_construction(sqlite_url: str) -> None:
+    app, _runs = _counting_app()
+    sync_engine = create_engine(sqlite_url)
+    with pytest.raises(ConfigurationError, match="AsyncEngine"):
+        CertifiedMiddleware(app, engine=sync_engine)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="synchronous driver"):
+        CertifiedMiddleware(app, db_url="postgresql+psycopg2://u@localhost/db")
+    with pytest.raises(ConfigurationError, match="exactly one"):
+        CertifiedMiddleware(app)
+    with pytest.raises(ConfigurationError, match="sessionmaker"):
+        CertifiedMiddleware(app, db_url=sqlite_url, sessions=object())
+    certified = CertifiedMiddleware(app, db_url=sqlite_url)
+    with pytest.raises(ConfigurationError, match="already applied"):
+        CertifiedMiddleware(certified, db_url=sqlite_url)
+    sync_engine.dispose()
+
+
+def test_stacked_twice_on_one_path_is_refused(sqlite_url: str) -> None:
+    app, runs = _counting_app()
+    inner = CertifiedMiddleware(app, db_url=sqlite_url, upgrade_schema=True)
+    outer = CertifiedMiddleware(Starlette(routes=[]), db_url=sqlite_url)
+    outer.app = inner  # what a second add_middleware of another instance amounts to
+
+    async def scenario() -> None:
+        async with _client(outer) as client:
+            with pytest.raises(ConfigurationError, match="stacked twice"):
+                await client.post("/echo", content=b"x")
+        await inner.engine.dispose()
+        await outer.engine.dispose()
+
+    asyncio.run(scenario())
+    assert runs == []
+
+
+def test_a_waiting_duplicate_does_not_block_the_loop(pg_url: str) -> None:
+    """While a duplicate's claim waits on the first delivery's row lock (PostgreSQL), the
+    event loop keeps running: a coroutine on it sees the wait in pg_locks and only then
+    lets the first delivery finish. A claim that blocked the loop would deadlock here."""
+    release = asyncio.Event()
+
+    async def held(request: Request) -> PlainTextResponse:
+        await release.wait()
+        return PlainTextResponse("done", status_code=201)
+
+    app = Starlette(routes=[Route("/held", held, methods=["POST"])])
+    url = pg_url.replace("postgresql://", "postgresql+asyncpg://")
+    engine = create_async_engine(url)
+    middleware = CertifiedMiddleware(app, engine=engine, upgrade_schema=True, claim_timeout=30)
+    observer = create_async_engine(url)
+
+    async def a_claim_waits_on_a_lock() -> None:
+        while True:
+            async with observer.connect() as connection:
+                waiting = await connection.scalar(text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"))
+            if waiting:
+                release.set()
+                return
+            await asyncio.sleep(0.01)
+
+    async def scenario() -> list[httpx.Response]:
+        async with _client(middleware) as client:
+            first = asyncio.create_task(client.post("/held", headers={"X-Message-ID": "held"}))
+            await asyncio.sleep(0)
+            second = asyncio.create_task(client.post("/held", headers={"X-Message-ID": "held"}))
+            await asyncio.wait_for(a_claim_waits_on_a_lock(), timeout=60)
+            answers = [await first, await second]
+        await engine.dispose()
+        await observer.dispose()
+        return answers
+
+    first, second = asyncio.run(scenario())
+    assert first.status_code == second.status_code == 201
+    assert second.headers["Idempotent-Replayed"] == "true"
