@@ -19,7 +19,11 @@ Exit status of ``resume``: 0 if every oplog finished (done or failed) or was bus
 another live process, 1 if any was refused (no such function or version registered:
 left open, import it and resume again) or abandoned now (non-determinism, or too many
 resumes without progress: dead-lettered with its reason, see ``show``). ``abandon``
-dead-letters an open oplog by hand (:meth:`Journal.abandon`): it is never resumed again. ``purge`` keeps receiver handlers' oplogs
+dead-letters an open oplog by hand (:meth:`Journal.abandon`): it is never resumed again;
+an oplog whose lease a live worker holds is refused (exit 1, naming the holder and the
+lease's end) unless ``--force`` is given, and that worker's next journal write then
+fails with :class:`~chttp_client.errors.OplogAbandonedError` (the operator's reason).
+``purge`` keeps receiver handlers' oplogs
 and unacknowledged answers for ``--horizon-days`` (default 15, the receiver's default
 retention; see :mod:`chttp_client.retention`).
 
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     abandon = commands.add_parser("abandon", help="dead-letter one open oplog: never resumed again")
     abandon.add_argument("oplog_id")
     abandon.add_argument("--reason", required=True, help="why (kept with the oplog, shown by show)")
+    abandon.add_argument("--force", action="store_true",
+                         help="abandon it even while a live worker holds its lease (that run "
+                              "then fails at its next journal write and sends nothing more)")
     abandon.set_defaults(handler=_cmd_abandon)
     for sub in (resume, listing, show, purge, abandon):
         sub.add_argument("--db", required=True, metavar="URL",
@@ -226,6 +233,14 @@ def _cmd_abandon(args: argparse.Namespace) -> int:
 
     journal = _open_journal(args.db)
     try:
+        holder = journal.store.live_lease(args.oplog_id)
+        if holder is not None and not args.force:
+            until = holder.expires_at.isoformat() if holder.expires_at else "?"
+            raise CommandError(
+                f"oplog {args.oplog_id} is being run by {holder.owner} (lease until {until}, "
+                "database clock); nothing changed",
+                "pass --force to abandon it anyway: that run then fails at its next journal "
+                "write with OplogAbandonedError and sends nothing more")
         journal.abandon(args.oplog_id, args.reason)
     except JournalError as error:
         raise CommandError(str(error), f"`{PROG} list --all --db {shown_url(args.db)}` "

@@ -263,8 +263,10 @@ class Journal:
         :class:`OplogAbandonedError`. Its messages: an answered one is still
         acknowledged by ``resume_all()``; a send recorded but never answered is not
         resent — the receiver may or may not have run it, and forgets it after its
-        retention. A live run of the oplog fails at its next commit
-        (:class:`OplogBusyError`). :class:`JournalError` if the oplog is not open.
+        retention. A live run of the oplog fails at its next journal write — the next
+        send's intent, a retry attempt, its end — with :class:`OplogAbandonedError`
+        carrying ``reason``, and sends nothing more (``chttp-client abandon`` asks for
+        ``--force`` first). :class:`JournalError` if the oplog is not open.
         """
         self.ensure_schema()
         info = self.get(oplog_id)

@@ -8,7 +8,8 @@ below, and never sees a context, so the step logic (:mod:`chttp_client.context`)
 
 Every write of a run is one :class:`Commit`: the oplog row inserted (first write) or our
 lease renewed — failing with :class:`~chttp_client.errors.OplogTakenOverError` if
-another process took it over — then new steps, answered steps, the result if the run ends, and
+another process took it over, :class:`~chttp_client.errors.OplogAbandonedError` if it
+was abandoned meanwhile — then new steps, answered steps, the result if the run ends, and
 the acknowledgement marks gathered since the previous commit, in one transaction.
 
 Leases and acknowledgement claims are given as *durations*: their deadlines are
@@ -30,12 +31,12 @@ from typing import Any, Iterator, Sequence, overload
 from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, or_, select, update
 
 from chttp_client import codec, retention
-from chttp_client.errors import JournalError, OplogBusyError, OplogTakenOverError
+from chttp_client.errors import JournalError, OplogAbandonedError, OplogBusyError, OplogTakenOverError
 from chttp_client.leases import database_now, lease_deadline, owner_is_gone
 from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
 from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
 
-__all__ = ["OplogStore", "Commit", "NewOplog", "Finish", "AckMark", "PendingAck"]
+__all__ = ["OplogStore", "Commit", "NewOplog", "Finish", "AckMark", "PendingAck", "LiveLease"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,14 @@ class PendingAck:
     oplog_id: str
     number: int
     url: str
+
+
+@dataclass(frozen=True)
+class LiveLease:
+    """Who runs an oplog right now, and until when (the database's clock)."""
+
+    owner: str
+    expires_at: datetime | None
 
 
 @dataclass
@@ -269,7 +278,12 @@ class OplogStore:
         ).rowcount
         if renewed != 1:
             row = connection.execute(
-                select(oplogs.c.state, oplogs.c.lease_owner).where(oplogs.c.id == oplog_id)).first()
+                select(oplogs.c.state, oplogs.c.lease_owner, oplogs.c.abandoned_reason)
+                .where(oplogs.c.id == oplog_id)).first()
+            if row is not None and row.abandoned_reason is not None:
+                # An operator (or resume_all) dead-lettered it under us: say so, with
+                # their reason, not "taken over" as if another worker had finished it.
+                raise OplogAbandonedError(oplog_id, row.abandoned_reason)
             state = row.state if row is not None else "purged"
             raise OplogTakenOverError(oplog_id, row.lease_owner if row is not None else None, state)
 
@@ -343,6 +357,24 @@ class OplogStore:
                                .values(ack_claimed_until=database_now(dialect)))
             return connection.execute(update(oplogs).where(leased)
                                       .values(lease_expires_at=database_now(dialect))).rowcount
+
+    def live_lease(self, oplog_id: str) -> LiveLease | None:
+        """The lease of ``oplog_id`` if a live process holds it, else None.
+
+        Live as :meth:`take_lease` judges it: not expired by the database's clock, and
+        not the lease of a process of this host that is gone. For an operator about to
+        abandon an oplog under a running worker (``chttp-client abandon``).
+        """
+        with self.engine.connect() as connection:
+            db_now = database_now(connection.dialect)
+            row = connection.execute(
+                select(oplogs.c.lease_owner, oplogs.c.lease_expires_at,
+                       (oplogs.c.lease_expires_at > db_now).label("live"))
+                .where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN)
+            ).first()
+        if row is None or row.lease_owner is None or not row.live or owner_is_gone(row.lease_owner):
+            return None
+        return LiveLease(row.lease_owner, _aware(row.lease_expires_at))
 
     def release_lease(self, oplog_id: str, owner: str) -> None:
         """Give the lease up (a refused run), if we still hold it."""
