@@ -28,13 +28,16 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, func
+from sqlalchemy import Connection, Interval, bindparam, func, select
 from sqlalchemy.engine import Dialect
 
-__all__ = ["new_owner", "owner_is_gone", "database_now", "lease_deadline"]
+from chttp_core.schema import OPLOG_OPEN, oplogs
+
+__all__ = ["new_owner", "owner_is_gone", "database_now", "lease_deadline", "LiveLease", "live_lease"]
 
 #: SQLite's ``strftime`` format matching how SQLAlchemy stores a ``DateTime`` there
 #: (``YYYY-MM-DD HH:MM:SS.fff``), so that text comparisons order like instants.
@@ -81,3 +84,31 @@ def lease_deadline(dialect: Dialect, lease: timedelta) -> Any:
     if dialect.name == "sqlite":
         return func.strftime(_SQLITE_FORMAT, "now", f"{lease.total_seconds():+.6f} seconds")
     return database_now(dialect) + bindparam(None, lease, type_=Interval())
+
+
+@dataclass(frozen=True)
+class LiveLease:
+    """Who runs an oplog right now, and until when (the database's clock)."""
+
+    owner: str
+    expires_at: datetime | None
+
+
+def live_lease(connection: Connection, oplog_id: str) -> LiveLease | None:
+    """The lease of the open oplog ``oplog_id`` if a live process holds it, else None.
+
+    Live as a taker judges it: not expired by the database's clock, and not the lease
+    of a process of this host that is gone. For an operator about to abandon an oplog
+    under a running worker (``chttp-client abandon`` asks for ``--force``).
+    """
+    row = connection.execute(
+        select(oplogs.c.lease_owner, oplogs.c.lease_expires_at,
+               (oplogs.c.lease_expires_at > database_now(connection.dialect)).label("live"))
+        .where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN)
+    ).first()
+    if row is None or row.lease_owner is None or not row.live or owner_is_gone(row.lease_owner):
+        return None
+    expires = row.lease_expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=timezone.utc)
+    return LiveLease(row.lease_owner, expires)

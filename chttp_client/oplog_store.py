@@ -24,19 +24,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 import builtins
-from typing import Any, Iterator, Sequence, overload
+from typing import Any, Iterator, Sequence
 
 from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, or_, select, update
 
 from chttp_client import codec, retention
 from chttp_client.errors import JournalError, OplogAbandonedError, OplogBusyError, OplogTakenOverError
-from chttp_client.leases import database_now, lease_deadline, owner_is_gone
+from chttp_client.codec import CodecError
+from chttp_client.leases import LiveLease, database_now, lease_deadline, live_lease, owner_is_gone
+from chttp_client.oplog_rows import oplog_info, raw_rows, readable_steps, step_record
 from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
 from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
 
-__all__ = ["OplogStore", "Commit", "NewOplog", "Finish", "AckMark", "PendingAck", "LiveLease"]
+__all__ = ["OplogStore", "Commit", "NewOplog", "Finish", "AckMark", "PendingAck"]
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,6 @@ class PendingAck:
     url: str
 
 
-@dataclass(frozen=True)
-class LiveLease:
-    """Who runs an oplog right now, and until when (the database's clock)."""
-
-    owner: str
-    expires_at: datetime | None
-
-
 @dataclass
 class Commit:
     """One transaction of a run (see the module docstring)."""
@@ -110,28 +104,8 @@ class Commit:
     ack_claim: timedelta | None = None
 
 
-@overload
-def _aware(moment: datetime) -> datetime: ...
-
-
-@overload
-def _aware(moment: None) -> None: ...
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 def _json_or_none(value: Any) -> str | None:
     return json.dumps(value) if value is not None else None
-
-
-def _parse_or_none(text: str | None, where: str) -> Any:
-    """A stored JSON column (tags left encoded); :class:`~chttp_client.codec.CodecError`
-    naming ``where`` if it is not JSON."""
-    return codec.parse(text, where=where) if text is not None else None
 
 
 def _step_values(step: StepRecord) -> dict[str, Any]:
@@ -144,28 +118,6 @@ def _step_values(step: StepRecord) -> dict[str, Any]:
         "response": _json_or_none(step.response),
         "message_url": step.message_url,
     }
-
-
-def _step_record(row: Any) -> StepRecord:
-    where = f"oplog {row.oplog_id} step {row.number}"
-    return StepRecord(
-        number=row.number, kind=row.kind, name=row.name, state=row.state,
-        outcome=_parse_or_none(row.outcome, where), message_id=row.message_id,
-        fingerprint=row.fingerprint, request=_parse_or_none(row.request, where),
-        first_sent_at=_aware(row.first_sent_at), response=_parse_or_none(row.response, where),
-        message_url=row.message_url, acknowledged_at=_aware(row.acknowledged_at),
-    )
-
-
-def _oplog_info(row: Any, steps: tuple[StepRecord, ...] = ()) -> OplogInfo:
-    return OplogInfo(
-        id=row.id, function=row.function, version=row.version,
-        state=OPLOG_ABANDONED if row.abandoned_reason is not None else row.state,
-        arguments=codec.loads(row.arguments, where=f"oplog {row.id} arguments"),
-        result=_parse_or_none(row.result, f"oplog {row.id} result"),
-        lease_owner=row.lease_owner, created_at=_aware(row.created_at), steps=steps,
-        abandoned_reason=row.abandoned_reason, resume_attempts=row.resume_attempts or 0,
-    )
 
 
 def _state_is(state: str) -> Any:
@@ -189,22 +141,48 @@ class OplogStore:
     # -- reading ---------------------------------------------------------------------------
 
     def list(self, *, state: str | None = None, limit: int | None = None) -> list[OplogInfo]:
-        """Oplogs oldest first, without their steps."""
+        """Oplogs oldest first, without their steps; an unreadable ``arguments`` or
+        ``result`` is carried in ``OplogInfo.unreadable``, never raised."""
         query = select(oplogs).order_by(oplogs.c.created_at, oplogs.c.id)
         if state is not None:
             query = query.where(_state_is(state))
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as connection:
-            return [_oplog_info(row) for row in connection.execute(query)]
+            return [oplog_info(row, strict=False) for row in connection.execute(query)]
 
-    def get(self, oplog_id: str) -> OplogInfo | None:
-        """One oplog with its steps, ``None`` if there is none."""
+    def get(self, oplog_id: str, *, strict: bool = True) -> OplogInfo | None:
+        """One oplog with its steps, ``None`` if there is none.
+
+        An unreadable record raises :class:`~chttp_client.codec.CodecError` naming it
+        (``strict``), so nothing replays a record it cannot read; with ``strict=False``
+        the oplog comes back with the first such error in ``OplogInfo.unreadable`` and
+        only its readable steps (for ``abandon``, never for a replay).
+        """
         with self.engine.connect() as connection:
             row = connection.execute(select(oplogs).where(oplogs.c.id == oplog_id)).first()
             if row is None:
                 return None
-            return _oplog_info(row, tuple(self._steps(connection, oplog_id)))
+            if strict:
+                return oplog_info(row, tuple(self._steps(connection, oplog_id)))
+            steps, errors = readable_steps(connection, oplog_id)
+            return oplog_info(row, steps, strict=False, unreadable=errors[0] if errors else None)
+
+    def unreadable_steps(self, oplog_ids: Sequence[str]) -> dict[str, CodecError]:
+        """The first unreadable step of each of ``oplog_ids`` that has one."""
+        found: dict[str, CodecError] = {}
+        with self.engine.connect() as connection:
+            for oplog_id in oplog_ids:
+                errors = readable_steps(connection, oplog_id)[1]
+                if errors:
+                    found[oplog_id] = errors[0]
+        return found
+
+    def raw(self, oplog_id: str) -> tuple[dict[str, Any], builtins.list[dict[str, Any]]] | None:
+        """The oplog's row and its step rows as stored, undecoded (``chttp-client show``
+        of an unreadable oplog); None if there is none."""
+        with self.engine.connect() as connection:
+            return raw_rows(connection, oplog_id)
 
     def arguments(self, oplog_id: str) -> str:
         """The recorded arguments of ``oplog_id``, as stored (codec text)."""
@@ -218,7 +196,7 @@ class OplogStore:
             select(oplog_steps).where(oplog_steps.c.oplog_id == oplog_id)
             .order_by(oplog_steps.c.number))
         for row in rows:
-            yield _step_record(row)
+            yield step_record(row)
 
     # -- writing a run ---------------------------------------------------------------------
 
@@ -359,22 +337,9 @@ class OplogStore:
                                       .values(lease_expires_at=database_now(dialect))).rowcount
 
     def live_lease(self, oplog_id: str) -> LiveLease | None:
-        """The lease of ``oplog_id`` if a live process holds it, else None.
-
-        Live as :meth:`take_lease` judges it: not expired by the database's clock, and
-        not the lease of a process of this host that is gone. For an operator about to
-        abandon an oplog under a running worker (``chttp-client abandon``).
-        """
+        """Who runs ``oplog_id`` right now (:func:`~chttp_client.leases.live_lease`)."""
         with self.engine.connect() as connection:
-            db_now = database_now(connection.dialect)
-            row = connection.execute(
-                select(oplogs.c.lease_owner, oplogs.c.lease_expires_at,
-                       (oplogs.c.lease_expires_at > db_now).label("live"))
-                .where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN)
-            ).first()
-        if row is None or row.lease_owner is None or not row.live or owner_is_gone(row.lease_owner):
-            return None
-        return LiveLease(row.lease_owner, _aware(row.lease_expires_at))
+            return live_lease(connection, oplog_id)
 
     def release_lease(self, oplog_id: str, owner: str) -> None:
         """Give the lease up (a refused run), if we still hold it."""
