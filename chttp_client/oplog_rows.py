@@ -11,6 +11,7 @@ hides the others (:mod:`chttp_client.quarantine`).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any, overload
 
@@ -28,7 +29,8 @@ from chttp_client.records import (
 )
 from chttp_core.schema import oplog_steps, oplogs
 
-__all__ = ["aware", "parse_or_none", "step_record", "oplog_info", "readable_steps", "raw_rows"]
+__all__ = ["aware", "parse_or_none", "step_record", "step_values", "oplog_info", "readable_steps",
+           "raw_rows"]
 
 
 @overload
@@ -44,6 +46,23 @@ def aware(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _json_or_none(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
+def step_values(step: StepRecord) -> dict[str, Any]:
+    """The column values of ``step``, as the store inserts or updates them."""
+    return {
+        "kind": step.kind, "name": step.name, "state": step.state,
+        "outcome": _json_or_none(step.outcome),
+        "message_id": step.message_id, "fingerprint": step.fingerprint,
+        "request": _json_or_none(step.request),
+        "first_sent_at": step.first_sent_at,
+        "response": _json_or_none(step.response),
+        "message_url": step.message_url, "attempts": step.attempts,
+    }
 
 
 def parse_or_none(text: str | None, where: str) -> Any:
@@ -62,6 +81,7 @@ def step_record(row: Any) -> StepRecord:
         fingerprint=row.fingerprint, request=parse_or_none(row.request, where),
         first_sent_at=aware(row.first_sent_at), response=parse_or_none(row.response, where),
         message_url=row.message_url, acknowledged_at=aware(row.acknowledged_at),
+        attempts=row.attempts or 0,
     )
     check_step(step, where)
     return step

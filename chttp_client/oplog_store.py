@@ -28,13 +28,21 @@ from datetime import datetime, timedelta
 import builtins
 from typing import Any, Iterator, Sequence
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
-from chttp_client import codec, retention
-from chttp_client.errors import JournalError, OplogAbandonedError, OplogBusyError, OplogTakenOverError
+from chttp_client import retention
 from chttp_client.codec import CodecError
-from chttp_client.leases import LiveLease, database_now, lease_deadline, live_lease, owner_is_gone
-from chttp_client.oplog_rows import oplog_info, raw_rows, readable_steps, step_record
+from chttp_client.errors import JournalError, OplogAbandonedError, OplogBusyError, OplogTakenOverError
+from chttp_client.leases import (
+    LiveLease,
+    database_now,
+    expire_leases,
+    lease_deadline,
+    live_lease,
+    owner_is_gone,
+)
+from chttp_client.oplog_rows import oplog_info, raw_rows, readable_steps, step_record, step_values
+from chttp_client.outage import journal_write
 from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
 from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
 
@@ -104,20 +112,16 @@ class Commit:
     ack_claim: timedelta | None = None
 
 
-def _json_or_none(value: Any) -> str | None:
-    return json.dumps(value) if value is not None else None
-
-
-def _step_values(step: StepRecord) -> dict[str, Any]:
-    return {
-        "kind": step.kind, "name": step.name, "state": step.state,
-        "outcome": _json_or_none(step.outcome),
-        "message_id": step.message_id, "fingerprint": step.fingerprint,
-        "request": _json_or_none(step.request),
-        "first_sent_at": step.first_sent_at,
-        "response": _json_or_none(step.response),
-        "message_url": step.message_url,
-    }
+def _unrecorded(commit: Commit) -> tuple[int | None, str]:
+    """What a commit that failed did not record (:class:`JournalUnavailable` names it)."""
+    if commit.finish is not None:
+        return None, f"the result ({commit.finish.state})"
+    steps = [*commit.answers, *commit.inserts]
+    if not steps:
+        return None, "the acknowledgement marks"
+    last = steps[-1]
+    what = "the answer of" if last in commit.answers else ""
+    return last.number, f"{what} step {last.number} ({last.kind} {last.name})".strip()
 
 
 def _state_is(state: str) -> Any:
@@ -202,13 +206,14 @@ class OplogStore:
 
     def commit(self, commit: Commit) -> None:
         """Write ``commit`` in one transaction (see the module docstring)."""
-        with self.engine.begin() as connection:
+        with journal_write(commit.oplog_id, lambda: _unrecorded(commit), created=commit.new is None), \
+                self.engine.begin() as connection:
             self._open(connection, commit)
             claim_until = (None if commit.ack_claim is None
                            else lease_deadline(connection.dialect, commit.ack_claim))
             if commit.inserts:
                 connection.execute(insert(oplog_steps), [
-                    {"oplog_id": commit.oplog_id, "number": step.number, **_step_values(step)}
+                    {"oplog_id": commit.oplog_id, "number": step.number, **step_values(step)}
                     for step in commit.inserts
                 ])
             for step in commit.answers:
@@ -217,7 +222,7 @@ class OplogStore:
                     update(oplog_steps)
                     .where(oplog_steps.c.oplog_id == commit.oplog_id,
                            oplog_steps.c.number == step.number)
-                    .values(**_step_values(step), ack_claimed_until=claim)
+                    .values(**step_values(step), ack_claimed_until=claim)
                 ).rowcount
                 if updated != 1:  # an answer always follows its own intent commit
                     raise JournalError(f"oplog {commit.oplog_id} has no step {step.number} to answer")
@@ -245,14 +250,16 @@ class OplogStore:
 
     @staticmethod
     def _renew(connection: Connection, oplog_id: str, owner: str | None,
-               now: datetime, lease: timedelta) -> None:
-        # A write of the run is progress: its resumes start counting again. Renewing
+               now: datetime, lease: timedelta, progress: bool = True) -> None:
+        # A write of the run is progress: its resumes start counting again (not a
+        # counted attempt: a crash loop during a send's attempts is still one). Renewing
         # does not ask whether the lease expired meanwhile: only a taker ends a lease.
+        values: dict[str, Any] = dict(lease_expires_at=lease_deadline(connection.dialect, lease),
+                                      updated_at=now)
+        if progress:
+            values["resume_attempts"] = 0
         renewed = connection.execute(
-            update(oplogs)
-            .where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner)
-            .values(lease_expires_at=lease_deadline(connection.dialect, lease), updated_at=now,
-                    resume_attempts=0)
+            update(oplogs).where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner).values(values)
         ).rowcount
         if renewed != 1:
             row = connection.execute(
@@ -272,8 +279,22 @@ class OplogStore:
 
         :class:`OplogTakenOverError` if it was taken over.
         """
-        with self.engine.begin() as connection:
+        with journal_write(oplog_id, lambda: (None, "the lease renewal of its send in flight")), \
+                self.engine.begin() as connection:
             self._renew(connection, oplog_id, owner, now, lease)
+
+    def count_attempt(self, oplog_id: str, owner: str, number: int, attempts: int, *,
+                      now: datetime, lease: timedelta) -> None:
+        """Record that attempt ``attempts`` of send step ``number`` is about to leave.
+
+        Renews our lease in the same transaction, so an oplog taken over or abandoned
+        meanwhile stops the send before the attempt (:meth:`_renew`'s errors).
+        """
+        with journal_write(oplog_id, lambda: (number, f"attempt {attempts} of step {number}")), \
+                self.engine.begin() as connection:
+            self._renew(connection, oplog_id, owner, now, lease, progress=False)
+            connection.execute(update(oplog_steps).where(
+                oplog_steps.c.oplog_id == oplog_id, oplog_steps.c.number == number).values(attempts=attempts))
 
     def take_lease(self, oplog_id: str, owner: str, *, now: datetime, lease: timedelta,
                    force: bool = False, count_attempt: bool = False) -> int:
@@ -315,26 +336,8 @@ class OplogStore:
         return attempts
 
     def expire_leases(self, oplog_id: str | None = None) -> int:
-        """End the leases (and acknowledgement claims) of ``oplog_id``, or of every oplog, now.
-
-        Their owners stay recorded, so a taker still swaps on the owner it saw, and a
-        live owner's next commit still renews or finds itself taken over, exactly as
-        when the lease ran out by the database's clock. For tests (lease time passing
-        without waiting for it) and for an operator who knows a host is gone. Returns
-        how many oplog leases were ended.
-        """
-        dialect = self.engine.dialect
-        leased: ColumnElement[bool] = and_(oplogs.c.lease_owner.is_not(None),
-                                           oplogs.c.state == OPLOG_OPEN)
-        claimed: ColumnElement[bool] = oplog_steps.c.ack_claimed_until.is_not(None)
-        if oplog_id is not None:
-            leased = and_(leased, oplogs.c.id == oplog_id)
-            claimed = and_(claimed, oplog_steps.c.oplog_id == oplog_id)
-        with self.engine.begin() as connection:
-            connection.execute(update(oplog_steps).where(claimed)
-                               .values(ack_claimed_until=database_now(dialect)))
-            return connection.execute(update(oplogs).where(leased)
-                                      .values(lease_expires_at=database_now(dialect))).rowcount
+        """End leases now (:func:`chttp_client.leases.expire_leases`); how many oplogs'."""
+        return expire_leases(self.engine, oplog_id)
 
     def live_lease(self, oplog_id: str) -> LiveLease | None:
         """Who runs ``oplog_id`` right now (:func:`~chttp_client.leases.live_lease`)."""

@@ -56,6 +56,8 @@ class StepRecord:
     response: dict[str, Any] | None = None
     message_url: str | None = None
     acknowledged_at: datetime | None = None
+    #: A send's attempts started so far, by every process (counted before each leaves).
+    attempts: int = 0
 
     def caller_headers(self) -> list[list[str]] | None:
         """A send's request headers as the function gave them (not the library's own)."""
@@ -149,7 +151,8 @@ def check_arguments(arguments: Any, where: str) -> None:
 def check_outcome(outcome: Any, where: str) -> None:
     """An outcome or result must be ``{"value": v}`` or ``{"error": exception record}``,
     with ``v`` and the record decodable."""
-    if not (isinstance(outcome, dict) and len(outcome) == 1 and set(outcome) <= {"value", "error"}):
+    if not (isinstance(outcome, dict) and len(outcome) == 1
+            and set(outcome) <= {"value", "error"}):
         raise CodecError(f"a recorded outcome of the wrong shape ({_keys(outcome)}), expected "
                          '{"value": …} or {"error": …}', where)
     if "value" in outcome:
