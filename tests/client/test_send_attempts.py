@@ -179,3 +179,23 @@ def test_a_journal_moved_away_mid_function_is_journal_unavailable_then_resumed(s
     steps = journal.get(oplog.id).steps
     assert [s.state for s in steps] == ["done", "done", "done", "done"]
     assert steps[1].outcome == {"value": 7}
+
+
+def test_the_new_errors_pickle_and_replay_with_their_attributes():
+    import pickle
+
+    from chttp_client import codec
+
+    unavailable = JournalUnavailable("o-1", None, "the oplog's first write", "OperationalError: gone",
+                                     False)
+    assert "never created and nothing was sent" in str(unavailable)
+    deadline = DeadlineExceeded("m-1", "POST", "http://x/", "no definitive answer", 7)
+    for error in (unavailable, deadline):
+        for copy in (pickle.loads(pickle.dumps(error)),
+                     codec.rebuild_exception(codec.exception_record(error))):
+            assert type(copy) is type(error) and vars(copy) == vars(error) and str(copy) == str(error)
+    # A DeadlineExceeded recorded before attempts were counted still replays.
+    old = DeadlineExceeded("m-1", "POST", "http://x/", "no definitive answer")
+    assert codec.rebuild_exception(
+        {"type": "chttp_client.errors:DeadlineExceeded", "args": ["m-1", "POST", "http://x/", "d"]}
+    ).attempts is None and old.attempts is None
