@@ -47,6 +47,7 @@ from chttp_client.codec import CodecError
 from chttp_client.context import ResumableContext, RunServices
 from chttp_client.errors import (
     JournalError,
+    JournalUnavailable,
     NonDeterminismError,
     OplogAbandonedError,
     OplogBusyError,
@@ -82,10 +83,9 @@ class ResumeOutcome:
 
     ``status`` is ``done`` (``value`` holds the result), ``failed`` (the function raised
     ``error``, now recorded), ``refused`` (unknown version: the oplog is left open and
-    intact), ``unreadable`` (``error``, a :class:`~chttp_client.codec.CodecError`, names
-    the record: quarantined, :mod:`chttp_client.quarantine`), ``abandoned``
+    intact), ``unreadable`` (quarantined, :mod:`chttp_client.quarantine`), ``abandoned``
     (non-determinism, or more resumes without progress than ``max_resume_attempts``:
-    dead-lettered now, ``error`` says why) or ``busy`` (another live process holds it).
+    dead-lettered now) or ``busy`` (another live process holds it); ``error`` says why.
     """
 
     oplog_id: str
@@ -264,10 +264,9 @@ class Journal:
         ``purge`` removes it like a failed oplog; ``resume`` raises
         :class:`OplogAbandonedError`. Its messages: an answered one is still
         acknowledged by ``resume_all()``; a send recorded but never answered is not
-        resent — the receiver may or may not have run it, and forgets it after its
-        retention. A live run of the oplog fails at its next journal write with
-        :class:`OplogAbandonedError` carrying ``reason`` and sends nothing more
-        (``chttp-client abandon`` asks for ``--force``). :class:`JournalError` if not open.
+        resent (the receiver may have run it; it forgets it after its retention). A live
+        run of it fails at its next journal write with :class:`OplogAbandonedError` and
+        ``reason``, sending nothing more. :class:`JournalError` if it is not open.
         """
         self.ensure_schema()
         info = self.store.get(oplog_id, strict=False)  # an unreadable oplog can be abandoned
@@ -308,9 +307,9 @@ class Journal:
         also logged at WARNING on the ``chttp_client`` logger, so a start-up resume never
         skips one silently. One holding a record this version cannot read is
         *quarantined* (:mod:`chttp_client.quarantine`): left open, not run, ``unreadable``,
-        logged with a count and the ids; the others go on. One that diverges from its record (non-determinism: the code changed) or was
-        resumed more than ``max_resume_attempts`` times without progress is *abandoned*
-        (:meth:`abandon`), reported once at WARNING, and not tried again.
+        logged with a count and the ids; the others go on. One that diverges (the code
+        changed) or was resumed more than ``max_resume_attempts`` times without progress
+        is *abandoned* (:meth:`abandon`), reported once at WARNING, and not tried again.
         """
         self.ensure_schema()
         self.acknowledge_pending()
@@ -340,6 +339,8 @@ class Journal:
                 except (OplogAbandonedError, OplogBusyError) as abandoned:
                     outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version,
                                                   "abandoned", error=abandoned))
+            except JournalUnavailable:  # the whole journal's trouble (not one oplog's): raised
+                raise
             except OplogAbandonedError as error:  # too many resumes without progress
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "abandoned", error=error))
             except Exception as error:  # the function's own outcome, now recorded

@@ -308,7 +308,7 @@ class OplogStore:
         :class:`OplogBusyError` if it is held (or finished meanwhile, or a concurrent
         resumer won the swap).
         """
-        with self.engine.begin() as connection:
+        with journal_write(oplog_id, lambda: (None, "its lease")), self.engine.begin() as connection:
             db_now = database_now(connection.dialect)
             expired = or_(oplogs.c.lease_expires_at.is_(None), oplogs.c.lease_expires_at <= db_now)
             row = connection.execute(

@@ -199,3 +199,39 @@ def test_the_new_errors_pickle_and_replay_with_their_attributes():
     assert codec.rebuild_exception(
         {"type": "chttp_client.errors:DeadlineExceeded", "args": ["m-1", "POST", "http://x/", "d"]}
     ).attempts is None and old.attempts is None
+
+
+def test_resume_all_raises_journal_unavailable_and_records_no_failure(sqlite_journal):
+    """A journal gone during ``resume_all()`` is not one oplog's failure: it is raised, and
+    nothing is recorded as the function's outcome; the next ``resume_all()`` finishes."""
+    journal = sqlite_journal
+    path = Path(str(journal.engine.url.database))
+    away = path.with_suffix(".away")
+    state = {"resuming": False, "taken": False}
+
+    @resumable(journal, name="tests.send_attempts.resume_all_outage")
+    def job(n, *, chttp_context):
+        chttp_context.persist(n)
+        chttp_context.checkpoint()
+        if not state["resuming"]:
+            raise Crash("stopped")
+        if not state["taken"]:
+            state["taken"] = True
+            journal.engine.dispose()
+            os.rename(path, away)
+            path.mkdir()
+        chttp_context.persist(n + 1)
+        chttp_context.checkpoint()
+        return n
+
+    for n in (1, 2):
+        with pytest.raises(Crash):
+            job(n)
+    expire_leases(journal)
+    state["resuming"] = True
+    with pytest.raises(JournalUnavailable, match="step 2 \\(persist value\\)"):
+        journal.resume_all()
+    path.rmdir()
+    os.rename(away, path)
+    assert [info.state for info in journal.list()] == ["open", "open"]   # no failure recorded
+    assert sorted(outcome.value for outcome in journal.resume_all()) == [1, 2]
