@@ -183,7 +183,7 @@ def check_step(step: StepRecord, where: str) -> None:
     if not (isinstance(request, dict) and isinstance(request.get("method"), str)
             and isinstance(request.get("url"), str) and _pairs(request.get("headers", []))):
         raise CodecError(f"a send request of the wrong shape ({_keys(request)})", where)
-    if not isinstance(codec.decode(request.get("body"), where=where), bytes):
+    if not isinstance(codec.decode(request.get("body"), where=where), (bytes, type(None))):
         raise CodecError("a send request whose body is not bytes", where)
     if step.message_id is None or step.first_sent_at is None:
         raise CodecError("a send step without its message id or first-sent time", where)
@@ -198,5 +198,5 @@ def check_step(step: StepRecord, where: str) -> None:
     if not (isinstance(response, dict) and isinstance(response.get("status"), int)
             and _pairs(response.get("headers"))):
         raise CodecError(f"a recorded answer of the wrong shape ({_keys(response)})", where)
-    if not isinstance(codec.decode(response.get("body"), where=where), bytes):
+    if not isinstance(codec.decode(response.get("body"), where=where), (bytes, type(None))):
         raise CodecError("a recorded answer whose body is not bytes", where)
