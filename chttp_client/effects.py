@@ -30,6 +30,7 @@ effect         sync                             async
 ``Blocking``   ``function(*args, **kwargs)``    the same in a worker thread, awaited
 ``Http``       ``client.send(request)``         ``await client.send(request)``
 ``Sleep``      ``sleep(seconds)``               ``await async_sleep(seconds)``
+``Pause``      nothing                          ``await asyncio.sleep(0)``
 ``CallUser``   ``function(*args, **kwargs)``    the same, awaited if it returns an awaitable
 ``Either``     ``sync()``                       ``await asynchronous()``
 =============  ===============================  ======================================
@@ -45,7 +46,7 @@ from typing import Any, Awaitable, Callable, Generator, TypeVar, Union
 import httpx
 
 __all__ = [
-    "Blocking", "Http", "Sleep", "CallUser", "Either", "Effect", "Steps",
+    "Blocking", "Http", "Sleep", "Pause", "CallUser", "Either", "Effect", "Steps",
     "SyncExecutor", "AsyncExecutor", "run_blocking",
 ]
 
@@ -77,6 +78,11 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Pause:
+    """Let the loop's other tasks run once (sync: nothing to do)."""
+
+
+@dataclass(frozen=True)
 class CallUser:
     """Call the user's code (the function itself, a ``persist()`` callable)."""
 
@@ -93,7 +99,7 @@ class Either:
     asynchronous: Callable[[], Awaitable[Any]]
 
 
-Effect = Union[Blocking, Http, Sleep, CallUser, Either]
+Effect = Union[Blocking, Http, Sleep, Pause, CallUser, Either]
 #: A generator of step logic: yields effects, returns ``T``.
 Steps = Generator[Effect, Any, T]
 
@@ -130,6 +136,8 @@ class SyncExecutor:
             return response
         if isinstance(effect, Sleep):
             self.sleep(effect.seconds)
+            return None
+        if isinstance(effect, Pause):
             return None
         if isinstance(effect, CallUser):
             return effect.function(*effect.args, **effect.kwargs)
@@ -171,6 +179,9 @@ class AsyncExecutor:
             return response
         if isinstance(effect, Sleep):
             await self.sleep(effect.seconds)
+            return None
+        if isinstance(effect, Pause):
+            await asyncio.sleep(0)
             return None
         if isinstance(effect, CallUser):
             result = effect.function(*effect.args, **effect.kwargs)

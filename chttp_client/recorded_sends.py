@@ -10,7 +10,8 @@ that translation, with no journal and no I/O.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urljoin
 
 import httpx
@@ -25,6 +26,7 @@ from chttp_core.telemetry import TRACE_HEADERS, trace_headers
 from chttp_core.wire import HEADER_FIRST_SENT, HEADER_MESSAGE_ID, HEADER_MESSAGE_URL, format_http_date
 
 __all__ = [
+    "SendOptions",
     "caller_headers",
     "request_record",
     "response_record",
@@ -41,6 +43,17 @@ _DROPPED_RESPONSE_HEADERS = frozenset({"content-encoding", "transfer-encoding", 
 _AUTOMATIC_REQUEST_HEADERS = frozenset(
     {"host", "content-length", "accept", "accept-encoding", "connection", "user-agent"}
 ) | TRACE_HEADERS
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """What a certified send was asked for (``send(method, url, …)``)."""
+
+    json: Any = None
+    content: bytes | str | None = None
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
+    #: Seconds after the first attempt to give up; None: the journal's RetryPolicy.deadline.
+    deadline: float | None = None
 
 
 def caller_headers(built: httpx.Request) -> list[list[str]]:

@@ -1,10 +1,8 @@
 """The step logic of one run of a resumable function, written once for ``def`` and ``async def``.
 
-Every non-deterministic value (``chttp_context.persist``) and every certified send
-(``chttp_context.post`` …) is one numbered *step*, recorded on a first run and replayed
-from its record after a crash; the rules, and why records are buffered until the next
-send's intent commit (*n* + 1 commits for *n* sends), are told in
-:mod:`chttp_client.context`.
+Each ``persist()`` and certified send is one numbered *step*, recorded on a first run
+and replayed after a crash; :mod:`chttp_client.context` tells the rules and the
+durability arrangement (*n* + 1 commits for *n* sends).
 
 One logic, two faces
 --------------------
@@ -33,52 +31,27 @@ from __future__ import annotations
 import asyncio
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import httpx
 
 from chttp_client import codec, observers, telemetry
 from chttp_client.codec import CodecError
-from chttp_client.effects import Blocking, CallUser, Steps
+from chttp_client.effects import Blocking, CallUser, Pause, Steps
 from chttp_client.errors import ConcurrentStepsError, NonDeterminismError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
 from chttp_client.oplog_store import Commit, Finish, NewOplog
-from chttp_client.recorded_sends import answer_recorded_send, rebuild_response, request_record
-from chttp_client.records import StepRecord
+from chttp_client.recorded_sends import SendOptions, answer_recorded_send, rebuild_response, request_record
+from chttp_client.records import PendingWrites, StepRecord
 from chttp_client.services import RunServices
 from chttp_core.schema import KIND_PERSIST, KIND_SEND, OPLOG_DONE, OPLOG_FAILED, STEP_DONE, STEP_RECORDED
 from chttp_core.wire import fingerprint
 
-__all__ = ["RunSteps", "SendOptions"]
+__all__ = ["RunSteps", "SendOptions"]  # SendOptions: re-exported for the faces
 
-
-@dataclass
-class _Writes:
-    """What waits for the next commit of this oplog (chttp_client.context says why)."""
-
-    #: New persist steps, inserted by the next commit.
-    steps: list[StepRecord] = field(default_factory=list)
-    #: Answered send steps (already stored as ``recorded``), updated to ``done`` by it.
-    answers: list[StepRecord] = field(default_factory=list)
-    #: ``(step number, X-Message-URL)`` to acknowledge once those answers are durable.
-    acks: list[tuple[int, str]] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(self.steps or self.answers)
-
-
-@dataclass(frozen=True)
-class SendOptions:
-    """What a certified send was asked for (``send(method, url, …)``)."""
-
-    json: Any = None
-    content: bytes | str | None = None
-    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
-    #: Seconds after the first attempt to give up; None: the journal's RetryPolicy.deadline.
-    deadline: float | None = None
+T = TypeVar("T")
 
 
 def _callable_name(target: Callable[..., Any]) -> str:
@@ -136,7 +109,7 @@ class RunSteps:
         self._stored = stored
         self._owner = owner or new_owner()
         self._message_id_for = message_id_for or (lambda _number: str(uuid.uuid4()))
-        self._writes = _Writes()
+        self._writes = PendingWrites()
         self._number = 0
         #: A step diverged or was unreadable: this run records nothing more (even if swallowed).
         self._poisoned: NonDeterminismError | CodecError | None = None
@@ -163,23 +136,28 @@ class RunSteps:
         is_call = callable(value_or_callable)
         name = _callable_name(value_or_callable) if is_call else "value"
         with self._one_step(f"persist {name}"):
-            number, record = self._next_step(KIND_PERSIST, name, None)
-            if record is not None:
-                return self._replay(record)
-            self._event("before-step", number, KIND_PERSIST, name)
-            scripted = self._scripted(StepRecord(number, KIND_PERSIST, name, STEP_DONE))
-            if scripted is not None:
-                outcome = scripted.outcome or {"value": None}
+            persisted = self._persist(value_or_callable, is_call, name, args, kwargs)
+            return (yield from self._releasing(persisted))
+
+    def _persist(self, value_or_callable: Any, is_call: bool, name: str, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Steps[Any]:
+        number, record = self._next_step(KIND_PERSIST, name, None)
+        if record is not None:
+            return self._replay(record)
+        self._event("before-step", number, KIND_PERSIST, name)
+        scripted = self._scripted(StepRecord(number, KIND_PERSIST, name, STEP_DONE))
+        if scripted is not None:
+            outcome = scripted.outcome or {"value": None}
+        else:
+            try:
+                value = (yield CallUser(value_or_callable, args, kwargs)) if is_call else value_or_callable
+            except Exception as error:
+                outcome = {"error": codec.exception_record(error)}
             else:
-                try:
-                    value = (yield CallUser(value_or_callable, args, kwargs)) if is_call else value_or_callable
-                except Exception as error:
-                    outcome = {"error": codec.exception_record(error)}
-                else:
-                    outcome = {"value": codec.encode(value)}  # TypeError: refuse unrecordable values
-            self._writes.steps.append(StepRecord(number, KIND_PERSIST, name, STEP_DONE, outcome=outcome))
-            self._event("after-step", number, KIND_PERSIST, name)
-            return self._replay(self._writes.steps[-1])
+                outcome = {"value": codec.encode(value)}  # TypeError: refuse unrecordable values
+        self._writes.steps.append(StepRecord(number, KIND_PERSIST, name, STEP_DONE, outcome=outcome))
+        self._event("after-step", number, KIND_PERSIST, name)
+        return self._replay(self._writes.steps[-1])
 
     def now_steps(self) -> Steps[datetime]:
         """``now()``: the current UTC time, persisted."""
@@ -191,7 +169,7 @@ class RunSteps:
         if self._poisoned is not None:
             raise self._poisoned
         with self._one_step("checkpoint"):
-            yield from self.flush_steps()
+            yield from self._releasing(self.flush_steps())
 
     def send_steps(self, method: str, url: str, options: SendOptions) -> Steps[httpx.Response]:
         """A certified send: recorded, retried with one id until answered, replayed after."""
@@ -199,29 +177,39 @@ class RunSteps:
         built = self._client.build_request(method, url, json=options.json, content=options.content,
                                            headers=options.headers)
         body = built.read()
-        full_url = str(built.url)
-        name = f"{method} {full_url}"
+        name = f"{method} {built.url}"
         with self._one_step(f"send {name}"):
-            digest = fingerprint(method, built.url.path, built.url.query.decode("ascii"), body)
-            request = request_record(method, full_url, built, body)
-            number, record = self._next_step(KIND_SEND, name, digest, request)
-            if record is not None and record.state == STEP_DONE:
-                response: httpx.Response = self._replay(record)
-                return response
-            if record is None:
-                self._event("before-step", number, KIND_SEND, name)
-                scripted = self._scripted(StepRecord(number, KIND_SEND, name, STEP_DONE,
-                                                     fingerprint=digest, request=request))
-                record = StepRecord(
-                    number, KIND_SEND, name, STEP_RECORDED,
-                    message_id=scripted.message_id if scripted is not None else self._message_id_for(number),
-                    fingerprint=digest, request=request, first_sent_at=self._services.clock(),
-                )
-                yield from self._commit([record])
-                if self._poisoned is not None:  # a concurrent step was refused meanwhile
-                    raise self._poisoned
-                self._event("send-recorded", number, KIND_SEND, name, record.message_id, body)
-            return (yield from self._deliver(record, options.deadline))
+            response: httpx.Response = yield from self._releasing(
+                self._send(method, name, built, body, options))
+            return response
+
+    def _send(self, method: str, name: str, built: httpx.Request, body: bytes,
+              options: SendOptions) -> Steps[httpx.Response]:
+        full_url = str(built.url)
+        digest = fingerprint(method, built.url.path, built.url.query.decode("ascii"), body)
+        request = request_record(method, full_url, built, body)
+        number, record = self._next_step(KIND_SEND, name, digest, request)
+        if record is not None and record.state == STEP_DONE:
+            replayed: httpx.Response = self._replay(record)
+            return replayed
+        if record is not None:
+            # A recorded send not yet answered is resent: first let a concurrent
+            # step of this run (gather) be refused, so that nothing leaves meanwhile.
+            yield Pause()
+        else:
+            self._event("before-step", number, KIND_SEND, name)
+            scripted = self._scripted(StepRecord(number, KIND_SEND, name, STEP_DONE,
+                                                 fingerprint=digest, request=request))
+            record = StepRecord(
+                number, KIND_SEND, name, STEP_RECORDED,
+                message_id=scripted.message_id if scripted is not None else self._message_id_for(number),
+                fingerprint=digest, request=request, first_sent_at=self._services.clock(),
+            )
+            yield from self._commit([record])
+            self._event("send-recorded", number, KIND_SEND, name, record.message_id, body)
+        if self._poisoned is not None:  # a concurrent step was refused meanwhile
+            raise self._poisoned
+        return (yield from self._deliver(record, options.deadline))
 
     def call_steps(self, function: Callable[..., Any], context: Any) -> Steps[Any]:
         """Run ``function`` with the recorded arguments and ``chttp_context=context``;
@@ -236,21 +224,22 @@ class RunSteps:
         try:
             value = yield CallUser(function, tuple(arguments["args"]),
                                    {**arguments["kwargs"], "chttp_context": context})
-        except NonDeterminismError:
-            raise
         except asyncio.CancelledError:
-            # The task was cancelled (mid-send, say): whatever it recorded stays, and the
+            # The task was cancelled (mid-send, say): what it recorded stays, and the
             # lease goes now, so a resume need not wait for it (same message ids).
-            yield Blocking(self._services.store.release_lease, (self.oplog_id, self._owner))
+            yield from self._give_up()
             raise
         except Exception as error:
-            if error is self._poisoned:
-                raise
-            if self._poisoned is not None:
-                raise self._poisoned from error
+            poisoned = self._poisoned
+            if isinstance(error, NonDeterminismError) or poisoned is not None:
+                yield from self._give_up()
+                if poisoned is None or error is poisoned:
+                    raise
+                raise poisoned from error
             yield from self._finish(OPLOG_FAILED, {"error": codec.exception_record(error)})
             raise
         if self._poisoned is not None:
+            yield from self._give_up()
             raise self._poisoned
         try:
             encoded = codec.encode(value)
@@ -266,6 +255,16 @@ class RunSteps:
             yield from self._commit([])
 
     # -- numbering and checks ------------------------------------------------------------
+
+    def _releasing(self, steps: Steps[T]) -> Steps[T]:
+        """``steps``; if they end the run (cancelled, or poisoned: refused, diverged),
+        the lease is freed here and now, whichever task of the run sees it first."""
+        try:
+            return (yield from steps)
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError) or error is self._poisoned:
+                yield from self._give_up()
+            raise
 
     @contextmanager
     def _one_step(self, what: str) -> Iterator[None]:
@@ -386,7 +385,7 @@ class RunSteps:
             ack_claim=services.lease if services.acknowledger.enabled else None,
         ),))
         # The buffer is durable: its answers may be acknowledged now.
-        self._writes = _Writes()
+        self._writes = PendingWrites()
         telemetry.oplog_committed(new=not self._stored, finish=finish)
         self._stored = True
         self._lease_renewed_at = now
@@ -396,6 +395,12 @@ class RunSteps:
     def _finish(self, state: str, result: dict[str, Any]) -> Steps[None]:
         """The run's last commit: buffered steps and the oplog's result, lease released."""
         yield from self._commit([], Finish(state, result))
+
+    def _give_up(self) -> Steps[None]:
+        """End a run that records nothing more (poisoned, cancelled): free its lease, so
+        that a resume need not wait for it. The buffered records are dropped, as a
+        crash would drop them (nothing outside the process depends on them)."""
+        yield Blocking(self._services.store.release_lease, (self.oplog_id, self._owner))
 
     def _renew_lease_if_due(self) -> Steps[None]:
         """Between retry attempts: renew the lease once half of it has passed.
