@@ -7,7 +7,7 @@ ever sees a row or a connection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ from chttp_core.schema import KIND_PERSIST, KIND_SEND, STEP_DONE, STEP_RECORDED
 __all__ = [
     "StepRecord",
     "OplogInfo",
+    "PendingWrites",
     "INCOMING_PREFIX",
     "OPLOG_ABANDONED",
     "OPLOG_UNREADABLE",
@@ -200,3 +201,18 @@ def check_step(step: StepRecord, where: str) -> None:
         raise CodecError(f"a recorded answer of the wrong shape ({_keys(response)})", where)
     if not isinstance(codec.decode(response.get("body"), where=where), (bytes, type(None))):
         raise CodecError("a recorded answer whose body is not bytes", where)
+
+
+@dataclass
+class PendingWrites:
+    """What waits for the next commit of a run (:mod:`chttp_client.context` says why)."""
+
+    #: New persist steps, inserted by the next commit.
+    steps: list[StepRecord] = field(default_factory=list)
+    #: Answered send steps (already stored as ``recorded``), updated to ``done`` by it.
+    answers: list[StepRecord] = field(default_factory=list)
+    #: ``(step number, X-Message-URL)`` to acknowledge once those answers are durable.
+    acks: list[tuple[int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.answers)

@@ -9,7 +9,12 @@
     def transfer(url, amount, *, chttp_context): ...
 
 Calling the decorated function starts a new oplog and runs it to completion (or raises
-what it raised). Oplogs are keyed by the function's *name* (``module.qualname`` unless
+what it raised). An ``async def`` function is decorated the same way: calling it then
+returns a coroutine that runs the oplog (``await transfer(…)``, ``asyncio.run(transfer(…))``),
+and its ``chttp_context`` is awaited
+(:class:`~chttp_client.async_context.AsyncResumableContext`); its oplogs are resumed by
+``journal.resume_all()``, ``await journal.resume_all_async()`` and ``chttp-client resume``
+like any other. Oplogs are keyed by the function's *name* (``module.qualname`` unless
 ``name=`` is given) and *version*: an open oplog is replayed by exactly the version that
 wrote it, because only that code is guaranteed to take the same steps. Keep an old
 version decorated until ``chttp-client list`` shows none of its oplogs open; an oplog
@@ -30,12 +35,11 @@ resume can call the function again); the result is returned as the codec decodes
 from __future__ import annotations
 
 import functools
-import os
-import sys
+import inspect
 from typing import Any, Callable, TypeVar, cast
 
 from chttp_client.journal import Journal
-from chttp_client.registry import register
+from chttp_client.registry import importable_module, register
 
 __all__ = ["resumable"]
 
@@ -53,11 +57,16 @@ def resumable(journal: Journal, *, version: int = 1, name: str | None = None) ->
         key = name or _importable_name(function)
         register(key, version, function)
 
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if "chttp_context" in kwargs:
-                raise TypeError("chttp_context is supplied by @resumable; do not pass it")
-            return journal.run(key, version, function, args, kwargs)
+        if inspect.iscoroutinefunction(function):
+            @functools.wraps(function)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                _refuse_context(kwargs)
+                return await journal.run_async(key, version, function, args, kwargs)
+        else:
+            @functools.wraps(function)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                _refuse_context(kwargs)
+                return journal.run(key, version, function, args, kwargs)
 
         # What the testing helper and the CLI read back off a decorated function.
         vars(wrapper).update(journal=journal, chttp_name=key, chttp_version=version,
@@ -67,20 +76,17 @@ def resumable(journal: Journal, *, version: int = 1, name: str | None = None) ->
     return decorate
 
 
+def _refuse_context(kwargs: dict[str, Any]) -> None:
+    if "chttp_context" in kwargs:
+        raise TypeError("chttp_context is supplied by @resumable; do not pass it")
+
+
 def _importable_name(function: Callable[..., Any]) -> str:
     """``module.qualname`` as an import would spell it, also for a script run as ``__main__``."""
-    module = function.__module__
-    if module == "__main__":
-        main = sys.modules.get("__main__")
-        spec = getattr(main, "__spec__", None)
-        path = getattr(main, "__file__", None)
-        if spec is not None and spec.name not in ("", "__main__"):
-            module = spec.name                            # python -m package.module
-        elif path and os.path.splitext(os.path.basename(path))[0].isidentifier():
-            module = os.path.splitext(os.path.basename(path))[0]   # python sender.py
-        else:
-            raise ValueError(
-                f"@resumable: {function.__qualname__} is defined in __main__ with no module "
-                "name an import could give it, so its oplogs could never be resumed; pass "
-                f"@resumable(journal, name='yourmodule.{function.__qualname__}')")
+    module = importable_module(function.__module__)
+    if module is None:
+        raise ValueError(
+            f"@resumable: {function.__qualname__} is defined in __main__ with no module "
+            "name an import could give it, so its oplogs could never be resumed; pass "
+            f"@resumable(journal, name='yourmodule.{function.__qualname__}')")
     return f"{module}.{function.__qualname__}"
