@@ -18,7 +18,7 @@ import asyncio
 import functools
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -55,7 +55,7 @@ class AsyncCertifiedContext:
         connection: AsyncConnection,
         received_at: datetime,
         expires_at: datetime,
-        asgi_scope: dict[str, Any],
+        asgi_scope: MutableMapping[str, Any],
         journal: Callable[[], Journal] | None = None,
         handler_send_deadline: timedelta | None = None,
     ) -> None:

@@ -8,16 +8,17 @@ find the values in the scope and the ``receive`` channel.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, MutableMapping
 
 from chttp_server.decisions import check_request_length, parse_first_sent, parse_message_id
 from chttp_server.errors import IncompleteBody
 
-__all__ = ["Receive", "Send", "Scope", "header", "message_id_of", "first_sent_of",
+__all__ = ["Message", "Receive", "Send", "Scope", "header", "message_id_of", "first_sent_of",
            "read_body", "replaying_receive"]
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+# The shapes Starlette's own types use, so an app typed for Starlette wraps cleanly.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 

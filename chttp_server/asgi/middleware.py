@@ -41,6 +41,7 @@ from chttp_server.async_transaction import AsyncMessageTransaction, run_step
 from chttp_server.asgi.context import AsyncCertifiedContext, _current
 from chttp_server.asgi.engines import make_async_engine, sync_journal_url
 from chttp_server.asgi.incoming import (
+    Message,
     Receive,
     Scope,
     Send,
@@ -429,7 +430,7 @@ class _AnswerTracker:
         self._send = send
         self.started = False
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
         await self._send(message)
