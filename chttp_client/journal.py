@@ -47,6 +47,7 @@ from sqlalchemy.engine import URL
 
 from chttp_client.acknowledger import Acknowledger
 from chttp_client.context import RunServices
+from chttp_client.effects import run_blocking
 from chttp_client.errors import JournalError, OplogAbandonedError
 from chttp_client.heartbeat import Heartbeat
 from chttp_client.leases import new_owner
@@ -155,6 +156,17 @@ class Journal(Runs):
 
     def __exit__(self, *_exc: Any) -> None:
         self.close()
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(self, *_exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """:meth:`close` from a running loop (``async with Journal(…)``): it waits for the
+        queued acknowledgements and the engine in a worker thread, not on the loop."""
+        await run_blocking(self.close)
 
     @property
     def acknowledge(self) -> bool:

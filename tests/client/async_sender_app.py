@@ -47,7 +47,7 @@ def install(journal: Journal):
 def main(argv: list[str]) -> int:
     if argv[0] == "resume-async":
         async def resume(db_url: str) -> None:
-            with Journal(db_url) as journal:
+            async with Journal(db_url) as journal:
                 for outcome in await journal.resume_all_async():
                     print(outcome.oplog_id, outcome.status, outcome.value, flush=True)
 

@@ -465,3 +465,48 @@ def test_async_sends_retry_by_the_same_rules_and_wait_with_async_sleep(db_url, l
         [step] = journal.get(oplog.id).steps
     assert waited == [0.5, 1.0]
     assert front.seen == {step.message_id: 3} and count_runs(gate.engine) == 1
+
+
+def test_a_task_cancelled_during_its_intent_commit_waits_for_it_then_frees_the_lease(journal, live):
+    """A journal write in a worker thread cannot be interrupted: the cancelled task lets
+    it land, then gives the lease up, so the oplog is open, unleased and resumable."""
+    from sqlalchemy import event
+
+    gate, base = live
+    journal.ensure_schema()
+    inside, go_on = threading.Event(), threading.Event()
+
+    def hold_the_first_step_insert(_connection, _cursor, text, *_args) -> None:
+        if text.lstrip().upper().startswith("INSERT INTO CHTTP_OPLOG_STEPS") and not inside.is_set():
+            inside.set()
+            go_on.wait(60)
+
+    @resumable(journal)
+    async def transfer(url, *, chttp_context):
+        return (await chttp_context.post(url, json={"n": 1})).json()["message_id"]
+
+    async def main():
+        task = asyncio.create_task(transfer(f"{base}/escrow"))
+        assert await asyncio.to_thread(inside.wait, 60)    # the intent commit is mid-transaction
+        task.cancel()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        still_waiting = not task.done()                     # for the journal, not abandoning it
+        go_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return still_waiting
+
+    event.listen(journal.engine, "before_cursor_execute", hold_the_first_step_insert)
+    try:
+        assert asyncio.run(main()) is True
+    finally:
+        go_on.set()
+        event.remove(journal.engine, "before_cursor_execute", hold_the_first_step_insert)
+    [oplog] = journal.list_open()
+    [send] = journal.get(oplog.id).steps
+    assert send.state == "recorded" and lease_owner(journal, oplog.id) is None
+    assert count_runs(gate.engine) == 0                     # cancelled before it was sent
+    [outcome] = journal.resume_all()
+    assert outcome.status == "done" and outcome.value == send.message_id
+    assert [r[0] for r in runs(gate.engine)] == [send.message_id]
