@@ -134,10 +134,12 @@ class ResumableContext(RunSteps, SendShorthands):
     def call(self, function: Callable[..., Any]) -> Any:
         """Run ``function`` with the recorded arguments and record how it ended.
 
-        A :class:`~chttp_client.errors.NonDeterminismError` or an unreadable record's
-        :class:`~chttp_client.codec.CodecError` (even one the function swallowed)
-        records nothing: the oplog stays as it was, and :meth:`Journal.resume_all
-        <chttp_client.journal.Journal.resume_all>` abandons it with the error as its reason.
+        A :class:`~chttp_client.errors.NonDeterminismError`, an unreadable record's
+        :class:`~chttp_client.codec.CodecError` or a
+        :class:`~chttp_client.errors.JournalUnavailable` (even one the function
+        swallowed) records nothing: the oplog stays as it was. :meth:`Journal.resume_all
+        <chttp_client.journal.Journal.resume_all>` abandons a divergent one with the error
+        as its reason, quarantines an unreadable one and resumes the third later.
         """
         return self._executor.run(self.call_steps(function, self))
 

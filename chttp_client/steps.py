@@ -216,9 +216,10 @@ class RunSteps(RunWrites):
         """Run ``function`` with the recorded arguments and ``chttp_context=context``;
         record how it ended.
 
-        A :class:`NonDeterminismError` or an unreadable record's :class:`CodecError`
-        (even one the function swallowed) records nothing: the oplog stays as it was,
-        and ``Journal.resume_all`` abandons it with the error as its reason. A
+        A :class:`NonDeterminismError`, an unreadable record's :class:`CodecError` or a
+        :class:`JournalUnavailable` (even one the function swallowed) records nothing:
+        the oplog stays as it was (:meth:`ResumableContext.call
+        <chttp_client.context.ResumableContext.call>` says what resumes do with it). A
         cancellation records nothing either and gives the lease up.
         """
         arguments = codec.loads(self._arguments, where=f"oplog {self.oplog_id} arguments")
