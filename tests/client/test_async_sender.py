@@ -510,3 +510,30 @@ def test_a_task_cancelled_during_its_intent_commit_waits_for_it_then_frees_the_l
     [outcome] = journal.resume_all()
     assert outcome.status == "done" and outcome.value == send.message_id
     assert [r[0] for r in runs(gate.engine)] == [send.message_id]
+
+
+def test_runs_of_one_loop_share_one_client_closed_when_the_loop_ends():
+    """Runs awaited one after the other reuse the loop's client (making one costs more
+    than a run); ``asyncio.run`` ending closes it, and the next loop gets its own."""
+    import httpx
+
+    from chttp_client.loop_clients import LoopClients
+
+    made: list[httpx.AsyncClient] = []
+
+    def make() -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient())
+        return made[-1]
+
+    clients = LoopClients(make)
+
+    async def main() -> bool:
+        async with clients.client() as first:
+            pass
+        async with clients.client() as second:
+            return first is second and not first.is_closed
+
+    assert asyncio.run(main()) is True
+    assert len(made) == 1 and made[0].is_closed
+    assert asyncio.run(main()) is True
+    assert len(made) == 2 and made[1].is_closed
