@@ -537,3 +537,31 @@ def test_runs_of_one_loop_share_one_client_closed_when_the_loop_ends():
     assert len(made) == 1 and made[0].is_closed
     assert asyncio.run(main()) is True
     assert len(made) == 2 and made[1].is_closed
+
+
+def test_async_transport_serves_the_per_loop_clients(db_url):
+    """``Journal(async_transport=httpx.ASGITransport(app))``: an ASGI app in process, as
+    tests of an ASGI receiver use it; the certified headers reach it on every attempt."""
+    import json as jsonlib
+
+    import httpx
+
+    seen: list[dict[str, str]] = []
+
+    async def app(scope, receive, send):
+        assert scope["type"] == "http"
+        seen.append({key.decode(): value.decode() for key, value in scope["headers"]})
+        body = jsonlib.dumps({"id": len(seen)}).encode()
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    with Journal(db_url, async_transport=httpx.ASGITransport(app=app)) as journal:
+        @resumable(journal)
+        async def send(*, chttp_context):
+            return (await chttp_context.post("http://asgi.test/orders", json={})).json()["id"]
+
+        assert asyncio.run(send()) == 1 and asyncio.run(send()) == 2
+        message_ids = [journal.get(o.id).steps[0].message_id for o in journal.list()]
+    assert sorted(h["x-message-id"] for h in seen) == sorted(message_ids)
+    assert all("x-message-first-sent" in h for h in seen)
