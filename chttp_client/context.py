@@ -51,6 +51,7 @@ function awaits.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any, Callable, Mapping, Sequence
 
@@ -70,12 +71,12 @@ class ResumableContext(RunSteps, SendShorthands):
     Not shared between threads: one call of a function owns one context. Made by
     :class:`~chttp_client.journal.Journal` (``run``/``resume``) and by
     :func:`~chttp_client.incoming.open_incoming_context`, never by a function itself.
-    Takes the keyword arguments of :class:`~chttp_client.steps.RunSteps`.
+    Takes the arguments of :class:`~chttp_client.steps.RunSteps`.
     """
 
-    def __init__(self, services: RunServices, **options: Any) -> None:
-        super().__init__(services, **options)
-        self._executor = SyncExecutor(services.http_client, services.sleep)
+    @functools.cached_property
+    def _executor(self) -> SyncExecutor:
+        return SyncExecutor(self._services.http_client, self._services.sleep)
 
     def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Record a non-deterministic value once; return the recorded value on replay.

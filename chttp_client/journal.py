@@ -108,8 +108,8 @@ class Journal(Runs):
         # resume()/resume_all() abandon it instead (None: never).
         max_resume_attempts: int | None = 5,
         # The client of async def functions' sends, for use on the host's one event loop;
-        # None: one per event loop, made with async_transport and closed with the
-        # loop's last run (chttp_client.loop_clients).
+        # None: one per event loop, made with async_transport and closed when the loop
+        # is idle or shuts down (chttp_client.loop_clients).
         async_http_client: httpx.AsyncClient | None = None,
         # … or the transport of those per-loop clients (one that may be closed and used
         # again, like httpx.ASGITransport: each per-loop client closes it).

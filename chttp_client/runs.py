@@ -249,7 +249,9 @@ class Runs:
 
         ``async def`` functions' oplogs run on this loop, ``def`` ones in a worker thread,
         one oplog after the other; the journal's SQL and the pending acknowledgements
-        run in worker threads, so the loop keeps serving meanwhile.
+        run in worker threads, so the loop keeps serving meanwhile. A thread cannot be
+        interrupted: cancelled while a ``def`` function's run is in its thread, this
+        waits for that run to end (its sends retry up to their deadline).
         """
         return await self._run_async(self._resume_all_steps())
 

@@ -510,3 +510,58 @@ def test_a_task_cancelled_during_its_intent_commit_waits_for_it_then_frees_the_l
     [outcome] = journal.resume_all()
     assert outcome.status == "done" and outcome.value == send.message_id
     assert [r[0] for r in runs(gate.engine)] == [send.message_id]
+
+
+def test_runs_of_one_loop_share_one_client_closed_when_the_loop_ends():
+    """Runs awaited one after the other reuse the loop's client (making one costs more
+    than a run); ``asyncio.run`` ending closes it, and the next loop gets its own."""
+    import httpx
+
+    from chttp_client.loop_clients import LoopClients
+
+    made: list[httpx.AsyncClient] = []
+
+    def make() -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient())
+        return made[-1]
+
+    clients = LoopClients(make)
+
+    async def main() -> bool:
+        async with clients.client() as first:
+            pass
+        async with clients.client() as second:
+            return first is second and not first.is_closed
+
+    assert asyncio.run(main()) is True
+    assert len(made) == 1 and made[0].is_closed
+    assert asyncio.run(main()) is True
+    assert len(made) == 2 and made[1].is_closed
+
+
+def test_async_transport_serves_the_per_loop_clients(db_url):
+    """``Journal(async_transport=httpx.ASGITransport(app))``: an ASGI app in process, as
+    tests of an ASGI receiver use it; the certified headers reach it on every attempt."""
+    import json as jsonlib
+
+    import httpx
+
+    seen: list[dict[str, str]] = []
+
+    async def app(scope, receive, send):
+        assert scope["type"] == "http"
+        seen.append({key.decode(): value.decode() for key, value in scope["headers"]})
+        body = jsonlib.dumps({"id": len(seen)}).encode()
+        await send({"type": "http.response.start", "status": 201,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    with Journal(db_url, async_transport=httpx.ASGITransport(app=app)) as journal:
+        @resumable(journal)
+        async def send(*, chttp_context):
+            return (await chttp_context.post("http://asgi.test/orders", json={})).json()["id"]
+
+        assert asyncio.run(send()) == 1 and asyncio.run(send()) == 2
+        message_ids = [journal.get(o.id).steps[0].message_id for o in journal.list()]
+    assert sorted(h["x-message-id"] for h in seen) == sorted(message_ids)
+    assert all("x-message-first-sent" in h for h in seen)
