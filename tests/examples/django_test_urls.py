@@ -19,6 +19,8 @@ Async views, for the project served under ASGI (tests/examples/test_django_asgi.
 * ``POST /orders/aescape`` — writes an order from another thread
   (``sync_to_async(thread_sensitive=False)``), outside the message's transaction;
 * ``POST /orders/astream`` — a streaming answer from an async generator that writes;
+* ``POST /orders/<id>/aship`` — the ship view as an async view: its certified send
+  through ``sync_to_async(request.chttp.post)``;
 * ``GET /ping`` — 200, for the server's start-up probe.
 """
 
@@ -31,6 +33,7 @@ from typing import AsyncIterator, Iterator
 
 from chttp_examples.django_orders.orders.models import Order
 from chttp_examples.django_orders.urls import urlpatterns as order_patterns
+from django.conf import settings
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
@@ -149,6 +152,22 @@ async def astream(request: HttpRequest) -> HttpResponse:
     return StreamingHttpResponse(chunks(), status=201, content_type="application/json")
 
 
+@require_POST
+async def aship(request: HttpRequest, order_id: int) -> HttpResponse:
+    order = await Order.objects.aget(pk=order_id)
+    message = request.chttp
+    if message is None:
+        return JsonResponse({"error": "shipping needs an X-Message-ID"}, status=400)
+    # The sender's calls are synchronous: sync_to_async runs them in the request's
+    # thread, off the event loop.
+    shipment = await sync_to_async(message.post)(f"{settings.SHIPPING_URL}/shipments",
+                                                 json={"order": order.id, "item": order.item})
+    shipment.raise_for_status()
+    order.tracking = shipment.json()["tracking"]
+    await order.asave(update_fields=["tracking"])
+    return JsonResponse(order.as_json())
+
+
 def ping(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"pong")
 
@@ -159,6 +178,7 @@ urlpatterns = [
     path("orders/aexplode", aexplode),
     path("orders/aescape", aescape),
     path("orders/astream", astream),
+    path("orders/<int:order_id>/aship", aship),
     path("orders/stream", stream),
     path("orders/cookie", cookie),
     path("orders/counted", counted),

@@ -9,7 +9,8 @@ SQLite and PostgreSQL, for a sync view and an async one: a retry replays byte fo
 byte, reuse is 422, 16 concurrent deliveries write one row and get one answer, a view
 that writes then raises writes nothing and its retry runs again; an async generator's
 writes are stored with its streamed answer; a client that gives up mid-view leaves
-exactly one write; a statement an async view sends from another thread
+exactly one write; an async view's certified send (``sync_to_async(request.chttp.post)``)
+happens once; a statement an async view sends from another thread
 (``thread_sensitive=False``), which would commit outside the message, is refused.
 """
 
@@ -19,14 +20,15 @@ import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
 
+from chttp_server import CertifiedMiddleware, Resource
 from tests.asgi.live import UvicornProcess
 from tests.examples.django_live import django_env, manage, runs, scalar
-from tests.server.live import wait_for
+from tests.server.live import serve_in_thread, wait_for
 
 _numbers = itertools.count(1)
 
@@ -37,13 +39,16 @@ VIEWS = [pytest.param("counted", id="sync-view"), pytest.param("acounted", id="a
 
 
 class AsgiProject:
-    """A migrated database and the project served by uvicorn through Django's ASGI handler."""
+    """A migrated database, the project served by uvicorn through Django's ASGI handler,
+    and the shipping service its ship views call."""
 
-    def __init__(self, db_url: str, test_dir: Path, server: UvicornProcess) -> None:
+    def __init__(self, db_url: str, test_dir: Path, server: UvicornProcess,
+                 shipped: list[str]) -> None:
         self.db_url = db_url
         self.test_dir = test_dir
         self.server = server
         self.url = server.url
+        self.shipped = shipped
 
     def orders(self, item: str) -> int:
         return int(scalar(self.db_url, "SELECT count(*) FROM orders_order WHERE item = :item",
@@ -64,10 +69,26 @@ def project(request, tmp_path_factory) -> Iterator[AsgiProject]:
         db_url = f"sqlite:///{test_dir / 'orders.db'}"
     else:
         db_url = request.getfixturevalue("pg_cluster").create_database(f"django_asgi_{next(_numbers)}")
-    env = django_env(db_url, test_dir)
-    manage(env, "migrate")
-    with UvicornProcess(ASGI_APP, env) as server:
-        yield AsgiProject(db_url, test_dir, server)
+    shipped: list[str] = []
+
+    class Shipping(Resource):
+        def handle_post(self, req: Any) -> dict[str, str]:
+            shipped.append(req.chttp.message_id)
+            return {"tracking": f"T{len(shipped)}"}
+
+    class Root(Resource):
+        children = {"shipments": Shipping()}
+
+    shipping = CertifiedMiddleware(Root(), db_url=f"sqlite:///{test_dir / 'ship.db'}",
+                                   upgrade_schema=True)
+    try:
+        with serve_in_thread(shipping) as ship_base:
+            env = django_env(db_url, test_dir, SHIPPING_URL=ship_base)
+            manage(env, "migrate")
+            with UvicornProcess(ASGI_APP, env) as server:
+                yield AsgiProject(db_url, test_dir, server, shipped)
+    finally:
+        shipping.engine.dispose()
 
 
 def post(client: httpx.Client, project: AsgiProject, view: str, message_id: str | None,
@@ -182,6 +203,24 @@ def test_a_client_that_gives_up_mid_view_leaves_one_write(project):
     assert again.headers["Idempotent-Replayed"] == "true"
     assert project.orders("held") == 1
     assert project.stored("gone-1") == 1
+
+
+def test_an_async_views_certified_send_happens_once(project):
+    with httpx.Client(timeout=30) as client:
+        created = client.post(f"{project.url}/orders", json={"item": "ashipped"},
+                              headers={"X-Message-ID": "as-order"})
+        order_id = created.json()["id"]
+        first = client.post(f"{project.url}/orders/{order_id}/aship",
+                            headers={"X-Message-ID": "as-ship"})
+        again = client.post(f"{project.url}/orders/{order_id}/aship",
+                            headers={"X-Message-ID": "as-ship"})
+    assert first.status_code == 200, first.text
+    tracking = first.json()["tracking"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.content == first.content
+    assert len(project.shipped) == 1
+    assert scalar(project.db_url, "SELECT tracking FROM orders_order WHERE id = :id",
+                  id=order_id) == tracking
 
 
 def test_requests_without_an_id_are_unchanged(project):
