@@ -60,8 +60,10 @@ def _guard_new_connection(sender: Any, connection: BaseDatabaseWrapper, **kwargs
 
 
 def _add_guard(connection: BaseDatabaseWrapper) -> None:
+    # First, not last: ``connection.execute_wrapper(w)`` pops the *last* wrapper when its
+    # block ends, and a connection opened inside such a block gets its guard there.
     if _refuse_foreign_threads not in connection.execute_wrappers:
-        connection.execute_wrappers.append(_refuse_foreign_threads)
+        connection.execute_wrappers.insert(0, _refuse_foreign_threads)
 
 
 def _refuse_foreign_threads(execute: Callable[..., Any], sql: str, params: Any, many: bool,
