@@ -233,3 +233,14 @@ def test_requests_without_an_id_are_unchanged(project):
     assert created.json()["id"] != again.json()["id"]
     assert project.orders("plain-asgi") == 2
     assert counted.json() == {"ran": None}
+
+
+def test_the_refusal_is_a_typed_error_that_pickles_with_its_alias():
+    import pickle
+
+    from chttp_server.errors import ChttpServerError, StatementOutsideMessage
+
+    error = pickle.loads(pickle.dumps(StatementOutsideMessage("orders")))
+    assert isinstance(error, ChttpServerError) and isinstance(error, RuntimeError)
+    assert error.alias == "orders"
+    assert "sync_to_async(thread_sensitive=True)" in str(error)
