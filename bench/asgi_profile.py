@@ -3,7 +3,8 @@
 The ASGI counterpart of ``python -m bench.profile``: the FastAPI app of the bench
 (bench/fastapi_app.py, asyncpg) is called directly as an ASGI callable, one request at a
 time on one event loop, ``--requests`` times per mode on a durable throwaway cluster,
-modes alternating in rounds. Per request it prints the wall time, this process's CPU
+modes alternating in rounds (``fastapi-floor``: the bare view writing one more row,
+without chttp — any one-row design's best). Per request it prints the wall time, this process's CPU
 time (the server's Python: FastAPI, SQLAlchemy's asyncio layer, asyncpg, the front
 end), the PostgreSQL backends' CPU time, and the statements sent (each is one round trip
 on asyncpg; ``BEGIN`` and ``COMMIT`` included). ``--cprofile MODE`` then prints the top
@@ -32,7 +33,7 @@ from bench.profile import backend_cpu_seconds
 
 __all__ = ["main", "drive"]
 
-MODES = ("fastapi-bare", "fastapi-certified")
+MODES = ("fastapi-bare", "fastapi-floor", "fastapi-certified")
 
 
 def _scope(message_id: str | None) -> dict[str, Any]:

@@ -92,6 +92,8 @@ _INFORMATIVE_RATIOS = (
      "the two requests' SQL alone, bench/floor.py"),
     ("advisory / bare, sql", "advisory sql (pgbench)", "bare sql (pgbench)",
      "one row write under an advisory lock: measured, not taken"),
+    ("fastapi +1 insert / bare", "fastapi +1 insert", "fastapi bare",
+     "one more row in the view's transaction, no chttp: any one-row design's best"),
 )
 
 

@@ -30,8 +30,9 @@ TEMPLATE_ID = "template-0"
 DJANGO_MODES = ("django-bare", "django-certified")
 #: The Flask + Flask-SQLAlchemy app's two dresses (bench/flask_app.py).
 FLASK_MODES = ("flask-bare", "flask-certified")
-#: The FastAPI app's two dresses (bench/fastapi_app.py), served by uvicorn over asyncpg.
-FASTAPI_MODES = ("fastapi-bare", "fastapi-certified")
+#: The FastAPI app's dresses (bench/fastapi_app.py), served by uvicorn over asyncpg; the
+#: floor writes one more row in the view's transaction, without chttp.
+FASTAPI_MODES = ("fastapi-bare", "fastapi-certified", "fastapi-floor")
 #: The framework rows: mode prefix -> (the modules they need, the install hint).
 _FRAMEWORKS = {"django": (("django",), "pip install Django"),
                "flask": (("flask_sqlalchemy",), "pip install Flask Flask-SQLAlchemy"),
@@ -261,6 +262,8 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
             runs.append((f"{framework} bare", _run_of(options, servers[bare_mode], "none")))
             runs.append((f"{framework} certified",
                          _run_of(options, servers[certified_mode], "new")))
+    if "fastapi-floor" in servers:
+        runs.append(("fastapi +1 insert", _run_of(options, servers["fastapi-floor"], "new")))
     # Each cell is measured in `rounds` slices, the scenarios interleaved round by round,
     # and reported as the median: other load on a shared machine then hits every row of
     # a concurrency alike instead of whichever happened to run during it.

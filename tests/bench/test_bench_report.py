@@ -187,3 +187,13 @@ def test_the_fastapi_rows_get_their_database_cap_when_the_sql_rows_ran() -> None
     cap = next(line for line in text.splitlines() if line.startswith("fastapi, db cap"))
     assert cap.split()[4] == "0.82"
     assert not any(line.startswith("certified / bare, db cap") for line in text.splitlines())
+
+
+def test_the_fastapi_floor_row_is_reported_against_the_bare_one() -> None:
+    results = Results()
+    results.grid = {("fastapi bare", 4): _result(100), ("fastapi certified", 4): _result(45),
+                    ("fastapi +1 insert", 4): _result(82)}
+    text = render(results, Options(concurrencies=(4,)))
+    line = next(l for l in text.splitlines() if l.startswith("fastapi +1 insert / bare"))
+    assert line.split()[6] == "0.82"
+    assert "any one-row design's best" in line
