@@ -17,7 +17,8 @@ Async views, for the project served under ASGI (tests/examples/test_django_asgi.
 * ``POST /orders/acounted`` — ``await Order.objects.acreate(...)``, answers 201;
 * ``POST /orders/aexplode`` — writes an order through the async ORM, then raises;
 * ``POST /orders/aescape`` — writes an order from another thread
-  (``sync_to_async(thread_sensitive=False)``), outside the message's transaction;
+  (``sync_to_async(thread_sensitive=False)``, or ``asyncio.to_thread`` with
+  ``?via=to_thread``), outside the message's transaction;
 * ``POST /orders/astream`` — a streaming answer from an async generator that writes;
 * ``POST /orders/<id>/aship`` — the ship view as an async view: its certified send
   through ``sync_to_async(request.chttp.post)``;
@@ -26,6 +27,7 @@ Async views, for the project served under ASGI (tests/examples/test_django_asgi.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -137,7 +139,11 @@ async def aexplode(request: HttpRequest) -> HttpResponse:
 async def aescape(request: HttpRequest) -> HttpResponse:
     """Writes from a thread of its own: Django gives that thread another connection."""
     await _aran("aescape", request)
-    await sync_to_async(Order.objects.create, thread_sensitive=False)(item="escaped", quantity=1)
+    if request.GET.get("via") == "to_thread":
+        await asyncio.to_thread(Order.objects.create, item="escaped", quantity=1)
+    else:
+        await sync_to_async(Order.objects.create, thread_sensitive=False)(item="escaped",
+                                                                          quantity=1)
     return JsonResponse({"escaped": True}, status=201)
 
 

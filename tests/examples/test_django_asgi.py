@@ -165,18 +165,23 @@ def test_an_async_generators_writes_are_stored_with_its_streamed_answer(project)
         project.db_url, "SELECT id FROM orders_order WHERE item = 'astreamed'"))
 
 
-def test_a_query_from_another_thread_is_refused_and_nothing_is_written(project):
-    """``sync_to_async(thread_sensitive=False)`` would write on another connection, in
-    autocommit, outside the message: refused, the view fails, nothing is stored."""
+@pytest.mark.parametrize("via", [pytest.param("", id="thread_sensitive-false"),
+                                 pytest.param("?via=to_thread", id="asyncio-to_thread")])
+def test_a_query_from_another_thread_is_refused_and_nothing_is_written(project, via):
+    """``sync_to_async(thread_sensitive=False)`` or ``asyncio.to_thread`` would write on
+    another connection, in autocommit, outside the message: refused, the view fails,
+    nothing is stored."""
+    message_id = "esc-to-thread" if via else "esc-default"
+    before = project.orders("escaped")
     with httpx.Client(timeout=30) as client:
-        first = post(client, project, "aescape", "esc-1")
-        retry = post(client, project, "aescape", "esc-1")
-        plain = post(client, project, "aescape", None)  # no message: nothing to protect
+        first = post(client, project, f"aescape{via}", message_id)
+        retry = post(client, project, f"aescape{via}", message_id)
+        plain = post(client, project, f"aescape{via}", None)  # no message: nothing to protect
     assert first.status_code == retry.status_code == 500
-    assert project.runs("aescape esc-1") == 2
-    assert project.stored("esc-1") == 0
+    assert project.runs(f"aescape {message_id}") == 2
+    assert project.stored(message_id) == 0
     assert plain.status_code == 201
-    assert project.orders("escaped") == 1  # the request without an id only
+    assert project.orders("escaped") == before + 1  # the request without an id only
 
 
 def test_a_client_that_gives_up_mid_view_leaves_one_write(project):
