@@ -67,6 +67,7 @@ from chttp_server.django.connection import (
     lost_connection,
 )
 from chttp_server.django.journal import journal_for
+from chttp_server.django.threads import install, message_thread
 from chttp_server.errors import (
     ConfigurationError,
     MessageIdRequired,
@@ -112,6 +113,7 @@ class CertifiedMiddleware:
                                   claim_timeout=self.conf.claim_timeout,
                                   prepared_statements=self.conf.prepared_statements)
         self.journal = journal_for(self.conf.journal, self.alias)
+        install(self.alias)  # a view's statements from another thread are refused
         self._ready = False
         self._ready_lock = threading.Lock()
         self._prepare(at_start=True)
@@ -258,12 +260,14 @@ class CertifiedMiddleware:
         )
         request.chttp = context
         try:
-            with txn.handler_errors():
-                response = self.get_response(request)
-                if means_try_again(response.status_code):
-                    lost_connection(self.alias)
-                context.flush()
-            collected = responses.collect(response, self.conf.max_response_bytes)
+            # Under ASGI an async view may leave this thread; its queries must not.
+            with message_thread(self.alias):
+                with txn.handler_errors():
+                    response = self.get_response(request)
+                    if means_try_again(response.status_code):
+                        lost_connection(self.alias)
+                    context.flush()
+                collected = responses.collect(response, self.conf.max_response_bytes)
             txn.complete(collected.status, collected.headers, collected.body,
                          too_large=collected.too_large, limit=self.conf.max_response_bytes)
         finally:

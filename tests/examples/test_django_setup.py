@@ -56,6 +56,14 @@ def test_a_sound_configuration_starts(refusals):
     assert refusals["authentication after, own scope"] is None
 
 
+def test_the_thread_guard_outlives_a_projects_own_execute_wrapper_block(tmp_path):
+    """The guard against queries from other threads (chttp_server/django/threads.py) is
+    added when a connection opens; one opened inside ``connection.execute_wrapper(w)``
+    must keep it, and lose ``w``, when the block ends."""
+    answers = check("wrappers", tmp_path)
+    assert answers == {"wrappers after": ["_refuse_foreign_threads"], "seen": 1}
+
+
 def test_each_user_has_an_id_space_of_their_own(tmp_path):
     answers = check("scope", tmp_path)
     assert answers["alice"][0] == {"status": 201, "replayed": None}
