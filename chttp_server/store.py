@@ -47,7 +47,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chttp_core import migrate
 from chttp_core.db import begin_immediately, is_disconnect
-from chttp_core.errors import ClaimTimedOut, StoreUnreachable
+from chttp_core.errors import ClaimLost, ClaimTimedOut, StoreUnreachable
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 from chttp_server import store_dbapi
 from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
@@ -71,6 +71,11 @@ _PG_LOCK_NOT_AVAILABLE = "55P03"
 #:   completed message is answered without a second query. After waiting on a concurrent
 #:   claimer that then committed, the snapshot predates that commit and the row is not
 #:   visible: the caller reads it with a separate lookup.
+#: * ``chttp.saved_lock_timeout`` is set for the rest of the transaction only (never
+#:   empty: it holds a lock_timeout), so it also marks the transaction as the one that
+#:   claimed: once that transaction ends — committed or rolled back by anyone, the
+#:   handler included — the setting reads ``''`` again, and the stored response's
+#:   UPDATE refuses to run (:data:`PG_CLAIMING`).
 _PG_CLAIM = text(
     "WITH claim AS ("
     "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
@@ -87,6 +92,26 @@ _PG_CLAIM = text(
     "ON stored.scope = :scope AND stored.message_id = :message_id"
 )
 
+#: The stored response's guard on PostgreSQL: true in the transaction that claimed, a
+#: ``division_by_zero`` error (SQLSTATE 22012) in any other — after the handler ended the
+#: claim's transaction (``COMMIT`` / ``ROLLBACK`` / ``END`` sent as SQL, a driver's
+#: ``commit()``), the next statement runs in a new transaction (or none, in autocommit)
+#: where the claim's transaction-local setting reads ``''`` (or NULL on a session that
+#: never claimed). An error rather than "0 rows": where ``COMMIT`` travels in the same
+#: query string (chttp_server.store_dbapi) the UPDATE's row count is never seen, and the
+#: error stops the rest of the string. It costs no round trip and no extra statement:
+#: the expression has no column, so the server evaluates it once per execution (a
+#: one-time filter), and nothing else in the UPDATE divides. Shared, word for word,
+#: by :data:`chttp_server.store_dbapi.COMPLETE` (which is why the text lives there).
+PG_CLAIMING = store_dbapi.CLAIMING
+#: SQLSTATE division_by_zero: :data:`PG_CLAIMING` found another transaction.
+_PG_NOT_CLAIMING = "22012"
+#: The SAVEPOINT that marks the claiming transaction on SQLite (which has no
+#: transaction-local settings): set right after the claim, released before the response
+#: is stored. A transaction ended by anyone else took the savepoint with it, and the
+#: release fails with "no such savepoint".
+_SQLITE_CLAIM_SAVEPOINT = "chttp_claim"
+
 #: Built once: constructing a statement per request costs more Python than running it.
 _LOOKUP = select(messages).where(
     messages.c.scope == bindparam("key_scope"), messages.c.message_id == bindparam("key_id")
@@ -98,6 +123,7 @@ _COMPLETE = (
     .values(status=bindparam("new_status"), headers=bindparam("new_headers"),
             body=bindparam("new_body", type_=LargeBinary))
 )
+_PG_COMPLETE = _COMPLETE.where(text(PG_CLAIMING))
 
 
 class MessageStore:
@@ -234,7 +260,10 @@ class MessageStore:
             )
             .on_conflict_do_nothing(index_elements=["scope", "message_id"])
         )
-        return connection.execute(statement).rowcount == 1, None
+        if connection.execute(statement).rowcount != 1:
+            return False, None
+        connection.exec_driver_sql(f"SAVEPOINT {_SQLITE_CLAIM_SAVEPOINT}")
+        return True, None
 
     def _insert_claim_postgresql(
         self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
@@ -260,7 +289,7 @@ class MessageStore:
             else:
                 row = connection.execute(_PG_CLAIM, params).one()
         except sa_exc.OperationalError as exc:
-            if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
+            if sqlstate(exc) == _PG_LOCK_NOT_AVAILABLE:
                 raise ClaimTimedOut(
                     key.message_id, self.claim_timeout, retry_after=max(1, round(self.claim_timeout))
                 ) from exc
@@ -278,18 +307,47 @@ class MessageStore:
         ``commit``: the caller commits right after (:meth:`commit`); where the store
         began the transaction itself on psycopg2, ``COMMIT`` then travels with the
         response's UPDATE (one round trip) and :meth:`commit` finds nothing left to do.
+
+        Raises :class:`ClaimLost`, storing nothing, if the transaction open on
+        ``connection`` is not the one that claimed ``key`` (someone — the handler —
+        committed or rolled it back in between): checked within the UPDATE itself on
+        PostgreSQL (:data:`PG_CLAIMING`), by releasing the claim's savepoint on SQLite.
         """
-        with _UNREACHABLE:
-            if self._dbapi:
-                store_dbapi.complete(connection, {
-                    "scope": key.scope, "message_id": key.message_id, "status": status,
-                    "headers": json.dumps(headers), "body": body,
-                }, prepared=self._prepared, commit=commit)
-                return
-            connection.execute(_COMPLETE, {
-                "key_scope": key.scope, "key_id": key.message_id,
-                "new_status": status, "new_headers": json.dumps(headers), "new_body": body,
-            })
+        try:
+            with _UNREACHABLE:
+                if not self._postgresql:
+                    self._release_claim_savepoint(connection, key)
+                    connection.execute(_COMPLETE, {
+                        "key_scope": key.scope, "key_id": key.message_id,
+                        "new_status": status, "new_headers": json.dumps(headers),
+                        "new_body": body,
+                    })
+                elif self._dbapi:
+                    store_dbapi.complete(connection, {
+                        "scope": key.scope, "message_id": key.message_id, "status": status,
+                        "headers": json.dumps(headers), "body": body,
+                    }, prepared=self._prepared, commit=commit)
+                else:
+                    connection.execute(_PG_COMPLETE, {
+                        "key_scope": key.scope, "key_id": key.message_id,
+                        "new_status": status, "new_headers": json.dumps(headers),
+                        "new_body": body,
+                    })
+        except sa_exc.DBAPIError as exc:
+            if self._postgresql and sqlstate(exc) == _PG_NOT_CLAIMING:
+                raise ClaimLost(key.message_id, "another transaction is open on the "
+                                "connection, or none") from exc
+            raise
+
+    @staticmethod
+    def _release_claim_savepoint(connection: Connection, key: MessageKey) -> None:
+        """SQLite: release the claim's savepoint, or raise :class:`ClaimLost` if it is gone."""
+        try:
+            connection.exec_driver_sql(f"RELEASE {_SQLITE_CLAIM_SAVEPOINT}")
+        except sa_exc.OperationalError as exc:
+            if "no such savepoint" in str(exc.orig):
+                raise ClaimLost(key.message_id, "the claim's savepoint is gone") from exc
+            raise
 
     # -- the message resource --------------------------------------------------------
 
@@ -393,6 +451,14 @@ def unreachable_as_store_error() -> AbstractContextManager[None]:
     database error is a real error of the statement and propagates unchanged.
     """
     return _UNREACHABLE
+
+
+def sqlstate(error: sa_exc.DBAPIError) -> str | None:
+    """The SQLSTATE of a PostgreSQL driver's error: psycopg2's ``pgcode``, psycopg 3's and
+    asyncpg's ``sqlstate`` (SQLAlchemy's asyncpg adapter sets both)."""
+    original = error.orig
+    code = getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
+    return str(code) if code else None
 
 
 def _first_line(error: BaseException) -> str:

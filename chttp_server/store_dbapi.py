@@ -55,7 +55,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 __all__ = ["supports", "prepares", "fuses", "install", "begin", "fused", "end", "claim", "complete", "lookup",
-           "CLAIM", "COMPLETE", "LOOKUP", "CLAIM_PREPARE", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
+           "CLAIM", "CLAIMING", "COMPLETE", "LOOKUP", "CLAIM_PREPARE", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -80,9 +80,13 @@ CLAIM = (
     "ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s"
 )
 
+#: True in the transaction that claimed, an error (SQLSTATE 22012) in any other: see
+#: :data:`chttp_server.store.PG_CLAIMING`, which is this text.
+CLAIMING = "1 / length(coalesce(current_setting('chttp.saved_lock_timeout', true), '')) >= 0"
+
 COMPLETE = (
     "UPDATE chttp_messages SET status = %(status)s, headers = %(headers)s, body = %(body)s "
-    "WHERE scope = %(scope)s AND message_id = %(message_id)s"
+    f"WHERE scope = %(scope)s AND message_id = %(message_id)s AND {CLAIMING}"
 )
 
 LOOKUP = (

@@ -58,7 +58,12 @@ from sqlalchemy import exc as sa_exc
 
 from chttp_core import migrate
 from chttp_core.telemetry import NOOP
-from chttp_core.errors import ClaimTimedOut, SchemaOutOfDateError, StoreUnreachable
+from chttp_core.errors import (
+    ClaimLost,
+    ClaimTimedOut,
+    SchemaOutOfDateError,
+    StoreUnreachable,
+)
 from chttp_server.decisions import (
     IncomingMessage,
     Outcome,
@@ -80,6 +85,9 @@ __all__ = ["MessageTransaction", "store_errors"]
 log = logging.getLogger("chttp_server")
 
 Headers = list[tuple[str, str]]
+
+_ENDED = ("the handler committed or rolled back the certified request's transaction; "
+          "nothing was stored (use connection.begin_nested() to undo part of it)")
 
 
 def store_errors(*, retry_after: int, message_id: str | None = None) -> AbstractContextManager[None]:
@@ -247,6 +255,7 @@ class MessageTransaction:
             if existing is not None:
                 self.rollback()
         if existing is not None:
+            self._report_without_response(existing)
             replay = stored_answer(existing, message.fingerprint, now)
             self.observed.finish(REPLAYED, replay.status)
             return replay
@@ -294,17 +303,24 @@ class MessageTransaction:
             # transaction runs in autocommit, chttp_server.store_dbapi), so writes the
             # handler meant to undo are still in it, or writes it meant to make durable
             # would wait for the response. Roll back the whole message instead.
-            raise HandlerEndedTransaction(
-                "the handler committed or rolled back the certified request's transaction; "
-                "nothing was stored (use connection.begin_nested() to undo part of it)")
+            raise HandlerEndedTransaction(_ENDED)
         with self._errors():
             if decision is Outcome.ROLL_BACK:
                 self.rollback()
                 self.observed.finish(ROLLED_BACK, status)
                 return False
             with self.observed.store(len(body)):
-                self.store.complete(self.connection, self.key, status, headers, body,
-                                    commit=not self.joined)
+                try:
+                    self.store.complete(self.connection, self.key, status, headers, body,
+                                        commit=not self.joined)
+                except ClaimLost as lost:
+                    self.abort()
+                    log.error("chttp: the handler of message %r (scope %r) ended the message's "
+                              "transaction itself (%s): nothing was stored. If it committed, "
+                              "the claim and the work before that commit are durable, and "
+                              "retries are answered 410 message-outcome-unknown",
+                              self.key.message_id, self.key.scope, lost.how)
+                    raise HandlerEndedTransaction(_ENDED) from lost
                 self.commit()
         self.observed.finish(PROCESSED, status)
         return True
@@ -316,7 +332,21 @@ class MessageTransaction:
         with self._errors():
             stored = self.store.lookup(self.connection, self.key)
             self.rollback()
+        if stored is not None:
+            self._report_without_response(stored)
         return stored
+
+    def _report_without_response(self, stored: StoredMessage) -> None:
+        """Log a row committed without its response (answered 410 message-outcome-unknown).
+
+        Only a handler that ended the message's transaction itself leaves one (§2); the
+        operator should hear of every message whose outcome the receiver cannot give.
+        """
+        if stored.status is None and not stored.acknowledged:
+            log.error("chttp: message %r (scope %r) was committed without a response, "
+                      "received %s: a handler ended its transaction itself; its outcome is "
+                      "unknown and retries are answered 410 message-outcome-unknown",
+                      stored.key.message_id, stored.key.scope, stored.received_at.isoformat())
 
     def acknowledge(self) -> StoredMessage | None:
         """Tombstone the row (DELETE of the message URL) and commit; the row as it was."""

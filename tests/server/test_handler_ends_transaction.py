@@ -1,0 +1,232 @@
+"""A handler that ends the message's transaction itself never wedges its message (issue 23).
+
+The transaction belongs to the message (docs/protocol.rst §2). A handler may still end
+it: through the connection's ``commit()`` / ``rollback()``, or by sending ``COMMIT`` /
+``ROLLBACK`` / ``END`` as SQL. Before this was detected, a raw ``COMMIT`` made the claim
+row durable as "completed" with no response, and every retry until the expiry was a
+bare 500 (``assert message.status is not None`` in the replay).
+
+Now, for every way × (the handler returns normally, the handler raises), on SQLite, on
+PostgreSQL through psycopg2 (the store's own fused transaction) and through psycopg 3
+(SQLAlchemy's transaction):
+
+* returning normally is refused with :class:`HandlerEndedTransaction` and nothing is
+  stored (the store checks, within the stored response's own statement, that its
+  transaction is still the claiming one);
+* when the transaction was really committed on the server, the claim and the work
+  before the commit are durable: every retry and the message URL get 410
+  ``message-outcome-unknown`` problem+json (never a bare 500, never a second run);
+* when it was rolled back (or, on psycopg2's fused transaction, ``commit()`` /
+  ``rollback()`` never reached the server), nothing is left and the retry runs afresh,
+  exactly once.
+
+A SIGKILL after a raw ``COMMIT`` (tests/server/crash_app.py) leaves the same durable row:
+the restarted receiver answers its retry 410 too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable, Iterable
+
+import pytest
+import webtest
+from sqlalchemy import func, insert, select
+
+from chttp_core.db import make_engine
+from chttp_core.migrate import upgrade
+from chttp_core.schema import messages
+from chttp_server import CertifiedMiddleware
+from chttp_server.context import ENVIRON_KEY
+from chttp_server.errors import HandlerEndedTransaction
+
+from .apps import count_writes, host_metadata, host_writes
+
+#: How a handler ends the transaction, and whether that commits it on the server.
+WAYS: dict[str, Callable[[Any], object]] = {
+    "connection.commit()": lambda connection: connection.commit(),
+    "connection.rollback()": lambda connection: connection.rollback(),
+    "COMMIT": lambda connection: connection.exec_driver_sql("COMMIT"),
+    "ROLLBACK": lambda connection: connection.exec_driver_sql("ROLLBACK"),
+    "END": lambda connection: connection.exec_driver_sql("END"),
+}
+
+
+class Failed(RuntimeError):
+    """The handler's own failure after it ended the transaction."""
+
+
+def ending_app(end: Callable[[Any], object], *, then_raise: bool) -> Callable[..., Iterable[bytes]]:
+    """Writes once, ends the transaction its way, then raises or answers 201."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        context = environ[ENVIRON_KEY]
+        context.connection.execute(insert(host_writes).values(
+            message_id=context.message_id, note="before"))
+        end(context.connection)
+        if then_raise:
+            raise Failed("the handler failed after ending the transaction")
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [b"ended"]
+
+    return app
+
+
+def fixed_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    context = environ[ENVIRON_KEY]
+    context.connection.execute(insert(host_writes).values(
+        message_id=context.message_id, note="fixed"))
+    start_response("201 Created", [("Content-Type", "text/plain")])
+    return [b"fixed"]
+
+
+@pytest.fixture(params=["sqlite", "psycopg2", "psycopg"])
+def store_engine(request):
+    """A migrated database: SQLite, or PostgreSQL through psycopg2 (the store's fused
+    transaction) or psycopg 3 (SQLAlchemy's own transaction)."""
+    if request.param == "sqlite":
+        url = request.getfixturevalue("sqlite_url")
+    else:
+        url = request.getfixturevalue("pg_url")
+        url = url.replace("postgresql://", f"postgresql+{request.param}://", 1)
+    engine = make_engine(url, pool_pre_ping=False)
+    host_metadata.create_all(engine)
+    upgrade(engine)
+    yield request.param, engine
+    engine.dispose()
+
+
+def message_rows(engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(
+            select(messages.c.message_id, messages.c.state, messages.c.status))]
+
+
+def committed_on_server(driver: str, way: str) -> bool:
+    """True if this way really commits the claim's transaction on the server.
+
+    psycopg2's fused transaction runs in driver autocommit: its ``commit()`` is a no-op
+    on the server (the transaction stays open and is refused before storing, as before).
+    """
+    if way in ("COMMIT", "END"):
+        return True
+    return way == "connection.commit()" and driver != "psycopg2"
+
+
+@pytest.mark.parametrize("then_raise", [pytest.param(False, id="returns"),
+                                        pytest.param(True, id="raises")])
+@pytest.mark.parametrize("way", list(WAYS))
+def test_a_handler_that_ends_the_transaction_never_wedges_its_message(
+        store_engine, way, then_raise, caplog):
+    driver, engine = store_engine
+    broken = webtest.TestApp(CertifiedMiddleware(
+        ending_app(WAYS[way], then_raise=then_raise), engine=engine))
+    message_id = "ends-1"
+    with pytest.raises(Failed if then_raise else HandlerEndedTransaction):
+        broken.post("/orders", b"1", headers={"X-Message-ID": message_id})
+
+    fixed = webtest.TestApp(CertifiedMiddleware(fixed_app, engine=engine))
+    if committed_on_server(driver, way):
+        # The handler's own commit made the claim and its first write durable: that work
+        # must not run again, and there is no response to replay.
+        assert message_rows(engine) == [(message_id, "completed", None)]
+        assert count_writes(engine, "before") == 1
+        with caplog.at_level(logging.ERROR, logger="chttp_server"):
+            retry = fixed.post("/orders", b"1", headers={"X-Message-ID": message_id},
+                               status=410)
+            fetched = fixed.get(f"/chttp/messages/{message_id}", status=410)
+        for answer in (retry, fetched):
+            assert answer.content_type == "application/problem+json"
+            problem = json.loads(answer.body)
+            assert problem["type"] == "message-outcome-unknown"
+            assert problem["status"] == 410
+        assert sum("committed without a response" in record.getMessage()
+                   for record in caplog.records) == 2
+        assert count_writes(engine, "fixed") == 0
+        # The sender may still acknowledge it; the tombstone answers 410 as ever.
+        fixed.delete(f"/chttp/messages/{message_id}", status=204)
+        assert json.loads(fixed.get(f"/chttp/messages/{message_id}", status=410).body)[
+            "type"] == "message-acknowledged"
+    else:
+        assert message_rows(engine) == []
+        assert count_writes(engine) == 0
+        first = fixed.post("/orders", b"1", headers={"X-Message-ID": message_id}, status=201)
+        again = fixed.post("/orders", b"1", headers={"X-Message-ID": message_id}, status=201)
+        assert again.headers["Idempotent-Replayed"] == "true" and again.body == first.body
+        assert count_writes(engine, "fixed") == 1
+
+
+def test_a_handler_that_ends_the_transaction_and_writes_on_is_refused(store_engine):
+    """Writes after a raw ``COMMIT``: the stored response is refused all the same."""
+    driver, engine = store_engine
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        context = environ[ENVIRON_KEY]
+        context.connection.exec_driver_sql("COMMIT")
+        context.connection.execute(insert(host_writes).values(
+            message_id=context.message_id, note="after"))
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    with pytest.raises(HandlerEndedTransaction):
+        webtest.TestApp(CertifiedMiddleware(app, engine=engine)).post(
+            "/x", b"", headers={"X-Message-ID": "ends-2"})
+    assert message_rows(engine) == [("ends-2", "completed", None)]
+
+
+def test_no_message_is_stored_without_its_response_by_the_refusal(store_engine):
+    """The refusal itself stores nothing: every row the store holds has its response or
+    was left by the handler's own commit."""
+    driver, engine = store_engine
+    app = webtest.TestApp(CertifiedMiddleware(fixed_app, engine=engine))
+    for number in range(3):
+        app.post("/x", b"", headers={"X-Message-ID": f"ok-{number}"}, status=201)
+    with engine.connect() as connection:
+        incomplete = connection.execute(select(func.count()).select_from(messages).where(
+            messages.c.status.is_(None))).scalar_one()
+    assert incomplete == 0
+
+
+@pytest.mark.slow
+def test_sigkill_after_the_handlers_own_commit_is_answered_410_not_500(db_url, tmp_path):
+    """The handler sends ``COMMIT``, then its process is SIGKILLed: the claim and the first
+    half are durable, the response never existed. The restarted receiver answers the
+    retry 410 message-outcome-unknown and does not run the handler again."""
+    import httpx
+
+    from .live import ServerProcess, wait_for
+
+    engine = make_engine(db_url)
+    host_metadata.create_all(engine)
+    upgrade(engine)
+    (tmp_path / "hold").touch()
+    env = {"CHTTP_TEST_HOLD_DIR": str(tmp_path)}
+
+    def send(base: str) -> httpx.Response:
+        return httpx.post(f"{base}/?end=COMMIT", content=b"pay 10",
+                          headers={"X-Message-ID": "killed-1"}, timeout=60)
+
+    try:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            with ServerProcess("tests.server.crash_app:app", db_url, env=env) as doomed:
+                lost = pool.submit(send, doomed.url)
+                wait_for((tmp_path / "reached").exists, what="the handler to hold after COMMIT")
+                doomed.kill()
+            with pytest.raises(httpx.TransportError):
+                lost.result()
+        assert message_rows(engine) == [("killed-1", "completed", None)]
+        (tmp_path / "hold").unlink()
+        with ServerProcess("tests.server.crash_app:app", db_url, env=env) as fresh:
+            retry = send(fresh.url)
+            again = send(fresh.url)
+        for answer in (retry, again):
+            assert answer.status_code == 410, answer.text
+            assert answer.headers["Content-Type"] == "application/problem+json"
+            assert answer.json()["type"] == "message-outcome-unknown"
+        assert count_writes(engine, "first-half") == 1
+        assert count_writes(engine, "second-half") == 0
+    finally:
+        engine.dispose()
