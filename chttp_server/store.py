@@ -191,6 +191,28 @@ class MessageStore:
         do nothing on the server; only :meth:`commit` and :meth:`rollback` end it."""
         return self._fused and store_dbapi.fused(connection)
 
+    def lost(self, connection: Connection) -> bool:
+        """True if ``connection`` is known to be dead, without a round trip.
+
+        SQLAlchemy invalidated it (a statement met a disconnect), or the driver says its
+        connection is closed or broken (psycopg2's ``closed``, psycopg 3's ``broken``,
+        asyncpg's ``is_closed()`` behind SQLAlchemy's adapter). A connection closed by
+        its user is not "lost": using it afterwards is a bug, not an outage.
+        """
+        if connection.invalidated:
+            return True
+        if connection.closed:
+            return False
+        dbapi_connection: Any = connection.connection.dbapi_connection
+        if dbapi_connection is None:
+            return True
+        closed = getattr(dbapi_connection, "closed", False)
+        if (closed and not callable(closed)) or getattr(dbapi_connection, "broken", False) is True:
+            return True
+        driver = getattr(dbapi_connection, "_connection", None)
+        is_closed = getattr(driver, "is_closed", None)
+        return bool(callable(is_closed) and is_closed())
+
     def commit(self, connection: Connection) -> None:
         with _UNREACHABLE:
             if self._fused:
@@ -199,6 +221,9 @@ class MessageStore:
 
     def rollback(self, connection: Connection) -> None:
         with _UNREACHABLE:
+            if connection.invalidated:
+                connection.rollback()  # what SQLAlchemy asks for after a disconnect
+                return
             if self._fused:
                 store_dbapi.end(connection, "ROLLBACK")
             if connection.in_transaction():

@@ -57,6 +57,7 @@ from sqlalchemy import Connection, RootTransaction
 from sqlalchemy import exc as sa_exc
 
 from chttp_core import migrate
+from chttp_core.db import is_driver_disconnect
 from chttp_core.telemetry import NOOP
 from chttp_core.errors import (
     ClaimLost,
@@ -90,12 +91,21 @@ _ENDED = ("the handler committed or rolled back the certified request's transact
           "nothing was stored (use connection.begin_nested() to undo part of it)")
 
 
-def store_errors(*, retry_after: int, message_id: str | None = None) -> AbstractContextManager[None]:
+def store_errors(*, retry_after: int, message_id: str | None = None,
+                 lost: Callable[[], bool] | None = None) -> AbstractContextManager[None]:
     """Turn the store's failures into the answers of docs/protocol.rst §4. The only place.
 
     * :class:`StoreUnreachable`, or a SQLAlchemy error whose connection was invalidated
       (whoever ran the statement: the handler's statements share the connection), or a
       pool that cannot hand one out → 503 ``store-unavailable`` + ``Retry-After``;
+    * what a dead connection raises *after* it died, → the same 503: SQLAlchemy's
+      ``PendingRollbackError``, ``ResourceClosedError`` or any ``InvalidRequestError``
+      ("inactive transaction", "can't reconnect until invalid transaction is rolled
+      back") when ``lost()`` says the message's connection is gone or the error was
+      raised from a disconnect; a driver's own disconnect error that SQLAlchemy never
+      saw (psycopg 3, psycopg2, asyncpg: :func:`chttp_core.db.is_driver_disconnect`).
+      The same ``InvalidRequestError`` on a live connection is the application's bug
+      and propagates;
     * :class:`SchemaOutOfDateError` (met after start-up) → 503 naming the command;
     * :class:`ClaimTimedOut` → 409 ``message-in-progress`` + ``Retry-After``.
 
@@ -103,18 +113,20 @@ def store_errors(*, retry_after: int, message_id: str | None = None) -> Abstract
     database states, so it goes to the log only. The returned manager is stateless and
     may be entered again and again (a transaction keeps one).
     """
-    return _StoreErrors(retry_after, message_id)
+    return _StoreErrors(retry_after, message_id, lost)
 
 
 class _StoreErrors:
     """:func:`store_errors` as a class: it wraps every step of every request, and a
     generator-based ``@contextmanager`` costs several microseconds per use."""
 
-    __slots__ = ("retry_after", "message_id")
+    __slots__ = ("retry_after", "message_id", "lost")
 
-    def __init__(self, retry_after: int, message_id: str | None) -> None:
+    def __init__(self, retry_after: int, message_id: str | None,
+                 lost: Callable[[], bool] | None = None) -> None:
         self.retry_after = retry_after
         self.message_id = message_id
+        self.lost = lost
 
     def __enter__(self) -> None:
         return None
@@ -129,6 +141,10 @@ class _StoreErrors:
             reason = str(exc)
         elif isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
             reason = f"connection lost: {str(exc.orig).strip()}"
+        elif isinstance(exc, sa_exc.InvalidRequestError) and self._after_loss(exc):
+            reason = f"connection lost earlier: {type(exc).__name__}: {_first_line(exc)}"
+        elif not isinstance(exc, sa_exc.SQLAlchemyError) and is_driver_disconnect(exc):
+            reason = f"connection lost: {type(exc).__name__}: {_first_line(exc)}"
         elif isinstance(exc, SchemaOutOfDateError):
             log.error("chttp: %s", exc)
             raise StoreUnavailable(
@@ -144,6 +160,17 @@ class _StoreErrors:
             return None
         log.warning("chttp message store unavailable (message %r): %s", self.message_id, reason)
         raise StoreUnavailable(retry_after=self.retry_after, message_id=self.message_id) from exc
+
+    def _after_loss(self, exc: sa_exc.InvalidRequestError) -> bool:
+        """True if this misuse error is the echo of a connection that died before it."""
+        if "can't reconnect until invalid" in str(exc).lower():
+            return True  # SQLAlchemy says it: the connection was invalidated
+        return (self.lost is not None and self.lost()) or is_driver_disconnect(exc)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class MessageTransaction:
@@ -178,7 +205,8 @@ class MessageTransaction:
         #: What the protocol asked for: ``STORE`` once committed, ``ROLL_BACK`` once
         #: rolled back (a retry answered from the store, a 5xx), ``None`` before.
         self.outcome: Outcome | None = None
-        self._guard = store_errors(retry_after=retry_after, message_id=key.message_id)
+        self._guard = store_errors(retry_after=retry_after, message_id=key.message_id,
+                                   lost=self.connection_lost)
         self.observed = observation
         #: Own mode: the transaction the store began, which the handler must not end.
         self._root: RootTransaction | None = None
@@ -197,6 +225,10 @@ class MessageTransaction:
         if self.received_at is None:
             raise RuntimeError("the message has not been claimed")
         return self.received_at + self.store.retention
+
+    def connection_lost(self) -> bool:
+        """True if the message's connection is known to be dead (see :meth:`MessageStore.lost`)."""
+        return self._connection is not None and self.store.lost(self._connection)
 
     def begin(self) -> MessageTransaction:
         """Open a connection and begin (own mode); nothing in joined mode."""
@@ -306,6 +338,12 @@ class MessageTransaction:
             raise HandlerEndedTransaction(_ENDED)
         with self._errors():
             if decision is Outcome.ROLL_BACK:
+                if self.connection_lost():
+                    # A 5xx the application built from its own failed statement (Flask
+                    # and Django turn a view's exception into a 500 page): the failure
+                    # was the store's, and the answer is 503 with Retry-After (§4).
+                    self.abort()
+                    raise StoreUnreachable("the connection was lost while the handler ran")
                 self.rollback()
                 self.observed.finish(ROLLED_BACK, status)
                 return False
