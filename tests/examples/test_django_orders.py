@@ -228,6 +228,32 @@ def test_a_429_after_writes_rolls_back_and_the_retry_runs_again(project):
     assert project.stored("b-1") == 0
 
 
+@pytest.mark.parametrize("then", ["return", "raise"])
+def test_a_view_that_sends_commit_never_wedges_its_message(project, then):
+    """``cursor.execute("COMMIT")`` in a view (issue 23): the claim and the order before
+    the COMMIT are durable, so the view must not run again, and there is no response to
+    replay. Returning normally is refused (HandlerEndedTransaction, Django's 500); every
+    retry and the message URL get 410 message-outcome-unknown problem+json, never a bare
+    500 until the expiry."""
+    message_id = f"commits-{then}"
+    item = f"committed-{then}"
+    url = f"{project.url}/orders/commits?item={item}&then={then}"
+    with httpx.Client(timeout=30) as client:
+        first = client.post(url, content=b"{}", headers={"X-Message-ID": message_id})
+        retries = [client.post(url, content=b"{}", headers={"X-Message-ID": message_id})
+                   for _ in range(2)]
+        fetched = client.get(f"{project.url}/chttp/messages/{message_id}")
+    assert first.status_code == 500
+    for answer in (*retries, fetched):
+        assert answer.status_code == 410, answer.text
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.json()["type"] == "message-outcome-unknown"
+    assert project.orders(item) == 1
+    assert runs(project.test_dir).count(f"commits {message_id}") == 1
+    assert scalar(project.db_url, "SELECT count(*) FROM chttp_messages WHERE message_id = "
+                  ":id AND status IS NULL", id=message_id) == 1
+
+
 def test_requests_without_an_id_are_unchanged(project):
     with httpx.Client(timeout=30) as client:
         created = order(client, project.url, None, item="plain")

@@ -230,3 +230,66 @@ def test_sigkill_after_the_handlers_own_commit_is_answered_410_not_500(db_url, t
         assert count_writes(engine, "second-half") == 0
     finally:
         engine.dispose()
+
+
+def flask_app(url: str, *, then_raise: bool) -> Any:
+    """A Flask-SQLAlchemy view that writes, sends ``COMMIT`` through ``db.session``, then
+    raises or answers 201 (Flask turns the raise into its own 500 page)."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy import text
+
+    from chttp_core.db import normalize_url
+    from chttp_server.flask import Certified, current_message
+
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalize_url(url).render_as_string(
+        hide_password=False)
+    db = SQLAlchemy()
+    db.init_app(app)
+
+    @app.post("/orders")
+    def create() -> tuple[dict[str, str], int]:
+        message = current_message()
+        assert message is not None
+        db.session.execute(insert(host_writes).values(message_id=message.message_id,
+                                                      note="before"))
+        db.session.execute(text("COMMIT"))
+        if then_raise:
+            raise Failed("the view failed after its COMMIT")
+        return {"ok": message.message_id}, 201
+
+    Certified(app, db)
+    return app
+
+
+@pytest.mark.parametrize("then_raise", [pytest.param(False, id="returns"),
+                                        pytest.param(True, id="raises")])
+def test_flask_session_commit_sql_never_wedges_its_message(db_url, then_raise):
+    from chttp_server.flask import Certified
+
+    engine = make_engine(db_url)
+    host_metadata.create_all(engine)
+    upgrade(engine)
+    app = flask_app(db_url, then_raise=then_raise)
+    client = webtest.TestApp(app)
+    try:
+        try:
+            first_status: object = client.post("/orders", b"1", headers={
+                "X-Message-ID": "flask-1"}, expect_errors=True).status_int
+        except Exception as error:  # noqa: BLE001 - the refusal may surface as an exception
+            first_status = type(error).__name__
+        # The first answer is the view's failure: its session's own savepoint vanished
+        # with the COMMIT (a 500, or the driver's error on the way out of the view).
+        assert first_status == 500 or first_status in (
+            "HandlerEndedTransaction", "OperationalError", "InternalError"), first_status
+        # The view's COMMIT made the claim and its first write durable: 410, never 500,
+        # never a second run.
+        assert message_rows(engine) == [("flask-1", "completed", None)]
+        for _ in range(2):
+            retry = client.post("/orders", b"1", headers={"X-Message-ID": "flask-1"}, status=410)
+            assert json.loads(retry.body)["type"] == "message-outcome-unknown"
+        assert count_writes(engine, "before") == 1
+    finally:
+        Certified.middleware(app).engine.dispose()
+        engine.dispose()
