@@ -24,6 +24,7 @@ serialised and a claimer can only ever meet committed rows.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -161,6 +162,8 @@ class MessageStore:
         self._fused = self._dbapi and store_dbapi.fuses(engine)
         if self._fused:
             store_dbapi.install(engine)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
 
     # -- connections -----------------------------------------------------------------
 
@@ -228,6 +231,27 @@ class MessageStore:
                 store_dbapi.end(connection, "ROLLBACK")
             if connection.in_transaction():
                 connection.rollback()
+
+    @property
+    def schema_ready(self) -> bool:
+        """True once :meth:`ensure_schema` has succeeded in this process."""
+        return self._schema_ready
+
+    def ensure_schema(self, *, upgrade: bool) -> None:
+        """:meth:`prepare_schema` until it succeeds once, then nothing (one flag read).
+
+        Every front end calls this before each message while the schema is not known
+        to be ready, so a receiver that started while its store was down checks — or,
+        with ``upgrade``, upgrades — the schema on the first request after the store is
+        back, and serves it (docs/protocol.rst §4). One thread at a time runs it; the
+        others wait for that one's outcome rather than each upgrading.
+        """
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self.prepare_schema(upgrade=upgrade)
+                self._schema_ready = True
 
     def prepare_schema(self, *, upgrade: bool) -> None:
         """Bring the schema to head (``upgrade``) or check that it is there.
