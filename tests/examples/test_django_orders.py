@@ -254,6 +254,41 @@ def test_a_view_that_sends_commit_never_wedges_its_message(project, then):
                   ":id AND status IS NULL", id=message_id) == 1
 
 
+def test_a_body_over_djangos_upload_limit_is_413_problem_json(project):
+    """Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB by default) is below the certified cap
+    (10 MiB): a certified body between the two is 413 request-too-large problem+json, the
+    view never runs, nothing is stored (was: Django's HTML 400). Below it, served."""
+    big = b"x" * (3 * 1024 * 1024)
+    with httpx.Client(timeout=60) as client:
+        refused = client.post(f"{project.url}/orders/counted", content=big,
+                              headers={"X-Message-ID": "big-1"})
+        served = client.post(f"{project.url}/orders/counted", content=b"x" * 1024,
+                             headers={"X-Message-ID": "big-2"})
+    assert refused.status_code == 413, refused.text
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["type"] == "request-too-large" and "2621440 bytes" in problem["detail"]
+    assert served.status_code == 201
+    assert "counted big-1" not in runs(project.test_dir)
+    assert project.stored("big-1") == 0
+
+
+@pytest.mark.parametrize("upload_max,warned", [
+    pytest.param(None, True, id="django-default"),
+    pytest.param(str(10 * 1024 * 1024), False, id="raised-to-ours"),
+])
+def test_the_system_check_names_djangos_upload_limit(tmp_path, upload_max, warned):
+    env = django_env(f"sqlite:///{tmp_path / 'check.db'}", tmp_path)
+    if upload_max is not None:
+        env["CHTTP_TEST_UPLOAD_MAX"] = upload_max
+    done = manage(env, "check")
+    output = done.stdout + done.stderr
+    assert ("chttp.W001" in output) is warned, output
+    if warned:
+        assert "DATA_UPLOAD_MAX_MEMORY_SIZE (2621440 bytes)" in output
+        assert "CHTTP['MAX_REQUEST_BYTES'] (10485760 bytes)" in output
+
+
 def test_requests_without_an_id_are_unchanged(project):
     with httpx.Client(timeout=30) as client:
         created = order(client, project.url, None, item="plain")
