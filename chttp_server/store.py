@@ -24,8 +24,10 @@ serialised and a claimer can only ever meet committed rows.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
+import weakref
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -113,6 +115,49 @@ _PG_NOT_CLAIMING = "22012"
 #: release fails with "no such savepoint".
 _SQLITE_CLAIM_SAVEPOINT = "chttp_claim"
 
+#: SQLite connections whose transaction claimed a message and is not yet over; see
+#: :func:`_refuse_outside_the_claim`.
+_SQLITE_CLAIMED: weakref.WeakSet[Connection] = weakref.WeakSet()
+_SQLITE_GUARD_INSTALLED = "chttp_sqlite_guard_installed"
+_ENDED = ("chttp: the certified request's transaction was ended (COMMIT / ROLLBACK sent "
+          "by the handler); this statement would run outside it and was not sent")
+
+
+class _SQLiteTransactionEnded(sqlite3.ProgrammingError):
+    """A statement refused, unsent: it would have run outside the message's transaction."""
+
+
+def _refuse_outside_the_claim(connection: Connection, cursor: Any, statement: str,
+                              parameters: Any, context: Any, executemany: bool) -> None:
+    """Before every statement on a SQLite store's engine: none runs outside the claim.
+
+    The store's engines take transaction control from pysqlite (``BEGIN IMMEDIATE``,
+    :mod:`chttp_core.db`), so after a handler sends ``COMMIT`` / ``ROLLBACK`` / ``END``
+    itself every later statement would be its own committed transaction: after a
+    ``ROLLBACK`` those writes would survive without their message, and the retry would
+    make them again. While a message is claimed on the connection, a statement that finds
+    no transaction open is refused before it is sent (an in-process flag read). The
+    store's own stored response meets the same refusal and reports the claim lost.
+    """
+    if connection in _SQLITE_CLAIMED:
+        dbapi_connection: Any = connection.connection.dbapi_connection
+        if dbapi_connection is not None and not dbapi_connection.in_transaction:
+            raise _SQLiteTransactionEnded(_ENDED)
+
+
+def _guard_sqlite(engine: Engine) -> None:
+    from sqlalchemy import event
+
+    if not getattr(engine, _SQLITE_GUARD_INSTALLED, False):
+        event.listen(engine, "before_cursor_execute", _refuse_outside_the_claim)
+        setattr(engine, _SQLITE_GUARD_INSTALLED, True)
+
+
+def refused_as_ended(error: sa_exc.DBAPIError) -> bool:
+    """True if ``error`` is a statement refused because the transaction was ended."""
+    return isinstance(error.orig, _SQLiteTransactionEnded) or store_dbapi.ended(error)
+
+
 #: Built once: constructing a statement per request costs more Python than running it.
 _LOOKUP = select(messages).where(
     messages.c.scope == bindparam("key_scope"), messages.c.message_id == bindparam("key_id")
@@ -164,6 +209,8 @@ class MessageStore:
             store_dbapi.install(engine)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        if engine.dialect.name == "sqlite":
+            _guard_sqlite(engine)
 
     # -- connections -----------------------------------------------------------------
 
@@ -216,13 +263,21 @@ class MessageStore:
         is_closed = getattr(driver, "is_closed", None)
         return bool(callable(is_closed) and is_closed())
 
+    @staticmethod
+    def end_claim(connection: Connection) -> None:
+        """The message claimed on ``connection`` is done (stored, or about to be rolled
+        back by whoever owns the transaction): stop guarding its statements."""
+        _SQLITE_CLAIMED.discard(connection)
+
     def commit(self, connection: Connection) -> None:
+        _SQLITE_CLAIMED.discard(connection)
         with _UNREACHABLE:
             if self._fused:
                 store_dbapi.end(connection, "COMMIT")
             connection.commit()
 
     def rollback(self, connection: Connection) -> None:
+        _SQLITE_CLAIMED.discard(connection)
         with _UNREACHABLE:
             if connection.invalidated:
                 connection.rollback()  # what SQLAlchemy asks for after a disconnect
@@ -312,6 +367,7 @@ class MessageStore:
         if connection.execute(statement).rowcount != 1:
             return False, None
         connection.exec_driver_sql(f"SAVEPOINT {_SQLITE_CLAIM_SAVEPOINT}")
+        _SQLITE_CLAIMED.add(connection)
         return True, None
 
     def _insert_claim_postgresql(
@@ -383,7 +439,7 @@ class MessageStore:
                         "new_body": body,
                     })
         except sa_exc.DBAPIError as exc:
-            if self._postgresql and sqlstate(exc) == _PG_NOT_CLAIMING:
+            if (self._postgresql and sqlstate(exc) == _PG_NOT_CLAIMING) or refused_as_ended(exc):
                 raise ClaimLost(key.message_id, "another transaction is open on the "
                                 "connection, or none") from exc
             raise
@@ -393,8 +449,8 @@ class MessageStore:
         """SQLite: release the claim's savepoint, or raise :class:`ClaimLost` if it is gone."""
         try:
             connection.exec_driver_sql(f"RELEASE {_SQLITE_CLAIM_SAVEPOINT}")
-        except sa_exc.OperationalError as exc:
-            if "no such savepoint" in str(exc.orig):
+        except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
+            if "no such savepoint" in str(exc.orig) or refused_as_ended(exc):
                 raise ClaimLost(key.message_id, "the claim's savepoint is gone") from exc
             raise
 

@@ -78,7 +78,7 @@ from chttp_server.errors import (
     ProtocolError,
     StoreUnavailable,
 )
-from chttp_server.store import MessageKey, MessageStore, StoredMessage
+from chttp_server.store import MessageKey, MessageStore, StoredMessage, refused_as_ended
 from chttp_server.telemetry import PROCESSED, REPLAYED, ROLLED_BACK
 
 __all__ = ["MessageTransaction", "store_errors"]
@@ -135,6 +135,9 @@ class _StoreErrors:
                  traceback: TracebackType | None) -> None:
         if exc is None or isinstance(exc, ProtocolError):
             return None
+        if isinstance(exc, sa_exc.DBAPIError) and refused_as_ended(exc):
+            # A statement refused because the handler ended the message's transaction.
+            raise HandlerEndedTransaction(_ENDED) from exc
         if isinstance(exc, StoreUnreachable):
             reason = exc.reason
         elif isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
@@ -396,6 +399,8 @@ class MessageTransaction:
     # -- commit / rollback -----------------------------------------------------------
 
     def commit(self) -> None:
+        if self._connection is not None:
+            self.store.end_claim(self._connection)
         with self._errors():
             if not self.joined:
                 self.store.commit(self.connection)
@@ -404,6 +409,8 @@ class MessageTransaction:
         self.outcome = Outcome.STORE
 
     def rollback(self) -> None:
+        if self._connection is not None:
+            self.store.end_claim(self._connection)
         with self._errors():
             if not self.joined:
                 self.store.rollback(self.connection)
@@ -416,6 +423,7 @@ class MessageTransaction:
         self.outcome = Outcome.ROLL_BACK
         if self._connection is None:
             return
+        self.store.end_claim(self._connection)
         if not self.joined:
             self._quiet_rollback(self._connection)
         elif self._rollback is not None:

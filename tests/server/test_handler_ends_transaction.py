@@ -157,22 +157,45 @@ def test_a_handler_that_ends_the_transaction_never_wedges_its_message(
         assert count_writes(engine, "fixed") == 1
 
 
-def test_a_handler_that_ends_the_transaction_and_writes_on_is_refused(store_engine):
-    """Writes after a raw ``COMMIT``: the stored response is refused all the same."""
+@pytest.mark.parametrize("way", ["COMMIT", "ROLLBACK", "END"])
+def test_nothing_a_handler_writes_after_ending_the_transaction_survives(store_engine, way):
+    """Writes after the handler's own ``COMMIT`` / ``ROLLBACK``: where the driver is in
+    autocommit (psycopg2's fused transaction, SQLite's BEGIN IMMEDIATE) each would have
+    committed on its own — after a ROLLBACK without its message, and again on the retry.
+    They are refused unsent (a DB-API ProgrammingError the handler sees), or, on psycopg 3,
+    run in a new transaction that the refusal rolls back. Either way none survives, and
+    a handler that swallows the error is still refused as a whole."""
     driver, engine = store_engine
+    refused: list[str] = []
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         context = environ[ENVIRON_KEY]
-        context.connection.exec_driver_sql("COMMIT")
         context.connection.execute(insert(host_writes).values(
-            message_id=context.message_id, note="after"))
+            message_id=context.message_id, note="before"))
+        context.connection.exec_driver_sql(way)
+        try:
+            context.connection.execute(insert(host_writes).values(
+                message_id=context.message_id, note="after"))
+        except Exception as error:  # noqa: BLE001 - a handler that swallows it
+            refused.append(type(error).__name__)
         start_response("200 OK", [])
         return [b"ok"]
 
     with pytest.raises(HandlerEndedTransaction):
         webtest.TestApp(CertifiedMiddleware(app, engine=engine)).post(
             "/x", b"", headers={"X-Message-ID": "ends-2"})
-    assert message_rows(engine) == [("ends-2", "completed", None)]
+    assert count_writes(engine, "after") == 0
+    assert refused == ([] if driver == "psycopg" else ["ProgrammingError"])
+    fixed = webtest.TestApp(CertifiedMiddleware(fixed_app, engine=engine))
+    if way == "ROLLBACK":
+        assert message_rows(engine) == [] and count_writes(engine) == 0
+        fixed.post("/x", b"", headers={"X-Message-ID": "ends-2"}, status=201)
+        assert count_writes(engine, "fixed") == 1
+    else:
+        assert message_rows(engine) == [("ends-2", "completed", None)]
+        assert count_writes(engine, "before") == 1
+        fixed.post("/x", b"", headers={"X-Message-ID": "ends-2"}, status=410)
+        assert count_writes(engine, "fixed") == 0
 
 
 def test_no_message_is_stored_without_its_response_by_the_refusal(store_engine):
@@ -279,10 +302,9 @@ def test_flask_session_commit_sql_never_wedges_its_message(db_url, then_raise):
                 "X-Message-ID": "flask-1"}, expect_errors=True).status_int
         except Exception as error:  # noqa: BLE001 - the refusal may surface as an exception
             first_status = type(error).__name__
-        # The first answer is the view's failure: its session's own savepoint vanished
-        # with the COMMIT (a 500, or the driver's error on the way out of the view).
-        assert first_status == 500 or first_status in (
-            "HandlerEndedTransaction", "OperationalError", "InternalError"), first_status
+        # The first answer is the refusal: the view's session meets the ended transaction
+        # when Flask closes it, after the view returned or raised.
+        assert first_status == "HandlerEndedTransaction"
         # The view's COMMIT made the claim and its first write durable: 410, never 500,
         # never a second run.
         assert message_rows(engine) == [("flask-1", "completed", None)]
