@@ -315,3 +315,44 @@ def test_flask_session_commit_sql_never_wedges_its_message(db_url, then_raise):
     finally:
         Certified.middleware(app).engine.dispose()
         engine.dispose()
+
+
+@pytest.mark.parametrize("then_raise", [pytest.param(False, id="swallowed"),
+                                        pytest.param(True, id="raises")])
+def test_a_procedure_that_commits_cannot_end_the_message(store_engine, then_raise):
+    """PostgreSQL refuses a procedure's COMMIT inside the message's transaction block
+    ("invalid transaction termination"): the call fails, nothing of the procedure is
+    durable, and the message is refused or rolled back whole; the retry runs afresh."""
+    driver, engine = store_engine
+    if driver == "sqlite":
+        pytest.skip("SQLite has no procedures")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE PROCEDURE commits_inside(id text) LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO host_writes (message_id, note) VALUES (id, 'procedure'); COMMIT; "
+            "END $$")
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        context = environ[ENVIRON_KEY]
+        try:
+            context.connection.exec_driver_sql(
+                f"CALL commits_inside('{context.message_id}')")
+        except Exception:
+            if then_raise:
+                raise
+        start_response("201 Created", [])
+        return [b"called"]
+
+    from sqlalchemy.exc import DBAPIError
+
+    with pytest.raises(DBAPIError) as caught:
+        webtest.TestApp(CertifiedMiddleware(app, engine=engine)).post(
+            "/x", b"", headers={"X-Message-ID": "proc-1"})
+    # Raised: the procedure's own error. Swallowed: the stored response then meets the
+    # aborted transaction ("current transaction is aborted"): nothing is stored either way.
+    expected = "invalid transaction termination" if then_raise else "is aborted"
+    assert expected in str(caught.value)
+    assert count_writes(engine) == 0 and message_rows(engine) == []
+    fixed = webtest.TestApp(CertifiedMiddleware(fixed_app, engine=engine))
+    fixed.post("/x", b"", headers={"X-Message-ID": "proc-1"}, status=201)
+    assert count_writes(engine, "fixed") == 1
