@@ -356,3 +356,67 @@ def test_a_procedure_that_commits_cannot_end_the_message(store_engine, then_rais
     fixed = webtest.TestApp(CertifiedMiddleware(fixed_app, engine=engine))
     fixed.post("/x", b"", headers={"X-Message-ID": "proc-1"}, status=201)
     assert count_writes(engine, "fixed") == 1
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_the_async_drivers_through_run_sync_refuse_it_too(pg_url, driver):
+    """The ASGI front end drives the same MessageTransaction through SQLAlchemy's greenlet
+    bridge (``AsyncConnection.run_sync``): the claim guard holds on asyncpg and psycopg 3's
+    async connection alike, and a dead connection is seen as lost there too."""
+    import asyncio
+    from datetime import timedelta
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from chttp_server.decisions import incoming_message
+    from chttp_server.store import MessageStore
+    from chttp_server.transaction import MessageTransaction
+
+    setup = make_engine(pg_url)
+    host_metadata.create_all(setup)
+    upgrade(setup)
+    message = incoming_message("POST", "/a", "", b"x", message_id="async-1", scope="")
+
+    async def scenario() -> tuple[bool, bool]:
+        engine = create_async_engine(pg_url.replace("postgresql://", f"postgresql+{driver}://"))
+        store = MessageStore(engine.sync_engine, retention=timedelta(days=1), claim_timeout=2)
+        try:
+            async with engine.connect() as connection:
+                await connection.begin()
+
+                def refused(sync: Any) -> bool:
+                    txn = MessageTransaction(store, message.key, retry_after=1, connection=sync,
+                                             commit=sync.commit, rollback=sync.rollback)
+                    with txn:
+                        assert txn.claim(message) is None
+                        sync.execute(insert(host_writes).values(message_id="async-1",
+                                                                note="before"))
+                        sync.exec_driver_sql("ROLLBACK")
+                        try:
+                            txn.complete(201, [], b"stored?")
+                        except HandlerEndedTransaction:
+                            return True
+                    return False
+
+                ended = await connection.run_sync(refused)
+            async with engine.connect() as connection:
+                await connection.begin()
+                pid = (await connection.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+                with setup.connect() as admin:
+                    admin.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 10000)")
+                try:
+                    await connection.exec_driver_sql("SELECT 1")
+                except Exception:  # noqa: BLE001 - the disconnect itself
+                    pass
+                lost = await connection.run_sync(store.lost)
+                await connection.rollback()
+            return ended, lost
+        finally:
+            await engine.dispose()
+
+    try:
+        ended, lost = asyncio.run(scenario())
+        assert ended and lost
+        assert count_writes(setup) == 0 and message_rows(setup) == []
+    finally:
+        setup.dispose()
