@@ -428,3 +428,32 @@ def test_a_console_on_every_address_answers_only_its_names(store):
         assert "console.example" in refused.text
     finally:
         app.close()
+
+
+def test_a_message_committed_without_its_response_is_counted_and_listed(fresh_store):
+    """A handler that sent COMMIT itself leaves a completed row without a response: the
+    overview counts it (outcome unknown, flagged) and the list filters it (issue 23)."""
+    from sqlalchemy import insert
+
+    from chttp_core.db import make_engine
+
+    engine = make_engine(fresh_store.db_url)
+    try:
+        with engine.begin() as connection:
+            now = datetime.now(timezone.utc)
+            connection.execute(insert(messages).values(
+                scope="carol", message_id="wedged-1", fingerprint="f" * 64, state="completed",
+                received_at=now, expires_at=now.replace(year=now.year + 1)))
+    finally:
+        engine.dispose()
+    app = build_console(db=fresh_store.db_url, journal=None)
+    try:
+        client = webtest.TestApp(app)
+        overview = client.get("/")
+        assert overview.html.find(id="count-outcome-unknown").text.strip() == "1"
+        assert "alert" in overview.html.find(id="count-outcome-unknown").parent["class"]
+        listed = client.get("/messages?state=outcome-unknown")
+        assert "wedged-1" in listed.text
+        assert "order-" not in listed.text  # the filled store's complete rows are not listed
+    finally:
+        app.close()
