@@ -24,10 +24,8 @@ serialised and a claimer can only ever meet committed rows.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-import weakref
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -52,7 +50,7 @@ from chttp_core import migrate
 from chttp_core.db import begin_immediately, is_disconnect
 from chttp_core.errors import ClaimLost, ClaimTimedOut, StoreUnreachable
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
-from chttp_server import store_dbapi
+from chttp_server import claim_guard, store_dbapi
 from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
 
 __all__ = ["MessageKey", "StoredMessage", "MessageStore", "unreachable_as_store_error", "utcnow"]
@@ -78,7 +76,7 @@ _PG_LOCK_NOT_AVAILABLE = "55P03"
 #:   empty: it holds a lock_timeout), so it also marks the transaction as the one that
 #:   claimed: once that transaction ends — committed or rolled back by anyone, the
 #:   handler included — the setting reads ``''`` again, and the stored response's
-#:   UPDATE refuses to run (:data:`PG_CLAIMING`).
+#:   UPDATE refuses to run (:data:`chttp_server.claim_guard.PG_CLAIMING`).
 _PG_CLAIM = text(
     "WITH claim AS ("
     "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
@@ -95,69 +93,6 @@ _PG_CLAIM = text(
     "ON stored.scope = :scope AND stored.message_id = :message_id"
 )
 
-#: The stored response's guard on PostgreSQL: true in the transaction that claimed, a
-#: ``division_by_zero`` error (SQLSTATE 22012) in any other — after the handler ended the
-#: claim's transaction (``COMMIT`` / ``ROLLBACK`` / ``END`` sent as SQL, a driver's
-#: ``commit()``), the next statement runs in a new transaction (or none, in autocommit)
-#: where the claim's transaction-local setting reads ``''`` (or NULL on a session that
-#: never claimed). An error rather than "0 rows": where ``COMMIT`` travels in the same
-#: query string (chttp_server.store_dbapi) the UPDATE's row count is never seen, and the
-#: error stops the rest of the string. It costs no round trip and no extra statement:
-#: the expression has no column, so the server evaluates it once per execution (a
-#: one-time filter), and nothing else in the UPDATE divides. Shared, word for word,
-#: by :data:`chttp_server.store_dbapi.COMPLETE` (which is why the text lives there).
-PG_CLAIMING = store_dbapi.CLAIMING
-#: SQLSTATE division_by_zero: :data:`PG_CLAIMING` found another transaction.
-_PG_NOT_CLAIMING = "22012"
-#: The SAVEPOINT that marks the claiming transaction on SQLite (which has no
-#: transaction-local settings): set right after the claim, released before the response
-#: is stored. A transaction ended by anyone else took the savepoint with it, and the
-#: release fails with "no such savepoint".
-_SQLITE_CLAIM_SAVEPOINT = "chttp_claim"
-
-#: SQLite connections whose transaction claimed a message and is not yet over; see
-#: :func:`_refuse_outside_the_claim`.
-_SQLITE_CLAIMED: weakref.WeakSet[Connection] = weakref.WeakSet()
-_SQLITE_GUARD_INSTALLED = "chttp_sqlite_guard_installed"
-_ENDED = ("chttp: the certified request's transaction was ended (COMMIT / ROLLBACK sent "
-          "by the handler); this statement would run outside it and was not sent")
-
-
-class _SQLiteTransactionEnded(sqlite3.ProgrammingError):
-    """A statement refused, unsent: it would have run outside the message's transaction."""
-
-
-def _refuse_outside_the_claim(connection: Connection, cursor: Any, statement: str,
-                              parameters: Any, context: Any, executemany: bool) -> None:
-    """Before every statement on a SQLite store's engine: none runs outside the claim.
-
-    The store's engines take transaction control from pysqlite (``BEGIN IMMEDIATE``,
-    :mod:`chttp_core.db`), so after a handler sends ``COMMIT`` / ``ROLLBACK`` / ``END``
-    itself every later statement would be its own committed transaction: after a
-    ``ROLLBACK`` those writes would survive without their message, and the retry would
-    make them again. While a message is claimed on the connection, a statement that finds
-    no transaction open is refused before it is sent (an in-process flag read). The
-    store's own stored response meets the same refusal and reports the claim lost.
-    """
-    if connection in _SQLITE_CLAIMED:
-        dbapi_connection: Any = connection.connection.dbapi_connection
-        if dbapi_connection is not None and not dbapi_connection.in_transaction:
-            raise _SQLiteTransactionEnded(_ENDED)
-
-
-def _guard_sqlite(engine: Engine) -> None:
-    from sqlalchemy import event
-
-    if not getattr(engine, _SQLITE_GUARD_INSTALLED, False):
-        event.listen(engine, "before_cursor_execute", _refuse_outside_the_claim)
-        setattr(engine, _SQLITE_GUARD_INSTALLED, True)
-
-
-def refused_as_ended(error: sa_exc.DBAPIError) -> bool:
-    """True if ``error`` is a statement refused because the transaction was ended."""
-    return isinstance(error.orig, _SQLiteTransactionEnded) or store_dbapi.ended(error)
-
-
 #: Built once: constructing a statement per request costs more Python than running it.
 _LOOKUP = select(messages).where(
     messages.c.scope == bindparam("key_scope"), messages.c.message_id == bindparam("key_id")
@@ -169,7 +104,8 @@ _COMPLETE = (
     .values(status=bindparam("new_status"), headers=bindparam("new_headers"),
             body=bindparam("new_body", type_=LargeBinary))
 )
-_PG_COMPLETE = _COMPLETE.where(text(PG_CLAIMING))
+#: The portable UPDATE with the claim guard, for PostgreSQL drivers other than psycopg2.
+_PG_COMPLETE = _COMPLETE.where(text(claim_guard.PG_CLAIMING))
 
 
 class MessageStore:
@@ -210,7 +146,7 @@ class MessageStore:
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         if engine.dialect.name == "sqlite":
-            _guard_sqlite(engine)
+            claim_guard.install_sqlite(engine)
 
     # -- connections -----------------------------------------------------------------
 
@@ -241,43 +177,27 @@ class MessageStore:
         do nothing on the server; only :meth:`commit` and :meth:`rollback` end it."""
         return self._fused and store_dbapi.fused(connection)
 
-    def lost(self, connection: Connection) -> bool:
-        """True if ``connection`` is known to be dead, without a round trip.
-
-        SQLAlchemy invalidated it (a statement met a disconnect), or the driver says its
-        connection is closed or broken (psycopg2's ``closed``, psycopg 3's ``broken``,
-        asyncpg's ``is_closed()`` behind SQLAlchemy's adapter). A connection closed by
-        its user is not "lost": using it afterwards is a bug, not an outage.
-        """
-        if connection.invalidated:
-            return True
-        if connection.closed:
-            return False
-        dbapi_connection: Any = connection.connection.dbapi_connection
-        if dbapi_connection is None:
-            return True
-        closed = getattr(dbapi_connection, "closed", False)
-        if (closed and not callable(closed)) or getattr(dbapi_connection, "broken", False) is True:
-            return True
-        driver = getattr(dbapi_connection, "_connection", None)
-        is_closed = getattr(driver, "is_closed", None)
-        return bool(callable(is_closed) and is_closed())
+    @staticmethod
+    def lost(connection: Connection) -> bool:
+        """True if ``connection`` is known to be dead, without a round trip
+        (:func:`chttp_server.claim_guard.lost`)."""
+        return claim_guard.lost(connection)
 
     @staticmethod
     def end_claim(connection: Connection) -> None:
         """The message claimed on ``connection`` is done (stored, or about to be rolled
         back by whoever owns the transaction): stop guarding its statements."""
-        _SQLITE_CLAIMED.discard(connection)
+        claim_guard.end(connection)
 
     def commit(self, connection: Connection) -> None:
-        _SQLITE_CLAIMED.discard(connection)
+        claim_guard.end(connection)
         with _UNREACHABLE:
             if self._fused:
                 store_dbapi.end(connection, "COMMIT")
             connection.commit()
 
     def rollback(self, connection: Connection) -> None:
-        _SQLITE_CLAIMED.discard(connection)
+        claim_guard.end(connection)
         with _UNREACHABLE:
             if connection.invalidated:
                 connection.rollback()  # what SQLAlchemy asks for after a disconnect
@@ -366,8 +286,7 @@ class MessageStore:
         )
         if connection.execute(statement).rowcount != 1:
             return False, None
-        connection.exec_driver_sql(f"SAVEPOINT {_SQLITE_CLAIM_SAVEPOINT}")
-        _SQLITE_CLAIMED.add(connection)
+        claim_guard.mark_sqlite(connection)
         return True, None
 
     def _insert_claim_postgresql(
@@ -394,7 +313,7 @@ class MessageStore:
             else:
                 row = connection.execute(_PG_CLAIM, params).one()
         except sa_exc.OperationalError as exc:
-            if sqlstate(exc) == _PG_LOCK_NOT_AVAILABLE:
+            if claim_guard.sqlstate(exc) == _PG_LOCK_NOT_AVAILABLE:
                 raise ClaimTimedOut(
                     key.message_id, self.claim_timeout, retry_after=max(1, round(self.claim_timeout))
                 ) from exc
@@ -416,12 +335,13 @@ class MessageStore:
         Raises :class:`ClaimLost`, storing nothing, if the transaction open on
         ``connection`` is not the one that claimed ``key`` (someone — the handler —
         committed or rolled it back in between): checked within the UPDATE itself on
-        PostgreSQL (:data:`PG_CLAIMING`), by releasing the claim's savepoint on SQLite.
+        PostgreSQL (:data:`chttp_server.claim_guard.PG_CLAIMING`), by releasing the
+        claim's savepoint on SQLite (:mod:`chttp_server.claim_guard`).
         """
         try:
             with _UNREACHABLE:
                 if not self._postgresql:
-                    self._release_claim_savepoint(connection, key)
+                    claim_guard.release_sqlite(connection, key.message_id)
                     connection.execute(_COMPLETE, {
                         "key_scope": key.scope, "key_id": key.message_id,
                         "new_status": status, "new_headers": json.dumps(headers),
@@ -439,19 +359,9 @@ class MessageStore:
                         "new_body": body,
                     })
         except sa_exc.DBAPIError as exc:
-            if (self._postgresql and sqlstate(exc) == _PG_NOT_CLAIMING) or refused_as_ended(exc):
+            if claim_guard.claim_lost(exc):
                 raise ClaimLost(key.message_id, "another transaction is open on the "
                                 "connection, or none") from exc
-            raise
-
-    @staticmethod
-    def _release_claim_savepoint(connection: Connection, key: MessageKey) -> None:
-        """SQLite: release the claim's savepoint, or raise :class:`ClaimLost` if it is gone."""
-        try:
-            connection.exec_driver_sql(f"RELEASE {_SQLITE_CLAIM_SAVEPOINT}")
-        except (sa_exc.OperationalError, sa_exc.ProgrammingError) as exc:
-            if "no such savepoint" in str(exc.orig) or refused_as_ended(exc):
-                raise ClaimLost(key.message_id, "the claim's savepoint is gone") from exc
             raise
 
     # -- the message resource --------------------------------------------------------
@@ -556,14 +466,6 @@ def unreachable_as_store_error() -> AbstractContextManager[None]:
     database error is a real error of the statement and propagates unchanged.
     """
     return _UNREACHABLE
-
-
-def sqlstate(error: sa_exc.DBAPIError) -> str | None:
-    """The SQLSTATE of a PostgreSQL driver's error: psycopg2's ``pgcode``, psycopg 3's and
-    asyncpg's ``sqlstate`` (SQLAlchemy's asyncpg adapter sets both)."""
-    original = error.orig
-    code = getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)
-    return str(code) if code else None
 
 
 def _first_line(error: BaseException) -> str:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import weakref
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -65,6 +66,7 @@ from chttp_core.errors import (
     SchemaOutOfDateError,
     StoreUnreachable,
 )
+from chttp_server.claim_guard import refused_as_ended
 from chttp_server.decisions import (
     IncomingMessage,
     Outcome,
@@ -78,7 +80,7 @@ from chttp_server.errors import (
     ProtocolError,
     StoreUnavailable,
 )
-from chttp_server.store import MessageKey, MessageStore, StoredMessage, refused_as_ended
+from chttp_server.store import MessageKey, MessageStore, StoredMessage
 from chttp_server.telemetry import PROCESSED, REPLAYED, ROLLED_BACK
 
 __all__ = ["MessageTransaction", "store_errors"]
@@ -208,8 +210,11 @@ class MessageTransaction:
         #: What the protocol asked for: ``STORE`` once committed, ``ROLL_BACK`` once
         #: rolled back (a retry answered from the store, a 5xx), ``None`` before.
         self.outcome: Outcome | None = None
+        # A weak reference: the guard lives in this object, and a cycle would leave every
+        # request's transaction (and its Connection) to the cyclic garbage collector.
+        probe = weakref.WeakMethod(self.connection_lost)
         self._guard = store_errors(retry_after=retry_after, message_id=key.message_id,
-                                   lost=self.connection_lost)
+                                   lost=lambda: bool((method := probe()) and method()))
         self.observed = observation
         #: Own mode: the transaction the store began, which the handler must not end.
         self._root: RootTransaction | None = None
