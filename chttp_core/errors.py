@@ -7,7 +7,8 @@
      ├── ForeignSchemaError           chttp_ tables that chttp's migrations did not make
      └── StoreError                   a store could not do what was asked (no HTTP in it)
           ├── StoreUnreachable        the database cannot be reached or would not answer
-          └── ClaimTimedOut           a message key stayed claimed by another transaction
+          ├── ClaimTimedOut           a message key stayed claimed by another transaction
+          └── ClaimLost               the claiming transaction ended before the response was stored
 
 ``chttp_server.ChttpServerError`` and ``chttp_client.ChttpClientError`` both derive
 from :class:`ChttpError`, so ``except ChttpError`` catches anything the library raises.
@@ -19,7 +20,8 @@ the stores stay free of WebOb and of any front end.
 
 from __future__ import annotations
 
-__all__ = ["ChttpError", "SchemaOutOfDateError", "ForeignSchemaError", "StoreError", "StoreUnreachable", "ClaimTimedOut"]
+__all__ = ["ChttpError", "SchemaOutOfDateError", "ForeignSchemaError", "StoreError", "StoreUnreachable", "ClaimTimedOut",
+           "ClaimLost"]
 
 
 class ChttpError(Exception):
@@ -88,3 +90,22 @@ class ClaimTimedOut(StoreError):
     def __str__(self) -> str:
         return (f"message {self.message_id!r} is still being processed by another "
                 f"transaction after {self.waited:g}s")
+
+
+class ClaimLost(StoreError):
+    """The transaction that claimed a message is no longer the one open on its connection.
+
+    Something other than the store committed or rolled it back — in practice the
+    handler, through the connection's ``commit()`` / ``rollback()`` or by sending
+    ``COMMIT`` / ``ROLLBACK`` / ``END`` as SQL. Storing the response now would store it
+    in another transaction than the claim's, so the store refused and stored nothing
+    (``chttp_server.HandlerEndedTransaction`` says so to the receiver).
+    """
+
+    def __init__(self, message_id: str, how: str) -> None:
+        super().__init__(message_id, how)
+        self.message_id = message_id
+        self.how = how
+
+    def __str__(self) -> str:
+        return f"message {self.message_id!r}: the claiming transaction is gone ({self.how})"

@@ -9,7 +9,8 @@
                        [--connection-limit N] [--channel-timeout S] [--request-timeout S]
                        [--max-request-body BYTES] [--max-request-header BYTES]
     chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
-    chttp-server console [--db URL] [--journal URL] [--host H] [--port N] [--allow-actions --token T]
+    chttp-server console [--db URL] [--journal URL] [--host H [--allowed-host NAME]] [--port N]
+                         [--allow-actions --token T]
 
 ``serve`` runs the application under waitress, wrapped in :class:`CertifiedMiddleware`.
 ``--app`` names a plain WSGI application *or* a :class:`~chttp_server.Resource` (an
@@ -43,6 +44,8 @@ import socket
 import sys
 from datetime import timedelta
 from typing import Any, Callable, Sequence
+
+from sqlalchemy import exc as sa_exc
 
 from chttp_core.commandline import (
     EXIT_USAGE,
@@ -245,7 +248,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from chttp_server.middleware import CertifiedMiddleware
 
     _check_listen(args.host, args.port)   # a bad --host, --port or --db: one line, early
-    open_database(args.db, create=args.upgrade).dispose()
+    _check_store(args.db, create=args.upgrade)
     app = CertifiedMiddleware(
         load_app(args.app),
         db_url=args.db,
@@ -268,6 +271,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         app.engine.dispose()
     return 0
+
+
+#: Words of a connection error that no waiting will fix: the URL or the server's
+#: configuration is wrong, so ``serve`` refuses to start rather than answer 503 for ever.
+_NOT_AN_OUTAGE = ("authentication failed", "does not exist", "no pg_hba.conf entry",
+                  "invalid dsn", "invalid connection option", "invalid integer value",
+                  "could not translate host name", "is not a sqlite database", "unable to open")
+
+
+def _check_store(url: str, *, create: bool) -> None:
+    """Refuse a wrong ``--db`` at once; start anyway while the store is merely down.
+
+    docs/protocol.rst §4: a receiver that starts while its store is down starts and
+    answers 503 until the store returns (a supervisor restarting it during an outage, or
+    a boot where the receiver comes up before its database, must not crash-loop). A
+    missing SQLite file, a bad URL, a refused login or a database that does not exist
+    are mistakes no retry fixes: one line, non-zero exit, as before. Any other failure
+    to connect to a server database (refused, timed out, starting up, shutting down) is
+    an outage: one warning line, and the middleware checks — or, with ``--upgrade``,
+    upgrades — the schema again on the first certified request after the store is back.
+    """
+    try:
+        open_database(url, create=create).dispose()
+    except CommandError as error:
+        cause = error.__cause__
+        outage = (isinstance(cause, (sa_exc.OperationalError, sa_exc.InterfaceError))
+                  and not shown_url(url).startswith("sqlite")
+                  and not any(words in str(error).lower() for words in _NOT_AN_OUTAGE))
+        if not outage:
+            raise
+        print(f"{PROG}: warning: {error.message}; serving anyway: certified requests are "
+              "answered 503 until the store is back", file=sys.stderr, flush=True)
 
 
 def _check_listen(host: str, port: int) -> None:

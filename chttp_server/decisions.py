@@ -44,6 +44,7 @@ from chttp_server.errors import (
     MessageAcknowledged,
     MessageExpired,
     MessageIdReused,
+    MessageOutcomeUnknown,
     MessageTooOld,
     RequestTooLarge,
     ResponseTooLarge,
@@ -180,7 +181,9 @@ def stored_answer(stored: StoredMessage, fingerprint: str | None, now: datetime)
 
     ``fingerprint`` is the retry's (``None`` for a GET of the message resource, which
     names the message by its URL): a different one is 422. An acknowledged row is 410
-    ``message-acknowledged``; an expired one 410 ``message-expired``.
+    ``message-acknowledged``; an expired one 410 ``message-expired``; one committed
+    without its response (a handler that ended the transaction itself) 410
+    ``message-outcome-unknown``, never a replay of nothing.
     """
     message_id = stored.key.message_id
     if fingerprint is not None and stored.fingerprint != fingerprint:
@@ -193,6 +196,14 @@ def stored_answer(stored: StoredMessage, fingerprint: str | None, now: datetime)
         raise MessageAcknowledged(message_id=message_id)
     if stored.expired(now):
         raise MessageExpired(message_id=message_id)
+    if stored.status is None or stored.headers is None or stored.body is None:
+        # Committed without its response: a handler ended the transaction itself (§2).
+        raise MessageOutcomeUnknown(
+            "this message was processed but its handler ended the transaction itself and "
+            "no response was stored; it is not run again, because part of its work may "
+            "already be done",
+            message_id=message_id,
+        )
     return stored
 
 

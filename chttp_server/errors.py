@@ -15,7 +15,8 @@
           ├── MessageInProgress        409 message-in-progress         (HTTPConflict)
           ├── MessageGone              410                              (HTTPGone)
           │    ├── MessageAcknowledged     message-acknowledged
-          │    └── MessageExpired          message-expired
+          │    ├── MessageExpired          message-expired
+          │    └── MessageOutcomeUnknown   message-outcome-unknown
           ├── MessageTooOld            412 message-too-old             (HTTPPreconditionFailed)
           ├── RequestTooLarge          413 request-too-large           (HTTPRequestEntityTooLarge)
           ├── MessageIdReused          422 message-id-reused           (HTTPUnprocessableEntity)
@@ -57,6 +58,7 @@ __all__ = [
     "MessageGone",
     "MessageAcknowledged",
     "MessageExpired",
+    "MessageOutcomeUnknown",
     "MessageTooOld",
     "RequestTooLarge",
     "MessageIdReused",
@@ -285,6 +287,21 @@ class MessageAcknowledged(MessageGone):
 class MessageExpired(MessageGone):
     problem_type = Problem.MESSAGE_EXPIRED
     title = "The message was processed and its response has expired"
+
+
+class MessageOutcomeUnknown(MessageGone):
+    """The message's row was committed without a response: its outcome cannot be known.
+
+    Only a handler that ended the message's transaction itself (a ``COMMIT`` sent as SQL,
+    then a failure or a crash before the response was stored; or a version of this
+    library that did not yet refuse that) leaves such a row. Whatever the handler did
+    before its own commit is durable, so running it again could do it twice, and there is
+    no response to replay: the message is answered as processed with its response gone
+    (a sender stops retrying, docs/protocol.rst §3), and the receiver logs it.
+    """
+
+    problem_type = Problem.MESSAGE_OUTCOME_UNKNOWN
+    title = "The message was processed but no response was stored"
 
 
 class MessageTooOld(ProtocolError, webob.exc.HTTPPreconditionFailed):

@@ -209,7 +209,6 @@ class CertifiedMiddleware:
         self.handler_send_deadline = handler_send_deadline
         self.retry_after = retry_after
         self._upgrade_schema = upgrade_schema
-        self._schema_ready = False
         factories = sessions if isinstance(sessions, (list, tuple)) else [sessions]
         for factory in factories:
             join_sessions(factory, store=self.engine)
@@ -227,20 +226,19 @@ class CertifiedMiddleware:
         """
         if at_start:
             try:
-                self.store.prepare_schema(upgrade=self._upgrade_schema)
+                self.store.ensure_schema(upgrade=self._upgrade_schema)
             except StoreUnreachable as exc:
-                log.warning("chttp message store unreachable, will answer 503 until it is: %s",
-                            exc.reason)
-                return
+                log.warning("chttp message store unreachable, will answer 503 until it is "
+                            "(and %s the schema then): %s",
+                            "upgrade" if self._upgrade_schema else "check", exc.reason)
         else:
             with store_errors(retry_after=self.retry_after):
-                self.store.prepare_schema(upgrade=self._upgrade_schema)
-        self._schema_ready = True
+                self.store.ensure_schema(upgrade=self._upgrade_schema)
 
     def transaction(self, key: MessageKey, *, observation: Any = NOOP) -> MessageTransaction:
         """A message transaction of its own for ``key`` (schema checked first if needed);
         ``observation``: the request's :func:`~chttp_server.telemetry.observe_message`."""
-        if not self._schema_ready:
+        if not self.store.schema_ready:
             self._prepare_schema(at_start=False)
         return MessageTransaction(self.store, key, retry_after=self.retry_after,
                                   observation=observation)

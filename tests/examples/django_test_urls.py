@@ -7,6 +7,9 @@ cannot undo that, so the tests can count runs across the server process.
 * ``POST /orders/explode`` — writes an order, then raises (Django answers 500);
 * ``POST /orders/busy`` — writes an order, then answers 429 (try again later);
 * ``POST /orders/severed`` — writes an order, then loses its PostgreSQL connection;
+* ``POST /orders/commits?item=…&then=raise|return`` — writes an order, sends ``COMMIT``
+  through Django's cursor, then raises or answers 201 (a view that ends the message's
+  transaction itself);
 * ``POST /orders/cookie`` — answers with two cookies and a header of its own;
 * ``POST /orders/stream`` — a streaming answer whose generator writes an order;
 * ``POST /orders/held`` — writes an order; while ``$CHTTP_TEST_DIR/hold`` exists it
@@ -82,6 +85,20 @@ def severed(request: HttpRequest) -> HttpResponse:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
     return JsonResponse({"severed": False}, status=201)
+
+
+@require_POST
+def commits(request: HttpRequest) -> HttpResponse:
+    """Writes an order, then ends the transaction with SQL of its own."""
+    from django.db import connection
+
+    _ran("commits", request)
+    Order.objects.create(item=request.GET.get("item", "committed"), quantity=1)
+    with connection.cursor() as cursor:
+        cursor.execute("COMMIT")
+    if request.GET.get("then") == "raise":
+        raise RuntimeError("the view failed after its own COMMIT")
+    return JsonResponse({"committed": True}, status=201)
 
 
 @require_POST
@@ -192,5 +209,6 @@ urlpatterns = [
     path("orders/held", held),
     path("orders/busy", busy),
     path("orders/severed", severed),
+    path("orders/commits", commits),
     *order_patterns,
 ]
