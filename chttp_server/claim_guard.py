@@ -132,8 +132,17 @@ def _refuse_outside_the_claim(connection: Connection, cursor: Any, statement: st
     """
     if connection in _SQLITE_CLAIMED:
         dbapi_connection: Any = connection.connection.dbapi_connection
-        if dbapi_connection is not None and not dbapi_connection.in_transaction:
+        if dbapi_connection is not None and not _sqlite_in_transaction(dbapi_connection):
             raise _SQLiteTransactionEnded(_ENDED)
+
+
+def _sqlite_in_transaction(dbapi_connection: Any) -> bool:
+    """sqlite3's own ``in_transaction``; through SQLAlchemy's aiosqlite adapter, the
+    driver connection's (aiosqlite reads its sqlite3 connection's flag: no I/O)."""
+    in_transaction = getattr(dbapi_connection, "in_transaction", None)
+    if in_transaction is None:
+        in_transaction = dbapi_connection.driver_connection.in_transaction
+    return bool(in_transaction)
 
 
 def refused_as_ended(error: sa_exc.DBAPIError) -> bool:

@@ -315,3 +315,43 @@ def test_a_body_cut_short_is_400_and_runs_nothing(sqlite_url: str) -> None:
     assert sent[0]["status"] == 400
     assert b"incomplete-body" in sent[1]["body"]
     assert runs == []
+
+
+@pytest.mark.parametrize("statement", ["COMMIT", "ROLLBACK"])
+def test_a_view_that_ends_the_transaction_with_sql_never_wedges_its_message(
+        async_db_url: str, statement: str) -> None:
+    """Issue 23 through the ASGI front end: the core's claim guard refuses to store a
+    response outside the claiming transaction; every retry gets a protocol answer."""
+    runs: list[int] = []
+
+    async def ender(request: Request) -> PlainTextResponse:
+        message = current_message()
+        assert message is not None
+        runs.append(1)
+        await message.connection.exec_driver_sql(statement)
+        return PlainTextResponse("done", status_code=201)
+
+    app = Starlette(routes=[Route("/end", ender, methods=["POST"])])
+    engine = create_async_engine(async_db_url)
+    middleware = CertifiedMiddleware(app, engine=engine, upgrade_schema=True)
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=middleware, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answers = [await client.post("/end", headers={"X-Message-ID": "ends"}) for _ in range(3)]
+        await engine.dispose()
+        return answers
+
+    first, *retries = asyncio.run(scenario())
+    assert first.status_code == 500  # HandlerEndedTransaction: nothing stored
+    for retry in retries:
+        # After a COMMIT the claim is durable without its response: the outcome is
+        # unknown and said so; after a ROLLBACK nothing is left and the view runs again.
+        assert retry.status_code in (410, 500)
+        assert retry.status_code != 201
+    if statement == "COMMIT":
+        assert [r.status_code for r in retries] == [410, 410]
+        assert all(r.json()["type"] == "message-outcome-unknown" for r in retries)
+        assert runs == [1]
+    else:
+        assert runs == [1, 1, 1]
