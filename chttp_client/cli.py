@@ -136,11 +136,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         detail = repr(outcome.value) if outcome.status == "done" else str(outcome.error)
+        if outcome.status == "refused" and not getattr(outcome.error, "registered", True):
+            # No version of it at all: the module was not imported. Say that first; the
+            # error's own text is about versions, which would send the reader astray.
+            detail = (f"no @resumable {outcome.function} was registered: "
+                      f"{_registration_hint(outcome.function, args.imports)}")
         print(f"{outcome.oplog_id}  {outcome.function} v{outcome.version}  "
               f"{outcome.status}  {detail}")
-        if outcome.status == "refused" and not getattr(outcome.error, "registered", True):
-            print(f"    no @resumable {outcome.function} was registered: "
-                  f"{_registration_hint(outcome.function, args.imports)}")
     summary = ", ".join(f"{counts[status]} {status}" for status in
                         ("done", "failed", "busy", "refused", "abandoned") if counts.get(status))
     print(f"{len(outcomes)} open oplog(s): {summary or 'nothing to do'}")

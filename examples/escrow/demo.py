@@ -151,6 +151,7 @@ class DemoReport:
             f"  killed      {sum(self.kills.values())} processes (SIGKILL)"
             + (f": {killed}" if killed else ""),
         ]
+        lines += self._refund_lines()
         if self.crashes:
             lines.append("  crashed     " + ", ".join(f"{n} {c}" for n, c in sorted(self.crashes.items())))
         lines += self._traffic_lines()
@@ -158,6 +159,25 @@ class DemoReport:
         if self.db_dir is not None:
             lines.append(f"  databases and logs kept in {self.db_dir}")
         return "\n".join(lines)
+
+    def _refund_lines(self) -> list[str]:
+        """Why the refunded transfers were refunded: the client makes one in eight fail on
+        purpose, and random amounts drain accounts, so more than an eighth are refunded."""
+        reasons = self.audit.refund_reasons
+        if not reasons:
+            return []
+        parts = []
+        if reasons["meant to fail"]:
+            parts.append(f"{reasons['meant to fail']} meant to fail (a leg larger than all the "
+                         "money there is: one transfer in eight)")
+        if reasons["ran dry"]:
+            parts.append(f"{reasons['ran dry']} found an account short of its random amount "
+                         "(402 insufficient funds)")
+        parts += [f"{count} {reason}" for reason, count in sorted(reasons.items())
+                  if reason not in ("meant to fail", "ran dry")]
+        indent = " " * 14
+        return [f"  refunds     {sum(reasons.values())}: "
+                + parts[0]] + [f"{indent}{part}" for part in parts[1:]]
 
     def _traffic_lines(self) -> list[str]:
         indent = " " * 14
