@@ -168,16 +168,16 @@ class DemoReport:
             return []
         parts = []
         if reasons["meant to fail"]:
-            parts.append(f"{reasons['meant to fail']} meant to fail (a leg larger than all the "
-                         "money there is: one transfer in eight)")
+            parts.append(f"{reasons['meant to fail']} meant to fail (one in eight asks more "
+                         "than there is)")
         if reasons["ran dry"]:
-            parts.append(f"{reasons['ran dry']} found an account short of its random amount "
-                         "(402 insufficient funds)")
+            parts.append(f"{reasons['ran dry']} found an account short (402 insufficient funds)")
         parts += [f"{count} {reason}" for reason, count in sorted(reasons.items())
                   if reason not in ("meant to fail", "ran dry")]
         indent = " " * 14
-        return [f"  refunds     {sum(reasons.values())}: "
-                + parts[0]] + [f"{indent}{part}" for part in parts[1:]]
+        lines = [f"{part}," for part in parts[:-1]] + parts[-1:]
+        return [f"  refunds     {sum(reasons.values())}: {lines[0]}"] + [
+            f"{indent}{line}" for line in lines[1:]]
 
     def _traffic_lines(self) -> list[str]:
         indent = " " * 14
