@@ -7,6 +7,8 @@
     chttp-client show   --db URL OPLOG_ID                   one oplog and its steps
     chttp-client purge  --db URL --older-than-days N        delete old finished oplogs
     chttp-client abandon --db URL OPLOG_ID --reason TEXT    dead-letter one open oplog
+    chttp-client send --db URL [--key K] METHOD URL [--json J | --data @F] [-H 'N: v']
+                                                            one certified request, a curl
 
 ``resume`` needs the code of the functions: ``--import`` (repeatable) imports the modules
 whose ``@resumable`` decorators register them. Importing runs the module's top-level code,
@@ -23,7 +25,7 @@ dead-letters an open oplog by hand (:meth:`Journal.abandon`): it is never resume
 and unacknowledged answers for ``--horizon-days`` (default 15, the receiver's default
 retention; see :mod:`chttp_client.retention`).
 
-No command creates a journal: a missing SQLite file or a database without the chttp
+No command but ``send`` (:mod:`chttp_client.send_command`) creates a journal: a missing SQLite file or a database without the chttp
 tables is an error (exit 2 and 1). Other mistakes are one line on stderr too
 (:mod:`chttp_core.commandline`); ``--debug`` shows the traceback.
 """
@@ -37,6 +39,7 @@ import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Sequence
 
+from chttp_client import send_command
 from chttp_client.retention import RECEIVER_RETENTION
 from chttp_core.commandline import (
     EXIT_FAILURE,
@@ -94,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--db", required=True, metavar="URL",
                          help="journal database URL: sqlite:///path/file.db or postgresql://…")
         add_debug_option(sub)
+    send_command.add_arguments(commands)
     return parser
 
 

@@ -445,3 +445,17 @@ def test_the_two_commands_stay_and_the_demo_install_is_the_light_one():
     assert "\n    pip install -e '.[testing]'\n" in section
     assert "\n    chttp-server demo\n" in section
     assert "``pip install -e .`` is the light install" in section
+
+
+def test_chttp_client_send_runs_as_written_and_never_sends_twice(tmp_path):
+    (tmp_path / "transfers.py").write_text(_python_block("# transfers.py"))
+    serve = _command("chttp-server serve --app transfers:Root --db sqlite:///receiver.db --upgrade")
+    send = _command("chttp-client send --db sqlite:///sends.db --key transfer-7 POST")
+    with _serving(_with_port(serve, 0), tmp_path) as (url, _):
+        argv = [arg.replace("http://127.0.0.1:8080", url) for arg in send]
+        first, again = _run(argv, tmp_path), _run(argv, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "HTTP 200  message id " in first.stderr and "key transfer-7  (sent)" in first.stderr
+    assert "(recorded answer, not sent again)" in again.stderr
+    assert again.stdout == first.stdout and '"ref":7' in first.stdout
+    assert _rows(tmp_path / "receiver.db") == [(7, 5)]
