@@ -177,5 +177,11 @@ def check_sqlite_file(parsed: URL, *, create: bool, create_hint: str | None = No
                             url=shown, path=path)
     if not create and not os.path.exists(path):
         how = (create_hint or "`chttp-server db upgrade --db {url}` creates one").format(url=shown)
+        flask = os.path.join(directory, "instance", os.path.basename(path))
+        if os.path.isfile(flask):
+            # Flask-SQLAlchemy keeps a relative SQLite path in the app's instance folder:
+            # creating the file named here would make a second, empty store.
+            how = (f"Flask-SQLAlchemy keeps relative SQLite paths in the app's instance "
+                   f"folder: did you mean {parsed.drivername}:///{flask}?")
         raise StoreURLError(f"no database at {path}", f"check the path; {how}",
                             url=shown, path=path)

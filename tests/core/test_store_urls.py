@@ -185,3 +185,16 @@ def test_an_existing_empty_sqlite_file_is_not_a_missing_one(tmp_path: Path) -> N
     sqlite3.connect(tmp_path / "empty.db").close()
     with pytest.raises(SchemaOutOfDateError):
         _wsgi(f"sqlite:///{tmp_path / 'empty.db'}")
+
+
+def test_a_flask_instance_folder_store_is_suggested(tmp_path: Path) -> None:
+    """`sqlite:///orders.db` in Flask-SQLAlchemy is instance/orders.db: the command line
+    names that file instead of offering to create a second, empty store."""
+    (tmp_path / "instance").mkdir()
+    sqlite3.connect(tmp_path / "instance" / "orders.db").close()
+    result = subprocess.run([sys.executable, "-m", "chttp_server.cli", "db", "current", "--db",
+                             "sqlite:///orders.db"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"did you mean sqlite:///{tmp_path / 'instance' / 'orders.db'}?" in result.stderr
+    assert "db upgrade" not in result.stderr and not (tmp_path / "orders.db").exists()
