@@ -5,7 +5,7 @@
     chttp-server db upgrade --db URL [--revision R]   create the chttp tables or bring them to head
     chttp-server db current --db URL      print the revision the database is at
     chttp-server purge --db URL           delete expired messages in bounded batches
-    chttp-server serve --app module:attr --db URL [--host H] [--port N] [--threads N] [--upgrade]
+    chttp-server serve --app module:attr [--db URL] [--host H] [--port N] [--threads N] [--upgrade]
                        [--connection-limit N] [--channel-timeout S] [--request-timeout S]
                        [--max-request-body BYTES] [--max-request-header BYTES]
     chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
