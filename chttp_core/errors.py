@@ -5,6 +5,7 @@
     ChttpError                        root of every error this project raises
      ├── SchemaOutOfDateError         the database is not at this code's migration head
      ├── ForeignSchemaError           chttp_ tables that chttp's migrations did not make
+     ├── StoreURLError                a store URL that cannot work (also a ValueError)
      └── StoreError                   a store could not do what was asked (no HTTP in it)
           ├── StoreUnreachable        the database cannot be reached or would not answer
           ├── ClaimTimedOut           a message key stayed claimed by another transaction
@@ -20,8 +21,8 @@ the stores stay free of WebOb and of any front end.
 
 from __future__ import annotations
 
-__all__ = ["ChttpError", "SchemaOutOfDateError", "ForeignSchemaError", "StoreError", "StoreUnreachable", "ClaimTimedOut",
-           "ClaimLost"]
+__all__ = ["ChttpError", "SchemaOutOfDateError", "ForeignSchemaError", "StoreURLError", "StoreError",
+           "StoreUnreachable", "ClaimTimedOut", "ClaimLost"]
 
 
 class ChttpError(Exception):
@@ -60,6 +61,30 @@ class ForeignSchemaError(ChttpError):
     def __str__(self) -> str:
         return (f"the database already has {', '.join(self.tables)} but no chttp version "
                 "table row: these tables were not made by chttp's migrations")
+
+
+class StoreURLError(ChttpError, ValueError):
+    """A database URL that cannot name a store: a misspelled scheme, a missing driver,
+    directory or SQLite file (:mod:`chttp_core.store_urls`). ``message`` says what is
+    wrong, ``hint`` what to do; ``url`` is the URL as it is safe to print (no password),
+    ``path`` the SQLite file when one is involved."""
+
+    def __init__(self, message: str, hint: str, *, url: str, path: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.message = message
+        self.hint = hint
+        self.url = url
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_store_url_error, (self.message, self.hint, self.url, self.path))
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})"
+
+
+def _rebuild_store_url_error(message: str, hint: str, url: str, path: str | None) -> StoreURLError:
+    return StoreURLError(message, hint, url=url, path=path)
 
 
 class StoreError(ChttpError):

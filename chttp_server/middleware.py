@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import Engine
 
-from chttp_core.db import configure_sqlite, make_engine
+from chttp_core.db import configure_sqlite, make_engine, normalize_url
 from chttp_core.errors import StoreUnreachable
+from chttp_core.store_urls import CREATE_HINT, check_sqlite_file, check_store_url
 from chttp_core.telemetry import NOOP
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
@@ -190,8 +191,13 @@ class CertifiedMiddleware:
             # No pre-ping: the claim, a transaction's first statement, is retried once on
             # a fresh connection instead (MessageTransaction.claim): a round trip saved
             # on every request.
-            engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout, pool_pre_ping=False)
+            # A typo in the URL is refused here, and a missing SQLite file is created
+            # only when asked to (upgrade_schema): chttp_core.store_urls.
+            url = check_store_url(db_url, create=upgrade_schema, adapt=normalize_url,
+                                  create_hint=CREATE_HINT)
+            engine = make_engine(url, sqlite_busy_timeout=claim_timeout, pool_pre_ping=False)
         else:
+            check_sqlite_file(engine.url, create=upgrade_schema, create_hint=CREATE_HINT)
             # A SQLite engine made elsewhere gets WAL and BEGIN IMMEDIATE (chttp_core.db):
             # without them a claim is not serialised and savepoints do not work.
             configure_sqlite(engine)

@@ -4,6 +4,7 @@ its configuration errors, and what it leaves alone."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from typing import Any
 
@@ -152,6 +153,7 @@ def test_lifespan_and_websocket_scopes_pass_through_untouched(sqlite_url: str) -
             assert message["type"] == "lifespan.startup"
             await send({"type": "lifespan.startup.complete"})
 
+    _existing(sqlite_url)
     engine = create_async_engine(sqlite_url.replace("sqlite://", "sqlite+aiosqlite://"))
     middleware = CertifiedMiddleware(raw_app, engine=engine)
     sent: list[dict[str, Any]] = []
@@ -173,8 +175,14 @@ def test_lifespan_and_websocket_scopes_pass_through_untouched(sqlite_url: str) -
     assert sent == [{"type": "lifespan.startup.complete"}]
 
 
+def _existing(sqlite_url: str) -> None:
+    """Make the (empty) SQLite file: without upgrade_schema a missing one is refused."""
+    sqlite3.connect(sqlite_url.removeprefix("sqlite:///")).close()
+
+
 def test_configuration_mistakes_raise_at_construction(sqlite_url: str) -> None:
     app, _runs = _counting_app()
+    _existing(sqlite_url)
     sync_engine = create_engine(sqlite_url)
     with pytest.raises(ConfigurationError, match="AsyncEngine"):
         CertifiedMiddleware(app, engine=sync_engine)  # type: ignore[arg-type]
@@ -193,7 +201,7 @@ def test_configuration_mistakes_raise_at_construction(sqlite_url: str) -> None:
 def test_stacked_twice_on_one_path_is_refused(sqlite_url: str) -> None:
     app, runs = _counting_app()
     inner = CertifiedMiddleware(app, db_url=sqlite_url, upgrade_schema=True)
-    outer = CertifiedMiddleware(Starlette(routes=[]), db_url=sqlite_url)
+    outer = CertifiedMiddleware(Starlette(routes=[]), db_url=sqlite_url, upgrade_schema=True)
     outer.app = inner  # what a second add_middleware of another instance amounts to
 
     async def scenario() -> None:

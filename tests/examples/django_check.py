@@ -80,6 +80,9 @@ def refusals(directory: Path) -> dict[str, Any]:
         "authentication after, own scope": {
             "MIDDLEWARE": auth_after,
             "CHTTP": {"SCOPE": "tests.examples.django_check.header_scope"}},
+        "misspelt journal URL": {"CHTTP": {"JOURNAL": "sqllite:///journal.db"}},
+        "journal in a missing directory": {
+            "CHTTP": {"JOURNAL": f"sqlite:///{directory / 'nowhere' / 'journal.db'}"}},
     }
     answers: dict[str, Any] = {}
     for name, changes in cases.items():

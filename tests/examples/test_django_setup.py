@@ -45,6 +45,8 @@ def refusals(tmp_path_factory) -> dict[str, str | None]:
     ("unknown key", "unknown keys ['RETENTON']"),
     ("bad retention", "RETENTION"),
     ("bad prepared statements", "['PREPARED_STATEMENTS'] must be True or False"),
+    ("misspelt journal URL", "CHTTP['JOURNAL']: unknown database type 'sqllite'"),
+    ("journal in a missing directory", "CHTTP['JOURNAL']: directory "),
 ])
 def test_a_configuration_that_cannot_give_the_guarantee_is_refused_at_start_up(refusals, case, fix):
     assert refusals[case] is not None, f"{case}: the application started"
