@@ -9,6 +9,8 @@
     chttp-client purge  --db URL --older-than-days N        delete old finished oplogs
     chttp-client abandon --db URL OPLOG_ID --reason TEXT    dead-letter one open oplog
                          [--force]                          … even under a live lease
+    chttp-client send --db URL [--key K] METHOD URL [--json J | --data @F] [-H 'N: v']
+                                                            one certified request, a curl
 
 ``resume`` needs the code of the functions: ``--import`` (repeatable) imports the modules
 whose ``@resumable`` decorators register them. Importing runs the module's top-level code,
@@ -34,7 +36,7 @@ fails with :class:`~chttp_client.errors.OplogAbandonedError` (the operator's rea
 and unacknowledged answers for ``--horizon-days`` (default 15, the receiver's default
 retention; see :mod:`chttp_client.retention`).
 
-No command creates a journal: a missing SQLite file or a database without the chttp
+No command but ``send`` (:mod:`chttp_client.send_command`) creates a journal: a missing SQLite file or a database without the chttp
 tables is an error (exit 2 and 1). Other mistakes are one line on stderr too
 (:mod:`chttp_core.commandline`); ``--debug`` shows the traceback.
 """
@@ -50,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from chttp_client.quarantine import unreadable_ids
 from chttp_client.records import OPLOG_UNREADABLE
+from chttp_client import send_command
 from chttp_client.retention import RECEIVER_RETENTION
 from chttp_core.commandline import (
     EXIT_FAILURE,
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--db", required=True, metavar="URL",
                          help="journal database URL: sqlite:///path/file.db or postgresql://…")
         add_debug_option(sub)
+    send_command.add_arguments(commands)
     return parser
 
 
@@ -156,6 +160,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         detail = repr(outcome.value) if outcome.status == "done" else str(outcome.error)
+        if outcome.status == "refused" and not getattr(outcome.error, "registered", True):
+            # No version of it at all: the module was not imported. Say that first; the
+            # error's own text is about versions, which would send the reader astray.
+            detail = (f"no @resumable {outcome.function} was registered: "
+                      f"{_registration_hint(outcome.function, args.imports)}")
         print(f"{outcome.oplog_id}  {outcome.function} v{outcome.version}  "
               f"{outcome.status}  {detail}")
         if outcome.status == "refused" and not getattr(outcome.error, "registered", True):

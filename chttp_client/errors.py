@@ -19,7 +19,7 @@
         ├── DeadlineExceeded           retried until the send's deadline passed
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
             ├── MessageRejectedError   400 invalid-message-id / message-id-required
-            ├── MessageGoneError       410 message-acknowledged / message-expired
+            ├── MessageGoneError       410 message-acknowledged / -expired / -outcome-unknown
             ├── MessageTooOldError     412 message-too-old
             ├── MessageIdReusedError   422 message-id-reused
             └── ResponseTooLargeError  500 response-too-large (not retryable, §4)
@@ -307,6 +307,7 @@ _BY_PROBLEM: dict[tuple[int, str], type[ProtocolAnswerError]] = {
     (400, Problem.INVALID_FIRST_SENT): MessageRejectedError,
     (410, Problem.MESSAGE_ACKNOWLEDGED): MessageGoneError,
     (410, Problem.MESSAGE_EXPIRED): MessageGoneError,
+    (410, Problem.MESSAGE_OUTCOME_UNKNOWN): MessageGoneError,
     (412, Problem.MESSAGE_TOO_OLD): MessageTooOldError,
     (422, Problem.MESSAGE_ID_REUSED): MessageIdReusedError,
     (500, Problem.RESPONSE_TOO_LARGE): ResponseTooLargeError,

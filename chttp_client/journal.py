@@ -59,7 +59,8 @@ from chttp_client.retention import RECEIVER_RETENTION
 from chttp_client.runs import ResumeOutcome, Runs
 from chttp_client.sending import RetryPolicy, utcnow
 from chttp_core import migrate
-from chttp_core.db import make_engine
+from chttp_core.db import make_engine, normalize_url
+from chttp_core.store_urls import CREATE_HINT, check_store_url
 from chttp_core.schema import OPLOG_OPEN
 
 __all__ = [
@@ -129,7 +130,10 @@ class Journal(Runs):
         self._own_engine = engine is None
         if engine is None:
             assert url is not None  # exactly one of them, checked above
-            engine = make_engine(url)
+            # A typo is refused here; a missing SQLite file is made only with
+            # upgrade_schema (chttp_core.store_urls).
+            engine = make_engine(check_store_url(url, create=upgrade_schema, adapt=normalize_url,
+                                                 create_hint=CREATE_HINT))
         self.engine = engine
         self.store = OplogStore(engine)
         self._upgrade_schema = upgrade_schema

@@ -35,11 +35,12 @@ from typing import Any, Callable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chttp_core.db import configure_sqlite
+from chttp_core.store_urls import CREATE_HINT, check_sqlite_file, check_store_url
 from chttp_core.telemetry import NOOP
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.async_transaction import AsyncMessageTransaction, run_step
 from chttp_server.asgi.context import AsyncCertifiedContext, _current
-from chttp_server.asgi.engines import make_async_engine, sync_journal_url
+from chttp_server.asgi.engines import async_url, make_async_engine, sync_journal_url
 from chttp_server.asgi.incoming import (
     Message,
     Receive,
@@ -183,8 +184,11 @@ class CertifiedMiddleware:
         self.app = app
         if engine is None:
             assert db_url is not None  # exactly one of them, checked above
-            engine = make_async_engine(db_url, sqlite_busy_timeout=claim_timeout)
+            url = check_store_url(db_url, create=upgrade_schema, adapt=async_url,
+                                  create_hint=CREATE_HINT)
+            engine = make_async_engine(url, sqlite_busy_timeout=claim_timeout)
         else:
+            check_sqlite_file(engine.url, create=upgrade_schema, create_hint=CREATE_HINT)
             # A SQLite engine made elsewhere gets WAL and BEGIN IMMEDIATE for the store's
             # own transactions (chttp_core.db): without them a claim is not serialised.
             # Its pooled connections predate that: disposed (awaited) before first use.

@@ -177,8 +177,14 @@ def test_journal_tables_match_their_migration(db_url):
 
 def test_journal_without_upgrade_refuses_a_missing_schema(sqlite_url):
     from chttp_client import Journal, resumable
-    from chttp_core.errors import SchemaOutOfDateError
+    import sqlite3
 
+    from chttp_core.errors import SchemaOutOfDateError, StoreURLError
+
+    path = sqlite_url.removeprefix("sqlite:///")
+    with pytest.raises(StoreURLError, match="no database at"):   # a missing file: not made
+        Journal(sqlite_url, upgrade_schema=False)
+    sqlite3.connect(path).close()                 # a database without the chttp tables
     journal = Journal(sqlite_url, upgrade_schema=False)
 
     @resumable(journal)
