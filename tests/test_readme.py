@@ -167,7 +167,7 @@ def test_the_async_sender_works_with_the_receiver_as_written(tmp_path):
     (tmp_path / "async_sender.py").write_text(_python_block("# async_sender.py"))
     serve = _command("chttp-server serve --app transfers:Root --db sqlite:///receiver.db --upgrade")
 
-    with _serving(_with_port(serve, 0), tmp_path) as url:
+    with _serving(_with_port(serve, 0), tmp_path) as (url, _):
         sent = _run(["python", "async_sender.py", url], tmp_path)
         assert sent.returncode == 0, sent.stderr
         assert re.fullmatch(r"transfers [0-9a-f]{32} [0-9a-f]{32}\n", sent.stdout), sent.stdout
