@@ -5,6 +5,7 @@
     ChttpClientError
     ├── JournalError                   the oplog cannot be used as asked
     │   ├── NonDeterminismError        a replay asked for another step than the recorded one
+    │   │   └── ConcurrentStepsError   two steps of one run were in flight at once
     │   ├── UnknownFunctionError       no registered function/version for an open oplog
     │   ├── OplogBusyError             another process holds the oplog's lease
     │   │   └── OplogTakenOverError    … it took our run's lease over; the run goes on there
@@ -38,6 +39,7 @@ __all__ = [
     "ChttpClientError",
     "JournalError",
     "NonDeterminismError",
+    "ConcurrentStepsError",
     "UnknownFunctionError",
     "OplogBusyError",
     "OplogTakenOverError",
@@ -82,6 +84,33 @@ class NonDeterminismError(JournalError):
         return (
             f"oplog {self.oplog_id} step {self.step} diverged from its record: "
             f"recorded {self.expected}, but the code now asks for {self.got}"
+        )
+
+
+class ConcurrentStepsError(NonDeterminismError):
+    """A step started while another step of the same run was still in flight.
+
+    ``asyncio.gather(chttp_context.post(a), chttp_context.post(b))`` inside one
+    ``async def`` resumable function: which send gets which step number, and what each
+    intent commit carries, would depend on scheduling, so a resumed run could not be
+    checked against its record. Refused instead, and the run is poisoned like a
+    divergent replay (nothing more is recorded; ``resume_all()`` abandons the oplog).
+    Await the sends one after the other, or make each its own ``@resumable`` function
+    (each has its own oplog, and those may run under one ``gather``). ``in_flight``
+    and ``asked`` describe the two steps; ``step`` is the number the second would have had.
+    """
+
+    def __init__(self, oplog_id: str, step: int, in_flight: str, asked: str) -> None:
+        super().__init__(oplog_id, step, in_flight, asked)
+        self.in_flight = in_flight
+        self.asked = asked
+
+    def __str__(self) -> str:
+        return (
+            f"oplog {self.oplog_id} step {self.step}: {self.asked} started while {self.in_flight} "
+            "of the same run was still in flight (asyncio.gather or a task inside one resumable "
+            "function); steps of one run must be awaited one after the other, or each send "
+            "made its own @resumable function"
         )
 
 

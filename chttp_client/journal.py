@@ -8,12 +8,16 @@ project's one Alembic lineage (:func:`chttp_core.migrate.upgrade`), so
 ``upgrade_schema=False`` and get :class:`~chttp_core.errors.SchemaOutOfDateError`
 naming the command if the schema is behind.
 
-The journal is a thin front over three parts with one job each:
+The journal is a thin front over parts with one job each:
 
 * :class:`~chttp_client.oplog_store.OplogStore` — every SQL statement (oplogs, steps,
   leases, acknowledgement marks), behind plain records;
-* :class:`~chttp_client.context.ResumableContext` — the step logic of one run (replay,
-  determinism checks, recording, the write buffer);
+* :class:`~chttp_client.steps.RunSteps` — the step logic of one run (replay,
+  determinism checks, recording, the write buffer), for ``def`` and ``async def``
+  functions alike, seen through :class:`~chttp_client.context.ResumableContext` or
+  :class:`~chttp_client.async_context.AsyncResumableContext`;
+* :class:`~chttp_client.runs.Runs` — running and resuming (``run``/``run_async``,
+  ``resume``/``resume_async``, ``resume_all``/``resume_all_async``);
 * :class:`~chttp_client.acknowledger.Acknowledger` — the background DELETEs.
 
 Functions are registered *globally* by ``(name, version)`` (:mod:`chttp_client.registry`,
@@ -29,35 +33,29 @@ time); a test that needs a lease gone expires it there
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
+import threading
 import time
-import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import httpx
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
-from chttp_client import codec, telemetry
 from chttp_client.acknowledger import Acknowledger
-from chttp_client.codec import CodecError
-from chttp_client.context import ResumableContext, RunServices
-from chttp_client.errors import (
-    JournalError,
-    NonDeterminismError,
-    OplogAbandonedError,
-    OplogBusyError,
-    UnknownFunctionError,
-)
+from chttp_client.context import RunServices
+from chttp_client.errors import JournalError, OplogAbandonedError
 from chttp_client.heartbeat import Heartbeat
 from chttp_client.leases import new_owner
+from chttp_client.loop_clients import LoopClients
 from chttp_client.oplog_store import OplogStore
 from chttp_client.records import INCOMING_PREFIX, OplogInfo
-from chttp_client.registry import register, registered_functions, registered_versions, unregister
+from chttp_client.registry import register, registered_versions, unregister
 from chttp_client.retention import RECEIVER_RETENTION
+from chttp_client.runs import ResumeOutcome, Runs
 from chttp_client.sending import RetryPolicy, utcnow
 from chttp_core import migrate
 from chttp_core.db import make_engine
@@ -75,34 +73,8 @@ __all__ = [
 
 log = logging.getLogger("chttp_client")
 
-@dataclass(frozen=True)
-class ResumeOutcome:
-    """What :meth:`Journal.resume_all` did with one open oplog.
 
-    ``status`` is ``done`` (``value`` holds the result), ``failed`` (the function raised
-    ``error``, now recorded), ``refused`` (unknown version: the oplog is left open and
-    intact), ``abandoned`` (non-determinism, an unreadable record, or more resumes
-    without progress than ``max_resume_attempts``: dead-lettered now, ``error`` says
-    why) or ``busy`` (another live process holds it).
-    """
-
-    oplog_id: str
-    function: str
-    version: int
-    status: str
-    value: Any = None
-    error: BaseException | None = None
-
-
-def _recorded_result(info: OplogInfo) -> Any:
-    result = info.result or {}
-    where = f"oplog {info.id} result"
-    if "error" in result:
-        raise codec.rebuild_exception(result["error"], where=where)
-    return codec.decode(result.get("value"), where=where)
-
-
-class Journal:
+class Journal(Runs):
     """The oplog store and HTTP client of resumable functions (see the module docstring).
 
     ``Journal("sqlite:///client.db")``, ``Journal("postgresql://…")`` or
@@ -134,11 +106,22 @@ class Journal:
         # Resumes of one oplog that make no progress (no commit: a crash loop) before
         # resume()/resume_all() abandon it instead (None: never).
         max_resume_attempts: int | None = 5,
+        # The client of async def functions' sends, for use on the host's one event loop;
+        # None: one per event loop, made with async_transport and closed with the
+        # loop's last run (chttp_client.loop_clients).
+        async_http_client: httpx.AsyncClient | None = None,
+        # … or the transport of those per-loop clients (one that may be closed and used
+        # again, like httpx.ASGITransport: each per-loop client closes it).
+        async_transport: httpx.AsyncBaseTransport | None = None,
+        # How async def functions wait between attempts (tests: a fake that moves the clock).
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if (url is None) == (engine is None):
             raise JournalError("give exactly one of url or engine=")
         if http_client is not None and transport is not None:
             raise JournalError("give http_client= or transport=, not both")
+        if async_http_client is not None and async_transport is not None:
+            raise JournalError("give async_http_client= or async_transport=, not both")
         if max_resume_attempts is not None and max_resume_attempts < 1:
             raise JournalError("max_resume_attempts must be at least 1 (or None)")
         self.max_resume_attempts = max_resume_attempts
@@ -156,6 +139,10 @@ class Journal:
         self.lease = lease
         self.clock = clock
         self.sleep = sleep
+        self.async_sleep = async_sleep
+        self.async_clients = LoopClients(lambda: httpx.AsyncClient(transport=async_transport),
+                                         given=async_http_client)
+        self._schema_lock = threading.Lock()
         self.acknowledger = Acknowledger(self.http_client, clock=clock, timeout=retry.timeout,
                                          enabled=acknowledge)
         self.heartbeat = Heartbeat(self.store, clock=clock, lease=lease)
@@ -188,72 +175,24 @@ class Journal:
     # -- schema --------------------------------------------------------------------------
 
     def ensure_schema(self) -> None:
-        """Upgrade (or check) the schema once; called before the first database access."""
+        """Upgrade (or check) the schema once; called before the first database access.
+
+        Under a lock: a hundred async runs started at once call it from as many worker
+        threads, and one migration is enough.
+        """
         if self._schema_ready:
             return
-        if self._upgrade_schema:
-            if migrate.current_revision(self.engine) != migrate.head_revision():
-                migrate.upgrade(self.engine)
-        else:
-            migrate.check_schema(self.engine)
-        self._schema_ready = True
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if self._upgrade_schema:
+                if migrate.current_revision(self.engine) != migrate.head_revision():
+                    migrate.upgrade(self.engine)
+            else:
+                migrate.check_schema(self.engine)
+            self._schema_ready = True
 
-    # -- running -------------------------------------------------------------------------
-
-    def run(self, name: str, version: int, function: Callable[..., Any], args: tuple[Any, ...],
-            kwargs: dict[str, Any], *, oplog_id: str | None = None,
-            message_id_for: Callable[[int], str] | None = None) -> Any:
-        """Start a new oplog for ``function(*args, **kwargs)`` and run it to the end.
-
-        ``oplog_id`` chooses the new oplog's id (default: a random UUID);
-        ``message_id_for(step)`` the ids of its sends (default: random UUIDs).
-        """
-        self.ensure_schema()
-        context = ResumableContext(
-            self.services, oplog_id=oplog_id or str(uuid.uuid4()), function=name,
-            version=version, arguments=codec.dumps({"args": list(args), "kwargs": kwargs}),
-            message_id_for=message_id_for,
-        )
-        return context.call(function)
-
-    def resume(self, oplog_id: str, *, force: bool = False,
-               message_id_for: Callable[[int], str] | None = None) -> Any:
-        """Run the open oplog ``oplog_id`` to its end by replaying it; return its result.
-
-        A finished oplog returns (or raises) its recorded result without running anything.
-        ``force`` takes the lease even from a live owner (the crash helper uses it).
-        """
-        self.ensure_schema()
-        return self._resume(self.get(oplog_id), force=force, message_id_for=message_id_for)
-
-    def _resume(self, info: OplogInfo, *, force: bool = False, only_open: bool = False,
-                message_id_for: Callable[[int], str] | None = None) -> Any:
-        if info.state != OPLOG_OPEN:
-            if only_open:  # resume_all: another process finished it since we listed it
-                raise OplogBusyError(info.id, "nobody: it finished meanwhile")
-            return _recorded_result(info)
-        functions = registered_functions(info.function)
-        function = functions.get(info.version)
-        if function is None:
-            raise UnknownFunctionError(info.id, info.function, info.version, sorted(functions))
-        owner = new_owner()
-        now = self.clock()
-        attempts = self.store.take_lease(info.id, owner, now=now, lease=self.lease,
-                                         force=force, count_attempt=True)
-        if self.max_resume_attempts is not None and attempts > self.max_resume_attempts:
-            self._abandon(info, f"{attempts - 1} resumes made no progress "
-                                f"(max_resume_attempts={self.max_resume_attempts})")
-        telemetry.resumed()
-        context = ResumableContext(
-            self.services, oplog_id=info.id, function=info.function, version=info.version,
-            arguments=self.store.arguments(info.id), recorded=info.steps, stored=True,
-            owner=owner, message_id_for=message_id_for,
-        )
-        try:
-            return context.call(function)
-        except (NonDeterminismError, CodecError):  # nothing recorded: the oplog stays open
-            self.store.release_lease(info.id, owner)
-            raise
+    # -- abandoning (running and resuming: chttp_client.runs) -----------------------------
 
     def abandon(self, oplog_id: str, reason: str) -> None:
         """Dead-letter the open oplog ``oplog_id``: it is never resumed again.
@@ -271,19 +210,9 @@ class Journal:
         if info.state != OPLOG_OPEN:
             raise JournalError(f"oplog {oplog_id} is {info.state}, not open: nothing to abandon")
         try:
-            self._abandon(info, reason)
+            self._run_sync(self._abandon_steps(info, reason))
         except OplogAbandonedError:
             return
-
-    def _abandon(self, info: OplogInfo, reason: str) -> None:
-        """Record the abandonment, report it once (here), raise it."""
-        error = OplogAbandonedError(info.id, reason)
-        if not self.store.abandon(info.id, reason=reason, now=self.clock(),
-                                  result={"error": codec.exception_record(error)}):
-            raise OplogBusyError(info.id, "nobody: it finished meanwhile")
-        telemetry.oplog_state("abandoned")
-        log.warning("chttp: oplog %s (%s v%s) abandoned: %s", info.id, info.function, info.version, reason)
-        raise error
 
     def take_lease(self, oplog_id: str, *, force: bool = False) -> str:
         """Lease the open oplog to a new owner of this process and return that owner.
@@ -294,50 +223,6 @@ class Journal:
         now = self.clock()
         self.store.take_lease(oplog_id, owner, now=now, lease=self.lease, force=force)
         return owner
-
-    def resume_all(self) -> builtins.list[ResumeOutcome]:
-        """Resume every open oplog this process can lease, and retry pending acknowledgements.
-
-        Never raises for one oplog's trouble: each gets a :class:`ResumeOutcome`. An oplog
-        left ``busy`` (another live process holds it) or ``refused`` (unknown version) is
-        also logged at WARNING on the ``chttp_client`` logger, so a start-up resume never
-        skips one silently. One that diverges from its record (non-determinism: the code
-        changed), holds a record this version cannot read
-        (:class:`~chttp_client.codec.CodecError`, naming the oplog and step) or was
-        resumed more than ``max_resume_attempts`` times without progress is *abandoned*
-        (:meth:`abandon`), reported once at WARNING, and not tried again.
-        """
-        self.ensure_schema()
-        self.acknowledge_pending()
-        outcomes = []
-        for listed in self.list_open():
-            if listed.function.startswith(INCOMING_PREFIX):
-                continue
-            try:
-                value = self._resume(self.get(listed.id), only_open=True)
-            except OplogBusyError as error:
-                log.warning("chttp: oplog %s (%s v%s) not resumed, busy: %s",
-                            listed.id, listed.function, listed.version, error)
-                outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "busy", error=error))
-            except UnknownFunctionError as error:
-                log.warning("chttp: oplog %s (%s v%s) not resumed, refused: %s",
-                            listed.id, listed.function, listed.version, error)
-                outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "refused", error=error))
-            except (NonDeterminismError, CodecError) as error:
-                # The code changed, or a record is unreadable (corrupted, or written by a
-                # newer version): no resume will fix it. Not the function's own failure.
-                try:
-                    self._abandon(listed, str(error))
-                except (OplogAbandonedError, OplogBusyError) as abandoned:
-                    outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version,
-                                                  "abandoned", error=abandoned))
-            except OplogAbandonedError as error:  # too many resumes without progress
-                outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "abandoned", error=error))
-            except Exception as error:  # the function's own outcome, now recorded
-                outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "failed", error=error))
-            else:
-                outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "done", value=value))
-        return outcomes
 
     def purge(self, *, older_than: timedelta, horizon: timedelta = RECEIVER_RETENTION,
               batch_size: int = 1000, max_batches: int | None = None) -> int:

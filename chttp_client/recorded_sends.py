@@ -10,7 +10,8 @@ that translation, with no journal and no I/O.
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urljoin
 
 import httpx
@@ -18,12 +19,14 @@ import httpx
 from chttp_client import codec, telemetry
 from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, protocol_error_for
 from chttp_client.records import StepRecord
-from chttp_client.sending import RetryPolicy, deliver, problem_type_of
+from chttp_client.effects import Steps
+from chttp_client.sending import RetryPolicy, deliver_steps, problem_type_of
 from chttp_core.schema import STEP_DONE
 from chttp_core.telemetry import TRACE_HEADERS, trace_headers
 from chttp_core.wire import HEADER_FIRST_SENT, HEADER_MESSAGE_ID, HEADER_MESSAGE_URL, format_http_date
 
 __all__ = [
+    "SendOptions",
     "caller_headers",
     "request_record",
     "response_record",
@@ -40,6 +43,17 @@ _DROPPED_RESPONSE_HEADERS = frozenset({"content-encoding", "transfer-encoding", 
 _AUTOMATIC_REQUEST_HEADERS = frozenset(
     {"host", "content-length", "accept", "accept-encoding", "connection", "user-agent"}
 ) | TRACE_HEADERS
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """What a certified send was asked for (``send(method, url, …)``)."""
+
+    json: Any = None
+    content: bytes | str | None = None
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
+    #: Seconds after the first attempt to give up; None: the journal's RetryPolicy.deadline.
+    deadline: float | None = None
 
 
 def caller_headers(built: httpx.Request) -> list[list[str]]:
@@ -106,19 +120,21 @@ def rebuild_response(message_id: str, request: dict[str, Any], stored: dict[str,
 def answer_recorded_send(
     record: StepRecord,
     *,
-    client: httpx.Client,
+    # Builds each attempt (the run's own client: its base headers, auth and timeouts).
+    client: httpx.Client | httpx.AsyncClient,
     policy: RetryPolicy,
     clock: Callable[[], datetime],
-    sleep: Callable[[float], None],
     # Seconds after the first attempt to give up; None: policy.deadline.
     deadline: float | None,
     # How long this run waits (receiver handlers); None: only the send's deadline.
     run_deadline: timedelta | None,
     on_attempt: Callable[[], None],
     on_answer: Callable[[], None],
-    on_wait: Callable[[], None],
-) -> None:
+    on_wait: Callable[[], Steps[None]],
+) -> Steps[None]:
     """Send the recorded request until its definitive answer; record it in ``record``.
+
+    Step logic (:mod:`chttp_client.effects`): a sync and an async run drive the same code.
 
     Every attempt carries the recorded id and first-sent time (docs/protocol.rst §1). The
     answer, or the :class:`~chttp_client.errors.DeadlineExceeded` of the send's own
@@ -145,11 +161,10 @@ def answer_recorded_send(
 
     deadline_at = first_sent + limit
     run_deadline_at = None if run_deadline is None else clock() + run_deadline
-    attempt = deliver(
-        client, build,
+    attempt = yield from deliver_steps(
+        build,
         deadline_at=deadline_at if run_deadline_at is None else min(deadline_at, run_deadline_at),
-        policy=policy, clock=clock, sleep=sleep, on_attempt=lambda _request: on_attempt(),
-        on_wait=on_wait,
+        policy=policy, clock=clock, on_attempt=lambda _request: on_attempt(), on_wait=on_wait,
     )
     if attempt.response is None and run_deadline_at is not None and clock() < deadline_at:
         # Only this run gave up: the step stays "recorded" and the next run (a retry

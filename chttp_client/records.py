@@ -7,14 +7,14 @@ ever sees a row or a connection.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from chttp_client import codec
 from chttp_core.schema import KIND_SEND
 
-__all__ = ["StepRecord", "OplogInfo", "INCOMING_PREFIX", "OPLOG_ABANDONED"]
+__all__ = ["StepRecord", "OplogInfo", "PendingWrites", "INCOMING_PREFIX", "OPLOG_ABANDONED"]
 
 #: Oplogs of receiver handlers (chttp_client.incoming) are driven by incoming retries,
 #: never by resume_all().
@@ -97,3 +97,18 @@ class OplogInfo:
     abandoned_reason: str | None = None
     #: Resumes since its last progress (``Journal(max_resume_attempts=…)``).
     resume_attempts: int = 0
+
+
+@dataclass
+class PendingWrites:
+    """What waits for the next commit of a run (:mod:`chttp_client.context` says why)."""
+
+    #: New persist steps, inserted by the next commit.
+    steps: list[StepRecord] = field(default_factory=list)
+    #: Answered send steps (already stored as ``recorded``), updated to ``done`` by it.
+    answers: list[StepRecord] = field(default_factory=list)
+    #: ``(step number, X-Message-URL)`` to acknowledge once those answers are durable.
+    acks: list[tuple[int, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.answers)

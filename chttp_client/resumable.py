@@ -9,7 +9,12 @@
     def transfer(url, amount, *, chttp_context): ...
 
 Calling the decorated function starts a new oplog and runs it to completion (or raises
-what it raised). Oplogs are keyed by the function's *name* (``module.qualname`` unless
+what it raised). An ``async def`` function is decorated the same way: calling it then
+returns a coroutine that runs the oplog (``await transfer(…)``, ``asyncio.run(transfer(…))``),
+and its ``chttp_context`` is awaited
+(:class:`~chttp_client.async_context.AsyncResumableContext`); its oplogs are resumed by
+``journal.resume_all()``, ``await journal.resume_all_async()`` and ``chttp-client resume``
+like any other. Oplogs are keyed by the function's *name* (``module.qualname`` unless
 ``name=`` is given) and *version*: an open oplog is replayed by exactly the version that
 wrote it, because only that code is guaranteed to take the same steps. Keep an old
 version decorated until ``chttp-client list`` shows none of its oplogs open; an oplog
@@ -30,6 +35,7 @@ resume can call the function again); the result is returned as the codec decodes
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from typing import Any, Callable, TypeVar, cast
@@ -53,11 +59,16 @@ def resumable(journal: Journal, *, version: int = 1, name: str | None = None) ->
         key = name or _importable_name(function)
         register(key, version, function)
 
-        @functools.wraps(function)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if "chttp_context" in kwargs:
-                raise TypeError("chttp_context is supplied by @resumable; do not pass it")
-            return journal.run(key, version, function, args, kwargs)
+        if inspect.iscoroutinefunction(function):
+            @functools.wraps(function)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                _refuse_context(kwargs)
+                return await journal.run_async(key, version, function, args, kwargs)
+        else:
+            @functools.wraps(function)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                _refuse_context(kwargs)
+                return journal.run(key, version, function, args, kwargs)
 
         # What the testing helper and the CLI read back off a decorated function.
         vars(wrapper).update(journal=journal, chttp_name=key, chttp_version=version,
@@ -65,6 +76,11 @@ def resumable(journal: Journal, *, version: int = 1, name: str | None = None) ->
         return cast(F, wrapper)  # the same call signature as ``function``
 
     return decorate
+
+
+def _refuse_context(kwargs: dict[str, Any]) -> None:
+    if "chttp_context" in kwargs:
+        raise TypeError("chttp_context is supplied by @resumable; do not pass it")
 
 
 def _importable_name(function: Callable[..., Any]) -> str:

@@ -6,8 +6,8 @@ docs/protocol.rst §5: retry on connection errors, timeouts, 5xx other than 501/
 One exception to the 5xx rule: §4 marks 500 ``response-too-large`` as *not* retryable
 (the receiver rolled back and will roll back again), so it is definitive here.
 
-This module knows nothing about the journal: :mod:`chttp_client.context` records the
-request before calling :func:`deliver` and records what it returns. Time and sleep are
+This module knows nothing about the journal: :mod:`chttp_client.steps` records the
+request before running :func:`deliver_steps` and records what it returns. Time and sleep are
 injectable so that tests never wait on the wall clock.
 """
 
@@ -21,9 +21,10 @@ from typing import Any, Callable
 import httpx
 
 from chttp_client import telemetry
+from chttp_client.effects import Http, Sleep, Steps, SyncExecutor
 from chttp_core.wire import PROBLEM_CONTENT_TYPE, Problem, parse_http_date
 
-__all__ = ["RetryPolicy", "Attempt", "deliver", "is_retryable", "problem_type_of", "retry_after_of"]
+__all__ = ["RetryPolicy", "Attempt", "deliver", "deliver_steps", "is_retryable", "problem_type_of", "retry_after_of"]
 
 #: 501 Not Implemented and 505 HTTP Version Not Supported will not change on a retry.
 _NOT_RETRIED_5XX = frozenset({501, 505})
@@ -102,19 +103,20 @@ class Attempt:
     last_error: str = ""
 
 
-def deliver(
-    client: httpx.Client,
+def deliver_steps(
     build: Callable[[], httpx.Request],
     *,
     deadline_at: datetime,
     policy: RetryPolicy,
     clock: Callable[[], datetime],
-    sleep: Callable[[float], None],
     on_attempt: Callable[[httpx.Request], None] | None = None,
-    on_wait: Callable[[], None] | None = None,
-) -> Attempt:
+    on_wait: Callable[[], Steps[None]] | None = None,
+) -> Steps[Attempt]:
     """Send ``build()`` until a definitive answer or ``deadline_at``; never raises for HTTP.
 
+    The retry rules as step logic (:mod:`chttp_client.effects`): each attempt is an
+    :class:`~chttp_client.effects.Http` effect, each wait a
+    :class:`~chttp_client.effects.Sleep`, so a sync and an async sender retry alike.
     The body is read whole, so the response can be recorded byte for byte.
     """
     attempts = 0
@@ -130,8 +132,7 @@ def deliver(
         telemetry.attempted()
         wait: float | None = None
         try:
-            response = client.send(request)
-            response.read()
+            response: httpx.Response = yield Http(request)
         except httpx.TransportError as exc:  # connection errors and timeouts
             last_error = f"{type(exc).__name__}: {exc}"
             telemetry.retried(telemetry.retry_cause(None, exc))
@@ -149,8 +150,32 @@ def deliver(
         if remaining <= 0:
             return Attempt(None, attempts, last_error)
         if on_wait is not None:
+            yield from on_wait()
+        yield Sleep(min(delay, remaining))
+
+
+def deliver(
+    client: httpx.Client,
+    build: Callable[[], httpx.Request],
+    *,
+    deadline_at: datetime,
+    policy: RetryPolicy,
+    clock: Callable[[], datetime],
+    sleep: Callable[[float], None],
+    on_attempt: Callable[[httpx.Request], None] | None = None,
+    on_wait: Callable[[], None] | None = None,
+) -> Attempt:
+    """:func:`deliver_steps` with a synchronous client, in the calling thread."""
+
+    def waited() -> Steps[None]:
+        if on_wait is not None:
             on_wait()
-        sleep(min(delay, remaining))
+        return
+        yield  # a generator with no effects of its own
+
+    return SyncExecutor(client, sleep).run(deliver_steps(
+        build, deadline_at=deadline_at, policy=policy, clock=clock, on_attempt=on_attempt,
+        on_wait=waited))
 
 
 def utcnow() -> datetime:

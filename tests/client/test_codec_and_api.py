@@ -17,7 +17,9 @@ from alembic.migration import MigrationContext
 import chttp_client
 from chttp_client import codec
 from chttp_core.db import make_engine
-from chttp_client.errors import DeadlineExceeded, MessageGoneError, NonDeterminismError, UnknownFunctionError
+from chttp_client.errors import (
+    ConcurrentStepsError, DeadlineExceeded, MessageGoneError, NonDeterminismError, UnknownFunctionError,
+)
 from chttp_core import migrate
 from chttp_core.schema import metadata
 from tests.server.live import REPO_ROOT
@@ -59,6 +61,8 @@ def test_exceptions_rebuild_from_type_and_args():
 
 @pytest.mark.parametrize("error", [
     pytest.param(NonDeterminismError("o", 3, "send A", "send B"), id="non-determinism"),
+    pytest.param(ConcurrentStepsError("o", 2, "send POST http://x/a", "send POST http://x/b"),
+                 id="concurrent-steps"),
     pytest.param(UnknownFunctionError("o", "f", 1, [2]), id="unknown-function"),
     pytest.param(MessageGoneError("id", "POST", "http://x/", "410 message-acknowledged", "message-acknowledged"),
                  id="message-gone"),
@@ -80,9 +84,9 @@ def _kind(obj) -> str:
 
 def test_public_api_is_pinned():
     assert chttp_client.__all__ == [
-        "resumable", "Journal", "RetryPolicy", "ResumableContext", "StepEvent", "StepRecord",
-        "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError", "JournalError",
-        "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "OplogTakenOverError", "OplogAbandonedError",
+        "resumable", "Journal", "RetryPolicy", "ResumableContext", "AsyncResumableContext",
+        "StepEvent", "StepRecord", "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError",
+        "JournalError", "NonDeterminismError", "ConcurrentStepsError", "UnknownFunctionError", "OplogBusyError", "OplogTakenOverError", "OplogAbandonedError",
         "SendError",
         "DeadlineExceeded", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
         "MessageTooOldError", "MessageIdReusedError", "ResponseTooLargeError",
@@ -92,6 +96,7 @@ def test_public_api_is_pinned():
         "Journal": "class",
         "RetryPolicy": "class",
         "ResumableContext": "class",
+        "AsyncResumableContext": "class",
         "StepEvent": "class",
         "StepRecord": "class",
         "OplogInfo": "class",
@@ -100,6 +105,7 @@ def test_public_api_is_pinned():
         "ChttpClientError": "exception(ChttpError)",
         "JournalError": "exception(ChttpClientError)",
         "NonDeterminismError": "exception(JournalError)",
+        "ConcurrentStepsError": "exception(NonDeterminismError)",
         "UnknownFunctionError": "exception(JournalError)",
         "OplogBusyError": "exception(JournalError)",
         "OplogTakenOverError": "exception(OplogBusyError)",
@@ -114,11 +120,14 @@ def test_public_api_is_pinned():
         "ResponseTooLargeError": "exception(ProtocolAnswerError)",
     }
     # Each name is the object its home module defines (no stale duplicate re-exported).
-    from chttp_client import errors, journal, observers, records
+    from chttp_client import async_context, errors, journal, observers, records, runs
 
     assert chttp_client.MessageGoneError is errors.MessageGoneError
     assert chttp_client.Journal is journal.Journal and chttp_client.StepEvent is observers.StepEvent
     assert chttp_client.StepRecord is records.StepRecord and chttp_client.OplogInfo is records.OplogInfo
+    assert chttp_client.AsyncResumableContext is async_context.AsyncResumableContext
+    assert chttp_client.ResumeOutcome is runs.ResumeOutcome is journal.ResumeOutcome
+    assert chttp_client.ConcurrentStepsError is errors.ConcurrentStepsError
 
 
 def test_the_senders_protocol_errors_share_no_name_with_the_receivers():
