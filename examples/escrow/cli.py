@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--postgres", action="store_true",
                         help="run every service against a throwaway PostgreSQL cluster "
                              "(needs the PostgreSQL server binaries)")
+    parser.add_argument("--asgi", action="store_true",
+                        help="serve the ledgers and the escrow as ASGI apps (Starlette, async "
+                             "SQLAlchemy) on uvicorn, the escrow driven by async def resumable "
+                             "functions (needs the 'asgi' extra)")
     parser.add_argument("--console", action="store_true",
                         help="open the web console on the escrow's messages and oplogs while "
                              "the demo runs, and print its URL")
