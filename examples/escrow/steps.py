@@ -22,15 +22,15 @@ from __future__ import annotations
 
 from typing import Any, Generator, TypeVar
 
-from sqlalchemy import Connection, Executable, Result
+from sqlalchemy import Connection, Executable
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = ["SqlSteps", "BadRequest", "NotFound", "run_sql", "run_sql_async"]
 
 T = TypeVar("T")
 
-#: A rule: yields statements, receives each one's ``Result``, returns ``T``.
-SqlSteps = Generator[Executable, "Result[Any]", T]
+#: A rule: yields statements, receives each one's ``Result`` (buffered), returns ``T``.
+SqlSteps = Generator[Executable, Any, T]
 
 
 class BadRequest(ValueError):
