@@ -185,6 +185,11 @@ class MessageTransaction:
         return self._connection
 
     @property
+    def has_connection(self) -> bool:
+        """True while the transaction holds a connection (begun, not yet closed)."""
+        return self._connection is not None
+
+    @property
     def expires_at(self) -> datetime:
         if self.received_at is None:
             raise RuntimeError("the message has not been claimed")

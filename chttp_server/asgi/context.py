@@ -99,11 +99,6 @@ class AsyncCertifiedContext:
             self._session = AsyncSession(bind=self.connection, autoflush=True)
         return self._session
 
-    async def flush(self) -> None:
-        """Push pending ORM changes into the transaction before the response is stored."""
-        if self._session is not None:
-            await self._session.flush()
-
     # -- the view as a sender (chttp_client.incoming) --------------------------------
 
     async def _outgoing_context(self) -> ResumableContext:
@@ -158,11 +153,15 @@ class AsyncCertifiedContext:
 
     # -- the end of the request ------------------------------------------------------
 
-    def close_session(self) -> None:
-        """Close the context's own session (synchronous: run through the executor)."""
+    def flush_and_close_session(self) -> None:
+        """Push the context's session's pending writes into the transaction and close it
+        (synchronous: run through the executor, before the response is stored)."""
         if self._session is not None:
             session, self._session = self._session, None
-            session.sync_session.close()
+            try:
+                session.sync_session.flush()
+            finally:
+                session.sync_session.close()
 
     async def close(self) -> None:
         """The request is over: journal buffered send records, forget the connection."""
