@@ -9,10 +9,12 @@ take the same steps.
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from typing import Any, Callable
 
-__all__ = ["register", "unregister", "registered_versions", "registered_functions"]
+__all__ = ["register", "unregister", "registered_versions", "registered_functions", "importable_module"]
 
 _REGISTRY: dict[str, dict[int, Callable[..., Any]]] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -41,3 +43,23 @@ def registered_functions(name: str) -> dict[int, Callable[..., Any]]:
     """A copy of ``{version: function}`` registered for ``name``."""
     with _REGISTRY_LOCK:
         return dict(_REGISTRY.get(name, {}))
+
+
+def importable_module(module: str) -> str | None:
+    """``module`` as an import would spell it: ``__main__`` becomes the script's name.
+
+    ``python sender.py`` runs ``sender`` as ``__main__``, and ``python -m pkg.mod`` runs
+    ``pkg.mod`` so; a resume imports them under those names. Function names and the
+    names of ``persist()`` callables are recorded this way, so that an oplog written by
+    the script replays when another process imports it. None where no import could
+    give the name (``python -c``, a file name that is not an identifier).
+    """
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if spec is not None and spec.name not in ("", "__main__"):
+        return str(spec.name)                                    # python -m package.module
+    stem = os.path.splitext(os.path.basename(path))[0] if path else ""
+    return stem if stem.isidentifier() else None                 # python sender.py

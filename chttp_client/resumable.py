@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
-import sys
 from typing import Any, Callable, TypeVar, cast
 
 from chttp_client.journal import Journal
-from chttp_client.registry import register
+from chttp_client.registry import importable_module, register
 
 __all__ = ["resumable"]
 
@@ -85,18 +83,10 @@ def _refuse_context(kwargs: dict[str, Any]) -> None:
 
 def _importable_name(function: Callable[..., Any]) -> str:
     """``module.qualname`` as an import would spell it, also for a script run as ``__main__``."""
-    module = function.__module__
-    if module == "__main__":
-        main = sys.modules.get("__main__")
-        spec = getattr(main, "__spec__", None)
-        path = getattr(main, "__file__", None)
-        if spec is not None and spec.name not in ("", "__main__"):
-            module = spec.name                            # python -m package.module
-        elif path and os.path.splitext(os.path.basename(path))[0].isidentifier():
-            module = os.path.splitext(os.path.basename(path))[0]   # python sender.py
-        else:
-            raise ValueError(
-                f"@resumable: {function.__qualname__} is defined in __main__ with no module "
-                "name an import could give it, so its oplogs could never be resumed; pass "
-                f"@resumable(journal, name='yourmodule.{function.__qualname__}')")
+    module = importable_module(function.__module__)
+    if module is None:
+        raise ValueError(
+            f"@resumable: {function.__qualname__} is defined in __main__ with no module "
+            "name an import could give it, so its oplogs could never be resumed; pass "
+            f"@resumable(journal, name='yourmodule.{function.__qualname__}')")
     return f"{module}.{function.__qualname__}"

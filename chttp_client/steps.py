@@ -21,9 +21,8 @@ scheduling, so a resumed run could not match its record. The second step raises
 :class:`~chttp_client.errors.ConcurrentStepsError` (a
 :class:`~chttp_client.errors.NonDeterminismError`) and poisons the run like a divergent
 step: nothing more is recorded, and ``resume_all()`` abandons the oplog with that reason.
-A cancelled run (:class:`asyncio.CancelledError`, a task cancelled mid-send) records
-nothing more and gives its lease up, so the oplog can be resumed at once, resending the
-recorded message id.
+A cancelled run (:class:`asyncio.CancelledError`) records nothing more and gives its
+lease up: the oplog resumes at once, resending the recorded message id.
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ from chttp_client.observers import StepEvent
 from chttp_client.oplog_store import Commit, Finish, NewOplog
 from chttp_client.recorded_sends import SendOptions, answer_recorded_send, rebuild_response, request_record
 from chttp_client.records import PendingWrites, StepRecord
+from chttp_client.registry import importable_module
 from chttp_client.services import RunServices
 from chttp_core.schema import KIND_PERSIST, KIND_SEND, OPLOG_DONE, OPLOG_FAILED, STEP_DONE, STEP_RECORDED
 from chttp_core.wire import fingerprint
@@ -55,9 +55,10 @@ T = TypeVar("T")
 
 
 def _callable_name(target: Callable[..., Any]) -> str:
+    # A script's helper is named as its importer will name it (a resume in another process).
     module = getattr(target, "__module__", None) or type(target).__module__
     qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
-    return f"{module}.{qualname}"
+    return f"{importable_module(module) or module}.{qualname}"
 
 
 def _utcnow() -> datetime:
@@ -136,8 +137,7 @@ class RunSteps:
         is_call = callable(value_or_callable)
         name = _callable_name(value_or_callable) if is_call else "value"
         with self._one_step(f"persist {name}"):
-            persisted = self._persist(value_or_callable, is_call, name, args, kwargs)
-            return (yield from self._releasing(persisted))
+            return (yield from self._releasing(self._persist(value_or_callable, is_call, name, args, kwargs)))
 
     def _persist(self, value_or_callable: Any, is_call: bool, name: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Steps[Any]:

@@ -128,6 +128,29 @@ def test_the_receiver_and_the_sender_work_together_as_written(tmp_path):
     assert "sender.start_transfer v1" in listed.stdout   # not __main__.start_transfer
 
 
+def test_the_async_sender_works_with_the_receiver_as_written(tmp_path):
+    """The "Async resumable functions" snippet, run as a script against the README's receiver."""
+    (tmp_path / "transfers.py").write_text(_python_block("# transfers.py"))
+    (tmp_path / "async_sender.py").write_text(_python_block("# async_sender.py"))
+    serve = _command("chttp-server serve --app transfers:Root --db sqlite:///receiver.db --upgrade")
+
+    with _serving(_with_port(serve, 0), tmp_path) as url:
+        sent = _run(["python", "async_sender.py", url], tmp_path)
+        assert sent.returncode == 0, sent.stderr
+        assert re.fullmatch(r"transfers [0-9a-f]{32} [0-9a-f]{32}\n", sent.stdout), sent.stdout
+        ids = sent.stdout.split()[1:]
+        resumed = _run(["chttp-client", "resume", "--db", "sqlite:///async_sender.db",
+                        "--import", "async_sender"], tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        assert resumed.stdout.strip() == "0 open oplog(s): nothing to do"
+    with sqlite3.connect(tmp_path / "receiver.db") as connection:
+        rows = connection.execute("SELECT id, amount FROM transfers ORDER BY amount").fetchall()
+    assert [amount for _id, amount in rows] == [5, 7] and sorted(ids) == sorted(i for i, _a in rows)
+    listed = _run(["chttp-client", "list", "--all", "--db", "sqlite:///async_sender.db"], tmp_path)
+    assert listed.stdout.count("async_sender.start_transfer v1") == 2
+    assert listed.stdout.count(" done ") == 2
+
+
 def test_an_interrupted_send_is_finished_by_chttp_client_resume(tmp_path):
     (tmp_path / "transfers.py").write_text(_python_block("# transfers.py"))
     (tmp_path / "sender.py").write_text(_python_block("# sender.py"))

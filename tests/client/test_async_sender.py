@@ -374,3 +374,37 @@ def test_a_lease_taken_over_meanwhile_fails_the_async_run_at_its_next_commit(jou
     expire_leases(journal)               # the taker "died"; its lease lapses
     [outcome] = journal.resume_all()
     assert outcome.status == "done" and outcome.value == "mine" and count_runs(gate.engine) == 1
+
+
+def test_a_def_and_an_async_def_function_run_the_same_journal_statements(journal, live):
+    """One step logic, one oplog SQL: the two kinds of function, taking the same steps,
+    make the journal execute the same statements in the same order."""
+    from sqlalchemy import event
+
+    gate, base = live
+    journal.acknowledge = False          # background DELETEs would interleave their marks
+    journal.ensure_schema()
+    seen: list[str] = []
+
+    def statement(_connection, _cursor, text, _parameters, _context, _many) -> None:
+        seen.append(text)
+
+    @resumable(journal)
+    def plain(url, *, chttp_context):
+        ref = chttp_context.persist(random.random)
+        return chttp_context.post(url, json={"ref": ref}).status_code
+
+    @resumable(journal)
+    async def awaited(url, *, chttp_context):
+        ref = await chttp_context.persist(random.random)
+        return (await chttp_context.post(url, json={"ref": ref})).status_code
+
+    event.listen(journal.engine, "before_cursor_execute", statement)
+    try:
+        assert plain(f"{base}/escrow") == 201
+        of_def, seen[:] = list(seen), []
+        assert asyncio.run(awaited(f"{base}/escrow")) == 201
+        of_async = list(seen)
+    finally:
+        event.remove(journal.engine, "before_cursor_execute", statement)
+    assert len(of_def) >= 4 and of_async == of_def
