@@ -11,9 +11,12 @@ time limit came first and nothing was wrong (transfers still in flight).
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "DEFAULT_TRANSFERS", "DEFAULT_KILL_RATE"]
+__all__ = ["add_arguments", "run", "missing_asgi_modules", "DEFAULT_TRANSFERS",
+           "DEFAULT_KILL_RATE"]
 
 #: Sized to finish in about a minute on a 2-core machine.
 DEFAULT_TRANSFERS = 100
@@ -48,6 +51,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; the exit status is described in the module docstring."""
+    if args.asgi:
+        missing = missing_asgi_modules(postgres=args.postgres)
+        if missing:
+            # Said here, once, rather than by every service dying at start-up.
+            print(f"chttp-server: error: --asgi needs {', '.join(missing)}: pip install "
+                  f"'certified-http[asgi]'" + (" asyncpg" if "asyncpg" in missing else ""),
+                  file=sys.stderr)
+            return 2
     from chttp_examples.escrow import demo
 
     return demo.run(args)
+
+
+#: What the ASGI services import: the ``asgi`` extra (SQLAlchemy's asyncio layer needs greenlet).
+ASGI_MODULES = ("starlette", "uvicorn", "aiosqlite", "greenlet")
+
+
+def missing_asgi_modules(*, postgres: bool = False) -> list[str]:
+    """The modules ``--asgi`` needs that cannot be imported (asyncpg too with ``--postgres``)."""
+    missing = []
+    for name in ASGI_MODULES + (("asyncpg",) if postgres else ()):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing

@@ -79,3 +79,15 @@ def test_the_asgi_demo_under_chaos_on_postgresql(tmp_path, pg_cluster):
     assert sum(report.kills.values()) > 0
     assert set(_oplog_functions(databases.escrow)) == {DRIVER_NAME}
     assert _processes_using(directory) == []
+
+
+def test_without_the_asgi_extra_the_demo_says_what_to_install_and_starts_nothing(tmp_path):
+    # uvicorn made unimportable in the child, as on a machine without the 'asgi' extra.
+    script = ("import sys; sys.modules['uvicorn'] = None\n"
+              "from chttp_server.cli import main\n"
+              f"sys.exit(main(['demo', '--asgi', '--db-dir', {str(tmp_path / 'demo')!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--asgi needs uvicorn: pip install 'certified-http[asgi]'" in result.stderr
+    assert not (tmp_path / "demo").exists()
