@@ -11,6 +11,11 @@ applied twice, the escrow holding the difference), and reported as unfinished ra
 wrong. Exit status: 0 passed, 1 the audit found something wrong, 3 the time limit came
 first and nothing was wrong.
 
+With ``asgi=True`` (``--asgi``) the ledgers and the escrow are their ASGI twins, each a
+uvicorn process (:mod:`~chttp_examples.escrow.serve_asgi`), the escrow driven by an
+``async def`` resumable function; everything else — the client, the chaos, the audit,
+the report — is the same.
+
 Deliveries and replays are counted from the services' access logs (one line per
 certified request that got an answer): a delivery answered ``replayed`` is a retry that
 found its message already processed — a duplicate that plain HTTP would have applied
