@@ -11,7 +11,8 @@
 ``resume`` needs the code of the functions: ``--import`` (repeatable) imports the modules
 whose ``@resumable`` decorators register them. Importing runs the module's top-level code,
 so a module that also *starts* work when run as a script keeps that under
-``if __name__ == "__main__":``. The functions run with this command's journal (a default
+``if __name__ == "__main__":``. ``async def`` functions' oplogs run on an event loop of
+their own, one after the other. The functions run with this command's journal (a default
 HTTP client); an application that configures its own client (auth, certificates) should
 call ``journal.resume_all()`` at start-up instead.
 

@@ -28,6 +28,10 @@ connections). A SQLite receiver needs a journal on *another* file: its handler's
 transaction holds the file's write lock (``BEGIN IMMEDIATE``) until it ends, so a second
 connection to the same file could not commit the outgoing record before the send.
 
+An ``async`` handler (the ASGI front end) opens the same context with
+:func:`open_incoming_context_async` — the same oplog id, derived ids and replay, its
+journal I/O in worker threads — and closes it with :func:`close_incoming_context_async`.
+
 These oplogs are driven by incoming retries, not by ``resume_all()``, which skips them;
 their pending acknowledgements are still retried by it. ``Journal.purge`` removes them
 once the receiver's retention has passed since their last activity.
@@ -51,11 +55,15 @@ import logging
 import threading
 import weakref
 from datetime import timedelta
+from typing import Any
 
+import httpx
 from sqlalchemy import Engine
 
 from chttp_client import codec
+from chttp_client.async_context import AsyncResumableContext
 from chttp_client.context import ResumableContext
+from chttp_client.effects import AsyncExecutor, Blocking, Steps, SyncExecutor
 from chttp_client.errors import ChttpClientError
 from chttp_client.journal import Journal
 from chttp_client.leases import new_owner
@@ -65,6 +73,8 @@ __all__ = [
     "HANDLER_SEND_DEADLINE",
     "open_incoming_context",
     "close_incoming_context",
+    "open_incoming_context_async",
+    "close_incoming_context_async",
     "derived_message_id",
     "incoming_oplog_id",
     "journal_for_engine",
@@ -127,17 +137,41 @@ def open_incoming_context(
     ``checkpoint``; end the run with :func:`close_incoming_context`. A retry of the
     message finds the oplog of the earlier attempt and replays it.
     """
-    journal.ensure_schema()
+    options = SyncExecutor(journal.http_client, journal.sleep).run(
+        _incoming_options(journal, scope, message_id, send_deadline))
+    return ResumableContext(journal.services, **options)
+
+
+async def open_incoming_context_async(
+    journal: Journal,
+    *,
+    scope: str,
+    message_id: str,
+    # The async client of the handler's loop (``async with journal.async_clients.client()``).
+    client: httpx.AsyncClient,
+    send_deadline: timedelta | None = HANDLER_SEND_DEADLINE,
+) -> AsyncResumableContext:
+    """:func:`open_incoming_context` for an ``async`` handler (an ASGI front end): the same
+    oplog, ids and replay, its journal I/O in worker threads; end the run with
+    :func:`close_incoming_context_async`."""
+    options = await AsyncExecutor(None, journal.async_sleep).run(
+        _incoming_options(journal, scope, message_id, send_deadline))
+    return AsyncResumableContext(journal.services, client=client, sleep=journal.async_sleep, **options)
+
+
+def _incoming_options(journal: Journal, scope: str, message_id: str,
+                      send_deadline: timedelta | None) -> Steps[dict[str, Any]]:
+    """What a handler run's context is made of, whichever kind of handler it is."""
+    yield Blocking(journal.ensure_schema)
     oplog_id = incoming_oplog_id(scope, message_id)
-    info = journal.store.get(oplog_id)
+    info = yield Blocking(journal.store.get, (oplog_id,))
     if info is not None:
         # The receiver's claim on (scope, id) already makes this handler run the only
         # one for this message, so the earlier attempt's lease is taken over.
-        owner = journal.take_lease(oplog_id, force=True)
+        owner = yield Blocking(journal.take_lease, (oplog_id,), {"force": True})
     else:
         owner = new_owner()
-    return ResumableContext(
-        journal.services,
+    return dict(
         oplog_id=oplog_id,
         function=INCOMING_PREFIX,
         version=1,
@@ -163,3 +197,10 @@ def close_incoming_context(context: ResumableContext) -> None:
     except Exception:  # noqa: BLE001
         log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)
 
+
+async def close_incoming_context_async(context: AsyncResumableContext) -> None:
+    """:func:`close_incoming_context` for an ``async`` handler (best effort too)."""
+    try:
+        await context.flush()
+    except Exception:  # noqa: BLE001
+        log.warning("chttp: could not journal a handler's last persist() records", exc_info=True)

@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import httpx
 
@@ -136,8 +135,8 @@ class RunSteps:
         """``persist(value)`` / ``persist(callable, *args, **kwargs)`` (the faces document it)."""
         is_call = callable(value_or_callable)
         name = _callable_name(value_or_callable) if is_call else "value"
-        with self._one_step(f"persist {name}"):
-            return (yield from self._releasing(self._persist(value_or_callable, is_call, name, args, kwargs)))
+        return (yield from self._guarded(f"persist {name}",
+                                         self._persist(value_or_callable, is_call, name, args, kwargs)))
 
     def _persist(self, value_or_callable: Any, is_call: bool, name: str, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Steps[Any]:
@@ -168,8 +167,7 @@ class RunSteps:
         """Commit every buffered record now (nothing to write: no commit)."""
         if self._poisoned is not None:
             raise self._poisoned
-        with self._one_step("checkpoint"):
-            yield from self._releasing(self.flush_steps())
+        yield from self._guarded("checkpoint", self.flush_steps())
 
     def send_steps(self, method: str, url: str, options: SendOptions) -> Steps[httpx.Response]:
         """A certified send: recorded, retried with one id until answered, replayed after."""
@@ -178,10 +176,9 @@ class RunSteps:
                                            headers=options.headers)
         body = built.read()
         name = f"{method} {built.url}"
-        with self._one_step(f"send {name}"):
-            response: httpx.Response = yield from self._releasing(
-                self._send(method, name, built, body, options))
-            return response
+        response: httpx.Response = yield from self._guarded(
+            f"send {name}", self._send(method, name, built, body, options))
+        return response
 
     def _send(self, method: str, name: str, built: httpx.Request, body: bytes,
               options: SendOptions) -> Steps[httpx.Response]:
@@ -256,19 +253,10 @@ class RunSteps:
 
     # -- numbering and checks ------------------------------------------------------------
 
-    def _releasing(self, steps: Steps[T]) -> Steps[T]:
-        """``steps``; if they end the run (cancelled, or poisoned: refused, diverged),
-        the lease is freed here and now, whichever task of the run sees it first."""
-        try:
-            return (yield from steps)
-        except BaseException as error:
-            if isinstance(error, asyncio.CancelledError) or error is self._poisoned:
-                yield from self._give_up()
-            raise
-
-    @contextmanager
-    def _one_step(self, what: str) -> Iterator[None]:
-        """Refuse a step while another of this run waits on I/O (module docstring)."""
+    def _guarded(self, what: str, steps: Steps[T]) -> Steps[T]:
+        """``steps`` as the run's one step in flight (another at once is refused: module
+        docstring); if they end the run (cancelled, or poisoned: refused, diverged), the
+        lease is freed here and now, whichever task of the run sees it first."""
         if self._in_flight is not None:
             error = ConcurrentStepsError(self.oplog_id, self._number + 1, self._in_flight, what)
             if self._poisoned is None:
@@ -276,7 +264,11 @@ class RunSteps:
             raise error
         self._in_flight = what
         try:
-            yield
+            return (yield from steps)
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError) or error is self._poisoned:
+                yield from self._give_up()
+            raise
         finally:
             self._in_flight = None
 

@@ -408,3 +408,60 @@ def test_a_def_and_an_async_def_function_run_the_same_journal_statements(journal
     finally:
         event.remove(journal.engine, "before_cursor_execute", statement)
     assert len(of_def) >= 4 and of_async == of_def
+
+
+def test_an_async_handler_context_replays_the_same_derived_ids_as_a_sync_one(journal, live):
+    """What an ASGI front end's ``current_message().post()`` stands on: the handler's
+    oplog and derived ids are the same for an async and a sync handler run."""
+    from chttp_client.incoming import (
+        close_incoming_context,
+        close_incoming_context_async,
+        derived_message_id,
+        open_incoming_context,
+        open_incoming_context_async,
+    )
+
+    gate, base = live
+
+    async def handler_run():
+        async with journal.async_clients.client() as client:
+            context = await open_incoming_context_async(journal, scope="s", message_id="in-1",
+                                                        client=client)
+            nonce = await context.persist(secrets.randbelow, 10**6)
+            answer = await context.post(f"{base}/escrow", json={"nonce": nonce})
+            await close_incoming_context_async(context)
+        return nonce, answer.json()
+
+    nonce, first = asyncio.run(handler_run())
+    assert first["message_id"] == derived_message_id("s", "in-1", 2)
+    again = asyncio.run(handler_run())          # a retry of the incoming message: replayed
+    assert again == (nonce, first)
+    context = open_incoming_context(journal, scope="s", message_id="in-1", send_deadline=None)
+    assert context.persist(secrets.randbelow, 10**6) == nonce   # a sync run replays the record
+    assert context.post(f"{base}/escrow", json={"nonce": nonce}).json() == first
+    close_incoming_context(context)
+    assert runs(gate.engine) == [(first["message_id"], "/escrow", f'{{"nonce":{nonce}}}')]
+
+
+def test_async_sends_retry_by_the_same_rules_and_wait_with_async_sleep(db_url, live):
+    """The retry loop is the sync one (sending.deliver_steps): 503 twice, then the answer;
+    the waits go to ``Journal(async_sleep=…)``, the same backoff a def function gets."""
+    gate, base = live
+    front = gate.app
+    front.failures, front.status, front.retry_after = 2, 503, None
+    waited: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waited.append(seconds)
+
+    policy = RetryPolicy(initial_backoff=0.5, multiplier=2.0, jitter=False)
+    with Journal(db_url, retry=policy, async_sleep=fake_sleep) as journal:
+        @resumable(journal)
+        async def send(url, *, chttp_context):
+            return (await chttp_context.post(url, json={})).status_code
+
+        assert asyncio.run(send(f"{base}/flaky")) == 201
+        [oplog] = journal.list()
+        [step] = journal.get(oplog.id).steps
+    assert waited == [0.5, 1.0]
+    assert front.seen == {step.message_id: 3} and count_runs(gate.engine) == 1
