@@ -9,6 +9,7 @@
                        [--connection-limit N] [--channel-timeout S] [--request-timeout S]
                        [--max-request-body BYTES] [--max-request-header BYTES]
     chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
+                      [--asgi]
     chttp-server console [--db URL] [--journal URL] [--host H [--allowed-host NAME]] [--port N]
                          [--allow-actions --token T]
     chttp-server messages list --db URL [--limit N] [--json]    received messages, one per line

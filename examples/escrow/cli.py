@@ -11,9 +11,12 @@ time limit came first and nothing was wrong (transfers still in flight).
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from pathlib import Path
 
-__all__ = ["add_arguments", "run", "DEFAULT_TRANSFERS", "DEFAULT_KILL_RATE"]
+__all__ = ["add_arguments", "run", "missing_asgi_modules", "DEFAULT_TRANSFERS",
+           "DEFAULT_KILL_RATE"]
 
 #: Sized to finish in about a minute on a 2-core machine.
 DEFAULT_TRANSFERS = 100
@@ -34,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--postgres", action="store_true",
                         help="run every service against a throwaway PostgreSQL cluster "
                              "(needs the PostgreSQL server binaries)")
+    parser.add_argument("--asgi", action="store_true",
+                        help="serve the ledgers and the escrow as ASGI apps (Starlette, async "
+                             "SQLAlchemy) on uvicorn, the escrow driven by async def resumable "
+                             "functions (needs the 'asgi' extra)")
     parser.add_argument("--console", action="store_true",
                         help="open the web console on the escrow's messages and oplogs while "
                              "the demo runs, and print its URL")
@@ -45,8 +52,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo; the exit status is described in the module docstring."""
     from chttp_core.commandline import require_extra
+    if args.asgi:
+        missing = missing_asgi_modules(postgres=args.postgres)
+        if missing:
+            # Said here, once, rather than by every service dying at start-up.
+            print(f"chttp-server: error: --asgi needs {', '.join(missing)}: "
+                  "pip install -e '.[asgi]'" + (" asyncpg" if "asyncpg" in missing else ""),
+                  file=sys.stderr)
+            return 2
     from chttp_examples.escrow import demo
 
     if args.console:   # one line naming the extra, before any service starts
         require_extra("jinja2", "chttp-server demo --console")
     return demo.run(args)
+
+
+#: What the ASGI services import: the ``asgi`` extra (SQLAlchemy's asyncio layer needs greenlet).
+ASGI_MODULES = ("starlette", "uvicorn", "aiosqlite", "greenlet")
+
+
+def missing_asgi_modules(*, postgres: bool = False) -> list[str]:
+    """The modules ``--asgi`` needs that cannot be imported (asyncpg too with ``--postgres``)."""
+    missing = []
+    for name in ASGI_MODULES + (("asyncpg",) if postgres else ()):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing

@@ -11,6 +11,11 @@ applied twice, the escrow holding the difference), and reported as unfinished ra
 wrong. Exit status: 0 passed, 1 the audit found something wrong, 3 the time limit came
 first and nothing was wrong.
 
+With ``asgi=True`` (``--asgi``) the ledgers and the escrow are their ASGI twins, each a
+uvicorn process (:mod:`~chttp_examples.escrow.serve_asgi`), the escrow driven by an
+``async def`` resumable function; everything else — the client, the chaos, the audit,
+the report — is the same.
+
 Deliveries and replays are counted from the services' access logs (one line per
 certified request that got an answer): a delivery answered ``replayed`` is a retry that
 found its message already processed — a duplicate that plain HTTP would have applied
@@ -125,6 +130,8 @@ class DemoReport:
     attempts: dict[str, Attempts] = field(default_factory=dict)
     audit: AuditResult = field(default_factory=AuditResult)
     db_dir: Path | None = None
+    #: The services ran as ASGI apps on uvicorn (``--asgi``), not WSGI on waitress.
+    asgi: bool = False
 
     @property
     def ok(self) -> bool:
@@ -144,7 +151,8 @@ class DemoReport:
                 if self.kill_rate > 0 else "no kills")
         lines = [
             "",
-            f"escrow demo — seed {self.seed}, {rate}, {self.elapsed:.1f}s",
+            f"escrow demo{' (ASGI: uvicorn, async driver)' if self.asgi else ''} — seed "
+            f"{self.seed}, {rate}, {self.elapsed:.1f}s",
             f"  transfers   requested {self.requested}, accepted {self.audit.transfers}, "
             f"completed {states.get('completed', 0)}, refunded {states.get('refunded', 0)}"
             + ("" if self.finished else f", in flight {self.audit.in_flight}"),
@@ -259,6 +267,9 @@ def run_demo(
     stream: TextIO = sys.stderr,
     # Open the web console on the escrow's store and the client's journal while it runs.
     console: bool = False,
+    # Serve the ledgers and the escrow as ASGI apps on uvicorn, driven by async def
+    # resumable functions (chttp_examples.escrow.serve_asgi), instead of WSGI on waitress.
+    asgi: bool = False,
 ) -> DemoReport:
     seed = random.SystemRandom().randrange(10**6) if seed is None else seed
     keep = db_dir is not None
@@ -267,7 +278,8 @@ def run_demo(
     if any(directory.iterdir()):
         raise SystemExit(f"--db-dir {directory} is not empty; give a new or empty directory")
     databases = databases or Databases.sqlite(directory)
-    report = DemoReport(requested=transfers, seed=seed, kill_rate=kill_rate, timeout=timeout)
+    report = DemoReport(requested=transfers, seed=seed, kill_rate=kill_rate, timeout=timeout,
+                        asgi=asgi)
     rng = random.Random(seed)
 
     balances = {name: {account: OPENING_BALANCE for account in accounts}
@@ -280,6 +292,7 @@ def run_demo(
 
     python = sys.executable
     module = "chttp_examples.escrow"
+    front_end = ["--asgi"] if asgi else []
     ports = {name: free_port() for name in databases.ledgers}
     escrow_port = free_port()
     escrow_url = f"http://127.0.0.1:{escrow_port}"
@@ -288,7 +301,7 @@ def run_demo(
         services.append(Service(
             f"ledger-{name}",
             [python, "-m", f"{module}.serve", "ledger", "--db", url, "--port", str(ports[name]),
-             "--access-log", str(directory / f"ledger-{name}.access")],
+             "--access-log", str(directory / f"ledger-{name}.access")] + front_end,
             directory / f"ledger-{name}.log", port=ports[name]))
     services.append(Service(
         "escrow",
@@ -296,7 +309,7 @@ def run_demo(
          "--port", str(escrow_port), "--access-log", str(directory / "escrow.access"),
          "--attempt-log", str(directory / "escrow.attempts")]
         + [arg for name in databases.ledgers
-           for arg in ("--ledger", f"{name}=http://127.0.0.1:{ports[name]}")],
+           for arg in ("--ledger", f"{name}=http://127.0.0.1:{ports[name]}")] + front_end,
         directory / "escrow.log", port=escrow_port))
     client = Service(
         "client",
@@ -378,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
     with _maybe_postgres(args.postgres) as databases:
         report = run_demo(transfers=args.transfers, kill_rate=args.kill_rate, seed=args.seed,
                           db_dir=args.db_dir, databases=databases, timeout=args.timeout,
-                          console=args.console)
+                          console=args.console, asgi=args.asgi)
     print(report.render())
     return report.exit_status
 

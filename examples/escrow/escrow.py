@@ -19,6 +19,13 @@ told "no" and stops before touching a ledger. (A claim through ``persist()`` wou
 do: a persist record becomes durable only with the next send, so a crash in between
 would leave a claim that no journal remembers.)
 
+What the escrow does is written once (:mod:`~chttp_examples.escrow.steps`): the HTTP
+rules (:func:`accept_transfer`, :func:`claim_transfer`, the reads) as SQL steps, and the
+driver as :func:`transfer_steps`, a generator yielding its certified sends and state
+writes. This module runs them under WSGI with threads and a ``def`` resumable function;
+:mod:`~chttp_examples.escrow.escrow_asgi` runs the same under ASGI with an ``async def``
+one.
+
 Routes::
 
     POST /transfers          {"ref": n, "gather": [leg…], "distribute": [leg…]}  certified
@@ -36,14 +43,17 @@ import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Mapping, TypeVar, Union
 
+import webob
 import webob.exc
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, Text, func, insert, select, update
 
 from chttp_core.db import make_engine
-from chttp_server import CertifiedMiddleware, Resource, require_for_methods
 from chttp_core.migrate import upgrade
+from chttp_examples.escrow.steps import BadRequest, NotFound, SqlSteps, run_sql
+from chttp_server import CertifiedMiddleware, Resource, require_for_methods
 
 __all__ = [
     "metadata",
@@ -54,7 +64,18 @@ __all__ = [
     "init_escrow",
     "make_app",
     "validate_transfer",
+    "accept_transfer",
+    "claim_transfer",
+    "show_transfer",
+    "count_states",
+    "unclaimed_transfers",
+    "set_state",
+    "Send",
+    "SetState",
+    "transfer_steps",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger("chttp_examples.escrow")
 
@@ -85,43 +106,152 @@ def init_escrow(db_url: str) -> None:
         engine.dispose()
 
 
-# -- the store the driver and the handlers share -------------------------------------
+# -- the rules (both front ends run these: chttp_examples.escrow.steps) ---------------------
+
+
+def accept_transfer(body: bytes, ledgers: Mapping[str, str]) -> SqlSteps[str]:
+    """Validate a submitted transfer and write it as ``accepted``; returns its new id."""
+    try:
+        submitted = json.loads(body or b"null")
+    except ValueError:
+        raise BadRequest("expected a JSON transfer") from None
+    spec = validate_transfer(submitted, ledgers)
+    transfer_id = uuid.uuid4().hex   # random is fine: it commits with the stored answer
+    yield insert(transfers).values(id=transfer_id, ref=spec["ref"], spec=json.dumps(spec),
+                                   state="accepted")
+    return transfer_id
+
+
+def claim_transfer(transfer_id: str, message_id: str) -> SqlSteps[dict[str, Any]]:
+    """The first claim message to arrive becomes the transfer's driver (see above)."""
+    yield (
+        update(transfers)
+        .where(transfers.c.id == transfer_id, transfers.c.driver.is_(None))
+        .values(driver=message_id, state="gathering")
+    )
+    row = (yield select(transfers.c.driver, transfers.c.spec)
+           .where(transfers.c.id == transfer_id)).first()
+    if row is None:
+        raise NotFound(f"no transfer {transfer_id!r}")
+    return {"claimed": row.driver == message_id, "spec": json.loads(row.spec)}
+
+
+def show_transfer(transfer_id: str) -> SqlSteps[dict[str, Any]]:
+    row = (yield select(transfers).where(transfers.c.id == transfer_id)).first()
+    if row is None:
+        raise NotFound(f"no transfer {transfer_id!r}")
+    return {"id": row.id, "ref": row.ref, "state": row.state, "spec": json.loads(row.spec),
+            "detail": json.loads(row.detail) if row.detail else None}
+
+
+def count_states() -> SqlSteps[dict[str, Any]]:
+    """``{"total": n, "states": {state: count}}`` — what the demo and the client poll."""
+    rows = (yield select(transfers.c.state, func.count()).group_by(transfers.c.state)).all()
+    counts = {state: count for state, count in rows}
+    return {"total": sum(counts.values()), "states": counts}
+
+
+def unclaimed_transfers(limit: int) -> SqlSteps[list[str]]:
+    rows = (yield select(transfers.c.id).where(transfers.c.driver.is_(None))
+            .order_by(transfers.c.ref).limit(limit)).scalars()
+    return list(rows)
+
+
+def set_state(transfer_id: str, state: str, detail: Any = None) -> SqlSteps[str]:
+    """Idempotent: the driver's ``persist`` may run it again after a crash."""
+    yield (update(transfers).where(transfers.c.id == transfer_id)
+           .values(state=state, detail=None if detail is None else json.dumps(detail)))
+    return state
 
 
 class TransferStore:
-    """Small, idempotent reads and writes of ``escrow_transfers``.
-
-    The driver calls :meth:`set_state` through ``chttp_context.persist``, which may run
-    it again after a crash, so every write here is safe to repeat.
-    """
+    """The rules above on their own short transactions, for the driver and the reads."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def set_state(self, transfer_id: str, state: str, detail: Any = None) -> str:
         with self.engine.begin() as connection:
-            connection.execute(
-                update(transfers).where(transfers.c.id == transfer_id)
-                .values(state=state, detail=None if detail is None else json.dumps(detail))
-            )
-        return state
+            return run_sql(set_state(transfer_id, state, detail), connection)
 
     def unclaimed(self, limit: int) -> list[str]:
         with self.engine.connect() as connection:
-            return list(connection.execute(
-                select(transfers.c.id).where(transfers.c.driver.is_(None))
-                .order_by(transfers.c.ref).limit(limit)
-            ).scalars())
+            return run_sql(unclaimed_transfers(limit), connection)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self) -> dict[str, Any]:
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                select(transfers.c.state, func.count()).group_by(transfers.c.state)
-            ).all()
-        return {state: count for state, count in rows}
+            return run_sql(count_states(), connection)
+
+    def show(self, transfer_id: str) -> dict[str, Any]:
+        with self.engine.connect() as connection:
+            return run_sql(show_transfer(transfer_id), connection)
 
 
-# -- the resumable driver ---------------------------------------------------------------
+# -- the driver: one rule, a sync and an async executor ----------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """A certified ``POST`` of the driver; the answer (``httpx.Response``) comes back."""
+
+    url: str
+    json: Any = None
+
+
+@dataclass(frozen=True)
+class SetState:
+    """A persisted :func:`set_state`; the state comes back."""
+
+    transfer_id: str
+    state: str
+    detail: Any = None
+
+
+DriverSteps = Generator[Union[Send, SetState], Any, str]
+
+
+def transfer_steps(transfer_id: str, escrow_url: str, ledgers: Mapping[str, str]) -> DriverSteps:
+    """What the driver of one transfer does, in order; the executor performs each effect."""
+    def leg_url(leg: Mapping[str, Any], operation: str) -> str:
+        return f"{ledgers[leg['ledger']]}/accounts/{leg['account']}/{operation}"
+
+    def leg_body(leg: Mapping[str, Any]) -> dict[str, Any]:
+        return {"transfer": transfer_id, "amount": leg["amount"]}
+
+    # Claim the transfer with a certified message to ourselves: its id is journaled
+    # before it leaves, so after a crash the resumed oplog re-sends the same claim and
+    # gets the same answer, and a second oplog's claim (another id) is refused.
+    claim = yield Send(f"{escrow_url}/transfers/{transfer_id}/claim")
+    if not claim.json()["claimed"]:
+        return "driven-elsewhere"
+    spec = claim.json()["spec"]
+
+    gathered: list[dict[str, Any]] = []
+    refusal: dict[str, Any] | None = None
+    for leg in spec["gather"]:
+        answer = yield Send(leg_url(leg, "withdraw"), leg_body(leg))
+        if answer.status_code != 200:   # 402 insufficient funds, 404 no such account
+            refusal = {"leg": leg, "status": answer.status_code, "answer": answer.json()}
+            break
+        gathered.append(leg)
+
+    # State writes are plain and idempotent: persist() runs them at least once
+    # (a record is durable only with the next send), and running one twice is harmless.
+    if refusal is None:
+        yield SetState(transfer_id, "distributing")
+        for leg in spec["distribute"]:
+            answer = yield Send(leg_url(leg, "deposit"), leg_body(leg))
+            if answer.status_code != 200:
+                raise RuntimeError(f"deposit refused: {answer.status_code} {answer.text}")
+        return str((yield SetState(transfer_id, "completed")))
+
+    yield SetState(transfer_id, "refunding")
+    for leg in reversed(gathered):
+        answer = yield Send(leg_url(leg, "refund"), leg_body(leg))
+        if answer.status_code != 200:
+            raise RuntimeError(f"refund refused: {answer.status_code} {answer.text}")
+    detail = {"refused": refusal, "refunded": gathered}
+    return str((yield SetState(transfer_id, "refunded", detail)))
 
 
 def make_driver_function(
@@ -130,51 +260,20 @@ def make_driver_function(
     """Register ``drive_transfer`` with ``journal``; ``ledgers`` maps names to base URLs."""
     from chttp_client import resumable
 
-    def leg_url(leg: Mapping[str, Any], operation: str) -> str:
-        return f"{ledgers[leg['ledger']]}/accounts/{leg['account']}/{operation}"
-
     @resumable(journal, name="chttp_examples.escrow.drive_transfer")
     def drive_transfer(transfer_id: str, *, chttp_context: Any) -> str:
-        # Claim the transfer with a certified message to ourselves: its id is journaled
-        # before it leaves, so after a crash the resumed oplog re-sends the same claim and
-        # gets the same answer, and a second oplog's claim (another id) is refused.
-        claim = chttp_context.post(f"{escrow_url}/transfers/{transfer_id}/claim")
-        if not claim.json()["claimed"]:
-            return "driven-elsewhere"
-        spec = claim.json()["spec"]
-
-        gathered: list[dict[str, Any]] = []
-        refusal: dict[str, Any] | None = None
-        for leg in spec["gather"]:
-            answer = chttp_context.post(
-                leg_url(leg, "withdraw"), json={"transfer": transfer_id, "amount": leg["amount"]}
-            )
-            if answer.status_code != 200:   # 402 insufficient funds, 404 no such account
-                refusal = {"leg": leg, "status": answer.status_code, "answer": answer.json()}
-                break
-            gathered.append(leg)
-
-        # State writes are plain and idempotent: persist() runs them at least once
-        # (a record is durable only with the next send), and running one twice is harmless.
-        if refusal is None:
-            chttp_context.persist(store.set_state, transfer_id, "distributing")
-            for leg in spec["distribute"]:
-                answer = chttp_context.post(
-                    leg_url(leg, "deposit"), json={"transfer": transfer_id, "amount": leg["amount"]}
-                )
-                if answer.status_code != 200:
-                    raise RuntimeError(f"deposit refused: {answer.status_code} {answer.text}")
-            return str(chttp_context.persist(store.set_state, transfer_id, "completed"))
-
-        chttp_context.persist(store.set_state, transfer_id, "refunding")
-        for leg in reversed(gathered):
-            answer = chttp_context.post(
-                leg_url(leg, "refund"), json={"transfer": transfer_id, "amount": leg["amount"]}
-            )
-            if answer.status_code != 200:
-                raise RuntimeError(f"refund refused: {answer.status_code} {answer.text}")
-        detail = {"refused": refusal, "refunded": gathered}
-        return str(chttp_context.persist(store.set_state, transfer_id, "refunded", detail))
+        steps = transfer_steps(transfer_id, escrow_url, ledgers)
+        value: Any = None
+        while True:
+            try:
+                effect = steps.send(value)
+            except StopIteration as stop:
+                return str(stop.value)
+            if isinstance(effect, Send):
+                value = chttp_context.post(effect.url, json=effect.json)
+            else:
+                value = chttp_context.persist(store.set_state, effect.transfer_id,
+                                              effect.state, effect.detail)
 
     return drive_transfer
 
@@ -251,26 +350,29 @@ class Driver:
 
 
 def validate_transfer(body: Any, ledgers: Mapping[str, str]) -> dict[str, Any]:
-    """The accepted shape of a transfer; raises 400 otherwise. Money in equals money out."""
+    """The accepted shape of a transfer; :class:`BadRequest` otherwise. Money in equals money out."""
     def legs(name: str) -> list[dict[str, Any]]:
         value = body.get(name) if isinstance(body, dict) else None
         if not isinstance(value, list) or not value:
-            raise webob.exc.HTTPBadRequest(f"{name} must be a non-empty list of legs")
+            raise BadRequest(f"{name} must be a non-empty list of legs")
         for leg in value:
             if not (isinstance(leg, dict) and leg.get("ledger") in ledgers
                     and isinstance(leg.get("account"), str)
                     and isinstance(leg.get("amount"), int) and leg["amount"] > 0):
-                raise webob.exc.HTTPBadRequest(f"bad leg in {name}: {leg!r}")
+                raise BadRequest(f"bad leg in {name}: {leg!r}")
         return [{"ledger": leg["ledger"], "account": leg["account"], "amount": leg["amount"]}
                 for leg in value]
 
     gather, distribute = legs("gather"), legs("distribute")
     if sum(leg["amount"] for leg in gather) != sum(leg["amount"] for leg in distribute):
-        raise webob.exc.HTTPBadRequest("gathered and distributed amounts differ")
+        raise BadRequest("gathered and distributed amounts differ")
     ref = body.get("ref")
     if not isinstance(ref, int):
-        raise webob.exc.HTTPBadRequest("ref must be an integer")
+        raise BadRequest("ref must be an integer")
     return {"ref": ref, "gather": gather, "distribute": distribute}
+
+
+# -- the WSGI face ------------------------------------------------------------------------
 
 
 class EscrowRoot(Resource):
@@ -294,15 +396,8 @@ class Transfers(Resource):
         return Transfer(self.store, segment)
 
     def handle_post(self, req: Any) -> Any:
-        try:
-            body = json.loads(req.body or b"null")
-        except ValueError:
-            raise webob.exc.HTTPBadRequest("expected a JSON transfer") from None
-        spec = validate_transfer(body, self.ledgers)
-        transfer_id = uuid.uuid4().hex   # random is fine: it commits with the stored answer
-        req.chttp.connection.execute(insert(transfers).values(
-            id=transfer_id, ref=spec["ref"], spec=json.dumps(spec), state="accepted",
-        ))
+        transfer_id = _webob_errors(run_sql, accept_transfer(req.body, self.ledgers),
+                                    req.chttp.connection)
         self.wake.set()   # early, but the driver only sees the row once it commits
         response = webob.Response(
             status=201, content_type="application/json", charset=None,
@@ -312,8 +407,7 @@ class Transfers(Resource):
         return response
 
     def handle_get(self, req: Any) -> Any:
-        counts = self.store.counts()
-        return {"total": sum(counts.values()), "states": counts}
+        return self.store.counts()
 
 
 class Transfer(Resource):
@@ -325,14 +419,7 @@ class Transfer(Resource):
         return Claim(self.transfer_id) if segment == "claim" else None
 
     def handle_get(self, req: Any) -> Any:
-        with self.store.engine.connect() as connection:
-            row = connection.execute(
-                select(transfers).where(transfers.c.id == self.transfer_id)
-            ).first()
-        if row is None:
-            raise webob.exc.HTTPNotFound()
-        return {"id": row.id, "ref": row.ref, "state": row.state, "spec": json.loads(row.spec),
-                "detail": json.loads(row.detail) if row.detail else None}
+        return _webob_errors(self.store.show, self.transfer_id)
 
 
 class Claim(Resource):
@@ -342,18 +429,18 @@ class Claim(Resource):
         self.transfer_id = transfer_id
 
     def handle_post(self, req: Any) -> Any:
-        connection = req.chttp.connection
-        connection.execute(
-            update(transfers)
-            .where(transfers.c.id == self.transfer_id, transfers.c.driver.is_(None))
-            .values(driver=req.chttp.message_id, state="gathering")
-        )
-        row = connection.execute(
-            select(transfers.c.driver, transfers.c.spec).where(transfers.c.id == self.transfer_id)
-        ).first()
-        if row is None:
-            raise webob.exc.HTTPNotFound()
-        return {"claimed": row.driver == req.chttp.message_id, "spec": json.loads(row.spec)}
+        return _webob_errors(run_sql, claim_transfer(self.transfer_id, req.chttp.message_id),
+                             req.chttp.connection)
+
+
+def _webob_errors(function: Callable[..., T], *args: Any) -> T:
+    """The rules' errors as WebOb's HTTP errors (what ``Resource`` renders)."""
+    try:
+        return function(*args)
+    except BadRequest as error:
+        raise webob.exc.HTTPBadRequest(str(error)) from None
+    except NotFound as error:
+        raise webob.exc.HTTPNotFound(str(error)) from None
 
 
 def make_app(

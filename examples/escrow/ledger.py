@@ -9,6 +9,10 @@ entirely from :class:`~chttp_server.CertifiedMiddleware`: the handler's writes g
 message is answered from the store and never runs the handler twice. That is why the
 audit can count rows in ``ledger_operations`` and demand exactly one per leg.
 
+The rules (:func:`apply_leg` and the reads) are SQL steps (:mod:`~chttp_examples.escrow.steps`)
+shared with the ASGI twin, :mod:`~chttp_examples.escrow.ledger_asgi`; this module's
+``Resource`` classes are the WSGI face.
+
 A withdraw the balance cannot cover is refused with **402** (``insufficient-funds``).
 It is a definitive answer: stored like any other, replayed to every retry, and recorded
 as a ``refused`` operation so the audit sees refusals exactly once too. (Not 409 or 422:
@@ -26,7 +30,7 @@ Routes::
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import webob
 import webob.exc
@@ -35,6 +39,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Executable,
     Integer,
     MetaData,
     String,
@@ -46,8 +51,9 @@ from sqlalchemy import (
 )
 
 from chttp_core.db import make_engine
-from chttp_server import CertifiedMiddleware, Resource, require_for_methods
 from chttp_core.migrate import upgrade
+from chttp_examples.escrow.steps import BadRequest, NotFound, SqlSteps, run_sql
+from chttp_server import CertifiedMiddleware, Resource, require_for_methods
 
 __all__ = [
     "metadata",
@@ -57,7 +63,14 @@ __all__ = [
     "EFFECT",
     "init_ledger",
     "make_app",
+    "list_accounts",
+    "show_account",
+    "apply_leg",
+    "parse_leg",
+    "problem",
 ]
+
+T = TypeVar("T")
 
 #: The ledger's own tables, beside (not inside) chttp's ``MetaData``.
 metadata = MetaData()
@@ -114,6 +127,89 @@ def make_app(db_url: str, *, engine: Engine | None = None) -> CertifiedMiddlewar
     )
 
 
+# -- the rules (both front ends run these: chttp_examples.escrow.steps) ---------------------
+
+
+def list_accounts() -> SqlSteps[dict[str, int]]:
+    """Every account and its balance."""
+    rows = (yield select(accounts).order_by(accounts.c.name)).all()
+    return {row.name: row.balance for row in rows}
+
+
+def show_account(name: str) -> SqlSteps[dict[str, Any]]:
+    """One account; :class:`NotFound` if there is none."""
+    balance = (yield _balance(name)).scalar_one_or_none()
+    if balance is None:
+        raise NotFound(f"no account {name!r}")
+    return {"account": name, "balance": balance}
+
+
+def apply_leg(account: str, kind: str, body: bytes, message_id: str
+              ) -> SqlSteps[tuple[int, dict[str, Any]]]:
+    """One leg of a transfer on the message's connection: ``(status, JSON body)``.
+
+    200 and the new balance, or 402 insufficient-funds (a problem document, recorded as
+    a ``refused`` operation); :class:`BadRequest`, :class:`NotFound` otherwise. Naive
+    on purpose: it never asks whether this transfer was seen before.
+    """
+    transfer, amount = parse_leg(body)
+    if kind == "withdraw":
+        # One statement: atomic against a concurrent withdraw on PostgreSQL too.
+        statement = (
+            update(accounts)
+            .where(accounts.c.name == account, accounts.c.balance >= amount)
+            .values(balance=accounts.c.balance - amount)
+        )
+    else:
+        statement = (
+            update(accounts)
+            .where(accounts.c.name == account)
+            .values(balance=accounts.c.balance + amount)
+        )
+    row = (yield statement.returning(accounts.c.balance)).first()
+    if row is None:
+        balance = (yield _balance(account)).scalar_one_or_none()
+        if balance is None:
+            raise NotFound(f"no account {account!r}")
+        yield _record(message_id, transfer, "refused", account, amount)
+        return 402, problem("insufficient-funds", "Insufficient funds",
+                            f"{account} holds {balance}, cannot withdraw {amount}", 402,
+                            account=account, balance=balance, amount=amount)
+    yield _record(message_id, transfer, kind, account, amount)
+    return 200, {"account": account, "operation": kind, "amount": amount,
+                 "transfer": transfer, "balance": row.balance}
+
+
+def parse_leg(body: bytes) -> tuple[str, int]:
+    """``{"transfer": id, "amount": n}`` → ``(id, n)``; :class:`BadRequest` otherwise."""
+    try:
+        leg = json.loads(body or b"null")
+        transfer, amount = leg["transfer"], leg["amount"]
+    except (ValueError, TypeError, KeyError):
+        raise BadRequest('expected {"transfer": id, "amount": n}') from None
+    if not isinstance(transfer, str) or not isinstance(amount, int) or isinstance(amount, bool) \
+            or amount <= 0:
+        raise BadRequest("transfer must be a string, amount a positive integer")
+    return transfer, amount
+
+
+def problem(type_: str, title: str, detail: str, status: int, **extra: Any) -> dict[str, Any]:
+    """An RFC 9457 problem document; as a 4xx it is stored and replayed like any answer."""
+    return {"type": type_, "title": title, "status": status, "detail": detail, **extra}
+
+
+def _record(message_id: str, transfer: str, kind: str, account: str, amount: int) -> Executable:
+    return insert(operations).values(transfer=transfer, kind=kind, account=account,
+                                     amount=amount, message_id=message_id)
+
+
+def _balance(name: str) -> Executable:
+    return select(accounts.c.balance).where(accounts.c.name == name)
+
+
+# -- the WSGI face ------------------------------------------------------------------------
+
+
 class LedgerRoot(Resource):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -134,8 +230,7 @@ class Accounts(Resource):
 
     def handle_get(self, req: Any) -> Any:
         with self.engine.connect() as connection:
-            rows = connection.execute(select(accounts).order_by(accounts.c.name)).all()
-        return {row.name: row.balance for row in rows}
+            return run_sql(list_accounts(), connection)
 
 
 class Account(Resource):
@@ -148,10 +243,7 @@ class Account(Resource):
 
     def handle_get(self, req: Any) -> Any:
         with self.engine.connect() as connection:
-            balance = _balance(connection, self.name)
-        if balance is None:
-            raise webob.exc.HTTPNotFound()
-        return {"account": self.name, "balance": balance}
+            return _webob_errors(run_sql, show_account(self.name), connection)
 
 
 class Operation(Resource):
@@ -162,62 +254,21 @@ class Operation(Resource):
         self.kind = kind
 
     def handle_post(self, req: Any) -> Any:
-        transfer, amount = _parse_leg(req)
         connection: Connection = req.chttp.connection   # the message's own transaction
-        if self.kind == "withdraw":
-            # One statement: atomic against a concurrent withdraw on PostgreSQL too.
-            statement = (
-                update(accounts)
-                .where(accounts.c.name == self.account, accounts.c.balance >= amount)
-                .values(balance=accounts.c.balance - amount)
-            )
-        else:
-            statement = (
-                update(accounts)
-                .where(accounts.c.name == self.account)
-                .values(balance=accounts.c.balance + amount)
-            )
-        row = connection.execute(statement.returning(accounts.c.balance)).first()
-        if row is None:
-            balance = _balance(connection, self.account)
-            if balance is None:
-                raise webob.exc.HTTPNotFound(f"no account {self.account!r}")
-            _record(req, transfer, "refused", self.account, amount)
-            return _problem(402, "insufficient-funds", "Insufficient funds",
-                            f"{self.account} holds {balance}, cannot withdraw {amount}",
-                            account=self.account, balance=balance, amount=amount)
-        _record(req, transfer, self.kind, self.account, amount)
-        return {"account": self.account, "operation": self.kind, "amount": amount,
-                "transfer": transfer, "balance": row.balance}
+        status, body = _webob_errors(
+            run_sql, apply_leg(self.account, self.kind, req.body, req.chttp.message_id),
+            connection)
+        if status == 200:
+            return body
+        return webob.Response(status=status, body=json.dumps(body).encode(),
+                              content_type="application/problem+json", charset=None)
 
 
-def _record(req: Any, transfer: str, kind: str, account: str, amount: int) -> None:
-    req.chttp.connection.execute(insert(operations).values(
-        transfer=transfer, kind=kind, account=account, amount=amount,
-        message_id=req.chttp.message_id,
-    ))
-
-
-def _parse_leg(req: Any) -> tuple[str, int]:
+def _webob_errors(function: Callable[..., T], *args: Any) -> T:
+    """The rules' errors as WebOb's HTTP errors (what ``Resource`` renders)."""
     try:
-        body = json.loads(req.body or b"null")
-        transfer, amount = body["transfer"], body["amount"]
-    except (ValueError, TypeError, KeyError):
-        raise webob.exc.HTTPBadRequest('expected {"transfer": id, "amount": n}') from None
-    if not isinstance(transfer, str) or not isinstance(amount, int) or isinstance(amount, bool) \
-            or amount <= 0:
-        raise webob.exc.HTTPBadRequest("transfer must be a string, amount a positive integer")
-    return transfer, amount
-
-
-def _balance(connection: Connection, name: str) -> int | None:
-    return connection.execute(
-        select(accounts.c.balance).where(accounts.c.name == name)
-    ).scalar_one_or_none()
-
-
-def _problem(status: int, type_: str, title: str, detail: str, **extra: Any) -> webob.Response:
-    """An RFC 9457 problem document; as a 4xx it is stored and replayed like any answer."""
-    body = {"type": type_, "title": title, "status": status, "detail": detail, **extra}
-    return webob.Response(status=status, body=json.dumps(body).encode(),
-                          content_type="application/problem+json", charset=None)
+        return function(*args)
+    except BadRequest as error:
+        raise webob.exc.HTTPBadRequest(str(error)) from None
+    except NotFound as error:
+        raise webob.exc.HTTPNotFound(str(error)) from None

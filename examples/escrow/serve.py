@@ -4,11 +4,13 @@
 
     python -m chttp_examples.escrow.serve ledger --db URL --port P [--access-log FILE]
     python -m chttp_examples.escrow.serve escrow --db URL --port P --ledger A=URL --ledger B=URL
+    python -m chttp_examples.escrow.serve ledger --asgi …    (any of them: ASGI on uvicorn)
 
-Each service serves on ``127.0.0.1`` with waitress. ``--access-log`` appends one line per
-certified request — method, path, message id, status, and whether the answer was a replay
-— flushed at once, so the demo can count deliveries and replays even of a process it
-killed a moment later.
+Each service serves on ``127.0.0.1`` with waitress, or with ``--asgi`` as its ASGI twin
+on uvicorn (:mod:`~chttp_examples.escrow.serve_asgi`). ``--access-log`` appends one line
+per certified request — method, path, message id, status, and whether the answer was a
+replay (:func:`access_line`, the same for both) — flushed at once, so the demo can count
+deliveries and replays even of a process it killed a moment later.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
-__all__ = ["AccessLog", "log_send_attempts", "main"]
+__all__ = ["AccessLog", "access_line", "log_send_attempts", "build_parser", "main"]
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -47,14 +49,19 @@ class AccessLog:
             return start_response(status, headers, *exc)
 
         result = self.app(environ, recording_start_response)
-        line = "{:.3f} {} {} {} {} {}\n".format(
-            time.time(), method, path, message_id.strip('"'),
-            seen.get("status", "-"), "replayed" if seen.get("replayed") else "ran",
-        )
+        line = access_line(method, path, message_id, seen.get("status"), bool(seen.get("replayed")))
         with self._lock:
             self.stream.write(line)
             self.stream.flush()
         return result
+
+
+def access_line(method: Any, path: Any, message_id: str, status: Any, replayed: bool) -> str:
+    """One access-log line: six fields, as ``chttp_examples.escrow.demo.Deliveries`` reads them."""
+    return "{:.3f} {} {} {} {} {}\n".format(
+        time.time(), method, path, message_id.strip('"'),
+        status if status is not None else "-", "replayed" if replayed else "ran",
+    )
 
 
 def log_send_attempts(journal: Any, path: str) -> None:
@@ -89,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-log", metavar="FILE")
     parser.add_argument("--attempt-log", metavar="FILE",
                         help="escrow only: one line per attempt of each certified send")
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=8, help="waitress's threads (WSGI only)")
+    parser.add_argument("--asgi", action="store_true",
+                        help="serve the ASGI twin on uvicorn (Starlette, async SQLAlchemy, and "
+                             "for the escrow an async def driver)")
     return parser
 
 
@@ -97,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format=f"%(asctime)s {args.service}[{os.getpid()}] %(name)s %(levelname)s %(message)s")
+    if args.asgi:
+        from chttp_examples.escrow.serve_asgi import serve
+
+        return serve(args)
     import waitress
 
     driver = None

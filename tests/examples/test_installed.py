@@ -22,7 +22,7 @@ def test_the_demo_runs_from_the_installed_wheel(tmp_path, built_wheel):
     wheel = built_wheel
     names = set(zipfile.ZipFile(wheel).namelist())
     for module in ("__init__", "ledger", "escrow", "client", "serve", "demo", "audit", "chaos",
-                   "cli", "progress"):
+                   "cli", "progress", "steps", "ledger_asgi", "escrow_asgi", "serve_asgi"):
         assert f"chttp_examples/escrow/{module}.py" in names
     assert "chttp_examples/__init__.py" in names
     assert not any(name.startswith("examples/") for name in names)
