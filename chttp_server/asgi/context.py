@@ -7,15 +7,16 @@ one database transaction the message record shares with the view — as an
 sends (``await message.post(...)``), journaled with ids derived from this message's
 ``(scope, id)`` so a retried incoming message re-sends the same outgoing messages.
 
-The sends are the sender's synchronous resumable steps (:mod:`chttp_client.incoming`,
-the same step logic and oplog SQL as every other certified send), run in a worker
-thread: the journal's I/O and the HTTP exchange never block the event loop.
+The sends are the sender's resumable steps driven by its asynchronous executor
+(:func:`chttp_client.incoming.open_incoming_context_async`: the same step logic, ids and
+oplog SQL as every other certified send): the journal's I/O runs in worker threads and
+the HTTP exchange on the loop's ``httpx.AsyncClient``, so neither blocks the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+from contextlib import AsyncExitStack
 from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable, MutableMapping
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 if TYPE_CHECKING:  # chttp_client (and httpx) load on a view's first send, not before
     import httpx
 
-    from chttp_client.context import ResumableContext
+    from chttp_client.async_context import AsyncResumableContext
     from chttp_client.journal import Journal
 
 __all__ = ["AsyncCertifiedContext", "current_message"]
@@ -73,7 +74,9 @@ class AsyncCertifiedContext:
         self._connection: AsyncConnection | None = connection
         self._session: AsyncSession | None = None
         self._journal = journal
-        self._outgoing: ResumableContext | None = None
+        self._outgoing: AsyncResumableContext | None = None
+        #: The loop's HTTP client for the view's sends, released with the request.
+        self._exits = AsyncExitStack()
 
     # -- the shared transaction ------------------------------------------------------
 
@@ -101,40 +104,37 @@ class AsyncCertifiedContext:
 
     # -- the view as a sender (chttp_client.incoming) --------------------------------
 
-    async def _outgoing_context(self) -> ResumableContext:
+    async def _outgoing_context(self) -> AsyncResumableContext:
         if self._outgoing is None:
             if self._journal is None:
                 raise RuntimeError("this middleware has no journal for certified sends")
-            from chttp_client.incoming import open_incoming_context
+            from chttp_client.incoming import open_incoming_context_async
 
-            journal = await asyncio.to_thread(self._journal)
-            self._outgoing = await asyncio.to_thread(functools.partial(
-                open_incoming_context, journal, scope=self.scope, message_id=self.message_id,
-                send_deadline=self.handler_send_deadline))
+            journal = await asyncio.to_thread(self._journal)   # made once; blocking I/O
+            client = await self._exits.enter_async_context(journal.async_clients.client())
+            self._outgoing = await open_incoming_context_async(
+                journal, scope=self.scope, message_id=self.message_id, client=client,
+                send_deadline=self.handler_send_deadline)
         return self._outgoing
 
     async def persist(self, value_or_callable: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Record a value once per incoming message; it survives the view's rollback.
 
-        A coroutine function is awaited on the loop the first time; its result is
-        recorded (and returned, unchanged, on every retry of the message).
+        A value, a callable or a coroutine function (awaited on the first run only);
+        every retry of the message gets the recorded value back.
         """
         outgoing = await self._outgoing_context()
-        if asyncio.iscoroutinefunction(value_or_callable):
-            # The step runs in the worker thread (the same persist() as everywhere); the
-            # coroutine it calls on the first run runs on this loop meanwhile.
-            value_or_callable = _on_loop(value_or_callable, asyncio.get_running_loop())
-        return await asyncio.to_thread(outgoing.persist, value_or_callable, *args, **kwargs)
+        return await outgoing.persist(value_or_callable, *args, **kwargs)
 
     async def checkpoint(self) -> None:
         """Make the values persisted so far durable now."""
         outgoing = await self._outgoing_context()
-        await asyncio.to_thread(outgoing.checkpoint)
+        await outgoing.checkpoint()
 
     async def send(self, method: str, url: str, **options: Any) -> httpx.Response:
         """A certified send whose id derives from this message's ``(scope, id)`` and step."""
         outgoing = await self._outgoing_context()
-        return await asyncio.to_thread(functools.partial(outgoing.send, method, url, **options))
+        return await outgoing.send(method, url, **options)
 
     async def get(self, url: str, **options: Any) -> httpx.Response:
         return await self.send("GET", url, **options)
@@ -167,22 +167,14 @@ class AsyncCertifiedContext:
         """The request is over: journal buffered send records, forget the connection."""
         self._connection = None
         if self._outgoing is not None:
-            from chttp_client.incoming import close_incoming_context
+            from chttp_client.incoming import close_incoming_context_async
 
             outgoing, self._outgoing = self._outgoing, None
-            await asyncio.to_thread(close_incoming_context, outgoing)
+            try:
+                await close_incoming_context_async(outgoing)
+            finally:
+                await self._exits.aclose()
 
     def __repr__(self) -> str:
         return f"<AsyncCertifiedContext scope={self.scope!r} message_id={self.message_id!r}>"
 
-
-def _on_loop(function: Callable[..., Any], loop: asyncio.AbstractEventLoop) -> Callable[..., Any]:
-    """``function`` (a coroutine function) as a plain callable for a worker thread: it
-    runs the coroutine on ``loop`` and waits for its result. Same name, so the step
-    it records is named as the function (the step's identity on replay)."""
-
-    @functools.wraps(function)
-    def call(*args: Any, **kwargs: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(function(*args, **kwargs), loop).result()
-
-    return call

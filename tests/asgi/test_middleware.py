@@ -363,3 +363,39 @@ def test_a_view_that_ends_the_transaction_with_sql_never_wedges_its_message(
         assert runs == [1]
     else:
         assert runs == [1, 1, 1]
+
+
+def test_a_views_persisted_values_survive_its_rollback(sqlite_url: str, tmp_path: Any) -> None:
+    """``await current_message().persist(coroutine_function)`` runs it on the first
+    delivery only: the retry of a rolled-back view gets the recorded value back."""
+    from chttp_client import Journal
+
+    drawn: list[str] = []
+
+    async def draw() -> str:
+        drawn.append(uuid.uuid4().hex)
+        return drawn[-1]
+
+    async def view(request: Request) -> PlainTextResponse:
+        message = current_message()
+        assert message is not None
+        token = await message.persist(draw)
+        fail = request.query_params.get("fail") == "1"
+        return PlainTextResponse(token, status_code=503 if fail else 201)
+
+    journal = Journal(f"sqlite:///{tmp_path / 'outgoing.db'}")
+    app = Starlette(routes=[Route("/token", view, methods=["POST"])])
+    middleware = CertifiedMiddleware(app, db_url=sqlite_url, upgrade_schema=True, journal=journal)
+
+    async def scenario() -> list[httpx.Response]:
+        async with _client(middleware) as client:
+            answers = [await client.post("/token?fail=1", headers={"X-Message-ID": "tok"}),
+                       await client.post("/token?fail=1", headers={"X-Message-ID": "tok"})]
+        await middleware.engine.dispose()
+        return answers
+
+    first, retry = asyncio.run(scenario())
+    journal.close()
+    assert first.status_code == retry.status_code == 503
+    assert first.text == retry.text == drawn[0]
+    assert len(drawn) == 1
