@@ -11,6 +11,7 @@
     │   └── OplogAbandonedError        the oplog was dead-lettered and is not run again
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
+        │   └── RunDeadlineExceeded    … only this run's bound passed: not recorded
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
             ├── MessageRejectedError   400 invalid-message-id / message-id-required
             ├── MessageGoneError       410 message-acknowledged / message-expired
@@ -44,6 +45,7 @@ __all__ = [
     "OplogAbandonedError",
     "SendError",
     "DeadlineExceeded",
+    "RunDeadlineExceeded",
     "ProtocolAnswerError",
     "MessageRejectedError",
     "MessageGoneError",
@@ -176,6 +178,16 @@ class DeadlineExceeded(SendError):
 
     The receiver may or may not have processed it; the sender stops here so that a late
     retry never meets a receiver that has forgotten the id (docs/protocol.rst §4).
+    """
+
+
+class RunDeadlineExceeded(DeadlineExceeded):
+    """Only this *run's* bound on waiting for an answer passed; the send's own did not.
+
+    Nothing was recorded: the step stays ``recorded`` and the next run (a retried
+    incoming message, a retried Celery task) resends the same message id. Raised for
+    receiver handlers (``handler_send_deadline``) and Celery tasks
+    (:mod:`chttp_client.celery`), never for a plain ``@resumable`` run.
     """
 
 

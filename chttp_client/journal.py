@@ -55,7 +55,7 @@ from chttp_client.errors import (
 from chttp_client.heartbeat import Heartbeat
 from chttp_client.leases import new_owner
 from chttp_client.oplog_store import OplogStore
-from chttp_client.records import INCOMING_PREFIX, OplogInfo
+from chttp_client.records import CELERY_PREFIX, INCOMING_PREFIX, OplogInfo
 from chttp_client.registry import register, registered_functions, registered_versions, unregister
 from chttp_client.retention import RECEIVER_RETENTION
 from chttp_client.sending import RetryPolicy, utcnow
@@ -311,8 +311,8 @@ class Journal:
         self.acknowledge_pending()
         outcomes = []
         for listed in self.list_open():
-            if listed.function.startswith(INCOMING_PREFIX):
-                continue
+            if listed.function.startswith((INCOMING_PREFIX, CELERY_PREFIX)):
+                continue  # driven by incoming retries / Celery's redelivery, not by us
             try:
                 value = self._resume(self.get(listed.id), only_open=True)
             except OplogBusyError as error:

@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 import httpx
 
 from chttp_client import codec, telemetry
-from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, protocol_error_for
+from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, RunDeadlineExceeded, protocol_error_for
 from chttp_client.records import StepRecord
 from chttp_client.sending import RetryPolicy, deliver, problem_type_of
 from chttp_core.schema import STEP_DONE
@@ -123,7 +123,7 @@ def answer_recorded_send(
     Every attempt carries the recorded id and first-sent time (docs/protocol.rst §1). The
     answer, or the :class:`~chttp_client.errors.DeadlineExceeded` of the send's own
     deadline, is written into ``record`` (now ``done``). When only ``run_deadline``
-    passed, raises :class:`DeadlineExceeded` and leaves ``record`` as it was, so the
+    passed, raises :class:`~chttp_client.errors.RunDeadlineExceeded` and leaves ``record`` as it was, so the
     next run resends the same message.
     """
     request = record.request or {}
@@ -155,7 +155,7 @@ def answer_recorded_send(
         # Only this run gave up: the step stays "recorded" and the next run (a retry
         # of the incoming message) resends it under the same id.
         telemetry.deadline_exceeded("run")
-        raise DeadlineExceeded(
+        raise RunDeadlineExceeded(
             record.message_id, request["method"], request["url"],
             f"no definitive answer within this run's {run_deadline} "
             f"({attempt.attempts} attempt(s); last: {attempt.last_error}); not recorded: "
