@@ -13,6 +13,8 @@ import importlib
 import io
 import json
 import os
+import random
+import time
 import threading
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -30,6 +32,8 @@ if redis_server_binary() is None:  # pragma: no cover - .ci/run installs it
 
 class Gate:
     """WSGI in front of the receiver: logs every attempt; holds the first one on ``/held``.
+
+    ``/slow`` is ``/escrow`` after up to 0.15 s, so that random kills find sends in flight.
 
     ``/held`` is served as ``/escrow`` once :attr:`release` is set, so a test can kill
     the worker whose certified send is in flight (arrived, not yet answered).
@@ -51,6 +55,9 @@ class Gate:
             environ["wsgi.input"] = io.BytesIO(body)
             with self._lock:
                 self.attempts.append((path, environ.get("HTTP_X_MESSAGE_ID", ""), body))
+            if path == "/slow":        # long enough for kills to land mid-send
+                time.sleep(random.uniform(0.0, 0.15))
+                environ["PATH_INFO"] = "/escrow"
             if path == "/held":
                 first = not self.arrived.is_set()
                 self.arrived.set()

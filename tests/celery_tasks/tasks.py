@@ -23,8 +23,11 @@ RECEIVER = os.environ.get("CHTTP_TEST_RECEIVER", "http://127.0.0.1:1")
 
 app = Celery("chttp_celery_tests", broker=BROKER, backend=BROKER[:-1] + "1")
 app.conf.update(
+    # unacked_mutex_expire: a worker SIGKILLed while it sweeps unacknowledged messages
+    # leaves kombu's sweep mutex held for this long (default 300 s: no redelivery at all
+    # meanwhile, seen here when a random kill landed inside a sweep).
     broker_transport_options={"visibility_timeout": 3, "unacked_restore_interval": 1,
-                              "unacked_restore_throttle": 1},
+                              "unacked_restore_throttle": 1, "unacked_mutex_expire": 5},
     broker_connection_retry_on_startup=True,
     worker_prefetch_multiplier=1,
     task_serializer="json", result_serializer="json", accept_content=["json"],
