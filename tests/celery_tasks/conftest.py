@@ -47,6 +47,11 @@ class Gate:
         self.attempts: list[tuple[str, str, bytes]] = []
         self._lock = threading.Lock()
 
+    def reset(self) -> None:
+        self.arrived, self.release = threading.Event(), threading.Event()
+        with self._lock:
+            self.attempts = []
+
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") == "POST":
@@ -122,6 +127,8 @@ def celery_env(pg_cluster, tmp_path_factory) -> Iterator[CeleryEnv]:
 @pytest.fixture
 def env(celery_env: CeleryEnv) -> Iterator[CeleryEnv]:
     """The session's environment, with this test's workers killed at its end."""
+    celery_env.gate.reset()
+    celery_env.front.failures = 0
     yield celery_env
     for worker in celery_env.workers:
         worker.kill()

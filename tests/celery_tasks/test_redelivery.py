@@ -26,6 +26,10 @@ def lease_pid(env, task_id: str) -> int:
     return int(info.lease_owner.split("/")[1])
 
 
+def log_count(env, text: str) -> int:
+    return sum(worker.log.read_bytes().count(text.encode()) for worker in env.workers)
+
+
 def test_killed_mid_send_is_redelivered_and_the_receiver_runs_once(env):
     first, second = env.worker("kill-a", concurrency=1), env.worker("kill-b", concurrency=1)
     result = env.tasks.pay.apply_async((7, "/held"))
@@ -50,3 +54,25 @@ def test_killed_mid_send_is_redelivered_and_the_receiver_runs_once(env):
     assert env.runs_by_body()['{"amount": 7}'] == [step.message_id]   # ran once
     assert step.response is not None                              # the one run's answer
     assert value == json.loads(codec.decode(step.response["body"]))["random number"]
+
+
+def test_a_duplicate_delivery_waits_for_the_running_one_and_returns_its_result(env):
+    """Two deliveries of one task id at once (a redelivery past ``visibility_timeout``
+    while the first still runs, or an id sent twice): the second waits on the oplog's
+    lease and returns the first's recorded answer; the receiver sees one send."""
+    env.worker("dup-a", concurrency=1), env.worker("dup-b", concurrency=1)
+    first = env.tasks.pay.apply_async((8, "/held"))
+    assert env.gate.arrived.wait(60)
+    duplicate = env.tasks.pay.apply_async((8, "/held"), task_id=first.id)
+    wait_until(lambda: log_count(env, f"{first.id}] received") == 2,
+               what="the duplicate to be received by the other worker")
+    env.gate.release.set()
+
+    value = first.get(timeout=60)
+    wait_until(lambda: log_count(env, f"{first.id}] succeeded") == 2,
+               what="both deliveries to succeed")
+
+    (step,) = env.journal.get(first.id).steps
+    assert [mid for path, mid, _ in env.gate.attempts if path == "/held"] == [step.message_id]
+    assert env.runs_by_body()['{"amount": 8}'] == [step.message_id]
+    assert duplicate.get(timeout=10) == value
