@@ -156,7 +156,6 @@ _JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
 _JOURNALS_LOCK = threading.Lock()
 
 
-@worker_process_init.connect(weak=False)
 def _dispose_after_fork(**_: Any) -> None:
     """A prefork child must not use connections its parent opened before the fork."""
     with _JOURNALS_LOCK:
@@ -165,7 +164,10 @@ def _dispose_after_fork(**_: Any) -> None:
         journal.engine.dispose(close=False)
 
 
-class ResumableTask(Task):  # type: ignore[misc]  # Celery is untyped
+worker_process_init.connect(_dispose_after_fork, weak=False)
+
+
+class ResumableTask(Task):
     """The base class :func:`resumable_task` declares tasks with (see the module docstring)."""
 
     acks_late = True
