@@ -87,6 +87,11 @@ class CeleryEnv:
         self.workers.append(worker)
         return worker.wait_ready() if ready else worker
 
+    def start(self, *names: str, concurrency: int = 2) -> list[Worker]:
+        """Start workers side by side, then wait until each is ready (boots overlap)."""
+        started = [self.worker(name, concurrency=concurrency, ready=False) for name in names]
+        return [worker.wait_ready() for worker in started]
+
     def runs_by_body(self) -> dict[str, list[str]]:
         """Receiver handler runs that committed: body → message ids."""
         from tests.client.receiver import runs
@@ -122,6 +127,14 @@ def celery_env(pg_cluster, tmp_path_factory) -> Iterator[CeleryEnv]:
         os.environ.update(saved)
         front.engine.dispose()
         redis.stop()
+
+
+@pytest.fixture(scope="module")
+def steady_worker(celery_env: CeleryEnv) -> Iterator[Worker]:
+    """One worker for a module's tests that kill nothing (booting one costs seconds)."""
+    worker = Worker("steady", celery_env.log_dir, concurrency=2).wait_ready()
+    yield worker
+    worker.kill()
 
 
 @pytest.fixture

@@ -62,15 +62,15 @@ class RedisServer:
 
 
 class Worker:
-    """One ``celery worker`` (prefork, ``concurrency`` children) of tests.celery_tasks.tasks."""
+    """One ``celery worker`` (prefork, ``concurrency`` children) of ``app`` (tests.celery_tasks.tasks)."""
 
     def __init__(self, name: str, log_dir: Path, *, concurrency: int = 2,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, app: str = "tests.celery_tasks.tasks") -> None:
         self.name = name
         self.log = log_dir / f"{name}.log"
         self._log_file = open(self.log, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.celery_tasks.tasks", "worker",
+            [sys.executable, "-m", "celery", "-A", app, "worker",
              "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@%h",
              "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
             cwd=REPO_ROOT, env={**os.environ, **(env or {}), "PYTHONPATH": str(REPO_ROOT)},

@@ -69,5 +69,6 @@ def forward(number, *, chttp_context):
     return response.json()["random number"]
 
 
-def pay_then_forward(amount: int):
-    return chain(pay.s(amount), forward.s())
+def pay_then_forward(amount: int, first_id: str, second_id: str):
+    """The two-link chain, with its task ids fixed so that it can be published again."""
+    return chain(pay.s(amount).set(task_id=first_id), forward.s().set(task_id=second_id))

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 
 import pytest
 
 from chttp_client import codec
-from tests.celery_tasks.live import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,21 +36,51 @@ def kill_randomly_until(env, done, *, prefix: str, kills: int, concurrency: int 
     return made
 
 
+def finish_all(results, republish, *, stale: float = 10.0, timeout: float = 150.0) -> int:
+    """Wait for every result; re-publish (same task id, same arguments) any still
+    unfinished ``stale`` seconds after the last progress. Returns how many were re-published.
+
+    Needed because kombu's Redis transport can lose a message outright: ``BRPOP`` pops
+    it and only the worker's next round trip records it as unacknowledged, so a worker
+    SIGKILLed in between (or before it read the reply) takes the message with it —
+    seen here once in about 25 random kills. Such a task never ran and has no oplog;
+    re-publishing its id is exactly what a producer can do safely with these tasks.
+    """
+    republished = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [index for index, result in enumerate(results) if not result.ready()]
+        if not pending:
+            return republished
+        assert time.monotonic() < deadline, f"{len(pending)} task(s) never finished"
+        before = len(pending)
+        progress_until = time.monotonic() + stale
+        while time.monotonic() < progress_until:
+            time.sleep(0.25)
+            now_pending = sum(not results[index].ready() for index in pending)
+            if now_pending == 0:
+                return republished
+            if now_pending < before:
+                before, progress_until = now_pending, time.monotonic() + stale
+        for index in pending:
+            if not results[index].ready():
+                republish(index)
+                republished += 1
+
+
 def answer_of(step) -> dict:
     assert step.response is not None
     return json.loads(codec.decode(step.response["body"]))
 
 
 def test_200_tasks_across_4_workers_with_random_kills(env):
-    for number in range(4):
-        env.worker(f"many-{number}", ready=False)
-    for worker in env.workers:
-        worker.wait_ready()
+    env.start(*(f"many-{number}" for number in range(4)))
     amounts = range(10_000, 10_200)
     results = [env.tasks.pay.apply_async((amount, "/slow")) for amount in amounts]
 
     kills = kill_randomly_until(env, lambda: all(r.ready() for r in results), prefix="many", kills=5)
-    wait_until(lambda: all(r.ready() for r in results), timeout=120, what="every task")
+    republished = finish_all(results, lambda index: env.tasks.pay.apply_async(
+        (amounts[index], "/slow"), task_id=results[index].id))
 
     runs = env.runs_by_body()
     resent = 0
@@ -65,19 +95,25 @@ def test_200_tasks_across_4_workers_with_random_kills(env):
         assert set(sent) == {step.message_id}
         resent += len(sent) > 1
     assert kills >= 1
-    print(f"200 tasks, {kills} worker kills, {resent} messages resent by a redelivery")
+    print(f"200 tasks, {kills} worker kills, {resent} messages resent by a redelivery, "
+          f"{republished} lost by the broker and re-published")
 
 
 def test_a_chain_of_two_tasks_under_kills_has_each_effect_once(env):
-    env.worker("chain-0"), env.worker("chain-1")
-    amounts = range(20_000, 20_030)
-    finals = [env.tasks.pay_then_forward(amount).apply_async() for amount in amounts]
+    env.start("chain-0", "chain-1")
+    amounts = range(20_000, 20_020)
+    ids = [(str(uuid.uuid4()), str(uuid.uuid4())) for _ in amounts]
 
-    kill_randomly_until(env, lambda: all(r.ready() for r in finals), prefix="chain", kills=3)
-    wait_until(lambda: all(r.ready() for r in finals), timeout=120, what="every chain")
+    def publish(index: int):
+        return env.tasks.pay_then_forward(amounts[index], *ids[index]).apply_async()
+
+    finals = [publish(index) for index in range(len(amounts))]
+    kill_randomly_until(env, lambda: all(r.ready() for r in finals), prefix="chain", kills=2)
+    finish_all(finals, publish)     # the same chain, the same two task ids
 
     runs = env.runs_by_body()
     for amount, final in zip(amounts, finals):
+        assert (final.parent.id, final.id) == ids[amounts.index(amount)]
         first_info, second_info = env.journal.get(final.parent.id), env.journal.get(final.id)
         assert first_info.state == second_info.state == "done"
         (first,), (second,) = first_info.steps, second_info.steps

@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("task_name", [pytest.param("pay_flaky", id="self.retry"),
                                        pytest.param("pay_flaky_auto", id="automatic")])
-def test_retry_after_503_resends_the_same_id(env, task_name):
-    env.worker("retry", concurrency=2)
+def test_retry_after_503_resends_the_same_id(env, steady_worker, task_name):
     env.front.failures, env.front.status = 12, 503
     amount = {"pay_flaky": 501, "pay_flaky_auto": 502}[task_name]
     result = getattr(env.tasks, task_name).apply_async((amount,))
@@ -36,8 +35,7 @@ def test_retry_after_503_resends_the_same_id(env, task_name):
         assert value == 201
 
 
-def test_a_finished_task_id_returns_its_recorded_result_without_sending(env):
-    env.worker("rerun", concurrency=1)
+def test_a_finished_task_id_returns_its_recorded_result_without_sending(env, steady_worker):
     first = env.tasks.pay.apply_async((601,))
     value = first.get(timeout=60)
     attempts = len(env.gate.attempts)
@@ -50,8 +48,7 @@ def test_a_finished_task_id_returns_its_recorded_result_without_sending(env):
     assert len(env.runs_by_body()['{"amount": 601}']) == 1
 
 
-def test_a_task_id_reused_with_other_arguments_fails_and_sends_nothing(env):
-    env.worker("reuse", concurrency=1)
+def test_a_task_id_reused_with_other_arguments_fails_and_sends_nothing(env, steady_worker):
     first = env.tasks.pay.apply_async((602,))
     first.get(timeout=60)
     attempts = len(env.gate.attempts)
