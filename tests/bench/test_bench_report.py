@@ -149,3 +149,17 @@ def test_the_sql_only_rows_are_reported_as_the_databases_bound() -> None:
     cap = next(line for line in text.splitlines() if line.startswith("certified / bare, db cap"))
     assert cap.split()[6] == "0.82"
     assert "transfer, db cap" not in text  # no /transfer row measured
+
+
+def test_report_shows_the_celery_ratio_and_commits_per_task() -> None:
+    from bench.report import render
+    from bench.scenarios import Options, Results
+
+    results = Results(celery={"tasks": 200, "rounds": 3, "concurrency": 4, "plain_per_s": 100.0,
+                              "resumable_per_s": 70.0, "journal_xact_commits_per_task": 2.5})
+    text = render(results, Options())
+    assert "plain 100.0 tasks/s, resumable 70.0 tasks/s" in text
+    assert "resumable / plain: 0.70 (target >= 0.80 MISSED)" in text
+    assert "2.50 xact_commit per task" in text
+    skipped = render(Results(celery={"skipped": "redis-server is not installed"}), Options())
+    assert "celery: skipped: redis-server is not installed" in skipped
