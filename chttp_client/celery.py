@@ -191,7 +191,11 @@ class ResumableTask(Task):
             raise CeleryTaskError("a resumable task needs a task id: call it through Celery "
                                   "(delay/apply_async/apply), not as a plain function")
         arguments = codec.dumps({"args": list(args), "kwargs": kwargs})
-        info = journal.store.get(task_id)
+        # A first delivery does not look for an oplog (one read fewer per task): if one
+        # exists after all (a re-run by hand, a duplicate), our first commit's insert
+        # fails before anything left the process, and we join it below.
+        again = bool(self.request.retries) or self._redelivered()
+        info = journal.store.get(task_id) if again else None
         if info is None:
             owner = new_owner()
             try:
@@ -237,6 +241,9 @@ class ResumableTask(Task):
             raise self.retry(exc=error)
         raise error
 
+    def _redelivered(self) -> bool:
+        return bool((self.request.delivery_info or {}).get("redelivered"))
+
     def _check_same_task(self, info: OplogInfo, arguments: str) -> None:
         if info.function != self.chttp_name:
             raise TaskIdReusedError(info.id, f"for {info.function!r}, not {self.chttp_name!r}")
@@ -246,7 +253,7 @@ class ResumableTask(Task):
     def _resume(self, info: OplogInfo, arguments: str) -> Any:
         """Lease and replay the oplog (waiting out a live holder), or return its record."""
         journal = self.journal
-        redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+        redelivered = self._redelivered()
         give_up = time.monotonic() + self.busy_wait.total_seconds()
         owner = new_owner()
         while True:
