@@ -27,7 +27,9 @@ app = Celery("chttp_bench", broker=BROKER, backend=BROKER[:-1] + "1")
 app.conf.update(broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
                 task_acks_late=True, task_reject_on_worker_lost=True)
 
-journal = Journal(os.environ.get("BENCH_CELERY_JOURNAL", "sqlite:///unused-bench-journal.db"))
+journal = Journal(os.environ.get("BENCH_CELERY_JOURNAL", "sqlite:///unused-bench-journal.db"),
+                  # BENCH_CELERY_ACKNOWLEDGE=0: without the background DELETEs (their share).
+                  acknowledge=os.environ.get("BENCH_CELERY_ACKNOWLEDGE", "1") != "0")
 _client = httpx.Client(timeout=30)
 
 
