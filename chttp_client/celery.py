@@ -167,7 +167,7 @@ def _dispose_after_fork(**_: Any) -> None:
 worker_process_init.connect(_dispose_after_fork, weak=False)
 
 
-class ResumableTask(Task):
+class ResumableTask(Task):  # type: ignore[misc]  # Celery ships no types: Task is Any
     """The base class :func:`resumable_task` declares tasks with (see the module docstring)."""
 
     acks_late = True
