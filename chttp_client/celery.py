@@ -53,7 +53,9 @@ committed, and the lease is released for the retry. Once the send's *own* deadli
 passes, its :class:`~chttp_client.errors.DeadlineExceeded` is recorded and replayed to
 every later delivery: the task fails.
 
-Not recorded either, and the oplog stays open: Celery's ``SoftTimeLimitExceeded``
+The journal unreachable (a database disconnect, before the body or in it) is not
+recorded either: the task is retried through Celery. Not recorded, and the oplog stays
+open: Celery's ``SoftTimeLimitExceeded``
 (the task fails in Celery; re-run the task id to finish the oplog). An oplog
 abandoned (``Journal.abandon``, or more than the journal's ``max_resume_attempts``
 redeliveries in a row that committed nothing: a task that kills its worker every time)
@@ -85,7 +87,8 @@ from typing import Any, Callable
 from celery import Celery, Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_init
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from chttp_client import codec
 from chttp_client.context import ResumableContext
@@ -93,6 +96,7 @@ from chttp_client.errors import ChttpClientError, OplogAbandonedError, OplogBusy
 from chttp_client.journal import Journal
 from chttp_client.leases import new_owner
 from chttp_client.records import CELERY_PREFIX, OplogInfo
+from chttp_core.db import is_disconnect
 from chttp_core.schema import OPLOG_OPEN
 
 __all__ = [
@@ -183,7 +187,20 @@ class ResumableTask(Task):  # type: ignore[misc]  # Celery ships no types: Task 
     busy_wait: timedelta = BUSY_WAIT
 
     def chttp_deliver(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run this delivery of the task: a new oplog, a resumed one, or a recorded result."""
+        """Run this delivery of the task: a new oplog, a resumed one, or a recorded result.
+
+        The journal unreachable (a database disconnect, here or in the body) retries the
+        task through Celery (``default_retry_delay``): nothing was recorded that the
+        retry could not redo, and acknowledging it as failed would leave its oplog open.
+        """
+        try:
+            return self._deliver(args, kwargs)
+        except Exception as error:
+            if _unreachable(error):
+                raise self.retry(exc=error) from None
+            raise
+
+    def _deliver(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         journal = self.journal
         journal.ensure_schema()
         task_id = self.request.id
@@ -228,6 +245,10 @@ class ResumableTask(Task):  # type: ignore[misc]  # Celery ships no types: Task 
                 return body(self, *args, **kwargs) if bind else body(*args, **kwargs)
             except _NOT_AN_OUTCOME as error:
                 raise _Detached(error) from None
+            except Exception as error:
+                if _unreachable(error):  # not the function's outcome: a retry redoes it
+                    raise _Detached(error) from None
+                raise
 
         try:
             return context.call(function)
@@ -235,8 +256,14 @@ class ResumableTask(Task):  # type: ignore[misc]  # Celery ships no types: Task 
             error = detached.error
         # What this run gathered is committed (persisted values, answers), and the
         # lease is free at once for the retry or redelivery.
-        context.flush()
-        self.journal.store.release_lease(context.oplog_id, owner)
+        if _unreachable(error):
+            try:  # best effort: else the retry takes the lease once it expires
+                self.journal.store.release_lease(context.oplog_id, owner)
+            except Exception:  # noqa: BLE001 - still unreachable
+                pass
+        else:
+            context.flush()
+            self.journal.store.release_lease(context.oplog_id, owner)
         if isinstance(error, RunDeadlineExceeded):
             raise self.retry(exc=error)
         raise error
@@ -283,6 +310,12 @@ class ResumableTask(Task):  # type: ignore[misc]  # Celery ships no types: Task 
         leased = journal.store.get(info.id)
         assert leased is not None
         return self._call(self._context(info.id, arguments, owner=owner, info=leased), owner)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A database that could not be reached (not a bad query, not the body's own error)."""
+    return isinstance(error, (DBAPIError, DisconnectionError, SQLAlchemyTimeoutError)) \
+        and is_disconnect(error)
 
 
 def _task_signature(body: Callable[..., Any], bind: bool) -> inspect.Signature:
