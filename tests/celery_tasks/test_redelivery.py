@@ -91,3 +91,25 @@ def test_a_duplicate_delivery_waits_for_the_running_one_and_returns_its_result(e
     assert [mid for path, mid, _ in env.gate.attempts if path == "/held"] == [step.message_id]
     assert env.runs_by_body()['{"amount": 8}'] == [step.message_id]
     assert duplicate.get(timeout=10) == value
+
+
+def test_a_duplicate_that_waited_busy_wait_is_requeued_until_the_first_finishes(env):
+    """Past ``busy_wait`` the duplicate is rejected with requeue (never acknowledged while
+    the task's outcome is unknown); it comes back, and once the first delivery finished
+    it returns the recorded answer."""
+    env.start("requeue-a", "requeue-b", concurrency=1)
+    first = env.tasks.pay_impatient.apply_async((11, "/held"))
+    assert env.gate.arrived.wait(60)
+    duplicate = env.tasks.pay_impatient.apply_async((11, "/held"), task_id=first.id)
+    wait_until(lambda: log_count(env, f"{first.id}] received") >= 3,
+               what="the duplicate to be requeued and received again")
+    assert not first.ready()
+    env.gate.release.set()
+
+    value = first.get(timeout=60)
+    wait_until(lambda: log_count(env, f"{first.id}] succeeded") == 2,
+               what="both deliveries to succeed")
+    (step,) = env.journal.get(first.id).steps
+    assert [mid for path, mid, _ in env.gate.attempts if path == "/held"] == [step.message_id]
+    assert env.runs_by_body()['{"amount": 11}'] == [step.message_id]
+    assert duplicate.get(timeout=10) == value
