@@ -121,6 +121,7 @@ def celery_env(pg_cluster, tmp_path_factory) -> Iterator[CeleryEnv]:
                 for worker in env.workers:
                     worker.kill()
                 tasks.journal.close()
+                tasks.impatient_journal.close()
                 tasks.app.close()
     finally:
         os.environ.clear()

@@ -79,3 +79,15 @@ def pay_impatient(amount, path="/escrow", *, chttp_context):
     """As pay, but a duplicate delivery waits only 0.5 s before it is requeued."""
     response = chttp_context.post(RECEIVER + path, json={"amount": amount})
     return response.json()["random number"]
+
+
+#: The same journal database; a crash loop is given up after 1 redelivery without progress.
+impatient_journal = Journal(os.environ.get("CHTTP_TEST_JOURNAL", "sqlite:///unused-test-journal.db"),
+                            lease=timedelta(seconds=20), max_resume_attempts=1)
+
+
+@resumable_task(app, impatient_journal)
+def pay_and_crash(amount, *, chttp_context):
+    """Sends, then kills its own pool child before the result is recorded: a crash loop."""
+    chttp_context.post(RECEIVER + "/escrow", json={"amount": amount})
+    os.kill(os.getpid(), 9)

@@ -113,3 +113,22 @@ def test_a_duplicate_that_waited_busy_wait_is_requeued_until_the_first_finishes(
     assert [mid for path, mid, _ in env.gate.attempts if path == "/held"] == [step.message_id]
     assert env.runs_by_body()['{"amount": 11}'] == [step.message_id]
     assert duplicate.get(timeout=10) == value
+
+
+def test_a_task_that_kills_its_worker_every_time_is_abandoned(env):
+    """A crash loop (the body kills its pool child after its send, every delivery): past
+    the journal's ``max_resume_attempts`` redeliveries without a commit the oplog is
+    abandoned and the task fails with OplogAbandonedError; its one message ran once."""
+    env.start("crash-loop", concurrency=1)
+    result = env.tasks.pay_and_crash.apply_async((12,))
+
+    with pytest.raises(Exception) as raised:
+        result.get(timeout=120)
+
+    assert type(raised.value).__name__ == "OplogAbandonedError"
+    info = env.journal.get(result.id)
+    assert info.state == "abandoned" and "max_resume_attempts=1" in (info.abandoned_reason or "")
+    (step,) = info.steps
+    sent = {mid for path, mid, _ in env.gate.attempts if path == "/escrow"}
+    assert sent == {step.message_id}
+    assert env.runs_by_body()['{"amount": 12}'] == [step.message_id]
