@@ -92,7 +92,13 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from chttp_client import codec
 from chttp_client.context import ResumableContext
-from chttp_client.errors import ChttpClientError, OplogAbandonedError, OplogBusyError, RunDeadlineExceeded
+from chttp_client.errors import (
+    ChttpClientError,
+    OplogAbandonedError,
+    OplogBusyError,
+    RunDeadlineExceeded,
+    UnknownFunctionError,
+)
 from chttp_client.journal import Journal
 from chttp_client.leases import new_owner
 from chttp_client.records import CELERY_PREFIX, OplogInfo
@@ -287,8 +293,9 @@ class ResumableTask(Task):  # type: ignore[misc]  # Celery ships no types: Task 
             if info.state != OPLOG_OPEN:
                 return journal.resume(info.id)  # the recorded result; nothing runs
             if info.version != self.chttp_version:
-                raise TaskIdReusedError(info.id, f"by version {info.version} of {info.function}, "
-                                                 f"not {self.chttp_version}")
+                # Written by another version of the body: only that code replays it.
+                raise UnknownFunctionError(info.id, info.function, info.version,
+                                           [self.chttp_version])
             try:
                 attempts = journal.store.take_lease(info.id, owner, now=journal.clock(),
                                                     lease=journal.lease, count_attempt=redelivered)
@@ -338,8 +345,10 @@ def resumable_task(app: Celery, journal: Journal, *, version: int = 1, bind: boo
                    busy_wait: timedelta = BUSY_WAIT, **options: Any) -> Callable[[Callable[..., Any]], Any]:
     """Declare ``body`` (taking keyword ``chttp_context``) a Celery task of ``app``.
 
-    ``version`` as for ``@resumable`` (an open oplog replays with the version that wrote
-    it); ``bind=True`` passes the task as the first argument (for ``self.retry()``,
+    ``version``: bump it when the body's steps change; an open oplog written by another
+    version fails its delivery with :class:`~chttp_client.errors.UnknownFunctionError`
+    and stays open (one Celery task name has one body: let open oplogs finish before
+    deploying a body that takes other steps); ``bind=True`` passes the task as the first argument (for ``self.retry()``,
     ``self.request``); ``send_deadline`` bounds one delivery's wait for an answer
     (None: only the send's own, recorded deadline); ``busy_wait`` bounds a duplicate
     delivery's wait for the running one. Every other keyword is Celery's

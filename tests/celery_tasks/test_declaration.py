@@ -79,3 +79,38 @@ def test_calling_the_task_outside_celery_is_refused(app, journal):
 
     with pytest.raises(chttp_celery.CeleryTaskError, match="task id"):
         pay()
+
+
+def test_an_open_oplog_of_another_version_is_refused_and_left_open(journal):
+    """Only the version that wrote an oplog replays it. In-process ``apply()`` (no broker):
+    version 1 leaves an open oplog (its soft time limit hit after a checkpoint), version
+    2 of the body, declared under the same task name, refuses it and records nothing."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from chttp_client import UnknownFunctionError
+
+    first, second = (Celery(f"v{n}", broker="memory://", set_as_current=False) for n in (1, 2))
+    try:
+        @resumable_task(first, journal, name="payouts.versioned")
+        def old(amount, *, chttp_context):
+            chttp_context.persist(amount)
+            chttp_context.checkpoint()
+            raise SoftTimeLimitExceeded()
+
+        @resumable_task(second, journal, name="payouts.versioned", version=2)
+        def new(amount, *, chttp_context):
+            return amount
+
+        ran = old.apply((5,), task_id="task-v1")
+        assert isinstance(ran.result, SoftTimeLimitExceeded)
+        assert journal.get("task-v1").state == "open"           # not recorded as failed
+
+        refused = new.apply((5,), task_id="task-v1")
+
+        assert isinstance(refused.result, UnknownFunctionError)
+        assert "version 1" in str(refused.result)
+        info = journal.get("task-v1")
+        assert info.state == "open" and len(info.steps) == 1 and info.lease_owner is None
+    finally:
+        first.close()
+        second.close()
