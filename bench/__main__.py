@@ -7,7 +7,7 @@ import sys
 
 from bench.load import WRK_INSTALL_HINT, wrk_available
 from bench.report import render
-from bench.scenarios import Options, run_all
+from bench.scenarios import ROW_GROUPS, Options, run_all
 
 __all__ = ["main"]
 
@@ -30,6 +30,10 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="gthread threads per worker (default 4)")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=None,
                         help="run only these scenario groups")
+    parser.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=None,
+                        help="run only these groups of grid rows (e.g. --only grid --rows "
+                             "fastapi: FastAPI bare and certified only); scale and purge need "
+                             "the 'wsgi' group")
     parser.add_argument("--python-load", action="store_true",
                         help="use the Python load generator even if wrk is installed")
     parser.add_argument("--purge-pause", type=float, default=0.05, metavar="SECONDS",
@@ -54,6 +58,7 @@ def parse_args(argv: list[str] | None) -> Options:
         use_wrk=not args.python_load,
         sender_functions=20 if quick else 200,
         only=frozenset(args.only or ()),
+        rows=frozenset(args.rows or ()),
         json_path=args.json,
         png_path=args.png,
     )

@@ -47,6 +47,9 @@ RATIOS: tuple[tuple[str, str, str, float], ...] = (
     ("certified / peer", "certified", "peer (idemkit)", 2.0),
     ("transfer cert / bare", "certified /transfer", "bare /transfer", 0.92),
     ("transfer cert / peer", "certified /transfer", "peer /transfer", 2.0),
+    # Issue 19: FastAPI + async SQLAlchemy (asyncpg) under uvicorn, with and without the
+    # ASGI front end's one line.
+    ("fastapi cert / bare", "fastapi certified", "fastapi bare", 0.8),
 )
 
 
@@ -89,6 +92,8 @@ _INFORMATIVE_RATIOS = (
      "the two requests' SQL alone, bench/floor.py"),
     ("advisory / bare, sql", "advisory sql (pgbench)", "bare sql (pgbench)",
      "one row write under an advisory lock: measured, not taken"),
+    ("fastapi +1 insert / bare", "fastapi +1 insert", "fastapi bare",
+     "one more row in the view's transaction, no chttp: any one-row design's best"),
 )
 
 
@@ -101,6 +106,10 @@ def render(results: Results, options: Options) -> str:
     lines.append(f"load generator: {results.tool or 'n/a'}; {options.duration:g} s per cell "
                  f"({options.rounds} interleaved round(s), median); gunicorn gthread "
                  f"{options.workers} workers x {options.threads} threads")
+    if any(name.startswith("fastapi ") for name, _c in results.grid):
+        lines.append(f"FastAPI rows: uvicorn, {options.workers} worker processes (one event "
+                     f"loop each), asyncpg pools of {options.threads} + {options.threads} "
+                     "overflow per worker")
     lines.append("")
     if results.grid:
         lines += _header()
@@ -138,7 +147,8 @@ def render(results: Results, options: Options) -> str:
                     lines.append(f"{label:<24} {c:>4} {_ratio(measured.rps, against.rps):>7.2f}"
                                  f"  ({note})")
             for label, bare_row in (("certified / bare, db cap", "bare"),
-                                    ("transfer, db cap", "bare /transfer")):
+                                    ("transfer, db cap", "bare /transfer"),
+                                    ("fastapi, db cap", "fastapi bare")):
                 cap = database_cap(grid.get((bare_row, c)), grid.get(("bare sql (pgbench)", c)),
                                    grid.get(("certified sql (pgbench)", c)))
                 if cap is not None:

@@ -21,7 +21,8 @@ from bench.floor import pgbench_floor, pgbench_script
 from bench.load import BODY, PATH, TRANSFER_PATH, LoadResult, LoadSpec, median_result, run_load
 from bench.servers import Server
 
-__all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES", "FLASK_MODES"]
+__all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES", "FLASK_MODES",
+           "FASTAPI_MODES", "ROW_GROUPS", "row_group"]
 
 TEMPLATE_ID = "template-0"
 
@@ -29,9 +30,23 @@ TEMPLATE_ID = "template-0"
 DJANGO_MODES = ("django-bare", "django-certified")
 #: The Flask + Flask-SQLAlchemy app's two dresses (bench/flask_app.py).
 FLASK_MODES = ("flask-bare", "flask-certified")
-#: The framework rows: mode prefix -> (the module they need, the install hint).
-_FRAMEWORKS = {"django": ("django", "pip install Django"),
-               "flask": ("flask_sqlalchemy", "pip install Flask Flask-SQLAlchemy")}
+#: The FastAPI app's dresses (bench/fastapi_app.py), served by uvicorn over asyncpg; the
+#: floor writes one more row in the view's transaction, without chttp.
+FASTAPI_MODES = ("fastapi-bare", "fastapi-certified", "fastapi-floor")
+#: The framework rows: mode prefix -> (the modules they need, the install hint).
+_FRAMEWORKS = {"django": (("django",), "pip install Django"),
+               "flask": (("flask_sqlalchemy",), "pip install Flask Flask-SQLAlchemy"),
+               "fastapi": (("fastapi", "uvicorn", "asyncpg"), "pip install fastapi uvicorn asyncpg")}
+
+#: The groups of grid rows ``--rows`` selects: the database's own (pgbench) rows, the raw
+#: WSGI middleware's (bare, certified, replay, /transfer), idemkit's, and each framework's.
+ROW_GROUPS = ("floor", "wsgi", "peer", "django", "flask", "fastapi")
+
+
+def row_group(mode: str) -> str:
+    """The :data:`ROW_GROUPS` entry a server mode belongs to."""
+    prefix = mode.split("-", 1)[0]
+    return prefix if prefix in _FRAMEWORKS or prefix == "peer" else "wsgi"
 
 
 def _framework_missing(mode: str) -> str:
@@ -39,11 +54,12 @@ def _framework_missing(mode: str) -> str:
     framework = mode.split("-", 1)[0]
     if framework not in _FRAMEWORKS:
         return ""
-    module, hint = _FRAMEWORKS[framework]
-    try:
-        __import__(module)
-    except ImportError:
-        return f"{module} is not installed ({hint})"
+    modules, hint = _FRAMEWORKS[framework]
+    for module in modules:
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{module} is not installed ({hint})"
     return ""
 
 
@@ -62,6 +78,7 @@ class Options:
     use_wrk: bool = True
     sender_functions: int = 200                    # resumable functions in the sender run
     only: frozenset[str] = frozenset()             # empty: every scenario
+    rows: frozenset[str] = frozenset()             # grid row groups (ROW_GROUPS); empty: all
     json_path: str | None = None                   # where to write the results as JSON
     png_path: str | None = None                    # where to draw them (matplotlib PNG)
 
@@ -118,34 +135,42 @@ def run_all(options: Options) -> Results:
         servers: dict[str, Server] = {}
         try:
             for mode in ("bare", "certified", "certified-default", "peer", *DJANGO_MODES,
-                         *FLASK_MODES):
+                         *FLASK_MODES, *FASTAPI_MODES):
+                if options.rows and row_group(mode) not in options.rows:
+                    continue
                 if mode == "peer" and peer_ready:
                     results.skipped["peer"] = peer_ready
                     continue
                 if _framework_missing(mode):
                     results.skipped[mode.split("-", 1)[0]] = _framework_missing(mode)
                     continue
-                progress(f"booting gunicorn ({mode}): {options.workers} workers x "
-                         f"{options.threads} threads; waiting for every worker")
+                serving = ("uvicorn" if mode in FASTAPI_MODES else
+                           f"gunicorn, {options.threads} threads each")
+                progress(f"booting {mode}: {options.workers} workers ({serving}); waiting "
+                         "for every worker")
                 try:
                     servers[mode] = Server(mode, db.url, workers=options.workers,
                                            threads=options.threads).__enter__()
                 except Exception as exc:
-                    if mode not in ("peer", *DJANGO_MODES, *FLASK_MODES):
+                    if mode not in ("peer", *DJANGO_MODES, *FLASK_MODES, *FASTAPI_MODES):
                         raise
                     group = mode.split("-", 1)[0]
                     results.skipped[group] = f"{mode} server failed: {short_reason(exc)}"
             _warm_up(servers, options)
-            status = _post(servers["certified"].address, TEMPLATE_ID)
-            if status != 201:
-                raise RuntimeError(f"the template certified request answered {status}")
-            db.copy_messages(template_id=TEMPLATE_ID, prefix="r-", start=0,
-                             stop=options.scale_small)
+            # The replay, scale and purge runs need the WSGI certified server and the
+            # stored messages it answers; a --rows selection without it skips them.
+            wsgi = "certified" in servers
+            if wsgi:
+                status = _post(servers["certified"].address, TEMPLATE_ID)
+                if status != 201:
+                    raise RuntimeError(f"the template certified request answered {status}")
+                db.copy_messages(template_id=TEMPLATE_ID, prefix="r-", start=0,
+                                 stop=options.scale_small)
             if wanted("grid"):
                 _grid(db, servers, options, results)
-            if wanted("scale"):
+            if wanted("scale") and wsgi:
                 _scale(db, servers, options, results)
-            if wanted("purge"):
+            if wanted("purge") and wsgi:
                 _purge(db, servers, options, results)
         finally:
             for server in servers.values():
@@ -194,50 +219,60 @@ def _warm_up(servers: dict[str, Server], options: Options) -> None:
         _load(warm, server, 4, kind="none" if mode.endswith("bare") else "new", header=header)
 
 
+def _run_of(options: Options, server: Server, kind: str) -> Callable[[int], LoadResult]:
+    """One row's run at a given concurrency, bound to its server now (not at call time)."""
+    return lambda concurrency: _load(options, server, concurrency, kind=kind)
+
+
 def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
           results: Results) -> None:
-    runs: list[tuple[str, Callable[[int], LoadResult]]] = [
-        ("floor (pgbench)", lambda c: pgbench_floor(port=db.port, database=db.name,
-                                                    concurrency=c, duration=_slice(options))),
-        # The SQL of a bare and of a certified request alone (bench/floor.py): the
-        # ratio the database allows before any Python runs.
-        ("bare sql (pgbench)", lambda c: pgbench_script("bare", port=db.port, database=db.name,
+    runs: list[tuple[str, Callable[[int], LoadResult]]] = []
+    if not options.rows or "floor" in options.rows:
+        runs += [
+            ("floor (pgbench)", lambda c: pgbench_floor(port=db.port, database=db.name,
                                                         concurrency=c, duration=_slice(options))),
-        ("certified sql (pgbench)", lambda c: pgbench_script(
-            "certified", port=db.port, database=db.name, concurrency=c,
-            duration=_slice(options))),
-        ("advisory sql (pgbench)", lambda c: pgbench_script(
-            "advisory", port=db.port, database=db.name, concurrency=c,
-            duration=_slice(options))),
-        ("bare", lambda c: _load(options, servers["bare"], c, kind="none")),
-        ("certified", lambda c: _load(options, servers["certified"], c, kind="new")),
-        ("certified, default settings", lambda c: _load(options, servers["certified-default"],
-                                                        c, kind="new")),
-        ("replay", lambda c: _load(options, servers["certified"], c, kind="replay",
-                                   replay_ids=options.scale_small)),
-    ]
+            # The SQL of a bare and of a certified request alone (bench/floor.py): the
+            # ratio the database allows before any Python runs.
+            ("bare sql (pgbench)", lambda c: pgbench_script(
+                "bare", port=db.port, database=db.name, concurrency=c,
+                duration=_slice(options))),
+            ("certified sql (pgbench)", lambda c: pgbench_script(
+                "certified", port=db.port, database=db.name, concurrency=c,
+                duration=_slice(options))),
+            ("advisory sql (pgbench)", lambda c: pgbench_script(
+                "advisory", port=db.port, database=db.name, concurrency=c,
+                duration=_slice(options))),
+        ]
+    if "bare" in servers and "certified" in servers:
+        runs += [
+            ("bare", lambda c: _load(options, servers["bare"], c, kind="none")),
+            ("certified", lambda c: _load(options, servers["certified"], c, kind="new")),
+            ("certified, default settings", lambda c: _load(
+                options, servers["certified-default"], c, kind="new")),
+            ("replay", lambda c: _load(options, servers["certified"], c, kind="replay",
+                                       replay_ids=options.scale_small)),
+        ]
     if "peer" in servers:
         runs.append(("peer (idemkit)", lambda c: _load(options, servers["peer"], c,
                                                        kind="new", header="Idempotency-Key")))
     # The realistic handler (issue 12): lock, update, log, read back, on the same servers.
-    runs.append(("bare /transfer", lambda c: _load(options, servers["bare"], c, kind="none",
-                                                   path=TRANSFER_PATH)))
-    runs.append(("certified /transfer", lambda c: _load(options, servers["certified"], c,
-                                                        kind="new", path=TRANSFER_PATH)))
+    if "bare" in servers and "certified" in servers:
+        runs.append(("bare /transfer", lambda c: _load(options, servers["bare"], c,
+                                                       kind="none", path=TRANSFER_PATH)))
+        runs.append(("certified /transfer", lambda c: _load(options, servers["certified"], c,
+                                                            kind="new", path=TRANSFER_PATH)))
     if "peer" in servers:
         runs.append(("peer /transfer", lambda c: _load(options, servers["peer"], c, kind="new",
                                                        header="Idempotency-Key",
                                                        path=TRANSFER_PATH)))
-    if "django-bare" in servers and "django-certified" in servers:
-        runs.append(("django bare", lambda c: _load(options, servers["django-bare"], c,
-                                                    kind="none")))
-        runs.append(("django certified", lambda c: _load(options, servers["django-certified"],
-                                                         c, kind="new")))
-    if "flask-bare" in servers and "flask-certified" in servers:
-        runs.append(("flask bare", lambda c: _load(options, servers["flask-bare"], c,
-                                                   kind="none")))
-        runs.append(("flask certified", lambda c: _load(options, servers["flask-certified"],
-                                                        c, kind="new")))
+    for framework in ("django", "flask", "fastapi"):
+        bare_mode, certified_mode = f"{framework}-bare", f"{framework}-certified"
+        if bare_mode in servers and certified_mode in servers:
+            runs.append((f"{framework} bare", _run_of(options, servers[bare_mode], "none")))
+            runs.append((f"{framework} certified",
+                         _run_of(options, servers[certified_mode], "new")))
+    if "fastapi-floor" in servers:
+        runs.append(("fastapi +1 insert", _run_of(options, servers["fastapi-floor"], "new")))
     # Each cell is measured in `rounds` slices, the scenarios interleaved round by round,
     # and reported as the median: other load on a shared machine then hits every row of
     # a concurrency alike instead of whichever happened to run during it.

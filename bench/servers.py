@@ -37,7 +37,8 @@ class ServerFailed(RuntimeError):
 
 class Server:
     """``gunicorn bench.app:application`` (or ``bench.django_app``, ``bench.flask_app``) in
-    one mode; a context manager."""
+    one mode, or ``uvicorn bench.fastapi_app:app`` for the FastAPI modes; a context
+    manager."""
 
     def __init__(
         self,
@@ -75,22 +76,40 @@ class Server:
     def start(self) -> None:
         env = dict(os.environ, BENCH_MODE=self.mode, BENCH_DB_URL=self.db_url,
                    BENCH_POOL_SIZE=str(self.threads))
-        command = [
-            sys.executable, "-m", "gunicorn",
-            "--bind", self.address,
-            "--workers", str(self.workers),
-            "--worker-class", "gthread",
-            "--threads", str(self.threads),
-            "--backlog", "256",
-            "--keep-alive", "30",
-            "--error-logfile", str(self.log_path),
-            "--log-level", "warning",
-            # The framework rows serve the same endpoint from a Django project / Flask app.
-            _APPLICATIONS.get(self.mode.split("-", 1)[0], "bench.app:application"),
-        ]
-        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        if self.mode.startswith("fastapi-"):
+            command = self._uvicorn_command()
+        else:
+            command = [
+                sys.executable, "-m", "gunicorn",
+                "--bind", self.address,
+                "--workers", str(self.workers),
+                "--worker-class", "gthread",
+                "--threads", str(self.threads),
+                "--backlog", "256",
+                "--keep-alive", "30",
+                "--error-logfile", str(self.log_path),
+                "--log-level", "warning",
+                # The framework rows serve the same endpoint from a Django project / Flask app.
+                _APPLICATIONS.get(self.mode.split("-", 1)[0], "bench.app:application"),
+            ]
+        with open(self.log_path, "ab") as log:
+            # gunicorn writes its own log file; uvicorn's workers log to stderr.
+            self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                            stderr=log, start_new_session=True)
         self.wait_for_workers()
+
+    def _uvicorn_command(self) -> list[str]:
+        """uvicorn's own process manager: ``workers`` processes, one event loop each
+        (the ASGI counterpart of gunicorn's workers; the loop replaces the threads)."""
+        return [
+            sys.executable, "-m", "uvicorn", "bench.fastapi_app:app",
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--workers", str(self.workers),
+            "--backlog", "256",
+            "--timeout-keep-alive", "30",
+            "--log-level", "warning",
+            "--no-access-log",
+        ]
 
     def _log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

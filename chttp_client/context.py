@@ -55,13 +55,14 @@ import httpx
 
 from chttp_client import codec, observers, telemetry
 from chttp_client.codec import CodecError
-from chttp_client.errors import NonDeterminismError
+from chttp_client.errors import JournalUnavailable, NonDeterminismError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
 from chttp_client.shorthands import SendShorthands
 from chttp_client.oplog_store import Commit, Finish, NewOplog
 from chttp_client.recorded_sends import answer_recorded_send, rebuild_response, request_record
 from chttp_client.records import StepRecord
+from chttp_client.run_writes import RunWrites
 from chttp_client.services import RunServices
 from chttp_core.schema import KIND_PERSIST, KIND_SEND, OPLOG_DONE, OPLOG_FAILED, STEP_DONE, STEP_RECORDED
 from chttp_core.wire import fingerprint
@@ -94,7 +95,7 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class ResumableContext(SendShorthands):
+class ResumableContext(SendShorthands, RunWrites):
     """The ``chttp_context`` argument of a resumable function (see the module docstring).
 
     Not shared between threads: one call of a function owns one context. Made by
@@ -134,8 +135,8 @@ class ResumableContext(SendShorthands):
         self._message_id_for = message_id_for or (lambda _number: str(uuid.uuid4()))
         self._writes = _Writes()
         self._number = 0
-        #: A step diverged or was unreadable: this run records nothing more (even if swallowed).
-        self._poisoned: NonDeterminismError | CodecError | None = None
+        #: A step diverged or was unreadable, or the journal is gone: nothing more is recorded.
+        self._poisoned: NonDeterminismError | CodecError | JournalUnavailable | None = None
         self._run_deadline = run_deadline
         self._lease_renewed_at: datetime | None = None
 
@@ -242,6 +243,7 @@ class ResumableContext(SendShorthands):
                 number, KIND_SEND, name, STEP_RECORDED,
                 message_id=scripted.message_id if scripted is not None else self._message_id_for(number),
                 fingerprint=digest, request=request, first_sent_at=self._services.clock(),
+                attempts=1,  # counted by the intent commit: the first attempt follows it
             )
             self._commit([record])
             self._event("send-recorded", number, KIND_SEND, name, record.message_id, body)
@@ -337,6 +339,8 @@ class ResumableContext(SendShorthands):
                 record, client=services.http_client, policy=services.retry, clock=services.clock,
                 sleep=services.sleep, deadline=deadline, run_deadline=self._run_deadline,
                 on_attempt=on_attempt, on_answer=on_answer, on_wait=self._renew_lease_if_due,
+                count_attempt=lambda attempts: self._count_attempt(record, attempts),
+                prepaid=record.number > len(self._recorded),
             )
             observed.settled(record)
         # Buffered: the oplog's next commit records it, and only then may it be
@@ -377,7 +381,7 @@ class ResumableContext(SendShorthands):
         services = self._services
         writes = self._writes
         now = services.clock()
-        services.store.commit(Commit(
+        self._journal(services.store.commit, Commit(
             oplog_id=self.oplog_id, owner=self._owner, now=now, lease=services.lease,
             new=None if self._stored else NewOplog(self.function, self.version, self._arguments),
             inserts=writes.steps + new_steps, answers=writes.answers, finish=finish,
@@ -411,6 +415,5 @@ class ResumableContext(SendShorthands):
         last = self._lease_renewed_at
         if last is not None and now - last < services.lease / 2:
             return
-        services.store.renew_lease(self.oplog_id, self._owner, now=now, lease=services.lease)
+        self._journal(services.store.renew_lease, self.oplog_id, self._owner, now=now, lease=services.lease)
         self._lease_renewed_at = now
-

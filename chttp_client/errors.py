@@ -8,13 +8,18 @@
     │   ├── UnknownFunctionError       no registered function/version for an open oplog
     │   ├── OplogBusyError             another process holds the oplog's lease
     │   │   └── OplogTakenOverError    … it took our run's lease over; the run goes on there
-    │   └── OplogAbandonedError        the oplog was dead-lettered and is not run again
+    │   ├── OplogAbandonedError        the oplog was dead-lettered (by an operator, too,
+    │   │                              under a live run) and is not run again
+    │   ├── JournalUnavailable         the journal's database went away mid-run; a step was
+    │   │                              not recorded, and resume picks the function up later
+    │   └── (codec.CodecError)         a record cannot be read (not JSON, unknown tag, wrong
+    │                                  shape): the oplog is quarantined, never replayed
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
         │   └── RunDeadlineExceeded    … only this run's bound passed: not recorded
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
             ├── MessageRejectedError   400 invalid-message-id / message-id-required
-            ├── MessageGoneError       410 message-acknowledged / message-expired
+            ├── MessageGoneError       410 message-acknowledged / -expired / -outcome-unknown
             ├── MessageTooOldError     412 message-too-old
             ├── MessageIdReusedError   422 message-id-reused
             └── ResponseTooLargeError  500 response-too-large (not retryable, §4)
@@ -43,6 +48,7 @@ __all__ = [
     "OplogBusyError",
     "OplogTakenOverError",
     "OplogAbandonedError",
+    "JournalUnavailable",
     "SendError",
     "DeadlineExceeded",
     "RunDeadlineExceeded",
@@ -159,6 +165,36 @@ class OplogAbandonedError(JournalError):
         return f"oplog {self.oplog_id} was abandoned: {self.reason}"
 
 
+class JournalUnavailable(JournalError):
+    """The journal's database could not be written while a run needed it to.
+
+    ``unrecorded`` names what was not recorded (``"step 3 (send POST http://…)"``,
+    ``"attempt 4 of step 2"``, ``"the result"``) and ``step`` its number (None for the
+    result or the oplog itself); ``detail`` is the driver's first line, for a log.
+    Nothing that depends on it left the process: the run stops here, records nothing
+    more (even if the function swallows this), and once the database is back
+    ``Journal.resume(oplog_id)`` or ``resume_all()`` runs the function on from its record
+    — except when even the oplog's first write failed (``step`` None and
+    ``created`` False): then there is nothing to resume, and nothing was sent.
+    """
+
+    def __init__(self, oplog_id: str, step: int | None, unrecorded: str, detail: str,
+                 created: bool = True) -> None:
+        super().__init__(oplog_id, step, unrecorded, detail, created)
+        self.oplog_id = oplog_id
+        self.step = step
+        self.unrecorded = unrecorded
+        self.detail = detail
+        self.created = created
+
+    def __str__(self) -> str:
+        then = (f"journal.resume({self.oplog_id!r}) runs the function on from its record "
+                "once the database is back" if self.created
+                else "the oplog was never created and nothing was sent: call the function again")
+        return (f"oplog {self.oplog_id}: the journal database is unavailable, {self.unrecorded} "
+                f"was not recorded ({self.detail}); {then}")
+
+
 class SendError(ChttpClientError):
     """A certified send ended without a usable answer."""
 
@@ -178,7 +214,16 @@ class DeadlineExceeded(SendError):
 
     The receiver may or may not have processed it; the sender stops here so that a late
     retry never meets a receiver that has forgotten the id (docs/protocol.rst §4).
+    ``attempts``: how many attempts were made, by every process that ran the send (the
+    journal counts them), when known. A ``Retry-After`` that points past the deadline
+    ends the send at once with this error instead of sleeping until the deadline.
     """
+
+    def __init__(self, message_id: str, method: str, url: str, detail: str,
+                 attempts: int | None = None) -> None:
+        super().__init__(message_id, method, url, detail)
+        self.args = (message_id, method, url, detail, attempts)
+        self.attempts = attempts
 
 
 class RunDeadlineExceeded(DeadlineExceeded):
@@ -245,6 +290,7 @@ _BY_PROBLEM: dict[tuple[int, str], type[ProtocolAnswerError]] = {
     (400, Problem.INVALID_FIRST_SENT): MessageRejectedError,
     (410, Problem.MESSAGE_ACKNOWLEDGED): MessageGoneError,
     (410, Problem.MESSAGE_EXPIRED): MessageGoneError,
+    (410, Problem.MESSAGE_OUTCOME_UNKNOWN): MessageGoneError,
     (412, Problem.MESSAGE_TOO_OLD): MessageTooOldError,
     (422, Problem.MESSAGE_ID_REUSED): MessageIdReusedError,
     (500, Problem.RESPONSE_TOO_LARGE): ResponseTooLargeError,

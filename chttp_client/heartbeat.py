@@ -10,7 +10,8 @@ journal's clock, whose offset does not matter: only how fast it runs), checking 
 times per lease. The renewed deadline is the database's now plus the lease
 (:mod:`chttp_client.leases`), so a host whose clock is off still keeps its lease. A renewal that finds the lease taken over stops
 renewing it; the run's next commit then raises
-:class:`~chttp_client.errors.OplogTakenOverError`.
+:class:`~chttp_client.errors.OplogTakenOverError` (or
+:class:`~chttp_client.errors.OplogAbandonedError`, if an operator abandoned it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
-from chttp_client.errors import OplogBusyError
+from chttp_client.errors import OplogAbandonedError, OplogBusyError
 from chttp_client.oplog_store import OplogStore
 
 __all__ = ["Heartbeat"]
@@ -85,7 +86,7 @@ class Heartbeat:
         for oplog_id, held in due:
             try:
                 self.store.renew_lease(oplog_id, held.owner, now=now, lease=self.lease)
-            except OplogBusyError as error:
+            except (OplogBusyError, OplogAbandonedError) as error:
                 log.warning("chttp: lease of oplog %s lost while a send was in flight: %s", oplog_id, error)
                 with self._lock:
                     self._held.pop(oplog_id, None)

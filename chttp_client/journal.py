@@ -47,6 +47,7 @@ from chttp_client.codec import CodecError
 from chttp_client.context import ResumableContext, RunServices
 from chttp_client.errors import (
     JournalError,
+    JournalUnavailable,
     NonDeterminismError,
     OplogAbandonedError,
     OplogBusyError,
@@ -55,12 +56,14 @@ from chttp_client.errors import (
 from chttp_client.heartbeat import Heartbeat
 from chttp_client.leases import new_owner
 from chttp_client.oplog_store import OplogStore
+from chttp_client.quarantine import log_unreadable
 from chttp_client.records import CELERY_PREFIX, INCOMING_PREFIX, OplogInfo
 from chttp_client.registry import register, registered_functions, registered_versions, unregister
 from chttp_client.retention import RECEIVER_RETENTION
 from chttp_client.sending import RetryPolicy, utcnow
 from chttp_core import migrate
-from chttp_core.db import make_engine
+from chttp_core.db import make_engine, normalize_url
+from chttp_core.store_urls import CREATE_HINT, check_store_url
 from chttp_core.schema import OPLOG_OPEN
 
 __all__ = [
@@ -81,9 +84,9 @@ class ResumeOutcome:
 
     ``status`` is ``done`` (``value`` holds the result), ``failed`` (the function raised
     ``error``, now recorded), ``refused`` (unknown version: the oplog is left open and
-    intact), ``abandoned`` (non-determinism, an unreadable record, or more resumes
-    without progress than ``max_resume_attempts``: dead-lettered now, ``error`` says
-    why) or ``busy`` (another live process holds it).
+    intact), ``unreadable`` (quarantined, :mod:`chttp_client.quarantine`), ``abandoned``
+    (non-determinism, or more resumes without progress than ``max_resume_attempts``:
+    dead-lettered now) or ``busy`` (another live process holds it); ``error`` says why.
     """
 
     oplog_id: str
@@ -145,7 +148,10 @@ class Journal:
         self._own_engine = engine is None
         if engine is None:
             assert url is not None  # exactly one of them, checked above
-            engine = make_engine(url)
+            # A typo is refused here; a missing SQLite file is made only with
+            # upgrade_schema (chttp_core.store_urls).
+            engine = make_engine(check_store_url(url, create=upgrade_schema, adapt=normalize_url,
+                                                 create_hint=CREATE_HINT))
         self.engine = engine
         self.store = OplogStore(engine)
         self._upgrade_schema = upgrade_schema
@@ -262,12 +268,14 @@ class Journal:
         ``purge`` removes it like a failed oplog; ``resume`` raises
         :class:`OplogAbandonedError`. Its messages: an answered one is still
         acknowledged by ``resume_all()``; a send recorded but never answered is not
-        resent — the receiver may or may not have run it, and forgets it after its
-        retention. A live run of the oplog fails at its next commit
-        (:class:`OplogBusyError`). :class:`JournalError` if the oplog is not open.
+        resent (the receiver may have run it; it forgets it after its retention). A live
+        run of it fails at its next journal write with :class:`OplogAbandonedError` and
+        ``reason``, sending nothing more. :class:`JournalError` if it is not open.
         """
         self.ensure_schema()
-        info = self.get(oplog_id)
+        info = self.store.get(oplog_id, strict=False)  # an unreadable oplog can be abandoned
+        if info is None:
+            raise JournalError(f"no oplog {oplog_id}")
         if info.state != OPLOG_OPEN:
             raise JournalError(f"oplog {oplog_id} is {info.state}, not open: nothing to abandon")
         try:
@@ -301,11 +309,11 @@ class Journal:
         Never raises for one oplog's trouble: each gets a :class:`ResumeOutcome`. An oplog
         left ``busy`` (another live process holds it) or ``refused`` (unknown version) is
         also logged at WARNING on the ``chttp_client`` logger, so a start-up resume never
-        skips one silently. One that diverges from its record (non-determinism: the code
-        changed), holds a record this version cannot read
-        (:class:`~chttp_client.codec.CodecError`, naming the oplog and step) or was
-        resumed more than ``max_resume_attempts`` times without progress is *abandoned*
-        (:meth:`abandon`), reported once at WARNING, and not tried again.
+        skips one silently. One holding a record this version cannot read is
+        *quarantined* (:mod:`chttp_client.quarantine`): left open, not run, ``unreadable``,
+        logged with a count and the ids; the others go on. One that diverges (the code
+        changed) or was resumed more than ``max_resume_attempts`` times without progress
+        is *abandoned* (:meth:`abandon`), reported once at WARNING, and not tried again.
         """
         self.ensure_schema()
         self.acknowledge_pending()
@@ -323,20 +331,27 @@ class Journal:
                 log.warning("chttp: oplog %s (%s v%s) not resumed, refused: %s",
                             listed.id, listed.function, listed.version, error)
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "refused", error=error))
-            except (NonDeterminismError, CodecError) as error:
-                # The code changed, or a record is unreadable (corrupted, or written by a
-                # newer version): no resume will fix it. Not the function's own failure.
+            except CodecError as error:  # quarantined: fixing the row resumes it
+                log.warning("chttp: oplog %s (%s v%s) not resumed, unreadable (left open): %s",
+                            listed.id, listed.function, listed.version, error)
+                outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version,
+                                              "unreadable", error=error))
+            except NonDeterminismError as error:
+                # The code changed: no resume will fix it. Not the function's own failure.
                 try:
                     self._abandon(listed, str(error))
                 except (OplogAbandonedError, OplogBusyError) as abandoned:
                     outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version,
                                                   "abandoned", error=abandoned))
+            except JournalUnavailable:  # the whole journal's trouble (not one oplog's): raised
+                raise
             except OplogAbandonedError as error:  # too many resumes without progress
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "abandoned", error=error))
             except Exception as error:  # the function's own outcome, now recorded
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "failed", error=error))
             else:
                 outcomes.append(ResumeOutcome(listed.id, listed.function, listed.version, "done", value=value))
+        log_unreadable(outcomes)
         return outcomes
 
     def purge(self, *, older_than: timedelta, horizon: timedelta = RECEIVER_RETENTION,

@@ -28,13 +28,27 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Interval, bindparam, func
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Interval,
+    and_,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 
-__all__ = ["new_owner", "owner_is_gone", "database_now", "lease_deadline"]
+from chttp_core.schema import OPLOG_OPEN, oplog_steps, oplogs
+
+__all__ = ["new_owner", "retire_owner", "owner_is_gone", "database_now", "lease_deadline", "LiveLease", "live_lease",
+           "expire_leases"]
 
 #: SQLite's ``strftime`` format matching how SQLAlchemy stores a ``DateTime`` there
 #: (``YYYY-MM-DD HH:MM:SS.fff``), so that text comparisons order like instants.
@@ -71,12 +85,25 @@ def _is_zombie(pid: int) -> bool:
         return False  # no /proc (not Linux): kill(pid, 0) is all we know
 
 
+#: Owners of this process whose run ended without releasing its lease (the journal was
+#: unavailable): their leases are free at once for a resume in this process.
+_RETIRED: set[str] = set()
+
+
+def retire_owner(owner: str) -> None:
+    """Mark ``owner``'s run as over: it will write and send nothing more."""
+    _RETIRED.add(owner)
+
+
 def owner_is_gone(owner: str) -> bool:
-    """True if ``owner`` was a process of this host that no longer exists.
+    """True if ``owner`` was a process of this host that no longer exists, or a run of
+    this process that ended (:func:`retire_owner`).
 
     Its lease is free whatever its deadline says. Only this host's pids can be checked,
     hence every sender host needs a host name of its own (docs/scale.rst).
     """
+    if owner in _RETIRED:
+        return True
     host, _, rest = owner.partition("/")
     pid_text = rest.partition("/")[0]
     return host == socket.gethostname() and pid_text.isdigit() and not _process_alive(int(pid_text))
@@ -96,3 +123,54 @@ def lease_deadline(dialect: Dialect, lease: timedelta) -> Any:
     if dialect.name == "sqlite":
         return func.strftime(_SQLITE_FORMAT, "now", f"{lease.total_seconds():+.6f} seconds")
     return database_now(dialect) + bindparam(None, lease, type_=Interval())
+
+
+@dataclass(frozen=True)
+class LiveLease:
+    """Who runs an oplog right now, and until when (the database's clock)."""
+
+    owner: str
+    expires_at: datetime | None
+
+
+def live_lease(connection: Connection, oplog_id: str) -> LiveLease | None:
+    """The lease of the open oplog ``oplog_id`` if a live process holds it, else None.
+
+    Live as a taker judges it: not expired by the database's clock, and not the lease
+    of a process of this host that is gone. For an operator about to abandon an oplog
+    under a running worker (``chttp-client abandon`` asks for ``--force``).
+    """
+    row = connection.execute(
+        select(oplogs.c.lease_owner, oplogs.c.lease_expires_at,
+               (oplogs.c.lease_expires_at > database_now(connection.dialect)).label("live"))
+        .where(oplogs.c.id == oplog_id, oplogs.c.state == OPLOG_OPEN)
+    ).first()
+    if row is None or row.lease_owner is None or not row.live or owner_is_gone(row.lease_owner):
+        return None
+    expires = row.lease_expires_at
+    if expires is not None and expires.tzinfo is None:
+        expires = expires.replace(tzinfo=timezone.utc)
+    return LiveLease(row.lease_owner, expires)
+
+
+def expire_leases(engine: Engine, oplog_id: str | None = None) -> int:
+    """End the leases (and acknowledgement claims) of ``oplog_id``, or of every oplog, now.
+
+    Their owners stay recorded, so a taker still swaps on the owner it saw, and a
+    live owner's next commit still renews or finds itself taken over, exactly as
+    when the lease ran out by the database's clock. For tests (lease time passing
+    without waiting for it) and for an operator who knows a host is gone. Returns
+    how many oplog leases were ended.
+    """
+    dialect = engine.dialect
+    leased: ColumnElement[bool] = and_(oplogs.c.lease_owner.is_not(None),
+                                       oplogs.c.state == OPLOG_OPEN)
+    claimed: ColumnElement[bool] = oplog_steps.c.ack_claimed_until.is_not(None)
+    if oplog_id is not None:
+        leased = and_(leased, oplogs.c.id == oplog_id)
+        claimed = and_(claimed, oplog_steps.c.oplog_id == oplog_id)
+    with engine.begin() as connection:
+        connection.execute(update(oplog_steps).where(claimed)
+                           .values(ack_claimed_until=database_now(dialect)))
+        return connection.execute(update(oplogs).where(leased)
+                                  .values(lease_expires_at=database_now(dialect))).rowcount

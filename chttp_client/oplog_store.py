@@ -8,7 +8,8 @@ below, and never sees a context, so the step logic (:mod:`chttp_client.context`)
 
 Every write of a run is one :class:`Commit`: the oplog row inserted (first write) or our
 lease renewed — failing with :class:`~chttp_client.errors.OplogTakenOverError` if
-another process took it over — then new steps, answered steps, the result if the run ends, and
+another process took it over, :class:`~chttp_client.errors.OplogAbandonedError` if it
+was abandoned meanwhile — then new steps, answered steps, the result if the run ends, and
 the acknowledgement marks gathered since the previous commit, in one transaction.
 
 Leases and acknowledgement claims are given as *durations*: their deadlines are
@@ -23,15 +24,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 import builtins
-from typing import Any, Iterator, Sequence, overload
+from typing import Any, Iterator, Sequence
 
-from sqlalchemy import ColumnElement, Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
-from chttp_client import codec, retention
-from chttp_client.errors import JournalError, OplogBusyError, OplogTakenOverError
-from chttp_client.leases import database_now, lease_deadline, owner_is_gone
+from chttp_client import retention
+from chttp_client.codec import CodecError
+from chttp_client.errors import JournalError, OplogAbandonedError, OplogBusyError, OplogTakenOverError
+from chttp_client.leases import (
+    LiveLease,
+    database_now,
+    expire_leases,
+    lease_deadline,
+    live_lease,
+    owner_is_gone,
+)
+from chttp_client.oplog_rows import oplog_info, raw_rows, readable_steps, step_record, step_values
+from chttp_client.outage import journal_write
 from chttp_client.records import OPLOG_ABANDONED, OplogInfo, StepRecord
 from chttp_core.schema import KIND_SEND, OPLOG_FAILED, OPLOG_OPEN, STEP_DONE, oplog_steps, oplogs
 
@@ -101,62 +112,16 @@ class Commit:
     ack_claim: timedelta | None = None
 
 
-@overload
-def _aware(moment: datetime) -> datetime: ...
-
-
-@overload
-def _aware(moment: None) -> None: ...
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def _json_or_none(value: Any) -> str | None:
-    return json.dumps(value) if value is not None else None
-
-
-def _parse_or_none(text: str | None, where: str) -> Any:
-    """A stored JSON column (tags left encoded); :class:`~chttp_client.codec.CodecError`
-    naming ``where`` if it is not JSON."""
-    return codec.parse(text, where=where) if text is not None else None
-
-
-def _step_values(step: StepRecord) -> dict[str, Any]:
-    return {
-        "kind": step.kind, "name": step.name, "state": step.state,
-        "outcome": _json_or_none(step.outcome),
-        "message_id": step.message_id, "fingerprint": step.fingerprint,
-        "request": _json_or_none(step.request),
-        "first_sent_at": step.first_sent_at,
-        "response": _json_or_none(step.response),
-        "message_url": step.message_url,
-    }
-
-
-def _step_record(row: Any) -> StepRecord:
-    where = f"oplog {row.oplog_id} step {row.number}"
-    return StepRecord(
-        number=row.number, kind=row.kind, name=row.name, state=row.state,
-        outcome=_parse_or_none(row.outcome, where), message_id=row.message_id,
-        fingerprint=row.fingerprint, request=_parse_or_none(row.request, where),
-        first_sent_at=_aware(row.first_sent_at), response=_parse_or_none(row.response, where),
-        message_url=row.message_url, acknowledged_at=_aware(row.acknowledged_at),
-    )
-
-
-def _oplog_info(row: Any, steps: tuple[StepRecord, ...] = ()) -> OplogInfo:
-    return OplogInfo(
-        id=row.id, function=row.function, version=row.version,
-        state=OPLOG_ABANDONED if row.abandoned_reason is not None else row.state,
-        arguments=codec.loads(row.arguments, where=f"oplog {row.id} arguments"),
-        result=_parse_or_none(row.result, f"oplog {row.id} result"),
-        lease_owner=row.lease_owner, created_at=_aware(row.created_at), steps=steps,
-        abandoned_reason=row.abandoned_reason, resume_attempts=row.resume_attempts or 0,
-    )
+def _unrecorded(commit: Commit) -> tuple[int | None, str]:
+    """What a commit that failed did not record (:class:`JournalUnavailable` names it)."""
+    if commit.finish is not None:
+        return None, f"the result ({commit.finish.state})"
+    steps = [*commit.answers, *commit.inserts]
+    if not steps:
+        return None, "the acknowledgement marks"
+    last = steps[-1]
+    what = "the answer of" if last in commit.answers else ""
+    return last.number, f"{what} step {last.number} ({last.kind} {last.name})".strip()
 
 
 def _state_is(state: str) -> Any:
@@ -180,22 +145,48 @@ class OplogStore:
     # -- reading ---------------------------------------------------------------------------
 
     def list(self, *, state: str | None = None, limit: int | None = None) -> list[OplogInfo]:
-        """Oplogs oldest first, without their steps."""
+        """Oplogs oldest first, without their steps; an unreadable ``arguments`` or
+        ``result`` is carried in ``OplogInfo.unreadable``, never raised."""
         query = select(oplogs).order_by(oplogs.c.created_at, oplogs.c.id)
         if state is not None:
             query = query.where(_state_is(state))
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as connection:
-            return [_oplog_info(row) for row in connection.execute(query)]
+            return [oplog_info(row, strict=False) for row in connection.execute(query)]
 
-    def get(self, oplog_id: str) -> OplogInfo | None:
-        """One oplog with its steps, ``None`` if there is none."""
+    def get(self, oplog_id: str, *, strict: bool = True) -> OplogInfo | None:
+        """One oplog with its steps, ``None`` if there is none.
+
+        An unreadable record raises :class:`~chttp_client.codec.CodecError` naming it
+        (``strict``), so nothing replays a record it cannot read; with ``strict=False``
+        the oplog comes back with the first such error in ``OplogInfo.unreadable`` and
+        only its readable steps (for ``abandon``, never for a replay).
+        """
         with self.engine.connect() as connection:
             row = connection.execute(select(oplogs).where(oplogs.c.id == oplog_id)).first()
             if row is None:
                 return None
-            return _oplog_info(row, tuple(self._steps(connection, oplog_id)))
+            if strict:
+                return oplog_info(row, tuple(self._steps(connection, oplog_id)))
+            steps, errors = readable_steps(connection, oplog_id)
+            return oplog_info(row, steps, strict=False, unreadable=errors[0] if errors else None)
+
+    def unreadable_steps(self, oplog_ids: Sequence[str]) -> dict[str, CodecError]:
+        """The first unreadable step of each of ``oplog_ids`` that has one."""
+        found: dict[str, CodecError] = {}
+        with self.engine.connect() as connection:
+            for oplog_id in oplog_ids:
+                errors = readable_steps(connection, oplog_id)[1]
+                if errors:
+                    found[oplog_id] = errors[0]
+        return found
+
+    def raw(self, oplog_id: str) -> tuple[dict[str, Any], builtins.list[dict[str, Any]]] | None:
+        """The oplog's row and its step rows as stored, undecoded (``chttp-client show``
+        of an unreadable oplog); None if there is none."""
+        with self.engine.connect() as connection:
+            return raw_rows(connection, oplog_id)
 
     def arguments(self, oplog_id: str) -> str:
         """The recorded arguments of ``oplog_id``, as stored (codec text)."""
@@ -209,19 +200,20 @@ class OplogStore:
             select(oplog_steps).where(oplog_steps.c.oplog_id == oplog_id)
             .order_by(oplog_steps.c.number))
         for row in rows:
-            yield _step_record(row)
+            yield step_record(row)
 
     # -- writing a run ---------------------------------------------------------------------
 
     def commit(self, commit: Commit) -> None:
         """Write ``commit`` in one transaction (see the module docstring)."""
-        with self.engine.begin() as connection:
+        with journal_write(commit.oplog_id, lambda: _unrecorded(commit), created=commit.new is None), \
+                self.engine.begin() as connection:
             self._open(connection, commit)
             claim_until = (None if commit.ack_claim is None
                            else lease_deadline(connection.dialect, commit.ack_claim))
             if commit.inserts:
                 connection.execute(insert(oplog_steps), [
-                    {"oplog_id": commit.oplog_id, "number": step.number, **_step_values(step)}
+                    {"oplog_id": commit.oplog_id, "number": step.number, **step_values(step)}
                     for step in commit.inserts
                 ])
             for step in commit.answers:
@@ -230,7 +222,7 @@ class OplogStore:
                     update(oplog_steps)
                     .where(oplog_steps.c.oplog_id == commit.oplog_id,
                            oplog_steps.c.number == step.number)
-                    .values(**_step_values(step), ack_claimed_until=claim)
+                    .values(**step_values(step), ack_claimed_until=claim)
                 ).rowcount
                 if updated != 1:  # an answer always follows its own intent commit
                     raise JournalError(f"oplog {commit.oplog_id} has no step {step.number} to answer")
@@ -258,18 +250,25 @@ class OplogStore:
 
     @staticmethod
     def _renew(connection: Connection, oplog_id: str, owner: str | None,
-               now: datetime, lease: timedelta) -> None:
-        # A write of the run is progress: its resumes start counting again. Renewing
+               now: datetime, lease: timedelta, progress: bool = True) -> None:
+        # A write of the run is progress: its resumes start counting again (not a
+        # counted attempt: a crash loop during a send's attempts is still one). Renewing
         # does not ask whether the lease expired meanwhile: only a taker ends a lease.
+        values: dict[str, Any] = dict(lease_expires_at=lease_deadline(connection.dialect, lease),
+                                      updated_at=now)
+        if progress:
+            values["resume_attempts"] = 0
         renewed = connection.execute(
-            update(oplogs)
-            .where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner)
-            .values(lease_expires_at=lease_deadline(connection.dialect, lease), updated_at=now,
-                    resume_attempts=0)
+            update(oplogs).where(oplogs.c.id == oplog_id, oplogs.c.lease_owner == owner).values(values)
         ).rowcount
         if renewed != 1:
             row = connection.execute(
-                select(oplogs.c.state, oplogs.c.lease_owner).where(oplogs.c.id == oplog_id)).first()
+                select(oplogs.c.state, oplogs.c.lease_owner, oplogs.c.abandoned_reason)
+                .where(oplogs.c.id == oplog_id)).first()
+            if row is not None and row.abandoned_reason is not None:
+                # An operator (or resume_all) dead-lettered it under us: say so, with
+                # their reason, not "taken over" as if another worker had finished it.
+                raise OplogAbandonedError(oplog_id, row.abandoned_reason)
             state = row.state if row is not None else "purged"
             raise OplogTakenOverError(oplog_id, row.lease_owner if row is not None else None, state)
 
@@ -280,8 +279,22 @@ class OplogStore:
 
         :class:`OplogTakenOverError` if it was taken over.
         """
-        with self.engine.begin() as connection:
+        with journal_write(oplog_id, lambda: (None, "the lease renewal of its send in flight")), \
+                self.engine.begin() as connection:
             self._renew(connection, oplog_id, owner, now, lease)
+
+    def count_attempt(self, oplog_id: str, owner: str, number: int, attempts: int, *,
+                      now: datetime, lease: timedelta) -> None:
+        """Record that attempt ``attempts`` of send step ``number`` is about to leave.
+
+        Renews our lease in the same transaction, so an oplog taken over or abandoned
+        meanwhile stops the send before the attempt (:meth:`_renew`'s errors).
+        """
+        with journal_write(oplog_id, lambda: (number, f"attempt {attempts} of step {number}")), \
+                self.engine.begin() as connection:
+            self._renew(connection, oplog_id, owner, now, lease, progress=False)
+            connection.execute(update(oplog_steps).where(
+                oplog_steps.c.oplog_id == oplog_id, oplog_steps.c.number == number).values(attempts=attempts))
 
     def take_lease(self, oplog_id: str, owner: str, *, now: datetime, lease: timedelta,
                    force: bool = False, count_attempt: bool = False) -> int:
@@ -295,7 +308,7 @@ class OplogStore:
         :class:`OplogBusyError` if it is held (or finished meanwhile, or a concurrent
         resumer won the swap).
         """
-        with self.engine.begin() as connection:
+        with journal_write(oplog_id, lambda: (None, "its lease")), self.engine.begin() as connection:
             db_now = database_now(connection.dialect)
             expired = or_(oplogs.c.lease_expires_at.is_(None), oplogs.c.lease_expires_at <= db_now)
             row = connection.execute(
@@ -323,26 +336,13 @@ class OplogStore:
         return attempts
 
     def expire_leases(self, oplog_id: str | None = None) -> int:
-        """End the leases (and acknowledgement claims) of ``oplog_id``, or of every oplog, now.
+        """End leases now (:func:`chttp_client.leases.expire_leases`); how many oplogs'."""
+        return expire_leases(self.engine, oplog_id)
 
-        Their owners stay recorded, so a taker still swaps on the owner it saw, and a
-        live owner's next commit still renews or finds itself taken over, exactly as
-        when the lease ran out by the database's clock. For tests (lease time passing
-        without waiting for it) and for an operator who knows a host is gone. Returns
-        how many oplog leases were ended.
-        """
-        dialect = self.engine.dialect
-        leased: ColumnElement[bool] = and_(oplogs.c.lease_owner.is_not(None),
-                                           oplogs.c.state == OPLOG_OPEN)
-        claimed: ColumnElement[bool] = oplog_steps.c.ack_claimed_until.is_not(None)
-        if oplog_id is not None:
-            leased = and_(leased, oplogs.c.id == oplog_id)
-            claimed = and_(claimed, oplog_steps.c.oplog_id == oplog_id)
-        with self.engine.begin() as connection:
-            connection.execute(update(oplog_steps).where(claimed)
-                               .values(ack_claimed_until=database_now(dialect)))
-            return connection.execute(update(oplogs).where(leased)
-                                      .values(lease_expires_at=database_now(dialect))).rowcount
+    def live_lease(self, oplog_id: str) -> LiveLease | None:
+        """Who runs ``oplog_id`` right now (:func:`~chttp_client.leases.live_lease`)."""
+        with self.engine.connect() as connection:
+            return live_lease(connection, oplog_id)
 
     def release_lease(self, oplog_id: str, owner: str) -> None:
         """Give the lease up (a refused run), if we still hold it."""

@@ -117,6 +117,10 @@ def answer_recorded_send(
     on_attempt: Callable[[], None],
     on_answer: Callable[[], None],
     on_wait: Callable[[], None],
+    # Records attempt n in the journal before it leaves (raises to stop the send); None: not counted.
+    count_attempt: Callable[[int], None] | None = None,
+    # The first attempt was already counted (by the step's intent commit).
+    prepaid: bool = False,
 ) -> None:
     """Send the recorded request until its definitive answer; record it in ``record``.
 
@@ -124,7 +128,8 @@ def answer_recorded_send(
     answer, or the :class:`~chttp_client.errors.DeadlineExceeded` of the send's own
     deadline, is written into ``record`` (now ``done``). When only ``run_deadline``
     passed, raises :class:`~chttp_client.errors.RunDeadlineExceeded` and leaves ``record`` as it was, so the
-    next run resends the same message.
+    next run resends the same message. ``record.attempts`` counts the attempts of every
+    run (``count_attempt``), so the deadline's error reports them all.
     """
     request = record.request or {}
     body = codec.decode(request.get("body"))
@@ -143,14 +148,27 @@ def answer_recorded_send(
         return client.build_request(request["method"], request["url"], content=body,
                                     headers=headers + trace_headers(), timeout=policy.timeout)
 
+    tries = 0
+
+    def before_attempt(_request: httpx.Request) -> None:
+        nonlocal tries
+        tries += 1
+        if count_attempt is not None and not (prepaid and tries == 1):
+            count_attempt(record.attempts + 1)
+            record.attempts += 1
+        on_attempt()
+
     deadline_at = first_sent + limit
     run_deadline_at = None if run_deadline is None else clock() + run_deadline
     attempt = deliver(
         client, build,
         deadline_at=deadline_at if run_deadline_at is None else min(deadline_at, run_deadline_at),
-        policy=policy, clock=clock, sleep=sleep, on_attempt=lambda _request: on_attempt(),
-        on_wait=on_wait,
+        policy=policy, clock=clock, sleep=sleep, on_attempt=before_attempt, on_wait=on_wait,
     )
+    total = record.attempts if count_attempt is not None else attempt.attempts
+    made = f"{total} attempt(s)"
+    if total != attempt.attempts:
+        made += f", {attempt.attempts} of them in this process"
     if attempt.response is None and run_deadline_at is not None and clock() < deadline_at:
         # Only this run gave up: the step stays "recorded" and the next run (a retry
         # of the incoming message) resends it under the same id.
@@ -158,15 +176,14 @@ def answer_recorded_send(
         raise RunDeadlineExceeded(
             record.message_id, request["method"], request["url"],
             f"no definitive answer within this run's {run_deadline} "
-            f"({attempt.attempts} attempt(s); last: {attempt.last_error}); not recorded: "
-            "the next run resends the same message",
+            f"({made}; last: {attempt.last_error}); not recorded: "
+            "the next run resends the same message", total,
         )
     if attempt.response is None:
         telemetry.deadline_exceeded("send")
         error = DeadlineExceeded(
             record.message_id, request["method"], request["url"],
-            f"no definitive answer after {attempt.attempts} attempt(s) within {limit}; "
-            f"last: {attempt.last_error}",
+            f"no definitive answer after {made} within {limit}; last: {attempt.last_error}", total,
         )
         record.outcome = {"error": codec.exception_record(error)}
     else:

@@ -2,7 +2,8 @@
 
 docs/protocol.rst §5: retry on connection errors, timeouts, 5xx other than 501/505, 409
 ``message-in-progress``, 429 and 503, with exponential backoff and jitter, honouring
-``Retry-After``, until the send's deadline; anything else is the definitive answer.
+``Retry-After``, until the send's deadline (a ``Retry-After`` past it ends the send at
+once); anything else is the definitive answer.
 One exception to the 5xx rule: §4 marks 500 ``response-too-large`` as *not* retryable
 (the receiver rolled back and will roll back again), so it is definitive here.
 
@@ -148,6 +149,11 @@ def deliver(
         remaining = (deadline_at - clock()).total_seconds()
         if remaining <= 0:
             return Attempt(None, attempts, last_error)
+        if wait is not None and wait > remaining:
+            # The receiver asked us to come back after the deadline: sleeping until the
+            # deadline would only postpone the same end.
+            return Attempt(None, attempts, f"{last_error} with Retry-After {wait:g} s, past the "
+                                           f"deadline ({remaining:g} s left), so not waited for")
         if on_wait is not None:
             on_wait()
         sleep(min(delay, remaining))

@@ -25,6 +25,7 @@ letting a lazy ``upgrade`` make them.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -36,11 +37,16 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from chttp_core.db import make_engine, normalize_url
-from chttp_core.errors import ChttpError, SchemaOutOfDateError
+from chttp_core.errors import ChttpError, SchemaOutOfDateError, StoreURLError
+from chttp_core.store_urls import check_store_url
 
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_USAGE",
+    "EXIT_BROKEN_PIPE",
+    "EXTRAS",
+    "missing_extra",
+    "require_extra",
     "CommandError",
     "add_debug_option",
     "non_negative",
@@ -57,6 +63,15 @@ __all__ = [
 EXIT_FAILURE = 1
 #: The command line (or the configuration it names) cannot work; argparse uses 2 too.
 EXIT_USAGE = 2
+#: The reader of our output went away (128 + SIGPIPE, as a shell reports it).
+EXIT_BROKEN_PIPE = 141
+
+#: Modules that come with an extra of ``setup.cfg``, and that extra.
+EXTRAS = {
+    "jinja2": "console", "flask": "flask", "flask_sqlalchemy": "flask", "django": "django",
+    "psycopg2": "postgres", "opentelemetry": "otel", "starlette": "asgi", "uvicorn": "asgi",
+    "aiosqlite": "asgi", "celery": "celery",
+}
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,6 +88,28 @@ class CommandError(ChttpError):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def missing_extra(error: ModuleNotFoundError, what: str = "this command") -> CommandError | None:
+    """One line for a module of one of our extras that is not installed; else ``None``."""
+    module = (error.name or "").split(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return None
+    return CommandError(f"{what} needs {module}, which is not installed",
+                        f"it comes with the {extra!r} extra: pip install -e '.[{extra}]' "
+                        "in the certified-http checkout", status=EXIT_USAGE)
+
+
+def require_extra(module: str, what: str) -> None:
+    """Import ``module`` now, or raise the one-line :func:`missing_extra` error for ``what``."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        failure = missing_extra(error, what)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def add_debug_option(parser: argparse.ArgumentParser, *, top: bool = False) -> None:
@@ -115,7 +152,15 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
     handler: Handler = args.handler
     try:
-        return handler(args)
+        status = handler(args)
+        sys.stdout.flush()   # a closed pipe shows here, inside the handling below
+        return status
+    except BrokenPipeError:
+        # `chttp-client show … | head`: the reader has gone, which is no error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush stays quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         if debug:
             raise
@@ -134,6 +179,8 @@ def run_command(prog: str, args: argparse.Namespace) -> int:
 def _as_command_error(error: Exception, url: str | None) -> CommandError | None:
     if isinstance(error, CommandError):
         return error
+    if isinstance(error, ModuleNotFoundError):
+        return missing_extra(error)
     if isinstance(error, SchemaOutOfDateError):
         return CommandError(str(error), status=EXIT_FAILURE)
     if isinstance(error, sa_exc.SQLAlchemyError) and url is not None:
@@ -157,61 +204,16 @@ def shown_url(url: str | URL) -> str:
         return str(url)
 
 
-def _parse(url: str) -> URL:
-    """``url`` as a URL whose dialect and driver are installed, or a usage error."""
-    try:
-        parsed = normalize_url(url)
-    except sa_exc.ArgumentError:
-        raise CommandError(
-            f"{url!r} is not a database URL",
-            "write sqlite:///path/to/file.db or postgresql://user@host/dbname",
-            status=EXIT_USAGE) from None
-    try:
-        parsed.get_dialect().import_dbapi()
-    except sa_exc.NoSuchModuleError:
-        raise CommandError(
-            f"unknown database type {parsed.drivername!r} in {shown_url(parsed)}",
-            "chttp stores messages in sqlite:/// or postgresql:// databases",
-            status=EXIT_USAGE) from None
-    except ImportError as missing:
-        raise CommandError(
-            f"the driver for {parsed.drivername!r} is not installed: {missing}",
-            "chttp stores messages in sqlite:/// or postgresql:// (psycopg2) databases",
-            status=EXIT_USAGE) from None
-    return parsed
-
-
-def _sqlite_path(parsed: URL) -> str | None:
-    """The file of a SQLite URL; ``None`` for an in-memory database."""
-    database = parsed.database
-    if parsed.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
-        return None
-    if database.startswith("file:"):
-        return None   # a SQLite URI: its owner knows what it does
-    return os.path.abspath(database)
-
-
 def open_database(url: str, *, create: bool = False) -> Engine:
     """An engine for ``url``, connected once to prove it works; never creates unless asked.
 
     ``create=False`` (every command but ``db upgrade`` and ``serve --upgrade``) refuses a
     SQLite file that does not exist, so a typo does not leave an empty database behind.
     """
-    parsed = _parse(url)
-    path = _sqlite_path(parsed)
-    if path is not None:
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            raise CommandError(f"directory {directory} does not exist",
-                               "create it, or fix the path in --db", status=EXIT_USAGE)
-        if os.path.isdir(path):
-            raise CommandError(f"{path} is a directory, not a database file",
-                               "name a file: sqlite:///path/to/file.db", status=EXIT_USAGE)
-        if not create and not os.path.exists(path):
-            raise CommandError(
-                f"no database at {path}",
-                f"check the path; `chttp-server db upgrade --db {url}` creates one",
-                status=EXIT_USAGE)
+    try:
+        parsed = check_store_url(url, create=create, adapt=normalize_url)
+    except StoreURLError as error:
+        raise CommandError(error.message, error.hint, status=EXIT_USAGE) from None
     engine = make_engine(parsed)
     try:
         with engine.connect() as connection:

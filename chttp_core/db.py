@@ -17,6 +17,7 @@ request for as long as the kernel retransmits — about 15 minutes on Linux — 
 
 from __future__ import annotations
 
+import sys
 import weakref
 from typing import Any
 
@@ -26,7 +27,8 @@ from sqlalchemy.engine import URL, make_url
 
 __all__ = [
     "normalize_url", "make_engine", "configure_sqlite", "begin_immediately", "is_sqlite",
-    "is_postgresql", "is_disconnect", "POSTGRESQL_CONNECT_DEFAULTS", "postgresql_connect_args",
+    "is_postgresql", "is_disconnect", "is_driver_disconnect", "POSTGRESQL_CONNECT_DEFAULTS",
+    "postgresql_connect_args",
 ]
 
 #: How long a SQLite writer waits for the database lock, in seconds.
@@ -185,6 +187,54 @@ def _configure_sqlite(engine: Engine, *, begin: str = "IMMEDIATE", foreign_keys:
 
 #: Modules of asyncio drivers whose connect errors SQLAlchemy hands on untranslated.
 _ASYNC_DRIVER_MODULES = ("asyncpg", "psycopg", "aiosqlite")
+
+#: SQLSTATEs that mean the server ended or refused the session: class 08 (connection
+#: exception) is matched by prefix; admin_shutdown, crash_shutdown, cannot_connect_now,
+#: too_many_connections.
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03", "53300")
+
+
+def is_driver_disconnect(error: BaseException) -> bool:
+    """True if ``error``, or an error it was raised from, is a lost or refused connection.
+
+    For the errors that reach a receiver *without* SQLAlchemy's classification: a
+    driver's own exception (psycopg 3, psycopg2 or asyncpg, raised under Django's ORM,
+    or by SQLAlchemy's asyncpg adapter, whose error is raised from asyncpg's), and
+    SQLAlchemy's invalidated ``DBAPIError`` somewhere in the chain of a later error
+    (``PendingRollbackError`` raised while cleaning up after it). Only modules already
+    imported are consulted: nothing is imported here.
+    """
+    seen = 0
+    current: BaseException | None = error
+    while current is not None and seen < 8:
+        if _one_disconnect(current):
+            return True
+        seen += 1
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _one_disconnect(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated
+    if isinstance(error, sa_exc.DisconnectionError):
+        return True
+    for name in ("psycopg", "psycopg2"):
+        driver = sys.modules.get(name)
+        if driver is not None and isinstance(error, (driver.OperationalError, driver.InterfaceError)):
+            code = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+            # No SQLSTATE: the client library's own "connection is closed / lost".
+            return code is None or code.startswith("08") or code in _LOST_SQLSTATES
+    asyncpg = sys.modules.get("asyncpg")
+    if asyncpg is not None:
+        exceptions = asyncpg.exceptions
+        if isinstance(error, (exceptions.PostgresConnectionError, exceptions.CannotConnectNowError,
+                              exceptions.AdminShutdownError, exceptions.CrashShutdownError,
+                              exceptions.TooManyConnectionsError)):
+            return True
+        if isinstance(error, exceptions.InterfaceError) and "closed" in str(error):
+            return True  # "cannot perform operation: connection is closed"
+    return False
 
 
 def is_disconnect(error: BaseException) -> bool:

@@ -151,6 +151,9 @@ oplog_steps = Table(
     # Until then one process (the one that made the answer durable, or a resume_all that
     # claimed it) owns the acknowledgement; nobody else DELETEs it (migration 0004).
     Column("ack_claimed_until", DateTime(timezone=True), nullable=True),
+    # Attempts of a send started so far, by every process that ran it (migration 0005):
+    # counted before each leaves, so DeadlineExceeded reports them all.
+    Column("attempts", Integer, nullable=False, server_default="0"),
     PrimaryKeyConstraint("oplog_id", "number"),
     ForeignKeyConstraint(["oplog_id"], ["chttp_oplogs.id"], ondelete="CASCADE"),
     CheckConstraint("kind IN ('persist', 'send')", name="kind"),

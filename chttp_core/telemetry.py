@@ -1,7 +1,7 @@
 """OpenTelemetry, optional: imported lazily once, and skipped while nobody configured it.
 
 Both halves report metrics and spans through the OpenTelemetry *API*
-(``pip install certified-http[otel]``); the application chooses an SDK and its
+(``pip install -e '.[otel]'`` in the checkout); the application chooses an SDK and its
 exporters, as for any other instrumented library. Two promises shape this module:
 
 * **No cost when absent.** ``opentelemetry`` is imported on first use, once; when it is

@@ -69,6 +69,7 @@ class Problem:
     MESSAGE_IN_PROGRESS = "message-in-progress"
     MESSAGE_ACKNOWLEDGED = "message-acknowledged"
     MESSAGE_EXPIRED = "message-expired"
+    MESSAGE_OUTCOME_UNKNOWN = "message-outcome-unknown"
     MESSAGE_TOO_OLD = "message-too-old"
     MESSAGE_ID_REUSED = "message-id-reused"
     RESPONSE_TOO_LARGE = "response-too-large"

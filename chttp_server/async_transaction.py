@@ -93,6 +93,19 @@ class AsyncMessageTransaction:
     async def claim(self, message: IncomingMessage) -> StoredMessage | None:
         return await greenlet_spawn(self.sync.claim, message)
 
+    async def begin_and_claim(self, message: IncomingMessage) -> StoredMessage | None:
+        """:meth:`begin` then :meth:`claim` in one greenlet (one switch fewer per request)."""
+        return await greenlet_spawn(self._begin_and_claim, message)
+
+    def _begin_and_claim(self, message: IncomingMessage) -> StoredMessage | None:
+        self.sync.begin()
+        return self.sync.claim(message)
+
+    async def run(self, steps: Callable[[MessageTransaction], T]) -> T:
+        """Run ``steps(core)`` — several synchronous steps of the core and of the
+        front end's own clean-up — in one greenlet."""
+        return await greenlet_spawn(steps, self.sync)
+
     def handler_errors(self) -> Any:
         """The core's guard around the handler (a plain context manager: no I/O of its own)."""
         return self.sync.handler_errors()
@@ -113,7 +126,8 @@ class AsyncMessageTransaction:
 
     async def close(self) -> None:
         self._async_connection = None
-        await greenlet_spawn(self.sync.close)
+        if self.sync.has_connection:
+            await greenlet_spawn(self.sync.close)
 
     async def __aenter__(self) -> AsyncMessageTransaction:
         return await self.begin()

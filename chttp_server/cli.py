@@ -5,18 +5,23 @@
     chttp-server db upgrade --db URL [--revision R]   create the chttp tables or bring them to head
     chttp-server db current --db URL      print the revision the database is at
     chttp-server purge --db URL           delete expired messages in bounded batches
-    chttp-server serve --app module:attr --db URL [--host H] [--port N] [--threads N] [--upgrade]
+    chttp-server serve --app module:attr [--db URL] [--host H] [--port N] [--threads N] [--upgrade]
                        [--connection-limit N] [--channel-timeout S] [--request-timeout S]
                        [--max-request-body BYTES] [--max-request-header BYTES]
     chttp-server demo [--transfers N] [--kill-rate R] [--seed S] [--db-dir DIR] [--postgres]
-    chttp-server console [--db URL] [--journal URL] [--host H] [--port N] [--allow-actions --token T]
+    chttp-server console [--db URL] [--journal URL] [--host H [--allowed-host NAME]] [--port N]
+                         [--allow-actions --token T]
+    chttp-server messages list --db URL [--limit N] [--json]    received messages, one per line
+    chttp-server messages show --db URL ID [--scope S] [--json] one message and its response
 
 ``serve`` runs the application under waitress, wrapped in :class:`CertifiedMiddleware`.
 ``--app`` names a plain WSGI application *or* a :class:`~chttp_server.Resource` (an
 instance, or a subclass that takes no arguments, which is instantiated); either way the
 middleware is applied here, once, so the module stays free of deployment settings such
-as the database URL. An attribute that is already a ``CertifiedMiddleware`` is refused
-(the middleware must not be stacked twice). Like ``gunicorn``, the current directory is
+as the database URL. An application that is already certified (a ``CertifiedMiddleware``,
+a Flask app with ``Certified``, a Django project with the middleware:
+:mod:`chttp_server.certified_apps`) is served as it is, on its own store, with a line on
+stderr saying so: a second middleware would answer 500 to every certified request. Like ``gunicorn``, the current directory is
 put on ``sys.path`` so ``--app myservice:app`` finds ``./myservice.py``.
 
 Only ``db upgrade`` and ``serve --upgrade`` create anything: every other command refuses a
@@ -44,6 +49,8 @@ import sys
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
+from sqlalchemy import exc as sa_exc
+
 from chttp_core.commandline import (
     EXIT_USAGE,
     CommandError,
@@ -58,6 +65,7 @@ from chttp_core.commandline import (
 )
 from chttp_core.errors import ForeignSchemaError
 from chttp_server import serving
+from chttp_server.certified_apps import Certification, certification_of
 
 __all__ = ["main", "build_parser", "load_app"]
 
@@ -73,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(commands)
     _add_demo(commands)
     _add_console(commands)
+    _add_messages(commands)
     return parser
 
 
@@ -192,8 +201,13 @@ def _add_serve(commands: Any) -> None:
         "serve", help="serve a WSGI application or Resource, certified, with waitress"
     )
     serve.add_argument("--app", required=True, metavar="MODULE:ATTR",
-                       help="WSGI application or Resource to wrap in CertifiedMiddleware")
-    _add_db_option(serve, help="message store URL")
+                       help="WSGI application or Resource to wrap in CertifiedMiddleware "
+                            "(one already certified is served as it is)")
+    serve.add_argument("--db", metavar="URL",
+                       help="message store URL: sqlite:///path/file.db or "
+                            "postgresql://user@host/db (not needed for an application that "
+                            "is already certified: its own store is used)")
+    add_debug_option(serve)
     serve.add_argument("--host", default="127.0.0.1", help="listen address (default: 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8080,
                        help="listen port; 0 picks a free one (default: 8080)")
@@ -244,30 +258,110 @@ def load_app(spec: str) -> Callable[..., Any]:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from chttp_server.middleware import CertifiedMiddleware
 
-    _check_listen(args.host, args.port)   # a bad --host, --port or --db: one line, early
-    open_database(args.db, create=args.upgrade).dispose()
-    app = CertifiedMiddleware(
-        load_app(args.app),
-        db_url=args.db,
-        claim_timeout=args.claim_timeout,
-        upgrade_schema=args.upgrade,
-    )
+    _check_listen(args.host, args.port)   # a bad --host or --port: one line, early
+    loaded = load_app(args.app)
+    certified = certification_of(loaded)
+    engine: Any
+    if certified is not None:
+        # Served as it is: a second middleware would refuse every certified request.
+        engine = _serve_as_it_is(args, certified)
+        app: Callable[..., Any] = loaded
+    else:
+        if args.db is None:
+            raise CommandError(f"{args.app} is not certified yet: --db names where its messages "
+                               "are stored", "e.g. --db sqlite:///receiver.db --upgrade",
+                               status=EXIT_USAGE)
+        _check_store(args.db, create=args.upgrade)   # a bad --db: one line; down: a warning
+        app = CertifiedMiddleware(loaded, db_url=args.db, claim_timeout=args.claim_timeout,
+                                  upgrade_schema=args.upgrade)
+        engine = app.engine
     try:
         server = serving.create_server(app, host=args.host, port=args.port,
                                        limits=serving.limits_from_arguments(args))
     except OSError as error:
-        app.engine.dispose()
+        if engine is not None:
+            engine.dispose()
         raise _listen_error(error, args.host, args.port) from error
     # One machine-readable line, flushed, so scripts (and the tests) learn a port 0's pick.
     print(f"chttp-server serving {args.app} on http://{args.host}:{server.effective_port}",
           flush=True)
+    if certified is not None:
+        print(f"chttp-server: {args.app} is already certified ({certified.kind}, messages in "
+              f"{certified.where}): serving it as it is", file=sys.stderr, flush=True)
     # SIGTERM stops like Ctrl-C: waitress closes its sockets on SystemExit.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         server.run()
     finally:
-        app.engine.dispose()
+        if engine is not None:
+            engine.dispose()
     return 0
+
+
+#: Words of a connection error that no waiting will fix: the URL or the server's
+#: configuration is wrong, so ``serve`` refuses to start rather than answer 503 for ever.
+_NOT_AN_OUTAGE = ("authentication failed", "does not exist", "no pg_hba.conf entry",
+                  "invalid dsn", "invalid connection option", "invalid integer value",
+                  "could not translate host name", "is not a sqlite database", "unable to open")
+
+
+def _check_store(url: str, *, create: bool) -> None:
+    """Refuse a wrong ``--db`` at once; start anyway while the store is merely down.
+
+    docs/protocol.rst §4: a receiver that starts while its store is down starts and
+    answers 503 until the store returns (a supervisor restarting it during an outage, or
+    a boot where the receiver comes up before its database, must not crash-loop). A
+    missing SQLite file, a bad URL, a refused login or a database that does not exist
+    are mistakes no retry fixes: one line, non-zero exit, as before. Any other failure
+    to connect to a server database (refused, timed out, starting up, shutting down) is
+    an outage: one warning line, and the middleware checks — or, with ``--upgrade``,
+    upgrades — the schema again on the first certified request after the store is back.
+    """
+    try:
+        open_database(url, create=create).dispose()
+    except CommandError as error:
+        cause = error.__cause__
+        outage = (isinstance(cause, (sa_exc.OperationalError, sa_exc.InterfaceError))
+                  and not shown_url(url).startswith("sqlite")
+                  and not any(words in str(error).lower() for words in _NOT_AN_OUTAGE))
+        if not outage:
+            raise
+        print(f"{PROG}: warning: {error.message}; serving anyway: certified requests are "
+              "answered 503 until the store is back", file=sys.stderr, flush=True)
+def _serve_as_it_is(args: argparse.Namespace, certified: Certification) -> Any:
+    """Check the options against an application that certifies itself; its store's engine.
+
+    ``--db`` may only repeat where the application already stores its messages, and
+    ``--upgrade`` upgrades that store; ``--claim-timeout`` is the application's own.
+    """
+    from chttp_core import migrate
+    from chttp_core.db import make_engine, normalize_url
+    from chttp_core.store_urls import check_store_url
+    from chttp_server.sessions import same_database
+
+    drop = f"drop --db: serve runs {args.app} as it is, with its own store"
+    if certified.engine is None:   # Django: its settings choose the store
+        if args.db is not None:
+            raise CommandError(f"{args.app} is already certified ({certified.kind}) and stores "
+                               f"its messages in {certified.where}, chosen by its settings",
+                               drop, status=EXIT_USAGE)
+        if args.upgrade:
+            raise CommandError(f"{args.app} is a Django project: its store's tables come from "
+                               "its migrations", "run `python manage.py migrate`, and drop "
+                               "--upgrade", status=EXIT_USAGE)
+        return None
+    if args.db is not None:
+        given = make_engine(check_store_url(args.db, create=True, adapt=normalize_url))
+        try:
+            if not same_database(given, certified.engine):
+                raise CommandError(f"{args.app} is already certified ({certified.kind}) and "
+                                   f"stores its messages in {certified.where}, not in "
+                                   f"{shown_url(args.db)}", drop, status=EXIT_USAGE)
+        finally:
+            given.dispose()
+    if args.upgrade:
+        migrate.upgrade(certified.engine)
+    return certified.engine
 
 
 def _check_listen(host: str, port: int) -> None:
@@ -317,7 +411,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         from chttp_examples.escrow import cli as demo_cli
     except ModuleNotFoundError as missing:
         raise CommandError(f"the demo is not installed ({missing})",
-                           "install certified-http with its examples (pip install certified-http)"
+                           "install certified-http with its examples: pip install -e . in "
+                           "the checkout"
                            ) from None
     parser = argparse.ArgumentParser(
         prog=f"{PROG} demo",
@@ -337,6 +432,15 @@ def _add_console(commands: Any) -> None:
         "console", help="a web console over a receiver's messages and a sender's oplogs")
     console_cli.add_arguments(console)
     console.set_defaults(handler=console_cli.run)
+
+
+# -- messages --------------------------------------------------------------------------
+
+
+def _add_messages(commands: Any) -> None:
+    from chttp_server.console import messages_command  # the console's queries, as lines
+
+    messages_command.add_arguments(commands)
 
 
 if __name__ == "__main__":  # pragma: no cover

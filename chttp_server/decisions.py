@@ -7,6 +7,9 @@ these functions, and carry out the answer. A front end never re-implements a rul
 
 * :func:`parse_message_id`, :func:`parse_first_sent` — the request headers of
   docs/protocol.rst §1 (400 for a malformed value).
+* :func:`near_miss_header`, :func:`warn_near_miss` — a header that looks meant as the
+  id (``Message-ID``, ``X-Idempotency-Key``, ``Idempotency_Key``) on a request with
+  none: it is *not* certified, so it is warned about once (issue 25).
 * :func:`check_request_length` — the body cap of §4 (413), before and while reading.
 * :func:`incoming_message` — the certified message: id, scope, fingerprint, first-sent.
 * :func:`check_fresh_claim` — a claim of an id older than the retention (412, §4).
@@ -23,8 +26,11 @@ front end renders it (``to_response()`` for WebOb, ``problem()`` for anything el
 from __future__ import annotations
 
 import enum
+import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Iterable
 from urllib.parse import quote
 
 from chttp_core.wire import (
@@ -44,6 +50,7 @@ from chttp_server.errors import (
     MessageAcknowledged,
     MessageExpired,
     MessageIdReused,
+    MessageOutcomeUnknown,
     MessageTooOld,
     RequestTooLarge,
     ResponseTooLarge,
@@ -56,6 +63,8 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
     "parse_message_id",
     "parse_first_sent",
+    "near_miss_header",
+    "warn_near_miss",
     "check_request_length",
     "incoming_message",
     "check_fresh_claim",
@@ -120,6 +129,57 @@ def parse_message_id(x_message_id: str | None, idempotency_key: str | None) -> s
     return from_message_id if from_message_id is not None else from_key
 
 
+#: Header names (lower case, ``_`` as ``-``) a sender may have written for
+#: ``X-Message-ID`` or ``Idempotency-Key``. Sent instead of them, the request is not
+#: certified: passed through untouched, and a retry runs the handler again.
+NEAR_MISS_HEADERS = frozenset({
+    "message-id", "messageid", "x-messageid", "x-msg-id", "msg-id", "x-message-key",
+    "x-idempotency-key", "idempotencykey", "x-idempotencykey", "idempotency-id",
+    "x-idempotency-id", "x-message-id", "idempotency-key",
+})
+#: The names the protocol reads (docs/protocol.rst §1), exactly as written on the wire.
+_RECOGNISED = frozenset({"x-message-id", "idempotency-key"})
+
+log = logging.getLogger("chttp_server")
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def near_miss_header(names: Iterable[str]) -> str | None:
+    """The first of a request's header ``names`` that looks meant as its message id.
+
+    Called for requests that carry no recognised id header, so any hit means the
+    sender's id is being ignored. A WSGI server folds ``_`` into ``-`` for us
+    (``Idempotency_Key`` arrives as ``Idempotency-Key`` and *is* read); ASGI hands over
+    raw names, where ``idempotency_key`` is not the header and is reported.
+    """
+    for name in names:
+        lowered = name.lower()
+        if lowered in _RECOGNISED:
+            continue
+        if lowered.replace("_", "-") in NEAR_MISS_HEADERS:
+            return name
+    return None
+
+
+def warn_near_miss(name: str, method: str, path: str) -> bool:
+    """Log, once per header name and process, that ``name`` was not taken as an id.
+
+    Returns True if this call logged. A WARNING, so that it shows with no logging set
+    up: a misspelt header silently switches exactly-once off.
+    """
+    key = name.lower().replace("_", "-")
+    with _warned_lock:
+        if key in _warned:
+            return False
+        _warned.add(key)
+    log.warning(
+        "%s %s carries a %r header but no X-Message-ID or Idempotency-Key: it is NOT "
+        "certified (passed through untouched; a retry runs it again). Send X-Message-ID "
+        "(or Idempotency-Key) instead. Shown once per header name.", method, path, name)
+    return True
+
+
 def parse_first_sent(raw: str | None) -> datetime | None:
     """``X-Message-First-Sent`` as an aware datetime; 400 if present but not an HTTP-date."""
     if raw is None:
@@ -180,7 +240,9 @@ def stored_answer(stored: StoredMessage, fingerprint: str | None, now: datetime)
 
     ``fingerprint`` is the retry's (``None`` for a GET of the message resource, which
     names the message by its URL): a different one is 422. An acknowledged row is 410
-    ``message-acknowledged``; an expired one 410 ``message-expired``.
+    ``message-acknowledged``; an expired one 410 ``message-expired``; one committed
+    without its response (a handler that ended the transaction itself) 410
+    ``message-outcome-unknown``, never a replay of nothing.
     """
     message_id = stored.key.message_id
     if fingerprint is not None and stored.fingerprint != fingerprint:
@@ -193,6 +255,14 @@ def stored_answer(stored: StoredMessage, fingerprint: str | None, now: datetime)
         raise MessageAcknowledged(message_id=message_id)
     if stored.expired(now):
         raise MessageExpired(message_id=message_id)
+    if stored.status is None or stored.headers is None or stored.body is None:
+        # Committed without its response: a handler ended the transaction itself (§2).
+        raise MessageOutcomeUnknown(
+            "this message was processed but its handler ended the transaction itself and "
+            "no response was stored; it is not run again, because part of its work may "
+            "already be done",
+            message_id=message_id,
+        )
     return stored
 
 

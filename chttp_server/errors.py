@@ -5,6 +5,7 @@
     ChttpServerError                   (a chttp_core.ChttpError)
      ├── ConfigurationError            (also ValueError; raised at construction time)
      ├── HandlerEndedTransaction       (also RuntimeError; a handler committed or rolled back)
+     ├── StatementOutsideMessage       (also RuntimeError; a view's query from another thread)
      └── ProtocolError                 an HTTP answer of docs/protocol.rst §4, as problem+json
           ├── InvalidMessageId         400 invalid-message-id          (webob HTTPBadRequest)
           ├── MessageIdRequired        400 message-id-required         (HTTPBadRequest)
@@ -14,7 +15,8 @@
           ├── MessageInProgress        409 message-in-progress         (HTTPConflict)
           ├── MessageGone              410                              (HTTPGone)
           │    ├── MessageAcknowledged     message-acknowledged
-          │    └── MessageExpired          message-expired
+          │    ├── MessageExpired          message-expired
+          │    └── MessageOutcomeUnknown   message-outcome-unknown
           ├── MessageTooOld            412 message-too-old             (HTTPPreconditionFailed)
           ├── RequestTooLarge          413 request-too-large           (HTTPRequestEntityTooLarge)
           ├── MessageIdReused          422 message-id-reused           (HTTPUnprocessableEntity)
@@ -44,6 +46,7 @@ __all__ = [
     "ChttpServerError",
     "ConfigurationError",
     "HandlerEndedTransaction",
+    "StatementOutsideMessage",
     "SchemaOutOfDateError",
     "ProtocolError",
     "InvalidMessageId",
@@ -55,6 +58,7 @@ __all__ = [
     "MessageGone",
     "MessageAcknowledged",
     "MessageExpired",
+    "MessageOutcomeUnknown",
     "MessageTooOld",
     "RequestTooLarge",
     "MessageIdReused",
@@ -83,6 +87,31 @@ class HandlerEndedTransaction(ChttpServerError, RuntimeError):
     sender's retry runs the handler again. Use a savepoint
     (``connection.begin_nested()``) to undo part of the handler's work.
     """
+
+
+class StatementOutsideMessage(ChttpServerError, RuntimeError):
+    """A certified Django view ran a query on the message's database from another thread.
+
+    Django gives every thread its own connection, so such a statement is not in the
+    message's transaction: it would commit even when the view fails and its retry runs
+    again (docs/protocol.rst §2). It is refused before it executes; the view fails and
+    nothing is stored. Under ASGI, reach the database from an async view through
+    Django's async ORM (``acreate``, ``aget``, …) or ``sync_to_async`` with its default
+    ``thread_sensitive=True``, which run in the request's own thread; work meant to
+    commit on its own belongs on another database alias.
+    """
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(
+            f"a query on database {alias!r} from a thread other than the certified "
+            "request's own would commit outside the message's transaction; use the async "
+            "ORM or sync_to_async(thread_sensitive=True) (the default) in async views, or "
+            "another database alias for writes meant to commit on their own"
+        )
+        self.alias = alias
+
+    def __reduce__(self) -> Any:
+        return (self.__class__, (self.alias,))
 
 
 def problem_body(
@@ -258,6 +287,21 @@ class MessageAcknowledged(MessageGone):
 class MessageExpired(MessageGone):
     problem_type = Problem.MESSAGE_EXPIRED
     title = "The message was processed and its response has expired"
+
+
+class MessageOutcomeUnknown(MessageGone):
+    """The message's row was committed without a response: its outcome cannot be known.
+
+    Only a handler that ended the message's transaction itself (a ``COMMIT`` sent as SQL,
+    then a failure or a crash before the response was stored; or a version of this
+    library that did not yet refuse that) leaves such a row. Whatever the handler did
+    before its own commit is durable, so running it again could do it twice, and there is
+    no response to replay: the message is answered as processed with its response gone
+    (a sender stops retrying, docs/protocol.rst §3), and the receiver logs it.
+    """
+
+    problem_type = Problem.MESSAGE_OUTCOME_UNKNOWN
+    title = "The message was processed but no response was stored"
 
 
 class MessageTooOld(ProtocolError, webob.exc.HTTPPreconditionFailed):

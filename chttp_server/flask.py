@@ -54,7 +54,8 @@ from typing import Any
 from flask import Flask, request
 from sqlalchemy import Engine
 
-from chttp_core.db import configure_sqlite, make_engine
+from chttp_core.db import configure_sqlite, make_engine, normalize_url
+from chttp_core.store_urls import CREATE_HINT, check_store_url
 from chttp_server.context import CertifiedContext, get_context
 from chttp_server.errors import ConfigurationError
 from chttp_server.middleware import CertifiedMiddleware
@@ -110,7 +111,7 @@ class Certified:
         elif engine is not None or db_url is not None:
             if engine is not None and db_url is not None:
                 raise ConfigurationError("give one of engine= or db_url=, not both")
-            store = engine if engine is not None else make_engine(db_url)
+            store = engine if engine is not None else _engine_for(db_url, merged)
         else:
             raise ConfigurationError(
                 "Certified needs the app's Flask-SQLAlchemy object (Certified(app, db)) "
@@ -145,19 +146,29 @@ def _engine_of(app: Flask, db: Any) -> Engine:
     return engine
 
 
+def _engine_for(db_url: str, options: dict[str, Any]) -> Engine:
+    """An engine for ``db_url``, checked as every entry point checks one
+    (:mod:`chttp_core.store_urls`: a missing SQLite file only with ``upgrade_schema``)."""
+    create = bool(options.get("upgrade_schema", False))
+    return make_engine(check_store_url(db_url, create=create, adapt=normalize_url,
+                                       create_hint=CREATE_HINT))
+
+
 def _store_engine(app_engine: Engine, engine: Engine | None, db_url: str | None) -> Engine:
     """The app's own engine, unless another on the same database is asked for."""
     if engine is not None and db_url is not None:
         raise ConfigurationError("give one of engine= or db_url=, not both")
-    if db_url is not None:
-        engine = make_engine(db_url)
-    if engine is None:
+    # The URL's spelling is checked here; its file, with the engine's, by the middleware.
+    target = engine if engine is not None else (
+        None if db_url is None else check_store_url(db_url, create=True, adapt=normalize_url))
+    if target is None:
         return app_engine
-    if not same_database(engine, app_engine):
+    if not same_database(target, app_engine):
+        url = target.url if isinstance(target, Engine) else target
         raise ConfigurationError(
             f"db.session writes to {app_engine.url.render_as_string()!r} but messages would "
-            f"be stored in {engine.url.render_as_string()!r}: a view's writes could not "
+            f"be stored in {url.render_as_string()!r}: a view's writes could not "
             "commit with its stored response. Drop engine=/db_url= so that Certified "
             "stores messages on the app's own engine"
         )
-    return engine
+    return target if isinstance(target, Engine) else make_engine(target)

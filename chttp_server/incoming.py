@@ -14,8 +14,10 @@ from typing import Any
 from chttp_server.decisions import (
     DEFAULT_MAX_REQUEST_BYTES,
     check_request_length,
+    near_miss_header,
     parse_first_sent,
     parse_message_id,
+    warn_near_miss,
 )
 from chttp_server.errors import IncompleteBody
 
@@ -32,7 +34,19 @@ def message_id_of(environ: dict[str, Any]) -> str | None:
     Raises :class:`InvalidMessageId` for a malformed or empty id, or for two headers
     that name different ids.
     """
-    return parse_message_id(environ.get(_ENV_MESSAGE_ID), environ.get(_ENV_IDEMPOTENCY_KEY))
+    found = parse_message_id(environ.get(_ENV_MESSAGE_ID), environ.get(_ENV_IDEMPOTENCY_KEY))
+    if found is None:
+        _notice_near_miss(environ)
+    return found
+
+
+def _notice_near_miss(environ: dict[str, Any]) -> None:
+    """Warn once when a header looks meant as the id (decisions.near_miss_header)."""
+    names = (key[5:].replace("_", "-") for key in environ if key.startswith("HTTP_"))
+    name = near_miss_header(names)
+    if name is not None:
+        warn_near_miss(name.title(), environ.get("REQUEST_METHOD", "GET"),
+                       environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""))
 
 
 def first_sent_of(environ: dict[str, Any]) -> datetime | None:

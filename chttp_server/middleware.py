@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy import Engine
 
-from chttp_core.db import configure_sqlite, make_engine
+from chttp_core.db import configure_sqlite, make_engine, normalize_url
 from chttp_core.errors import StoreUnreachable
+from chttp_core.store_urls import CREATE_HINT, check_sqlite_file, check_store_url
 from chttp_core.telemetry import NOOP
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.context import ENVIRON_KEY, CertifiedContext
@@ -190,8 +191,13 @@ class CertifiedMiddleware:
             # No pre-ping: the claim, a transaction's first statement, is retried once on
             # a fresh connection instead (MessageTransaction.claim): a round trip saved
             # on every request.
-            engine = make_engine(db_url, sqlite_busy_timeout=claim_timeout, pool_pre_ping=False)
+            # A typo in the URL is refused here, and a missing SQLite file is created
+            # only when asked to (upgrade_schema): chttp_core.store_urls.
+            url = check_store_url(db_url, create=upgrade_schema, adapt=normalize_url,
+                                  create_hint=CREATE_HINT)
+            engine = make_engine(url, sqlite_busy_timeout=claim_timeout, pool_pre_ping=False)
         else:
+            check_sqlite_file(engine.url, create=upgrade_schema, create_hint=CREATE_HINT)
             # A SQLite engine made elsewhere gets WAL and BEGIN IMMEDIATE (chttp_core.db):
             # without them a claim is not serialised and savepoints do not work.
             configure_sqlite(engine)
@@ -209,7 +215,6 @@ class CertifiedMiddleware:
         self.handler_send_deadline = handler_send_deadline
         self.retry_after = retry_after
         self._upgrade_schema = upgrade_schema
-        self._schema_ready = False
         factories = sessions if isinstance(sessions, (list, tuple)) else [sessions]
         for factory in factories:
             join_sessions(factory, store=self.engine)
@@ -227,20 +232,19 @@ class CertifiedMiddleware:
         """
         if at_start:
             try:
-                self.store.prepare_schema(upgrade=self._upgrade_schema)
+                self.store.ensure_schema(upgrade=self._upgrade_schema)
             except StoreUnreachable as exc:
-                log.warning("chttp message store unreachable, will answer 503 until it is: %s",
-                            exc.reason)
-                return
+                log.warning("chttp message store unreachable, will answer 503 until it is "
+                            "(and %s the schema then): %s",
+                            "upgrade" if self._upgrade_schema else "check", exc.reason)
         else:
             with store_errors(retry_after=self.retry_after):
-                self.store.prepare_schema(upgrade=self._upgrade_schema)
-        self._schema_ready = True
+                self.store.ensure_schema(upgrade=self._upgrade_schema)
 
     def transaction(self, key: MessageKey, *, observation: Any = NOOP) -> MessageTransaction:
         """A message transaction of its own for ``key`` (schema checked first if needed);
         ``observation``: the request's :func:`~chttp_server.telemetry.observe_message`."""
-        if not self._schema_ready:
+        if not self.store.schema_ready:
             self._prepare_schema(at_start=False)
         return MessageTransaction(self.store, key, retry_after=self.retry_after,
                                   observation=observation)

@@ -24,6 +24,7 @@ serialised and a claimer can only ever meet committed rows.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
@@ -47,9 +48,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chttp_core import migrate
 from chttp_core.db import begin_immediately, is_disconnect
-from chttp_core.errors import ClaimTimedOut, StoreUnreachable
+from chttp_core.errors import ClaimLost, ClaimTimedOut, StoreUnreachable
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
-from chttp_server import store_dbapi
+from chttp_server import claim_guard, store_dbapi
 from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
 
 __all__ = ["MessageKey", "StoredMessage", "MessageStore", "unreachable_as_store_error", "utcnow"]
@@ -71,6 +72,11 @@ _PG_LOCK_NOT_AVAILABLE = "55P03"
 #:   completed message is answered without a second query. After waiting on a concurrent
 #:   claimer that then committed, the snapshot predates that commit and the row is not
 #:   visible: the caller reads it with a separate lookup.
+#: * ``chttp.saved_lock_timeout`` is set for the rest of the transaction only (never
+#:   empty: it holds a lock_timeout), so it also marks the transaction as the one that
+#:   claimed: once that transaction ends — committed or rolled back by anyone, the
+#:   handler included — the setting reads ``''`` again, and the stored response's
+#:   UPDATE refuses to run (:data:`chttp_server.claim_guard.PG_CLAIMING`).
 _PG_CLAIM = text(
     "WITH claim AS ("
     "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
@@ -98,6 +104,8 @@ _COMPLETE = (
     .values(status=bindparam("new_status"), headers=bindparam("new_headers"),
             body=bindparam("new_body", type_=LargeBinary))
 )
+#: The portable UPDATE with the claim guard, for PostgreSQL drivers other than psycopg2.
+_PG_COMPLETE = _COMPLETE.where(text(claim_guard.PG_CLAIMING))
 
 
 class MessageStore:
@@ -135,6 +143,10 @@ class MessageStore:
         self._fused = self._dbapi and store_dbapi.fuses(engine)
         if self._fused:
             store_dbapi.install(engine)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        if engine.dialect.name == "sqlite":
+            claim_guard.install_sqlite(engine)
 
     # -- connections -----------------------------------------------------------------
 
@@ -165,18 +177,56 @@ class MessageStore:
         do nothing on the server; only :meth:`commit` and :meth:`rollback` end it."""
         return self._fused and store_dbapi.fused(connection)
 
+    @staticmethod
+    def lost(connection: Connection) -> bool:
+        """True if ``connection`` is known to be dead, without a round trip
+        (:func:`chttp_server.claim_guard.lost`)."""
+        return claim_guard.lost(connection)
+
+    @staticmethod
+    def end_claim(connection: Connection) -> None:
+        """The message claimed on ``connection`` is done (stored, or about to be rolled
+        back by whoever owns the transaction): stop guarding its statements."""
+        claim_guard.end(connection)
+
     def commit(self, connection: Connection) -> None:
+        claim_guard.end(connection)
         with _UNREACHABLE:
             if self._fused:
                 store_dbapi.end(connection, "COMMIT")
             connection.commit()
 
     def rollback(self, connection: Connection) -> None:
+        claim_guard.end(connection)
         with _UNREACHABLE:
+            if connection.invalidated:
+                connection.rollback()  # what SQLAlchemy asks for after a disconnect
+                return
             if self._fused:
                 store_dbapi.end(connection, "ROLLBACK")
             if connection.in_transaction():
                 connection.rollback()
+
+    @property
+    def schema_ready(self) -> bool:
+        """True once :meth:`ensure_schema` has succeeded in this process."""
+        return self._schema_ready
+
+    def ensure_schema(self, *, upgrade: bool) -> None:
+        """:meth:`prepare_schema` until it succeeds once, then nothing (one flag read).
+
+        Every front end calls this before each message while the schema is not known
+        to be ready, so a receiver that started while its store was down checks — or,
+        with ``upgrade``, upgrades — the schema on the first request after the store is
+        back, and serves it (docs/protocol.rst §4). One thread at a time runs it; the
+        others wait for that one's outcome rather than each upgrading.
+        """
+        if self._schema_ready:
+            return
+        with self._schema_lock:
+            if not self._schema_ready:
+                self.prepare_schema(upgrade=upgrade)
+                self._schema_ready = True
 
     def prepare_schema(self, *, upgrade: bool) -> None:
         """Bring the schema to head (``upgrade``) or check that it is there.
@@ -234,7 +284,10 @@ class MessageStore:
             )
             .on_conflict_do_nothing(index_elements=["scope", "message_id"])
         )
-        return connection.execute(statement).rowcount == 1, None
+        if connection.execute(statement).rowcount != 1:
+            return False, None
+        claim_guard.mark_sqlite(connection)
+        return True, None
 
     def _insert_claim_postgresql(
         self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
@@ -260,7 +313,7 @@ class MessageStore:
             else:
                 row = connection.execute(_PG_CLAIM, params).one()
         except sa_exc.OperationalError as exc:
-            if getattr(exc.orig, "pgcode", None) == _PG_LOCK_NOT_AVAILABLE:
+            if claim_guard.sqlstate(exc) == _PG_LOCK_NOT_AVAILABLE:
                 raise ClaimTimedOut(
                     key.message_id, self.claim_timeout, retry_after=max(1, round(self.claim_timeout))
                 ) from exc
@@ -278,18 +331,38 @@ class MessageStore:
         ``commit``: the caller commits right after (:meth:`commit`); where the store
         began the transaction itself on psycopg2, ``COMMIT`` then travels with the
         response's UPDATE (one round trip) and :meth:`commit` finds nothing left to do.
+
+        Raises :class:`ClaimLost`, storing nothing, if the transaction open on
+        ``connection`` is not the one that claimed ``key`` (someone — the handler —
+        committed or rolled it back in between): checked within the UPDATE itself on
+        PostgreSQL (:data:`chttp_server.claim_guard.PG_CLAIMING`), by releasing the
+        claim's savepoint on SQLite (:mod:`chttp_server.claim_guard`).
         """
-        with _UNREACHABLE:
-            if self._dbapi:
-                store_dbapi.complete(connection, {
-                    "scope": key.scope, "message_id": key.message_id, "status": status,
-                    "headers": json.dumps(headers), "body": body,
-                }, prepared=self._prepared, commit=commit)
-                return
-            connection.execute(_COMPLETE, {
-                "key_scope": key.scope, "key_id": key.message_id,
-                "new_status": status, "new_headers": json.dumps(headers), "new_body": body,
-            })
+        try:
+            with _UNREACHABLE:
+                if not self._postgresql:
+                    claim_guard.release_sqlite(connection, key.message_id)
+                    connection.execute(_COMPLETE, {
+                        "key_scope": key.scope, "key_id": key.message_id,
+                        "new_status": status, "new_headers": json.dumps(headers),
+                        "new_body": body,
+                    })
+                elif self._dbapi:
+                    store_dbapi.complete(connection, {
+                        "scope": key.scope, "message_id": key.message_id, "status": status,
+                        "headers": json.dumps(headers), "body": body,
+                    }, prepared=self._prepared, commit=commit)
+                else:
+                    connection.execute(_PG_COMPLETE, {
+                        "key_scope": key.scope, "key_id": key.message_id,
+                        "new_status": status, "new_headers": json.dumps(headers),
+                        "new_body": body,
+                    })
+        except sa_exc.DBAPIError as exc:
+            if claim_guard.claim_lost(exc):
+                raise ClaimLost(key.message_id, "another transaction is open on the "
+                                "connection, or none") from exc
+            raise
 
     # -- the message resource --------------------------------------------------------
 

@@ -55,7 +55,8 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 __all__ = ["supports", "prepares", "fuses", "install", "begin", "fused", "end", "claim", "complete", "lookup",
-           "CLAIM", "COMPLETE", "LOOKUP", "CLAIM_PREPARE", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
+           "guard", "ended",
+           "CLAIM", "CLAIMING", "COMPLETE", "LOOKUP", "CLAIM_PREPARE", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -80,9 +81,13 @@ CLAIM = (
     "ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s"
 )
 
+#: True in the transaction that claimed, an error (SQLSTATE 22012) in any other: see
+#: :data:`chttp_server.store.PG_CLAIMING`, which is this text.
+CLAIMING = "1 / length(coalesce(current_setting('chttp.saved_lock_timeout', true), '')) >= 0"
+
 COMPLETE = (
     "UPDATE chttp_messages SET status = %(status)s, headers = %(headers)s, body = %(body)s "
-    "WHERE scope = %(scope)s AND message_id = %(message_id)s"
+    f"WHERE scope = %(scope)s AND message_id = %(message_id)s AND {CLAIMING}"
 )
 
 LOOKUP = (
@@ -183,6 +188,7 @@ def install(engine: Engine) -> None:
 def _end_on_checkin(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
     if record is None or not record.info.pop(_FUSED_KEY, False):
         return
+    dbapi_connection.cursor_factory = None  # psycopg2's default cursor again
     if reset_state.terminate_only or dbapi_connection.closed:
         return  # being closed, or lost: the server drops the transaction
     # An error here (a dead connection) makes SQLAlchemy invalidate the record.
@@ -243,15 +249,85 @@ _PG_NO_SUCH_STATEMENT = "26000"
 
 
 def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
-    """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name)."""
+    """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name).
+
+    A fused transaction that claimed is guarded from here on (:func:`guard`).
+    """
     if prepared:
         _prepare(connection, CLAIM_PREPARE)
         sql = CLAIM_EXECUTE
     elif fused(connection) and _transaction_status(connection) == _IDLE:
-        return _ClaimRow._make(_claim_prepared_on_demand(connection, params))
+        sql = ""
     else:
         sql = CLAIM
-    return _ClaimRow._make(_run(connection, _opening(connection, sql), params, fetch=True))
+    row: Any
+    if sql:
+        row = _ClaimRow._make(_run(connection, _opening(connection, sql), params, fetch=True))
+    else:
+        row = _ClaimRow._make(_claim_prepared_on_demand(connection, params))
+    if row.claimed and fused(connection):
+        guard(connection)
+    return row
+
+
+#: ``MessageTransactionEnded`` and the guarded cursor class, made on first use: this
+#: module is imported where psycopg2 is not installed.
+_GUARD_CLASSES: dict[str, Any] = {}
+
+
+def _guard_classes() -> dict[str, Any]:
+    if not _GUARD_CLASSES:
+        import psycopg2
+        import psycopg2.extensions
+
+        # psycopg2 has no type stubs here: its classes are Any to mypy.
+        class MessageTransactionEnded(psycopg2.ProgrammingError):  # type: ignore[misc]
+            """A statement refused, unsent: the message's transaction was ended by the
+            handler, and in driver autocommit it would have committed on its own."""
+
+        # As above: a subclass of an untyped base.
+        class GuardedCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
+            """Refuses to run a statement outside a transaction (see :func:`guard`)."""
+
+            def execute(self, query: Any, vars: Any = None) -> Any:
+                if self.connection.get_transaction_status() == _IDLE:
+                    raise MessageTransactionEnded(_ENDED)
+                return super().execute(query, vars)
+
+            def executemany(self, query: Any, vars_list: Any) -> Any:
+                if self.connection.get_transaction_status() == _IDLE:
+                    raise MessageTransactionEnded(_ENDED)
+                return super().executemany(query, vars_list)
+
+        _GUARD_CLASSES.update(error=MessageTransactionEnded, cursor=GuardedCursor)
+    return _GUARD_CLASSES
+
+
+_ENDED = ("chttp: the certified request's transaction was ended (COMMIT / ROLLBACK sent "
+          "by the handler); this statement would run outside it and was not sent")
+
+
+def guard(connection: Connection) -> None:
+    """Refuse, unsent, every later statement on a fused connection that finds no transaction.
+
+    A fused transaction runs in driver autocommit (module docstring). A handler that ends
+    it itself (``COMMIT`` / ``ROLLBACK`` / ``END`` sent as SQL) would otherwise run each
+    later statement as a transaction of its own, committed at once: after a ``ROLLBACK``
+    those writes would survive without their message, and the retry would make them
+    again. The guard makes the connection's cursors check the server's transaction
+    status (libpq's local state: no round trip) before each statement and raise
+    ``MessageTransactionEnded`` (a ``psycopg2.ProgrammingError``) instead; the store's own
+    stored response meets the same refusal and reports it as the claim lost. Removed
+    when the connection goes back to the pool (:func:`install`'s listener).
+    """
+    dbapi_connection = connection.connection.dbapi_connection
+    if dbapi_connection is not None:
+        dbapi_connection.cursor_factory = _guard_classes()["cursor"]
+
+
+def ended(error: sa_exc.DBAPIError) -> bool:
+    """True if ``error`` is a statement :func:`guard` refused."""
+    return bool(_GUARD_CLASSES) and isinstance(error.orig, _GUARD_CLASSES["error"])
 
 
 def _claim_prepared_on_demand(connection: Connection, params: dict[str, Any]) -> Any:

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import weakref
 from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
@@ -57,8 +58,15 @@ from sqlalchemy import Connection, RootTransaction
 from sqlalchemy import exc as sa_exc
 
 from chttp_core import migrate
+from chttp_core.db import is_driver_disconnect
 from chttp_core.telemetry import NOOP
-from chttp_core.errors import ClaimTimedOut, SchemaOutOfDateError, StoreUnreachable
+from chttp_core.errors import (
+    ClaimLost,
+    ClaimTimedOut,
+    SchemaOutOfDateError,
+    StoreUnreachable,
+)
+from chttp_server.claim_guard import refused_as_ended
 from chttp_server.decisions import (
     IncomingMessage,
     Outcome,
@@ -81,13 +89,25 @@ log = logging.getLogger("chttp_server")
 
 Headers = list[tuple[str, str]]
 
+_ENDED = ("the handler committed or rolled back the certified request's transaction; "
+          "nothing was stored (use connection.begin_nested() to undo part of it)")
 
-def store_errors(*, retry_after: int, message_id: str | None = None) -> AbstractContextManager[None]:
+
+def store_errors(*, retry_after: int, message_id: str | None = None,
+                 lost: Callable[[], bool] | None = None) -> AbstractContextManager[None]:
     """Turn the store's failures into the answers of docs/protocol.rst §4. The only place.
 
     * :class:`StoreUnreachable`, or a SQLAlchemy error whose connection was invalidated
       (whoever ran the statement: the handler's statements share the connection), or a
       pool that cannot hand one out → 503 ``store-unavailable`` + ``Retry-After``;
+    * what a dead connection raises *after* it died, → the same 503: SQLAlchemy's
+      ``PendingRollbackError``, ``ResourceClosedError`` or any ``InvalidRequestError``
+      ("inactive transaction", "can't reconnect until invalid transaction is rolled
+      back") when ``lost()`` says the message's connection is gone or the error was
+      raised from a disconnect; a driver's own disconnect error that SQLAlchemy never
+      saw (psycopg 3, psycopg2, asyncpg: :func:`chttp_core.db.is_driver_disconnect`).
+      The same ``InvalidRequestError`` on a live connection is the application's bug
+      and propagates;
     * :class:`SchemaOutOfDateError` (met after start-up) → 503 naming the command;
     * :class:`ClaimTimedOut` → 409 ``message-in-progress`` + ``Retry-After``.
 
@@ -95,18 +115,20 @@ def store_errors(*, retry_after: int, message_id: str | None = None) -> Abstract
     database states, so it goes to the log only. The returned manager is stateless and
     may be entered again and again (a transaction keeps one).
     """
-    return _StoreErrors(retry_after, message_id)
+    return _StoreErrors(retry_after, message_id, lost)
 
 
 class _StoreErrors:
     """:func:`store_errors` as a class: it wraps every step of every request, and a
     generator-based ``@contextmanager`` costs several microseconds per use."""
 
-    __slots__ = ("retry_after", "message_id")
+    __slots__ = ("retry_after", "message_id", "lost")
 
-    def __init__(self, retry_after: int, message_id: str | None) -> None:
+    def __init__(self, retry_after: int, message_id: str | None,
+                 lost: Callable[[], bool] | None = None) -> None:
         self.retry_after = retry_after
         self.message_id = message_id
+        self.lost = lost
 
     def __enter__(self) -> None:
         return None
@@ -115,12 +137,19 @@ class _StoreErrors:
                  traceback: TracebackType | None) -> None:
         if exc is None or isinstance(exc, ProtocolError):
             return None
+        if isinstance(exc, sa_exc.DBAPIError) and refused_as_ended(exc):
+            # A statement refused because the handler ended the message's transaction.
+            raise HandlerEndedTransaction(_ENDED) from exc
         if isinstance(exc, StoreUnreachable):
             reason = exc.reason
         elif isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
             reason = str(exc)
         elif isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
             reason = f"connection lost: {str(exc.orig).strip()}"
+        elif isinstance(exc, sa_exc.InvalidRequestError) and self._after_loss(exc):
+            reason = f"connection lost earlier: {type(exc).__name__}: {_first_line(exc)}"
+        elif not isinstance(exc, sa_exc.SQLAlchemyError) and is_driver_disconnect(exc):
+            reason = f"connection lost: {type(exc).__name__}: {_first_line(exc)}"
         elif isinstance(exc, SchemaOutOfDateError):
             log.error("chttp: %s", exc)
             raise StoreUnavailable(
@@ -136,6 +165,17 @@ class _StoreErrors:
             return None
         log.warning("chttp message store unavailable (message %r): %s", self.message_id, reason)
         raise StoreUnavailable(retry_after=self.retry_after, message_id=self.message_id) from exc
+
+    def _after_loss(self, exc: sa_exc.InvalidRequestError) -> bool:
+        """True if this misuse error is the echo of a connection that died before it."""
+        if "can't reconnect until invalid" in str(exc).lower():
+            return True  # SQLAlchemy says it: the connection was invalidated
+        return (self.lost is not None and self.lost()) or is_driver_disconnect(exc)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 class MessageTransaction:
@@ -170,7 +210,11 @@ class MessageTransaction:
         #: What the protocol asked for: ``STORE`` once committed, ``ROLL_BACK`` once
         #: rolled back (a retry answered from the store, a 5xx), ``None`` before.
         self.outcome: Outcome | None = None
-        self._guard = store_errors(retry_after=retry_after, message_id=key.message_id)
+        # A weak reference: the guard lives in this object, and a cycle would leave every
+        # request's transaction (and its Connection) to the cyclic garbage collector.
+        probe = weakref.WeakMethod(self.connection_lost)
+        self._guard = store_errors(retry_after=retry_after, message_id=key.message_id,
+                                   lost=lambda: bool((method := probe()) and method()))
         self.observed = observation
         #: Own mode: the transaction the store began, which the handler must not end.
         self._root: RootTransaction | None = None
@@ -185,10 +229,19 @@ class MessageTransaction:
         return self._connection
 
     @property
+    def has_connection(self) -> bool:
+        """True while the transaction holds a connection (begun, not yet closed)."""
+        return self._connection is not None
+
+    @property
     def expires_at(self) -> datetime:
         if self.received_at is None:
             raise RuntimeError("the message has not been claimed")
         return self.received_at + self.store.retention
+
+    def connection_lost(self) -> bool:
+        """True if the message's connection is known to be dead (see :meth:`MessageStore.lost`)."""
+        return self._connection is not None and self.store.lost(self._connection)
 
     def begin(self) -> MessageTransaction:
         """Open a connection and begin (own mode); nothing in joined mode."""
@@ -247,6 +300,7 @@ class MessageTransaction:
             if existing is not None:
                 self.rollback()
         if existing is not None:
+            self._report_without_response(existing)
             replay = stored_answer(existing, message.fingerprint, now)
             self.observed.finish(REPLAYED, replay.status)
             return replay
@@ -294,17 +348,30 @@ class MessageTransaction:
             # transaction runs in autocommit, chttp_server.store_dbapi), so writes the
             # handler meant to undo are still in it, or writes it meant to make durable
             # would wait for the response. Roll back the whole message instead.
-            raise HandlerEndedTransaction(
-                "the handler committed or rolled back the certified request's transaction; "
-                "nothing was stored (use connection.begin_nested() to undo part of it)")
+            raise HandlerEndedTransaction(_ENDED)
         with self._errors():
             if decision is Outcome.ROLL_BACK:
+                if self.connection_lost():
+                    # A 5xx the application built from its own failed statement (Flask
+                    # and Django turn a view's exception into a 500 page): the failure
+                    # was the store's, and the answer is 503 with Retry-After (§4).
+                    self.abort()
+                    raise StoreUnreachable("the connection was lost while the handler ran")
                 self.rollback()
                 self.observed.finish(ROLLED_BACK, status)
                 return False
             with self.observed.store(len(body)):
-                self.store.complete(self.connection, self.key, status, headers, body,
-                                    commit=not self.joined)
+                try:
+                    self.store.complete(self.connection, self.key, status, headers, body,
+                                        commit=not self.joined)
+                except ClaimLost as lost:
+                    self.abort()
+                    log.error("chttp: the handler of message %r (scope %r) ended the message's "
+                              "transaction itself (%s): nothing was stored. If it committed, "
+                              "the claim and the work before that commit are durable, and "
+                              "retries are answered 410 message-outcome-unknown",
+                              self.key.message_id, self.key.scope, lost.how)
+                    raise HandlerEndedTransaction(_ENDED) from lost
                 self.commit()
         self.observed.finish(PROCESSED, status)
         return True
@@ -316,7 +383,21 @@ class MessageTransaction:
         with self._errors():
             stored = self.store.lookup(self.connection, self.key)
             self.rollback()
+        if stored is not None:
+            self._report_without_response(stored)
         return stored
+
+    def _report_without_response(self, stored: StoredMessage) -> None:
+        """Log a row committed without its response (answered 410 message-outcome-unknown).
+
+        Only a handler that ended the message's transaction itself leaves one (§2); the
+        operator should hear of every message whose outcome the receiver cannot give.
+        """
+        if stored.status is None and not stored.acknowledged:
+            log.error("chttp: message %r (scope %r) was committed without a response, "
+                      "received %s: a handler ended its transaction itself; its outcome is "
+                      "unknown and retries are answered 410 message-outcome-unknown",
+                      stored.key.message_id, stored.key.scope, stored.received_at.isoformat())
 
     def acknowledge(self) -> StoredMessage | None:
         """Tombstone the row (DELETE of the message URL) and commit; the row as it was."""
@@ -328,6 +409,8 @@ class MessageTransaction:
     # -- commit / rollback -----------------------------------------------------------
 
     def commit(self) -> None:
+        if self._connection is not None:
+            self.store.end_claim(self._connection)
         with self._errors():
             if not self.joined:
                 self.store.commit(self.connection)
@@ -336,6 +419,8 @@ class MessageTransaction:
         self.outcome = Outcome.STORE
 
     def rollback(self) -> None:
+        if self._connection is not None:
+            self.store.end_claim(self._connection)
         with self._errors():
             if not self.joined:
                 self.store.rollback(self.connection)
@@ -348,6 +433,7 @@ class MessageTransaction:
         self.outcome = Outcome.ROLL_BACK
         if self._connection is None:
             return
+        self.store.end_claim(self._connection)
         if not self.joined:
             self._quiet_rollback(self._connection)
         elif self._rollback is not None:

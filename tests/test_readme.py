@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -61,26 +62,58 @@ def _command(prefix: str) -> list[str]:
 
 def _as_module(argv: list[str]) -> list[str]:
     """``chttp-server …`` / ``chttp-client …`` / ``python …`` with this interpreter."""
-    modules = {"chttp-server": "chttp_server.cli", "chttp-client": "chttp_client.cli"}
+    modules = {"chttp-server": "chttp_server.cli", "chttp-client": "chttp_client.cli",
+               "waitress-serve": "waitress", "gunicorn": "gunicorn"}
     if argv[0] in modules:
         return [sys.executable, "-m", modules[argv[0]], *argv[1:]]
     assert argv[0] == "python"
     return [sys.executable, *argv[1:]]
 
 
+class _Served:
+    """What a served process left on stderr, read once it stopped."""
+
+    stderr_text = ""
+
+
 @contextmanager
-def _serving(argv: list[str], cwd: Path) -> Iterator[str]:
+def _serving(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> Iterator:
     process = subprocess.Popen(_as_module(argv), cwd=cwd, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, env=env)
+    served = _Served()
     try:
         line = process.stdout.readline() if process.stdout else ""
         if " on http://" not in line:
             process.kill()
             raise AssertionError(f"serve did not start: {line}{process.communicate()[1]}")
-        yield line.rsplit(" on ", 1)[1].strip()
+        yield line.rsplit(" on ", 1)[1].strip(), served
     finally:
         process.terminate()
-        process.communicate(timeout=30)   # waits, and closes the pipes
+        served.stderr_text = process.communicate(timeout=30)[1]   # waits, closes the pipes
+
+
+@contextmanager
+def _polling(argv: list[str], cwd: Path, port: int, env: dict[str, str]) -> Iterator[str]:
+    """A server that prints nothing we can rely on: ready once its port accepts (a TCP
+    connect, not a request: the plain snippet writes on every request)."""
+    process = subprocess.Popen(_as_module(argv), cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    raise AssertionError(f"{argv[0]} did not start: {process.communicate()}")
+                time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
 
 
 def _with_port(argv: list[str], port: int | str) -> list[str]:
@@ -104,7 +137,7 @@ def test_the_receiver_and_the_sender_work_together_as_written(tmp_path):
     serve = _command("chttp-server serve --app transfers:Root --db sqlite:///receiver.db --upgrade")
     sender = _command("python sender.py")
 
-    with _serving(_with_port(serve, 0), tmp_path) as url:
+    with _serving(_with_port(serve, 0), tmp_path) as (url, _):
         sent = _run([*sender, url], tmp_path)
         assert sent.returncode == 0, sent.stderr
         assert re.fullmatch(r"transfer [0-9a-f]{32}\n", sent.stdout), sent.stdout
@@ -136,7 +169,7 @@ def test_an_interrupted_send_is_finished_by_chttp_client_resume(tmp_path):
     assert "--threads" in serve and "--claim-timeout" in serve       # the Serving section's
     upgraded = _run(_command("chttp-server db upgrade --db sqlite:///receiver.db"), tmp_path)
     assert upgraded.returncode == 0, upgraded.stderr
-    with _serving(serve, tmp_path) as url:
+    with _serving(serve, tmp_path) as (url, _):
         port = url.rsplit(":", 1)[1]
     # The receiver is down: the send is recorded, then retried until the sender is killed.
     sending = subprocess.Popen([sys.executable, "sender.py", url], cwd=tmp_path,
@@ -250,43 +283,179 @@ def test_wrapping_snippet_runs_as_written(index, tmp_path, monkeypatch):
     assert os.listdir(tmp_path)  # the snippet's database lives in the working directory
 
 
-# -- "Wrapping your application", Django: the settings and the view, as written ---------
+# -- "Wrapping your application", Django: additive settings in a fresh startproject -------
 
 
-def test_django_snippets_run_as_written(tmp_path):
-    """The README's settings lines and view, in a project of their own, served by waitress."""
-    import httpx
+def _django_env() -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key != "DJANGO_SETTINGS_MODULE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
 
-    from tests.examples.django_live import DjangoServer, django_env, manage
 
+def _django_project(tmp_path: Path) -> Path:
+    """``django-admin startproject mysite`` plus the README's settings lines and view."""
     snippets = wrapping_snippets()
     (settings_snippet,) = [s for s in snippets if "chttp_server.django.CertifiedMiddleware" in s]
     (view_snippet,) = [s for s in snippets if "request.chttp" in s]
-    (tmp_path / "readme_settings.py").write_text(
-        'SECRET_KEY = "readme"\nALLOWED_HOSTS = ["*"]\nUSE_TZ = True\n'
-        'ROOT_URLCONF = "readme_urls"\n'
-        f'DATABASES = {{"default": {{"ENGINE": "django.db.backends.sqlite3", '
-        f'"NAME": {str(tmp_path / "readme.db")!r}}}}}\n\n' + settings_snippet)
-    (tmp_path / "readme_views.py").write_text(view_snippet)
-    (tmp_path / "readme_urls.py").write_text(
-        "from django.urls import path\nfrom readme_views import create_order\n"
-        'urlpatterns = [path("orders", create_order)]\n')
-    env = django_env(f"sqlite:///{tmp_path / 'readme.db'}", tmp_path,
-                     DJANGO_SETTINGS_MODULE="readme_settings")
-    env["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env['PYTHONPATH']}"
-    manage(env, "migrate")
-    with DjangoServer(env) as server, httpx.Client(timeout=30) as client:
-        def post(message_id):
-            return client.post(f"{server.url}/orders", json={"item": "tea"},
-                               headers={"X-Message-ID": message_id})
+    assert "INSTALLED_APPS +=" in settings_snippet and "MIDDLEWARE.insert(" in settings_snippet
+    project = tmp_path / "project"
+    project.mkdir()
+    made = subprocess.run([sys.executable, "-m", "django", "startproject", "mysite", str(project)],
+                          capture_output=True, text=True, timeout=120, env=_django_env())
+    assert made.returncode == 0, made.stderr
+    settings = project / "mysite" / "settings.py"
+    settings.write_text(settings.read_text() + "\n" + settings_snippet)
+    (project / "mysite" / "views.py").write_text(view_snippet)
+    urls = project / "mysite" / "urls.py"
+    urls.write_text(urls.read_text() + "\nfrom mysite.views import create_order\n"
+                    'urlpatterns += [path("orders", create_order)]\n')
+    migrated = subprocess.run([sys.executable, "manage.py", "migrate"], cwd=project,
+                              capture_output=True, text=True, timeout=300, env=_django_env())
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr   # admin included
+    return project
 
-        first = post("readme-1")
-        again = post("readme-1")
-        other = post("readme-2")
+
+def _exactly_once(url: str, *, require_id: bool) -> None:
+    """Two posts with one id: one run, a byte-for-byte replay; another id runs again."""
+    with httpx.Client(timeout=60) as client:
+        def post(message_id: str | None) -> httpx.Response:
+            headers = {"X-Message-ID": message_id} if message_id else {}
+            return client.post(f"{url}/orders", json={"item": "tea"}, headers=headers)
+
+        first, again, other = post("readme-1"), post("readme-1"), post("readme-2")
+        bare = post(None)
     assert first.status_code == 201, first.text
-    assert first.json()["message"] == "readme-1"
     assert "Idempotent-Replayed" not in first.headers
-    assert again.headers["Idempotent-Replayed"] == "true"
-    assert again.content == first.content
-    assert "Idempotent-Replayed" not in other.headers
-    assert other.json()["id"] != first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true" and again.content == first.content
+    assert "Idempotent-Replayed" not in other.headers and other.status_code == 201
+    if require_id:
+        assert bare.status_code == 400 and bare.json()["type"].endswith("message-id-required")
+
+
+def test_django_snippets_run_as_written_in_a_fresh_startproject(tmp_path):
+    """The settings lines add to a generated project (admin kept, migrate works) and the
+    project is served by the README's own production command."""
+    project = _django_project(tmp_path)
+    serve = _with_port(_command("chttp-server serve --app mysite.wsgi:application"), 0)
+    serve = [arg if arg != "0.0.0.0" else "127.0.0.1" for arg in serve]
+    with _serving(serve, project, env=_django_env()) as (url, process):
+        _exactly_once(url, require_id=False)
+    assert "already certified (Django CertifiedMiddleware" in process.stderr_text
+
+
+# -- "Serving in production": the Flask, plain and Django snippets, served as written ----
+
+
+def _snippet_module(tmp_path: Path, name: str, marker: str) -> None:
+    (snippet,) = [s for s in wrapping_snippets() if marker in s]
+    (tmp_path / f"{name}.py").write_text(snippet)
+
+
+@pytest.mark.parametrize("module,marker", [
+    pytest.param("orders_app", "chttp_server.flask", id="flask"),
+    pytest.param("shop", "scoped_session", id="plain-sqlalchemy"),
+])
+def test_chttp_server_serve_runs_an_already_certified_snippet_as_it_is(tmp_path, module, marker):
+    _snippet_module(tmp_path, module, marker)
+    serve = _with_port(_command(f"chttp-server serve --app {module}:app"), 0)
+    serve = [arg if arg != "0.0.0.0" else "127.0.0.1" for arg in serve]
+    assert "--db" not in serve
+    with _serving(serve, tmp_path) as (url, process):
+        _exactly_once(url, require_id=True)
+    assert f"{module}:app is already certified" in process.stderr_text
+    assert _written(tmp_path, module) == 2    # readme-1 once, readme-2 once, the bare POST not
+
+
+def _written(tmp_path: Path, module: str) -> int:
+    """Rows the snippet's view wrote (the Flask one in its instance folder, as documented)."""
+    path, table = {"orders_app": (tmp_path / "instance" / "orders.db", "'order'"),
+                   "shop": (tmp_path / "shop.db", "notes")}[module]
+    with sqlite3.connect(path) as connection:
+        return int(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+@pytest.mark.parametrize("server,module,marker", [
+    pytest.param("waitress-serve", "orders_app", "chttp_server.flask", id="waitress-flask"),
+    pytest.param("waitress-serve", "shop", "scoped_session", id="waitress-plain"),
+    pytest.param("gunicorn", "mysite", "", id="gunicorn-django"),
+])
+def test_other_wsgi_servers_serve_the_snippets_as_written(tmp_path, server, module, marker):
+    from chttp_server.testing import free_port
+
+    if server == "gunicorn":
+        pytest.importorskip("gunicorn", reason="gunicorn is not installed (pip install gunicorn)")
+        cwd = _django_project(tmp_path)
+    else:
+        _snippet_module(tmp_path, module, marker)
+        cwd = tmp_path
+    argv = _command(f"{server} ")
+    port = free_port()
+    argv = [arg.replace("0.0.0.0:8080", f"127.0.0.1:{port}") for arg in argv]
+    if server == "waitress-serve":
+        argv[-1] = f"{module}:app"
+    with _polling(argv, cwd, port, env=_django_env()) as url:
+        _exactly_once(url, require_id=server == "waitress-serve")
+    if server == "waitress-serve":
+        assert _written(tmp_path, module) == 2
+
+
+# -- Installing: lines that work from the checkout, and which extra for what -----------
+
+
+def _extras() -> set[str]:
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    return set(config["options.extras_require"])
+
+
+def test_every_install_line_works_from_the_checkout():
+    """The package is not on PyPI: `pip install certified-http[...]` cannot work."""
+    extras = _extras()
+    lines = [line.strip() for line in README.splitlines() if "pip install" in line]
+    ours = [line for line in lines if "-e " in line or "certified-http" in line]
+    assert ours, "no install line"
+    for line in ours:
+        found = re.search(r"pip install -e (\S+)", line)
+        assert found, f"not an install from the checkout: {line}"
+        spec = found.group(1).strip("'\"`")
+        assert spec == "." or spec.startswith(".["), line
+        for extra in re.findall(r"[\w-]+", spec[2:-1] if spec != "." else ""):
+            assert extra in extras, f"{line}: no extra {extra!r} in setup.cfg"
+    everywhere = [README, *(path.read_text() for package in ("chttp_core", "chttp_client",
+                                                             "chttp_server", "examples")
+                            for path in (ROOT / package).rglob("*.py"))]
+    assert not any("certified-http[" in text or "pip install certified-http" in text
+                   for text in everywhere)
+
+
+def test_the_extras_table_names_every_extra():
+    heading = "Which extra for what\n====================\n"
+    section = README[README.index(heading):]
+    section = section[:re.search(r"\n[^\n]+\n=+\n", section[len(heading):]).start() + len(heading)]
+    named = set(re.findall(r"pip install -e '\.\[([\w-]+)\]'", section))
+    assert _extras() - {"celery"} <= named, _extras() - named
+    assert "``pip install -e .``" in section          # the light one: the demo needs no extra
+
+
+def test_the_two_commands_stay_and_the_demo_install_is_the_light_one():
+    heading = "The two commands\n================\n"
+    section = README[README.index(heading):README.index("Which extra for what")]
+    assert "\n    pip install -e '.[testing]'\n" in section
+    assert "\n    chttp-server demo\n" in section
+    assert "``pip install -e .`` is the light install" in section
+
+
+def test_chttp_client_send_runs_as_written_and_never_sends_twice(tmp_path):
+    (tmp_path / "transfers.py").write_text(_python_block("# transfers.py"))
+    serve = _command("chttp-server serve --app transfers:Root --db sqlite:///receiver.db --upgrade")
+    send = _command("chttp-client send --db sqlite:///sends.db --key transfer-7 POST")
+    with _serving(_with_port(serve, 0), tmp_path) as (url, _):
+        argv = [arg.replace("http://127.0.0.1:8080", url) for arg in send]
+        first, again = _run(argv, tmp_path), _run(argv, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "HTTP 200  message id " in first.stderr and "key transfer-7  (sent)" in first.stderr
+    assert "(recorded answer, not sent again)" in again.stderr
+    assert again.stdout == first.stdout and '"ref":7' in first.stdout
+    assert _rows(tmp_path / "receiver.db") == [(7, 5)]

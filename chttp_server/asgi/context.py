@@ -18,7 +18,7 @@ import asyncio
 import functools
 from contextvars import ContextVar
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -55,7 +55,7 @@ class AsyncCertifiedContext:
         connection: AsyncConnection,
         received_at: datetime,
         expires_at: datetime,
-        asgi_scope: dict[str, Any],
+        asgi_scope: MutableMapping[str, Any],
         journal: Callable[[], Journal] | None = None,
         handler_send_deadline: timedelta | None = None,
     ) -> None:
@@ -98,11 +98,6 @@ class AsyncCertifiedContext:
         if self._session is None:
             self._session = AsyncSession(bind=self.connection, autoflush=True)
         return self._session
-
-    async def flush(self) -> None:
-        """Push pending ORM changes into the transaction before the response is stored."""
-        if self._session is not None:
-            await self._session.flush()
 
     # -- the view as a sender (chttp_client.incoming) --------------------------------
 
@@ -158,11 +153,15 @@ class AsyncCertifiedContext:
 
     # -- the end of the request ------------------------------------------------------
 
-    def close_session(self) -> None:
-        """Close the context's own session (synchronous: run through the executor)."""
+    def flush_and_close_session(self) -> None:
+        """Push the context's session's pending writes into the transaction and close it
+        (synchronous: run through the executor, before the response is stored)."""
         if self._session is not None:
             session, self._session = self._session, None
-            session.sync_session.close()
+            try:
+                session.sync_session.flush()
+            finally:
+                session.sync_session.close()
 
     async def close(self) -> None:
         """The request is over: journal buffered send records, forget the connection."""

@@ -8,16 +8,23 @@ find the values in the scope and the ``receive`` channel.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, MutableMapping
 
-from chttp_server.decisions import check_request_length, parse_first_sent, parse_message_id
+from chttp_server.decisions import (
+    check_request_length,
+    near_miss_header,
+    parse_first_sent,
+    parse_message_id,
+    warn_near_miss,
+)
 from chttp_server.errors import IncompleteBody
 
-__all__ = ["Receive", "Send", "Scope", "header", "message_id_of", "first_sent_of",
+__all__ = ["Message", "Receive", "Send", "Scope", "header", "message_id_of", "first_sent_of",
            "read_body", "replaying_receive"]
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+# The shapes Starlette's own types use, so an app typed for Starlette wraps cleanly.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -35,7 +42,14 @@ def header(scope: Scope, name: bytes) -> str | None:
 def message_id_of(scope: Scope) -> str | None:
     """The request's message id, ``None`` without one; 400 for a malformed or
     conflicting one."""
-    return parse_message_id(header(scope, b"x-message-id"), header(scope, b"idempotency-key"))
+    found = parse_message_id(header(scope, b"x-message-id"), header(scope, b"idempotency-key"))
+    if found is None:
+        names = (key.decode("latin-1") for key, _value in scope.get("headers", ()))
+        name = near_miss_header(names)
+        if name is not None:
+            warn_near_miss(name, scope.get("method", "GET"),
+                           scope.get("root_path", "") + scope.get("path", ""))
+    return found
 
 
 def first_sent_of(scope: Scope) -> datetime | None:

@@ -35,12 +35,14 @@ from typing import Any, Callable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chttp_core.db import configure_sqlite
+from chttp_core.store_urls import CREATE_HINT, check_sqlite_file, check_store_url
 from chttp_core.telemetry import NOOP
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.async_transaction import AsyncMessageTransaction, run_step
 from chttp_server.asgi.context import AsyncCertifiedContext, _current
-from chttp_server.asgi.engines import make_async_engine, sync_journal_url
+from chttp_server.asgi.engines import async_url, make_async_engine, sync_journal_url
 from chttp_server.asgi.incoming import (
+    Message,
     Receive,
     Scope,
     Send,
@@ -182,8 +184,11 @@ class CertifiedMiddleware:
         self.app = app
         if engine is None:
             assert db_url is not None  # exactly one of them, checked above
-            engine = make_async_engine(db_url, sqlite_busy_timeout=claim_timeout)
+            url = check_store_url(db_url, create=upgrade_schema, adapt=async_url,
+                                  create_hint=CREATE_HINT)
+            engine = make_async_engine(url, sqlite_busy_timeout=claim_timeout)
         else:
+            check_sqlite_file(engine.url, create=upgrade_schema, create_hint=CREATE_HINT)
             # A SQLite engine made elsewhere gets WAL and BEGIN IMMEDIATE for the store's
             # own transactions (chttp_core.db): without them a claim is not serialised.
             # Its pooled connections predate that: disposed (awaited) before first use.
@@ -291,7 +296,7 @@ class CertifiedMiddleware:
         txn = AsyncMessageTransaction(self.store, message.key, async_engine=self.engine,
                                       retry_after=self.retry_after, observation=observed)
         async with txn:
-            stored = await txn.claim(message)
+            stored = await txn.begin_and_claim(message)
             if stored is not None:
                 await self._replay(scope, send, root_path, stored)
                 return
@@ -330,25 +335,29 @@ class CertifiedMiddleware:
         join = enter_join(txn.sync.connection) if self.joins_sessions else None
         ended = False
 
-        async def end_handler() -> None:
-            """The view's part is over: its sessions stop joining, its savepoints close."""
+        def end_handler(core: Any) -> None:
+            """The view's part is over (synchronous, in the executor): its sessions stop
+            joining and close (a savepoint it never committed rolls back), the context's
+            session flushes into the transaction."""
             nonlocal ended
-            if ended:
-                return
             ended = True
-            if join is not None:
-                join.end()
-                await run_step(join.close_sessions)
-            await context.flush()
-            await run_step(context.close_session)
-            await context.close()
+            with core.handler_errors():
+                if join is not None:
+                    join.end()
+                    join.close_sessions()
+                context.flush_and_close_session()
+
+        def store(core: Any, response: BufferedResponse) -> None:
+            end_handler(core)
+            core.complete(response.status, response.headers, response.body,
+                          too_large=response.too_large, limit=self.max_response_bytes)
+            core.close()  # the connection goes back before background tasks run
 
         async def store_and_send(response: BufferedResponse) -> None:
-            with txn.handler_errors():
-                await end_handler()
-            await txn.complete(response.status, response.headers, response.body,
-                               too_large=response.too_large, limit=self.max_response_bytes)
-            await txn.close()  # the connection goes back before background tasks run
+            try:
+                await txn.run(lambda core: store(core, response))
+            finally:
+                await context.close()
             headers = response.headers
             if txn.outcome is Outcome.STORE:
                 url = message_url(root_path, self.message_prefix, message.message_id)
@@ -369,7 +378,8 @@ class CertifiedMiddleware:
             if join is not None:
                 join.leave()
             if not ended:
-                await _quietly(end_handler)
+                await _quietly(lambda: txn.run(end_handler))
+                await _quietly(context.close)
         if response.failure is not None:
             raise response.failure  # the application swallowed it: answer it all the same
         if not response.complete:
@@ -424,7 +434,7 @@ class _AnswerTracker:
         self._send = send
         self.started = False
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.started = True
         await self._send(message)

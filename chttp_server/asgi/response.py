@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-from chttp_server.asgi.incoming import Send
+from chttp_server.asgi.incoming import Message, Send
 
 __all__ = ["BufferedResponse", "send_response"]
 
@@ -46,7 +46,7 @@ class BufferedResponse:
     def body(self) -> bytes:
         return b"".join(self.chunks)
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: Message) -> None:
         """The ``send`` the application is given."""
         kind = message["type"]
         if self.complete:

@@ -22,6 +22,7 @@ The modules, one job each::
     present        the Jinja2 environment (autoescaped) and display helpers
     app            the WSGI application: routes, checks, pages
     cli            the ``chttp-server console`` options and their runner
+    messages_command  ``chttp-server messages list/show``: the queries above as shell lines
 
 Templates, stylesheet and script are in ``templates/``; nothing is built.
 """

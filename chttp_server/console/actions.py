@@ -3,6 +3,11 @@
 The console is read-only unless it was started with ``--allow-actions --token T``. Then
 each action is a ``POST`` whose form carries the token, compared in constant time
 (:func:`hmac.compare_digest`); anything else is refused with 403 by the caller. A token
+is at least :data:`MIN_TOKEN_LENGTH` characters (a guessable one is refused at
+start-up), and wrong guesses are limited: after :data:`MAX_FAILURES` wrong tokens within
+:data:`FAILURE_WINDOW` seconds every action is refused (429, ``Retry-After``) until the
+oldest of them leaves the window, the right token included — an attacker guessing at
+700 a second gets 10 guesses a minute, the operator waits at most a minute. A token
 in the form rather than in a cookie means a page of another site cannot make the
 operator's browser act (no ambient credential, so no cross-site request forgery).
 
@@ -24,11 +29,14 @@ from __future__ import annotations
 
 import hmac
 import importlib
+import math
 import sys
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -38,6 +46,20 @@ from chttp_core.schema import OPLOG_OPEN
 from chttp_server.errors import ConfigurationError
 
 __all__ = ["Actions", "ActionResult"]
+
+#: The shortest token accepted: 32 characters (``secrets.token_urlsafe(24)`` gives 32).
+MIN_TOKEN_LENGTH = 32
+#: Wrong tokens allowed within :data:`FAILURE_WINDOW` seconds before actions pause.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 60.0
+
+
+class TooManyFailures(Exception):
+    """Too many wrong tokens lately: no token is checked for ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(retry_after)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -53,11 +75,16 @@ class Actions:
     """The enabled actions of one console, bound to its databases and token."""
 
     def __init__(self, *, token: str, db_url: URL | None, journal_url: URL | None,
-                 imports: Sequence[str] = ()) -> None:
-        if not token:
-            raise ConfigurationError("actions need a non-empty token (--token or "
-                                     "CHTTP_CONSOLE_TOKEN)")
+                 imports: Sequence[str] = (),
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ConfigurationError(
+                f"the actions' token must be at least {MIN_TOKEN_LENGTH} characters (--token "
+                "or CHTTP_CONSOLE_TOKEN); make one with: python -c \"import secrets; "
+                "print(secrets.token_urlsafe(32))\"")
         self._token = token.encode("utf-8")
+        self._clock = clock
+        self._failures: deque[float] = deque()
         self._db_url = db_url
         self._journal_url = journal_url
         self._lock = threading.Lock()
@@ -73,8 +100,22 @@ class Actions:
                     raise ConfigurationError(f"--import {module}: {error}") from error
 
     def token_matches(self, given: str) -> bool:
-        """Constant-time comparison, so response timing does not leak the token."""
-        return hmac.compare_digest(self._token, given.encode("utf-8"))
+        """Constant-time comparison, so response timing does not leak the token.
+
+        Raises :class:`TooManyFailures` instead of comparing while :data:`MAX_FAILURES`
+        wrong tokens were given within the last :data:`FAILURE_WINDOW` seconds.
+        """
+        with self._lock:
+            now = self._clock()
+            while self._failures and self._failures[0] <= now - FAILURE_WINDOW:
+                self._failures.popleft()
+            if len(self._failures) >= MAX_FAILURES:
+                wait = self._failures[0] + FAILURE_WINDOW - now
+                raise TooManyFailures(max(1, math.ceil(wait)))
+            if hmac.compare_digest(self._token, given.encode("utf-8")):
+                return True
+            self._failures.append(now)
+            return False
 
     def acknowledge(self, scope: str, message_id: str) -> ActionResult:
         from chttp_server import MessageStore

@@ -34,7 +34,7 @@ from sqlalchemy import exc as sa_exc
 from webob import Request, Response
 
 from chttp_server.console import chart, oplog_queries, queries
-from chttp_server.console.actions import Actions, ActionResult
+from chttp_server.console.actions import Actions, ActionResult, TooManyFailures
 from chttp_server.console.database import ConsoleDatabase
 from chttp_server.console.present import ago, make_environment, preview_body
 
@@ -61,10 +61,12 @@ _STATIC = {"/console.css": "text/css", "/console.js": "text/javascript"}
 class _Refusal(Exception):
     """An answer other than a page: status and a sentence for the operator."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str,
+                 headers: Sequence[tuple[str, str]] = ()) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
+        self.headers = list(headers)
 
 
 def _utcnow() -> datetime:
@@ -140,11 +142,12 @@ class ConsoleApp:
                 response = self._page(request)
         except _Refusal as refusal:
             response = self._error_page(refusal.status, refusal.message)
+            response.headerlist.extend(refusal.headers)
         except sa_exc.SQLAlchemyError as error:
+            # The driver's words name hosts, ports and database states: the log only.
             log.warning("chttp console: database error on %s: %s", request.path_info, error)
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             response = self._error_page(
-                503, f"the database could not be read ({type(error).__name__}: {first})")
+                503, "the database could not be read; the console's log says why")
         response.headerlist.extend(_SECURITY_HEADERS)
         return response
 
@@ -272,7 +275,15 @@ class ConsoleApp:
         if self.actions is None:
             raise _Refusal(403, "this console is read-only: start it with --allow-actions "
                                 "and a token to enable actions")
-        if not self.actions.token_matches(request.POST.get("token", "")):
+        try:
+            matches = self.actions.token_matches(request.POST.get("token", ""))
+        except TooManyFailures as paused:
+            log.warning("chttp console: %s refused without checking the token: too many "
+                        "wrong tokens lately (from %s)", request.path_info, request.remote_addr)
+            raise _Refusal(429, "too many wrong tokens lately: actions are paused; try again "
+                                f"in {paused.retry_after} s",
+                           headers=[("Retry-After", str(paused.retry_after))]) from None
+        if not matches:
             log.warning("chttp console: %s refused, missing or wrong token (from %s)",
                         request.path_info, request.remote_addr)
             raise _Refusal(403, "missing or wrong token: action refused")

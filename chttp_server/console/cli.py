@@ -21,8 +21,8 @@ from typing import Any, Sequence
 from chttp_core.errors import SchemaOutOfDateError
 from chttp_server.errors import ConfigurationError
 
-__all__ = ["add_arguments", "run", "build_console", "ConsoleProcess", "DEFAULT_PORT",
-           "TOKEN_VARIABLE"]
+__all__ = ["add_arguments", "run", "build_console", "allowed_hosts_for", "ConsoleProcess",
+           "DEFAULT_PORT", "TOKEN_VARIABLE"]
 
 DEFAULT_PORT = 8090
 #: Where the token may come from instead of --token (a command line is visible in ps).
@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the token)")
     parser.add_argument("--token", default=os.environ.get(TOKEN_VARIABLE),
                         help=f"the token actions require (default: ${TOKEN_VARIABLE})")
+    parser.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[],
+                        metavar="NAME",
+                        help="a host name (or address) clients use to reach the console, "
+                             "checked against each request's Host header; repeatable. "
+                             "Needed with a --host beyond this machine that is not itself "
+                             "that name (default: the loopback names on 127.0.0.1; --host "
+                             "itself otherwise)")
     parser.add_argument("--import", dest="imports", action="append", default=[],
                         metavar="MODULE",
                         help="module defining the @resumable functions, for resume "
@@ -60,16 +67,43 @@ def _loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts_for(host: str, allowed: Sequence[str] = ()) -> tuple[str, ...]:
+    """The ``Host`` names the console answers to when it listens on ``host``.
+
+    The Host check is what keeps a page of another site, reached through DNS rebinding,
+    from reading the console: it stays on whatever the address. Given names win; on a
+    loopback address the loopback names; on another address that address itself; on
+    an unspecified one (``0.0.0.0``, ``::``) there is no name to assume, and
+    :class:`ConfigurationError` asks for ``--allowed-host``.
+    """
+    from chttp_server.console.app import LOOPBACK_NAMES
+
+    if allowed:
+        return tuple(name.strip().lower() for name in allowed)
+    if _loopback(host):
+        return LOOPBACK_NAMES
+    try:
+        unspecified = ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        unspecified = False  # a host name: the name clients use
+    if unspecified:
+        raise ConfigurationError(
+            f"--host {host} listens on every address: name the host names clients use to "
+            "reach the console with --allowed-host NAME (repeatable), so that its Host "
+            "check stays on")
+    return (host.strip("[]").lower(),)
+
+
 def build_console(*, db: str | None, journal: str | None, host: str = "127.0.0.1",
                   refresh: int = 5, allow_actions: bool = False, token: str | None = None,
-                  imports: Sequence[str] = ()) -> Any:
+                  imports: Sequence[str] = (), allowed_hosts: Sequence[str] = ()) -> Any:
     """A :class:`~chttp_server.console.ConsoleApp` over the given databases.
 
     Raises :class:`~chttp_server.errors.ConfigurationError` for a bad combination and
     :class:`~chttp_core.errors.SchemaOutOfDateError` for a database not at head.
     """
     from chttp_server.console.actions import Actions
-    from chttp_server.console.app import LOOPBACK_NAMES, ConsoleApp
+    from chttp_server.console.app import ConsoleApp
     from chttp_server.console.database import ConsoleDatabase
 
     if db is None and journal is None:
@@ -81,6 +115,7 @@ def build_console(*, db: str | None, journal: str | None, host: str = "127.0.0.1
         raise ConfigurationError(f"--allow-actions needs a token: --token T or ${TOKEN_VARIABLE}")
     if refresh < 0:
         raise ConfigurationError("--refresh must be 0 (off) or a number of seconds")
+    hosts = allowed_hosts_for(host, allowed_hosts)
     databases = [ConsoleDatabase(url) if url else None for url in (db, journal)]
     try:
         for database in databases:
@@ -98,7 +133,7 @@ def build_console(*, db: str | None, journal: str | None, host: str = "127.0.0.1
                 database.dispose()
         raise
     return ConsoleApp(db=databases[0], journal=databases[1], actions=actions, refresh=refresh,
-                      allowed_hosts=LOOPBACK_NAMES if _loopback(host) else None)
+                      allowed_hosts=hosts)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         app = build_console(db=args.db, journal=args.journal, host=args.host,
                             refresh=args.refresh, allow_actions=args.allow_actions,
-                            token=args.token, imports=args.imports)
+                            token=args.token, imports=args.imports,
+                            allowed_hosts=args.allowed_hosts)
     except (ConfigurationError, SchemaOutOfDateError) as error:
         print(f"chttp-server console: {error}", file=sys.stderr)
         return 2

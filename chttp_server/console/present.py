@@ -83,7 +83,8 @@ def make_environment() -> Any:
         from chttp_server.errors import ConfigurationError
 
         raise ConfigurationError(
-            "the console needs Jinja2: pip install 'certified-http[console]'") from error
+            "the console needs Jinja2, which comes with the 'console' extra: "
+            "pip install -e '.[console]' in the certified-http checkout") from error
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("chttp_server.console", "templates"),
         autoescape=True,

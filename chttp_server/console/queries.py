@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, LargeBinary, Select, func, select
+from sqlalchemy import ColumnElement, Connection, LargeBinary, Select, case, func, select
 
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 
@@ -27,6 +27,7 @@ __all__ = [
     "PAGE_SIZE",
     "PREVIEW_BYTES",
     "MESSAGE_STATES",
+    "OUTCOME_UNKNOWN",
     "MessageSummary",
     "MessageFilter",
     "MessageRow",
@@ -44,7 +45,11 @@ PAGE_SIZE = 50
 #: Bytes of a stored body the console reads for its preview (never the whole body).
 PREVIEW_BYTES = 4096
 #: The filters a message list offers: the stored states, plus rows past their expiry.
-MESSAGE_STATES = (STATE_COMPLETED, STATE_ACKNOWLEDGED, "expired")
+MESSAGE_STATES = (STATE_COMPLETED, STATE_ACKNOWLEDGED, "expired", "outcome-unknown")
+#: The filter for completed rows without a stored response: a handler ended the
+#: transaction itself after committing (docs/protocol.rst §2.6); retries get 410
+#: message-outcome-unknown, and an operator should look at each.
+OUTCOME_UNKNOWN = "outcome-unknown"
 
 
 def aware(moment: datetime | None) -> datetime | None:
@@ -78,6 +83,8 @@ class MessageSummary:
     expired: int
     oldest_received: datetime | None
     newest_received: datetime | None
+    #: Completed rows without a stored response (among ``completed``).
+    outcome_unknown: int = 0
 
     @property
     def total(self) -> int:
@@ -123,7 +130,10 @@ def message_summary(connection: Connection, now: datetime) -> MessageSummary:
         row.state: row for row in connection.execute(
             select(messages.c.state, func.count().label("n"),
                    func.min(messages.c.received_at).label("oldest"),
-                   func.max(messages.c.received_at).label("newest"))
+                   func.max(messages.c.received_at).label("newest"),
+                   # In the same pass over the rows as the counts by state.
+                   func.coalesce(func.sum(case((messages.c.status.is_(None), 1), else_=0)),
+                                 0).label("no_response"))
             .group_by(messages.c.state))
     }
     expired = connection.execute(  # indexed: ix_chttp_messages_expires_at
@@ -137,6 +147,8 @@ def message_summary(connection: Connection, now: datetime) -> MessageSummary:
         expired=int(expired),
         oldest_received=min(oldest) if oldest else None,
         newest_received=max(newest) if newest else None,
+        outcome_unknown=(int(by_state[STATE_COMPLETED].no_response)
+                         if STATE_COMPLETED in by_state else 0),
     )
 
 
@@ -148,6 +160,9 @@ def _message_conditions(search: MessageFilter, now: datetime) -> list[ColumnElem
         conditions.append(messages.c.scope.contains(search.scope, autoescape=True))
     if search.state == "expired":
         conditions.append(messages.c.expires_at <= now)
+    elif search.state == OUTCOME_UNKNOWN:
+        conditions.append(messages.c.state == STATE_COMPLETED)
+        conditions.append(messages.c.status.is_(None))
     elif search.state:
         conditions.append(messages.c.state == search.state)
     return conditions

@@ -25,7 +25,12 @@ Modules: :mod:`~chttp_server.django.middleware` (the middleware),
 :mod:`~chttp_server.django.checks` (start-up refusals),
 :mod:`~chttp_server.django.connection` (SQLAlchemy over Django's connection),
 :mod:`~chttp_server.django.responses` (stored and replayed responses),
-:mod:`~chttp_server.django.journal` (the journal of views' sends).
+:mod:`~chttp_server.django.journal` (the journal of views' sends),
+:mod:`~chttp_server.django.threads` (under ASGI: queries from other threads refused).
+
+Under ASGI (``get_asgi_application()``) sync and async views are exactly-once the same
+way: Django runs the middleware, sync views and async views' ORM calls in the
+request's one thread (:mod:`~chttp_server.django.threads`).
 """
 
 from __future__ import annotations

@@ -14,3 +14,12 @@ class ChttpConfig(AppConfig):
     label = "chttp"
     verbose_name = "Certified HTTP"
     default = True
+
+    def ready(self) -> None:
+        from django.core.checks import register
+
+        from chttp_server.django.checks import check_upload_limit
+
+        # Django's own body cap against ours: `manage.py check` (and every command that
+        # runs the checks) warns, naming both settings (chttp.W001).
+        register(check_upload_limit)

@@ -1,5 +1,9 @@
 """Start-up checks: a project that cannot get the guarantee is refused, naming the fix.
 
+(One check only warns, through Django's system checks: ``DATA_UPLOAD_MAX_MEMORY_SIZE``
+below ``CHTTP['MAX_REQUEST_BYTES']``, :func:`check_upload_limit`; the middleware then
+applies the smaller cap itself, :func:`request_body_limit`.)
+
 docs/protocol.rst §2 holds only if the claim, the view's writes and the stored response
 commit as one transaction on the database the store lives in, and only if every
 principal's ids are kept apart (§1). Each check below guards one way a Django project
@@ -20,7 +24,8 @@ from chttp_server.django.conf import SETTING_NAME, ChttpSettings
 from chttp_server.django.connection import VENDORS
 from chttp_server.errors import ConfigurationError
 
-__all__ = ["check_configuration", "APP_NAME", "MIDDLEWARE_PATH"]
+__all__ = ["check_configuration", "check_upload_limit", "request_body_limit",
+           "upload_limit_problem", "APP_NAME", "MIDDLEWARE_PATH", "UPLOAD_LIMIT_WARNING"]
 
 APP_NAME = "chttp_server.django"
 MIDDLEWARE_PATH = "chttp_server.django.CertifiedMiddleware"
@@ -106,6 +111,60 @@ def _check_middleware_order(conf: ChttpSettings, middleware_class: type) -> None
             "anonymous scope, and one user's message ids could replay another's answers. "
             f"Move {MIDDLEWARE_PATH} after it in MIDDLEWARE (or set {SETTING_NAME}['SCOPE'])"
         )
+
+
+#: The id of the system check warning :func:`check_upload_limit` returns.
+UPLOAD_LIMIT_WARNING = "chttp.W001"
+
+
+def request_body_limit(max_request_bytes: int) -> int:
+    """The largest certified body a Django project can take: ours, or Django's if smaller.
+
+    Django refuses to read a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (``request.body``
+    raises ``RequestDataTooBig``, which Django answers with an HTML 400). The
+    middleware reads the body for the fingerprint before the view, so it applies the
+    smaller cap itself and answers 413 request-too-large problem+json, as every front end
+    does (docs/protocol.rst §4).
+    """
+    django_cap = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None)
+    if django_cap is None:
+        return max_request_bytes
+    return min(max_request_bytes, int(django_cap))
+
+
+def upload_limit_problem(max_request_bytes: int) -> str | None:
+    """What to say when Django's body cap is below ``CHTTP['MAX_REQUEST_BYTES']``, or None."""
+    django_cap = getattr(settings, "DATA_UPLOAD_MAX_MEMORY_SIZE", None)
+    if django_cap is None or int(django_cap) >= max_request_bytes:
+        return None
+    return (f"settings.DATA_UPLOAD_MAX_MEMORY_SIZE ({django_cap} bytes) is below "
+            f"{SETTING_NAME}['MAX_REQUEST_BYTES'] ({max_request_bytes} bytes): certified "
+            f"requests with larger bodies are answered 413 request-too-large")
+
+
+def check_upload_limit(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """Django system check: warn (``chttp.W001``) when Django's body cap is below ours.
+
+    A warning, not a refusal: a project may want the smaller cap; it then knows which
+    of the two limits a certified client meets, and how to change it.
+    """
+    from django.core.checks import Warning as CheckWarning
+
+    from chttp_server.django.conf import read_settings
+
+    try:
+        conf = read_settings(getattr(settings, SETTING_NAME, None))
+    except ConfigurationError:
+        return []  # refused with its own message when the middleware loads
+    problem = upload_limit_problem(conf.max_request_bytes)
+    if problem is None:
+        return []
+    return [CheckWarning(
+        problem,
+        hint=f"raise DATA_UPLOAD_MAX_MEMORY_SIZE to at least {conf.max_request_bytes}, or "
+             f"lower {SETTING_NAME}['MAX_REQUEST_BYTES'] to {settings.DATA_UPLOAD_MAX_MEMORY_SIZE}",
+        id=UPLOAD_LIMIT_WARNING,
+    )]
 
 
 def _load(path: str) -> Any:

@@ -22,6 +22,7 @@ from django.db import connections
 
 from chttp_client import Journal
 from chttp_server.django.conf import SETTING_NAME
+from chttp_core.errors import StoreURLError
 from chttp_server.django.connection import separate_engine
 from chttp_server.errors import ConfigurationError
 
@@ -47,7 +48,10 @@ def journal_for(setting: Any, alias: str) -> Any:
     if isinstance(setting, Journal):
         return setting
     if isinstance(setting, str):
-        return Journal(setting)
+        try:
+            return Journal(setting)
+        except StoreURLError as error:   # a typo in the URL: named with the setting
+            raise ConfigurationError(f"{SETTING_NAME}['JOURNAL']: {error}") from None
     if setting is not None:
         raise ConfigurationError(f"{SETTING_NAME}['JOURNAL'] must be a Journal, a URL or None")
     if connections[alias].vendor == "postgresql":

@@ -38,6 +38,7 @@ from functools import partial
 from typing import Any, Callable, Iterator
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.handlers.wsgi import get_script_name
 from django.db import connections, transaction
 from django.http import HttpRequest, HttpResponseBase
@@ -58,7 +59,12 @@ from chttp_server.decisions import (
     stored_answer,
 )
 from chttp_server.django import responses
-from chttp_server.django.checks import check_configuration
+from chttp_server.django.checks import (
+    UPLOAD_LIMIT_WARNING,
+    check_configuration,
+    request_body_limit,
+    upload_limit_problem,
+)
 from chttp_server.django.conf import SETTING_NAME, read_settings
 from chttp_server.django.connection import (
     django_engine,
@@ -67,11 +73,13 @@ from chttp_server.django.connection import (
     lost_connection,
 )
 from chttp_server.django.journal import journal_for
+from chttp_server.django.threads import install, message_thread
 from chttp_server.errors import (
     ConfigurationError,
     MessageIdRequired,
     MessageNotFound,
     ProtocolError,
+    RequestTooLarge,
     StoreUnavailable,
 )
 from chttp_server.incoming import first_sent_of, message_id_of, read_body
@@ -106,12 +114,16 @@ class CertifiedMiddleware:
         self.get_response = get_response
         self.conf = read_settings(getattr(settings, SETTING_NAME, None))
         check_configuration(self.conf, CertifiedMiddleware)
+        upload_problem = upload_limit_problem(self.conf.max_request_bytes)
+        if upload_problem is not None:
+            log.warning("chttp: %s (%s)", upload_problem, UPLOAD_LIMIT_WARNING)
         self.alias = self.conf.database
         self.engine = django_engine(self.alias)
         self.store = MessageStore(self.engine, retention=self.conf.retention,
                                   claim_timeout=self.conf.claim_timeout,
                                   prepared_statements=self.conf.prepared_statements)
         self.journal = journal_for(self.conf.journal, self.alias)
+        install(self.alias)  # a view's statements from another thread are refused
         self._ready = False
         self._ready_lock = threading.Lock()
         self._prepare(at_start=True)
@@ -187,11 +199,18 @@ class CertifiedMiddleware:
         """The certified message of ``request``: body (capped, §4), scope, fingerprint."""
         # read_body applies the cap to Content-Length before anything is read, then
         # reads through Django's request (so request.body stays readable by the view).
-        body = read_body({
-            "wsgi.input": _RequestBody(request),
-            "CONTENT_LENGTH": request.META.get("CONTENT_LENGTH", ""),
-            "wsgi.input_terminated": request.META.get("wsgi.input_terminated", False),
-        }, self.conf.max_request_bytes)
+        # The cap is Django's DATA_UPLOAD_MAX_MEMORY_SIZE where that is smaller: past it
+        # request.body refuses, and the answer must be our 413, not Django's HTML 400.
+        limit = request_body_limit(self.conf.max_request_bytes)
+        try:
+            body = read_body({
+                "wsgi.input": _RequestBody(request),
+                "CONTENT_LENGTH": request.META.get("CONTENT_LENGTH", ""),
+                "wsgi.input_terminated": request.META.get("wsgi.input_terminated", False),
+            }, limit)
+        except RequestDataTooBig:  # a body Django measured itself (no Content-Length)
+            raise RequestTooLarge(
+                f"a certified request's body is limited to {limit} bytes") from None
         return incoming_message(
             request.method or "GET",
             self._script_name(request) + request.path_info,
@@ -258,12 +277,14 @@ class CertifiedMiddleware:
         )
         request.chttp = context
         try:
-            with txn.handler_errors():
-                response = self.get_response(request)
-                if means_try_again(response.status_code):
-                    lost_connection(self.alias)
-                context.flush()
-            collected = responses.collect(response, self.conf.max_response_bytes)
+            # Under ASGI an async view may leave this thread; its queries must not.
+            with message_thread(self.alias):
+                with txn.handler_errors():
+                    response = self.get_response(request)
+                    if means_try_again(response.status_code):
+                        lost_connection(self.alias)
+                    context.flush()
+                collected = responses.collect(response, self.conf.max_response_bytes)
             txn.complete(collected.status, collected.headers, collected.body,
                          too_large=collected.too_large, limit=self.conf.max_response_bytes)
         finally:

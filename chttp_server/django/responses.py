@@ -12,6 +12,9 @@ same bytes the WSGI middleware sends.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import AsyncIterable, AsyncIterator, Iterable
+
+from asgiref.sync import async_to_sync
 
 from django.http import HttpResponse, HttpResponseBase
 
@@ -47,24 +50,56 @@ def collect(response: HttpResponseBase, limit: int) -> CollectedResponse:
     headers: Headers = [(str(name), str(value)) for name, value in response.items()]
     headers += [("Set-Cookie", morsel.OutputString()) for morsel in response.cookies.values()]
     if response.streaming:
-        chunks: list[bytes] = []
-        size = 0
-        too_large = False
         # Not response.close(): it sends request_finished, whose receiver closes a
         # connection left in a transaction — the message's. Django's handler closes
         # the response (and the consumed iterator) once it has been sent.
-        for chunk in response.streaming_content:
-            size += len(chunk)
-            if size > limit:
-                too_large = True
-            elif not too_large:
-                chunks.append(bytes(chunk))
+        if response.is_async:
+            # An async view's async generator (served under ASGI): consumed on the
+            # event loop; its ORM calls come back to this thread (sync_to_async is
+            # thread-sensitive), so its writes are in the message's transaction too.
+            chunks, too_large = async_to_sync(_gather_async)(response.streaming_content, limit)
+        else:
+            chunks, too_large = _gather(response.streaming_content, limit)
         body = b"" if too_large else b"".join(chunks)
-        response.streaming_content = [body]
+        # Refilled with an iterator of the same kind, which Django serves without a
+        # warning under the same handler as the original.
+        response.streaming_content = _once(body) if response.is_async else [body]
     else:
         body = response.content
         too_large = len(body) > limit
     return CollectedResponse(response.status_code, headers, b"" if too_large else body, too_large)
+
+
+def _gather(content: Iterable[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """The chunks of ``content`` up to ``limit`` bytes; past it none, and ``True``."""
+    chunks: list[bytes] = []
+    size = 0
+    too_large = False
+    for chunk in content:
+        size += len(chunk)
+        if size > limit:
+            too_large = True
+        elif not too_large:
+            chunks.append(bytes(chunk))
+    return ([] if too_large else chunks), too_large
+
+
+async def _gather_async(content: AsyncIterable[bytes], limit: int) -> tuple[list[bytes], bool]:
+    """:func:`_gather` of an async iterator."""
+    chunks: list[bytes] = []
+    size = 0
+    too_large = False
+    async for chunk in content:
+        size += len(chunk)
+        if size > limit:
+            too_large = True
+        elif not too_large:
+            chunks.append(bytes(chunk))
+    return ([] if too_large else chunks), too_large
+
+
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def rebuild(status: int, headers: Headers, body: bytes) -> HttpResponse:

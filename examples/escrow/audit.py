@@ -41,7 +41,7 @@ from sqlalchemy import Row, Table, select
 from chttp_core.db import make_engine
 from chttp_examples.escrow import escrow, ledger
 
-__all__ = ["AuditResult", "audit", "ledger_totals"]
+__all__ = ["AuditResult", "audit", "ledger_totals", "refund_reason"]
 
 Op = tuple[str, str, int]   # (kind, account, amount)
 Leg = tuple[str, str, int]  # (ledger, account, amount)
@@ -62,6 +62,10 @@ class AuditResult:
     in_flight: int = 0
     #: Requested transfers the escrow never accepted (the client had not sent them yet).
     not_submitted: int = 0
+    #: Why refunded transfers were refunded: "meant to fail" (a leg larger than all the
+    #: money there is), "ran dry" (402: an ordinary amount an account could not cover
+    #: just then), or "refused <status>".
+    refund_reasons: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -192,6 +196,7 @@ def _audit_transfer(result: AuditResult, row: Row[Any],
     elif row.state == "refunded":
         detail = json.loads(row.detail)
         refusal = detail["refused"]
+        result.refund_reasons[refund_reason(refusal)] += 1
         want = {"withdraw": Counter(_leg(leg) for leg in detail["refunded"]),
                 "refund": Counter(_leg(leg) for leg in detail["refunded"]),
                 "refused": Counter([_leg(refusal["leg"])] if refusal["status"] == 402 else [])}
@@ -205,6 +210,17 @@ def _audit_transfer(result: AuditResult, row: Row[Any],
         if by_kind[kind] != want.get(kind, Counter()):
             result.fail(f"{label} is {row.state}: expected {_legs(want.get(kind, Counter()), kind)}, "
                         f"recorded {_legs(by_kind[kind], kind)}")
+
+
+def refund_reason(refusal: Mapping[str, Any]) -> str:
+    """Why a transfer was refunded, from the refusal its escrow recorded."""
+    from chttp_examples.escrow.client import IMPOSSIBLE_AMOUNT
+
+    if refusal["leg"]["amount"] >= IMPOSSIBLE_AMOUNT:
+        return "meant to fail"
+    if refusal["status"] == 402:
+        return "ran dry"
+    return f"refused {refusal['status']}"
 
 
 def _leg(leg: Mapping[str, Any]) -> Leg:

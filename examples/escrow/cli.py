@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; the exit status is described in the module docstring."""
+    from chttp_core.commandline import require_extra
     from chttp_examples.escrow import demo
 
+    if args.console:   # one line naming the extra, before any service starts
+        require_extra("jinja2", "chttp-server demo --console")
     return demo.run(args)

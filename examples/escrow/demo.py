@@ -151,6 +151,7 @@ class DemoReport:
             f"  killed      {sum(self.kills.values())} processes (SIGKILL)"
             + (f": {killed}" if killed else ""),
         ]
+        lines += self._refund_lines()
         if self.crashes:
             lines.append("  crashed     " + ", ".join(f"{n} {c}" for n, c in sorted(self.crashes.items())))
         lines += self._traffic_lines()
@@ -158,6 +159,25 @@ class DemoReport:
         if self.db_dir is not None:
             lines.append(f"  databases and logs kept in {self.db_dir}")
         return "\n".join(lines)
+
+    def _refund_lines(self) -> list[str]:
+        """Why the refunded transfers were refunded: the client makes one in eight fail on
+        purpose, and random amounts drain accounts, so more than an eighth are refunded."""
+        reasons = self.audit.refund_reasons
+        if not reasons:
+            return []
+        parts = []
+        if reasons["meant to fail"]:
+            parts.append(f"{reasons['meant to fail']} meant to fail (one in eight asks more "
+                         "than there is)")
+        if reasons["ran dry"]:
+            parts.append(f"{reasons['ran dry']} found an account short (402 insufficient funds)")
+        parts += [f"{count} {reason}" for reason, count in sorted(reasons.items())
+                  if reason not in ("meant to fail", "ran dry")]
+        indent = " " * 14
+        lines = [f"{part}," for part in parts[:-1]] + parts[-1:]
+        return [f"  refunds     {sum(reasons.values())}: {lines[0]}"] + [
+            f"{indent}{line}" for line in lines[1:]]
 
     def _traffic_lines(self) -> list[str]:
         indent = " " * 14

@@ -4,6 +4,7 @@ its configuration errors, and what it leaves alone."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from typing import Any
 
@@ -152,6 +153,7 @@ def test_lifespan_and_websocket_scopes_pass_through_untouched(sqlite_url: str) -
             assert message["type"] == "lifespan.startup"
             await send({"type": "lifespan.startup.complete"})
 
+    _existing(sqlite_url)
     engine = create_async_engine(sqlite_url.replace("sqlite://", "sqlite+aiosqlite://"))
     middleware = CertifiedMiddleware(raw_app, engine=engine)
     sent: list[dict[str, Any]] = []
@@ -173,8 +175,14 @@ def test_lifespan_and_websocket_scopes_pass_through_untouched(sqlite_url: str) -
     assert sent == [{"type": "lifespan.startup.complete"}]
 
 
+def _existing(sqlite_url: str) -> None:
+    """Make the (empty) SQLite file: without upgrade_schema a missing one is refused."""
+    sqlite3.connect(sqlite_url.removeprefix("sqlite:///")).close()
+
+
 def test_configuration_mistakes_raise_at_construction(sqlite_url: str) -> None:
     app, _runs = _counting_app()
+    _existing(sqlite_url)
     sync_engine = create_engine(sqlite_url)
     with pytest.raises(ConfigurationError, match="AsyncEngine"):
         CertifiedMiddleware(app, engine=sync_engine)  # type: ignore[arg-type]
@@ -193,7 +201,7 @@ def test_configuration_mistakes_raise_at_construction(sqlite_url: str) -> None:
 def test_stacked_twice_on_one_path_is_refused(sqlite_url: str) -> None:
     app, runs = _counting_app()
     inner = CertifiedMiddleware(app, db_url=sqlite_url, upgrade_schema=True)
-    outer = CertifiedMiddleware(Starlette(routes=[]), db_url=sqlite_url)
+    outer = CertifiedMiddleware(Starlette(routes=[]), db_url=sqlite_url, upgrade_schema=True)
     outer.app = inner  # what a second add_middleware of another instance amounts to
 
     async def scenario() -> None:
@@ -315,3 +323,43 @@ def test_a_body_cut_short_is_400_and_runs_nothing(sqlite_url: str) -> None:
     assert sent[0]["status"] == 400
     assert b"incomplete-body" in sent[1]["body"]
     assert runs == []
+
+
+@pytest.mark.parametrize("statement", ["COMMIT", "ROLLBACK"])
+def test_a_view_that_ends_the_transaction_with_sql_never_wedges_its_message(
+        async_db_url: str, statement: str) -> None:
+    """Issue 23 through the ASGI front end: the core's claim guard refuses to store a
+    response outside the claiming transaction; every retry gets a protocol answer."""
+    runs: list[int] = []
+
+    async def ender(request: Request) -> PlainTextResponse:
+        message = current_message()
+        assert message is not None
+        runs.append(1)
+        await message.connection.exec_driver_sql(statement)
+        return PlainTextResponse("done", status_code=201)
+
+    app = Starlette(routes=[Route("/end", ender, methods=["POST"])])
+    engine = create_async_engine(async_db_url)
+    middleware = CertifiedMiddleware(app, engine=engine, upgrade_schema=True)
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=middleware, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            answers = [await client.post("/end", headers={"X-Message-ID": "ends"}) for _ in range(3)]
+        await engine.dispose()
+        return answers
+
+    first, *retries = asyncio.run(scenario())
+    assert first.status_code == 500  # HandlerEndedTransaction: nothing stored
+    for retry in retries:
+        # After a COMMIT the claim is durable without its response: the outcome is
+        # unknown and said so; after a ROLLBACK nothing is left and the view runs again.
+        assert retry.status_code in (410, 500)
+        assert retry.status_code != 201
+    if statement == "COMMIT":
+        assert [r.status_code for r in retries] == [410, 410]
+        assert all(r.json()["type"] == "message-outcome-unknown" for r in retries)
+        assert runs == [1]
+    else:
+        assert runs == [1, 1, 1]

@@ -151,6 +151,54 @@ def test_the_sql_only_rows_are_reported_as_the_databases_bound() -> None:
     assert "transfer, db cap" not in text  # no /transfer row measured
 
 
+def test_report_compares_the_fastapi_rows_with_their_target() -> None:
+    options = Options(concurrencies=(1, 16))
+    results = Results(tool="wrk")
+    results.grid = {("fastapi bare", 1): _result(100), ("fastapi certified", 1): _result(85),
+                    ("fastapi bare", 16): _result(200), ("fastapi certified", 16): _result(120)}
+    text = render(results, options)
+    lines = [l for l in text.splitlines() if l.startswith("fastapi cert / bare")]
+    assert [(l.split()[4], l.split()[5], l.split()[-1]) for l in lines] == [
+        ("1", "0.85", "met"), ("16", "0.60", "MISSED")]
+    assert "fastapi bare" in text and "fastapi certified" in text
+    assert "uvicorn, 4 worker processes" in text
+
+
+def test_rows_selects_groups_of_grid_rows() -> None:
+    from bench.scenarios import row_group
+
+    options = parse_args(["--only", "grid", "--rows", "fastapi", "floor"])
+    assert options.only == frozenset({"grid"})
+    assert options.rows == frozenset({"fastapi", "floor"})
+    assert parse_args([]).rows == frozenset()
+    assert [row_group(m) for m in ("bare", "certified-default", "peer", "django-bare",
+                                   "fastapi-certified")] == ["wsgi", "wsgi", "peer", "django",
+                                                             "fastapi"]
+    with pytest.raises(SystemExit):
+        parse_args(["--rows", "nonsense"])
+
+
+def test_the_fastapi_rows_get_their_database_cap_when_the_sql_rows_ran() -> None:
+    results = Results()
+    results.grid = {("fastapi bare", 1): _result(100), ("fastapi certified", 1): _result(60),
+                    ("bare sql (pgbench)", 1): _result(300),
+                    ("certified sql (pgbench)", 1): _result(180)}
+    text = render(results, Options(concurrencies=(1,)))
+    cap = next(line for line in text.splitlines() if line.startswith("fastapi, db cap"))
+    assert cap.split()[4] == "0.82"
+    assert not any(line.startswith("certified / bare, db cap") for line in text.splitlines())
+
+
+def test_the_fastapi_floor_row_is_reported_against_the_bare_one() -> None:
+    results = Results()
+    results.grid = {("fastapi bare", 4): _result(100), ("fastapi certified", 4): _result(45),
+                    ("fastapi +1 insert", 4): _result(82)}
+    text = render(results, Options(concurrencies=(4,)))
+    line = next(l for l in text.splitlines() if l.startswith("fastapi +1 insert / bare"))
+    assert line.split()[6] == "0.82"
+    assert "any one-row design's best" in line
+
+
 def test_report_shows_the_celery_ratio_and_commits_per_task() -> None:
     from bench.report import render
     from bench.scenarios import Options, Results

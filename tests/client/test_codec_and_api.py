@@ -83,7 +83,7 @@ def test_public_api_is_pinned():
         "resumable", "Journal", "RetryPolicy", "ResumableContext", "StepEvent", "StepRecord",
         "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError", "JournalError",
         "NonDeterminismError", "UnknownFunctionError", "OplogBusyError", "OplogTakenOverError", "OplogAbandonedError",
-        "SendError",
+        "JournalUnavailable", "SendError",
         "DeadlineExceeded", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
         "MessageTooOldError", "MessageIdReusedError", "ResponseTooLargeError",
     ]
@@ -104,6 +104,7 @@ def test_public_api_is_pinned():
         "OplogBusyError": "exception(JournalError)",
         "OplogTakenOverError": "exception(OplogBusyError)",
         "OplogAbandonedError": "exception(JournalError)",
+        "JournalUnavailable": "exception(JournalError)",
         "SendError": "exception(ChttpClientError)",
         "DeadlineExceeded": "exception(SendError)",
         "ProtocolAnswerError": "exception(SendError)",
@@ -162,13 +163,19 @@ def test_journal_tables_match_their_migration(db_url):
     finally:
         engine.dispose()
     assert diff == []
-    assert migrate.current_revision(db_url) == migrate.head_revision() == "0004_oplog_dead_letter"
+    assert migrate.current_revision(db_url) == migrate.head_revision() == "0005_send_attempts"
 
 
 def test_journal_without_upgrade_refuses_a_missing_schema(sqlite_url):
     from chttp_client import Journal, resumable
-    from chttp_core.errors import SchemaOutOfDateError
+    import sqlite3
 
+    from chttp_core.errors import SchemaOutOfDateError, StoreURLError
+
+    path = sqlite_url.removeprefix("sqlite:///")
+    with pytest.raises(StoreURLError, match="no database at"):   # a missing file: not made
+        Journal(sqlite_url, upgrade_schema=False)
+    sqlite3.connect(path).close()                 # a database without the chttp tables
     journal = Journal(sqlite_url, upgrade_schema=False)
 
     @resumable(journal)

@@ -13,7 +13,7 @@ import random
 import uuid
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from chttp_client import JournalError, codec, resumable
 from chttp_client.testing import expire_leases, set_fault_hook
@@ -127,22 +127,44 @@ def test_an_unknown_tag_never_reaches_the_function_as_a_value(journal, outcome):
     assert "unknown tag" in str(result.error)
 
 
+def stored_outcome(journal, oplog_id: str, number: int) -> str:
+    with journal.engine.connect() as connection:
+        return connection.execute(
+            select(oplog_steps.c.outcome)
+            .where(oplog_steps.c.oplog_id == oplog_id, oplog_steps.c.number == number)).scalar_one()
+
+
 @pytest.mark.parametrize("outcome", [
     pytest.param('{"value": {"$from-a-newer-version": "x"}}', id="unknown-tag"),
     pytest.param('{"value": ', id="not-json"),
+    pytest.param('{"valu": "AQI="}', id="wrong-shape"),
 ])
-def test_an_unreadable_step_is_abandoned_naming_oplog_and_step(journal, outcome):
-    """Like a non-deterministic oplog (the dead-letter policy): no resume of this code can
-    read the record, so ``resume_all()`` abandons the oplog with the codec's reason
-    instead of recording a failure the function never had."""
+def test_an_unreadable_step_is_quarantined_naming_oplog_and_step(journal, outcome):
+    """Issue 23 item 7: quarantined, not abandoned. The oplog stays open and intact and is
+    never run (no lease kept, no resume counted) while its record is unreadable; once
+    the row is fixed — a hand edit undone, a renamed class restored — it resumes like
+    any other, and an operator can still abandon it instead."""
     bad, = crashed_oplogs(journal, 1)
+    original = stored_outcome(journal, bad, 2)
     corrupt(journal, bad, 2, outcome)
+    for _ in range(3):  # as many start-ups as you like: reported each time, never run
+        [result] = [o for o in journal.resume_all() if o.oplog_id == bad]
+        assert result.status == "unreadable" and isinstance(result.error, codec.CodecError)
+        assert f"oplog {bad} step 2: unreadable oplog record" in str(result.error)
+    [info] = [o for o in journal.list(state="open") if o.id == bad]
+    assert info.resume_attempts == 0 and info.abandoned_reason is None
+    assert str(journal.store.unreadable_steps([bad])[bad]).startswith(f"oplog {bad} step 2:")
+    with pytest.raises(codec.CodecError, match=f"oplog {bad} step 2"):
+        journal.get(bad)
+    corrupt(journal, bad, 2, original)
     [result] = [o for o in journal.resume_all() if o.oplog_id == bad]
-    assert isinstance(result.error, JournalError)
-    assert bad in str(result.error) and f"oplog {bad} step 2: unreadable" in str(result.error)
-    assert result.status == "abandoned"
-    # (journal.list, not get: get reads the steps, and a not-JSON one raises CodecError)
-    [info] = [o for o in journal.list(state="abandoned") if o.id == bad]
-    assert info.abandoned_reason.startswith(f"oplog {bad} step 2: unreadable oplog record")
-    # Nothing of the function's own was recorded, and it is not tried again.
+    assert result.status == "done" and result.value[1] == b"\x01\x02"
+
+
+def test_an_unreadable_oplog_can_be_abandoned(journal):
+    bad, = crashed_oplogs(journal, 1)
+    corrupt(journal, bad, 1, '{"value": ')
+    journal.abandon(bad, "the row was hand-edited")
+    [info] = journal.list(state="abandoned")
+    assert (info.id, info.status, info.abandoned_reason) == (bad, "abandoned", "the row was hand-edited")
     assert [o for o in journal.resume_all() if o.oplog_id == bad] == []

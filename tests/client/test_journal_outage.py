@@ -1,7 +1,9 @@
 """The journal's PostgreSQL server killed in the middle of a function (issue 15).
 
 A crash of the journal's database (``pg_ctl stop -m immediate``: no shutdown checkpoint)
-between two sends fails the run at its next journal write; once the server is back, the
+between two sends fails the run at its next journal write with ``JournalUnavailable``
+naming the step that was not recorded (issue 23 item 11, not the driver's raw
+``OperationalError``); once the server is back, the
 oplog resumes correctly: the first send is resent under its recorded id (the receiver
 replays, its handler ran once) and the function ends with the recorded values.
 """
@@ -15,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from chttp_client import Journal, resumable
+from chttp_client import Journal, JournalUnavailable, resumable
 from chttp_server.testing import PostgresCluster
 from tests.client.conftest import BASE
 from tests.client.receiver import count_runs, runs
@@ -50,15 +52,18 @@ def test_a_journal_whose_database_crashed_mid_function_resumes_once_it_is_back(c
             second = chttp_context.post(f"{BASE}/escrow", json={"nonce": nonce}).json()["random number"]
             return [first, nonce, second]
 
-        with pytest.raises(DBAPIError):  # the second send's intent commit: the server is gone
+        with pytest.raises(JournalUnavailable) as caught:  # the second send's intent commit
             transfer()
+        assert isinstance(caught.value.__cause__, DBAPIError)   # the driver's error, as the cause
+        assert (caught.value.step, caught.value.created) == (3, True)
+        assert caught.value.unrecorded == f"step 3 (send POST {BASE}/escrow)"
         assert count_runs(receiver.engine) == 1  # only the first send left the process
 
         cluster.start()
         [oplog] = journal.list_open()
         [recorded] = journal.get(oplog.id).steps  # the first send, its answer never committed
         assert recorded.state == "recorded"
-        first, nonce, second = journal.resume(oplog.id, force=True)
+        first, nonce, second = journal.resume(oplog.id)   # no force: the failed run is over
         steps = journal.get(oplog.id).steps
         assert [s.state for s in steps] == ["done", "done", "done"]
         assert steps[0].message_id == recorded.message_id
@@ -66,6 +71,39 @@ def test_a_journal_whose_database_crashed_mid_function_resumes_once_it_is_back(c
         # The receiver ran each message once: the resent first one was replayed.
         assert [r[0] for r in runs(receiver.engine)] == [steps[0].message_id, steps[2].message_id]
         assert isinstance(first, int) and isinstance(second, int)
+    finally:
+        journal.close()
+        if not cluster.running:
+            cluster.start()
+
+
+def test_a_journal_gone_while_a_send_retries_stops_before_the_next_attempt(cluster, receiver):
+    """The attempt count is written before each retry: with the journal gone the send
+    stops there (JournalUnavailable naming the attempt), and resumes once it is back."""
+    url = cluster.create_database("journal_outage_retry")
+    receiver.failures = 2
+    sleeps = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 1:
+            cluster.stop("immediate")
+
+    journal = Journal(url, transport=httpx.WSGITransport(app=receiver), sleep=sleep)
+    try:
+        @resumable(journal)
+        def transfer(*, chttp_context):
+            return chttp_context.post(f"{BASE}/flaky", json={"n": 1}).status_code
+
+        with pytest.raises(JournalUnavailable) as caught:
+            transfer()
+        assert (caught.value.step, caught.value.unrecorded) == (1, "attempt 2 of step 1")
+        assert list(receiver.seen.values()) == [1]          # the second attempt never left
+        cluster.start()
+        [oplog] = journal.list_open()
+        assert journal.resume(oplog.id) == 201
+        assert list(receiver.seen.values()) == [3] and count_runs(receiver.engine) == 1
+        assert journal.get(oplog.id).steps[0].attempts == 3
     finally:
         journal.close()
         if not cluster.running:

@@ -42,7 +42,7 @@ HOSTILE_FUNCTION = hostile(6)
 HOSTILE_URL = "http://receiver.test/" + hostile(8)
 HOSTILE_ERROR = hostile(9)
 
-TOKEN = "console-test-token-7f3a"
+TOKEN = "console-test-token-7f3a-0b9e4c2d5a8f1e6b"  # >= 32 characters (issue 23)
 LONG_BODY_ID = "long-body"
 LONG_BODY = ("x" * 5000).encode()
 

@@ -22,7 +22,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy import exc as sa_exc
 
 import chttp_server.console
-from chttp_server.console import ConsoleApp, ConsoleDatabase
+from chttp_server.console import Actions, ConsoleApp, ConsoleDatabase
 from chttp_server.console.chart import WINDOWS, draw, message_outcomes, oplog_outcomes
 from chttp_server.console.cli import build_console
 from chttp_server.console.present import preview_body
@@ -114,8 +114,9 @@ def test_a_console_on_loopback_answers_only_to_loopback_names(read_only):
     assert "answers only to" in refused.html.find(id="problem").text
 
 
-def test_a_console_bound_beyond_loopback_answers_any_name(store):
-    app = build_console(db=store.db_url, journal=None, host="0.0.0.0")
+def test_a_console_bound_beyond_loopback_answers_its_allowed_names(store):
+    app = build_console(db=store.db_url, journal=None, host="0.0.0.0",
+                        allowed_hosts=["console.example"])
     try:
         webtest.TestApp(app).get("/", headers={"Host": "console.example"}, status=200)
         missing = webtest.TestApp(app).get("/oplogs", headers={"Host": "console.example"},
@@ -139,6 +140,11 @@ def test_an_unreachable_database_is_a_503_page():
     try:
         page = webtest.TestApp(app).get("/messages", status=503)
         assert "could not be read" in page.html.find(id="problem").text
+        # The driver's words (host, port, server state) stay in the log (issue 23); the
+        # footer names the database the console watches, as on every page.
+        problem = page.html.find(id="problem").text
+        assert "127.0.0.1" not in problem and "port" not in problem.lower()
+        assert "OperationalError" not in page.text and "refused" not in page.text
     finally:
         app.close()
 
@@ -224,7 +230,11 @@ def _console_command(*args: str, env: dict[str, str] | None = None) -> subproces
                  id="token-without-actions"),
     pytest.param(["--db", "sqlite:///{empty}"], "chttp-server db upgrade", id="no-schema"),
     pytest.param(["--db", "sqlite:///{missing}"], "no SQLite database", id="missing-file"),
-    pytest.param(["--journal", "sqlite:///{store}", "--allow-actions", "--token", "t",
+    pytest.param(["--db", "sqlite:///{store}", "--allow-actions", "--token", "t" * 31],
+                 "at least 32 characters", id="short-token"),
+    pytest.param(["--db", "sqlite:///{store}", "--host", "0.0.0.0"], "--allowed-host",
+                 id="every-address-without-allowed-hosts"),
+    pytest.param(["--journal", "sqlite:///{store}", "--allow-actions", "--token", "t" * 32,
                   "--import", "no_such_module_here"], "--import no_such_module_here",
                  id="bad-import"),
 ])
@@ -240,13 +250,16 @@ def test_the_command_refuses_bad_configurations(tmp_path, sqlite_url, args, comp
     assert complaint in result.stderr
 
 
+ENV_TOKEN = "from-the-environment-0123456789abcdef"
+
+
 @pytest.mark.slow
 def test_the_command_serves_the_console_and_its_actions(fresh_store):
     store = fresh_store
     process = subprocess.Popen(
         [sys.executable, "-m", "chttp_server.cli", "console", "--db", store.db_url,
          "--journal", store.db_url, "--port", "0", "--allow-actions"],
-        cwd=REPO_ROOT, env={**os.environ, "CHTTP_CONSOLE_TOKEN": "from-the-environment"},
+        cwd=REPO_ROOT, env={**os.environ, "CHTTP_CONSOLE_TOKEN": ENV_TOKEN},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline() if process.stdout else ""
@@ -259,7 +272,7 @@ def test_the_command_serves_the_console_and_its_actions(fresh_store):
             fields = {"scope": "bob", "id": "order-4"}
             assert client.post("/message/acknowledge", data={**fields, "token": "x"}).status_code == 403
             assert client.post("/message/acknowledge",
-                               data={**fields, "token": "from-the-environment"}).status_code == 200
+                               data={**fields, "token": ENV_TOKEN}).status_code == 200
         assert _state(store, "bob", "order-4") == "acknowledged"
     finally:
         process.send_signal(signal.SIGTERM)
@@ -342,5 +355,105 @@ def test_an_abandoned_oplog_is_shown_as_abandoned(fresh_store):
         assert "abandoned" in row["class"]
         assert all("abandoned" not in other["class"]
                    for other in page.html.select("#oplogs tbody tr") if other is not row)
+    finally:
+        app.close()
+
+
+# -- token strength, guessing, Host (issue 23, item 6) ------------------------------------
+
+
+def test_wrong_tokens_are_limited_then_actions_pause(fresh_store):
+    """Ten wrong tokens a minute; then every action is refused 429 with Retry-After, the
+    right token included, until the oldest wrong one is a minute old."""
+    from chttp_core.db import normalize_url
+    from chttp_server.console.actions import FAILURE_WINDOW, MAX_FAILURES
+
+    now = [1000.0]
+    actions = Actions(token=TOKEN, db_url=normalize_url(fresh_store.db_url), journal_url=None,
+                      clock=lambda: now[0])
+    app = ConsoleApp(db=ConsoleDatabase(fresh_store.db_url), journal=None, actions=actions)
+    client = webtest.TestApp(app)
+    fields = {"scope": "bob", "id": "order-3"}
+    try:
+        for guess in range(MAX_FAILURES):
+            client.post("/message/acknowledge", {**fields, "token": f"guess-{guess}"}, status=403)
+        now[0] += 10
+        paused = client.post("/message/acknowledge", {**fields, "token": TOKEN}, status=429)
+        assert paused.headers["Retry-After"] == str(int(FAILURE_WINDOW - 10))
+        assert "too many wrong tokens" in paused.text
+        assert _state(fresh_store, "bob", "order-3") == "completed"
+        now[0] += FAILURE_WINDOW - 10
+        client.post("/message/acknowledge", {**fields, "token": TOKEN}, status=200)
+        assert _state(fresh_store, "bob", "order-3") == "acknowledged"
+    finally:
+        app.close()
+
+
+def test_a_short_token_is_refused():
+    from chttp_server.console.actions import MIN_TOKEN_LENGTH
+
+    with pytest.raises(ConfigurationError, match="at least 32 characters"):
+        Actions(token="x" * (MIN_TOKEN_LENGTH - 1), db_url=None, journal_url=None)
+    Actions(token="x" * MIN_TOKEN_LENGTH, db_url=None, journal_url=None).close()
+
+
+@pytest.mark.parametrize("host, allowed, expected", [
+    pytest.param("127.0.0.1", [], ("127.0.0.1", "localhost", "::1"), id="loopback"),
+    pytest.param("10.1.2.3", [], ("10.1.2.3",), id="an-address-itself"),
+    pytest.param("console.internal", [], ("console.internal",), id="a-name-itself"),
+    pytest.param("0.0.0.0", ["Console.Example", "10.1.2.3"], ("console.example", "10.1.2.3"),
+                 id="every-address-with-names"),
+])
+def test_the_host_check_stays_on_beyond_loopback(host, allowed, expected):
+    from chttp_server.console.cli import allowed_hosts_for
+
+    assert allowed_hosts_for(host, allowed) == expected
+
+
+def test_every_address_without_names_is_refused():
+    from chttp_server.console.cli import allowed_hosts_for
+
+    for host in ("0.0.0.0", "::", "[::]"):
+        with pytest.raises(ConfigurationError, match="--allowed-host"):
+            allowed_hosts_for(host)
+
+
+def test_a_console_on_every_address_answers_only_its_names(store):
+    app = build_console(db=store.db_url, journal=None, host="0.0.0.0",
+                        allowed_hosts=["console.example"])
+    try:
+        client = webtest.TestApp(app)
+        client.get("/", headers={"Host": "console.example:8090"}, status=200)
+        refused = client.get("/", headers={"Host": "rebound.attacker.example"}, status=403)
+        assert "console.example" in refused.text
+    finally:
+        app.close()
+
+
+def test_a_message_committed_without_its_response_is_counted_and_listed(fresh_store):
+    """A handler that sent COMMIT itself leaves a completed row without a response: the
+    overview counts it (outcome unknown, flagged) and the list filters it (issue 23)."""
+    from sqlalchemy import insert
+
+    from chttp_core.db import make_engine
+
+    engine = make_engine(fresh_store.db_url)
+    try:
+        with engine.begin() as connection:
+            now = datetime.now(timezone.utc)
+            connection.execute(insert(messages).values(
+                scope="carol", message_id="wedged-1", fingerprint="f" * 64, state="completed",
+                received_at=now, expires_at=now.replace(year=now.year + 1)))
+    finally:
+        engine.dispose()
+    app = build_console(db=fresh_store.db_url, journal=None)
+    try:
+        client = webtest.TestApp(app)
+        overview = client.get("/")
+        assert overview.html.find(id="count-outcome-unknown").text.strip() == "1"
+        assert "alert" in overview.html.find(id="count-outcome-unknown").parent["class"]
+        listed = client.get("/messages?state=outcome-unknown")
+        assert "wedged-1" in listed.text
+        assert "order-" not in listed.text  # the filled store's complete rows are not listed
     finally:
         app.close()

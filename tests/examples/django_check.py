@@ -9,6 +9,10 @@ client send the same message id through Django's test client; their answers.
 ``python -m tests.examples.django_check policies DIR``: messages on another alias, the
 ``REQUIRE_ID`` and ``MESSAGE_PREFIX`` settings, and ``Idempotency-Key``.
 
+``python -m tests.examples.django_check wrappers DIR``: the guard of
+chttp_server/django/threads.py and a project's own ``connection.execute_wrapper`` block
+around the statement that opens a thread's connection.
+
 ``python -m tests.examples.django_check connection DIR``: on the PostgreSQL database of
 ``$CHTTP_ORDERS_DB``, with persistent connections and ``PREPARED_STATEMENTS``: how long
 the store's pool record of Django's connection lives, and requests across a reconnect.
@@ -76,6 +80,9 @@ def refusals(directory: Path) -> dict[str, Any]:
         "authentication after, own scope": {
             "MIDDLEWARE": auth_after,
             "CHTTP": {"SCOPE": "tests.examples.django_check.header_scope"}},
+        "misspelt journal URL": {"CHTTP": {"JOURNAL": "sqllite:///journal.db"}},
+        "journal in a missing directory": {
+            "CHTTP": {"JOURNAL": f"sqlite:///{directory / 'nowhere' / 'journal.db'}"}},
     }
     answers: dict[str, Any] = {}
     for name, changes in cases.items():
@@ -259,9 +266,42 @@ def _lost_in_another_thread(post: Callable[[str], list[Any]]) -> dict[str, Any]:
     return answers
 
 
+def wrappers(directory: Path) -> dict[str, Any]:
+    """A project's ``execute_wrapper`` block in which a thread's connection opens.
+
+    The connection gets the foreign-thread guard when Django opens it, inside the
+    block; leaving the block pops the last wrapper, which must be the project's, so the
+    guard stays and the project's wrapper goes.
+    """
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.core.management import call_command
+    from django.db import connection as django_connection
+
+    call_command("migrate", verbosity=0)
+    WSGIHandler()  # loads the middleware, which installs the guard
+
+    seen: list[str] = []
+
+    def project_wrapper(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    def in_a_new_thread() -> dict[str, Any]:
+        assert django_connection.connection is None
+        with django_connection.execute_wrapper(project_wrapper):
+            with django_connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+        names = [wrapper.__name__ for wrapper in django_connection.execute_wrappers]
+        django_connection.close()
+        return {"wrappers after": names, "seen": len(seen)}
+
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(in_a_new_thread).result()
+
+
 if __name__ == "__main__":
     scenario, directory = sys.argv[1], Path(sys.argv[2])
     _configure(directory, scenario)
     scenarios = {"refusals": refusals, "scope": scope, "policies": policies,
-                 "connection": connection}
+                 "connection": connection, "wrappers": wrappers}
     print(json.dumps(scenarios[scenario](directory)))

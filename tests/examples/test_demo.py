@@ -43,6 +43,11 @@ def _check(report, databases_dir):
     states = report.audit.states
     assert states.get("completed", 0) + states.get("refunded", 0) == TRANSFERS
     assert states.get("refunded", 0) >= _meant_to_fail(SEED, TRANSFERS)
+    # Every refund is explained in the report, and the planned failures are among them.
+    reasons = report.audit.refund_reasons
+    assert sum(reasons.values()) == states.get("refunded", 0)
+    assert 0 < reasons["meant to fail"] <= _meant_to_fail(SEED, TRANSFERS)
+    assert "  refunds     " in report.render()
     assert report.audit.total_before == report.audit.total_after
     assert sum(report.kills.values()) > 0
     assert _processes_using(databases_dir) == []

@@ -228,6 +228,67 @@ def test_a_429_after_writes_rolls_back_and_the_retry_runs_again(project):
     assert project.stored("b-1") == 0
 
 
+@pytest.mark.parametrize("then", ["return", "raise"])
+def test_a_view_that_sends_commit_never_wedges_its_message(project, then):
+    """``cursor.execute("COMMIT")`` in a view (issue 23): the claim and the order before
+    the COMMIT are durable, so the view must not run again, and there is no response to
+    replay. Returning normally is refused (HandlerEndedTransaction, Django's 500); every
+    retry and the message URL get 410 message-outcome-unknown problem+json, never a bare
+    500 until the expiry."""
+    message_id = f"commits-{then}"
+    item = f"committed-{then}"
+    url = f"{project.url}/orders/commits?item={item}&then={then}"
+    with httpx.Client(timeout=30) as client:
+        first = client.post(url, content=b"{}", headers={"X-Message-ID": message_id})
+        retries = [client.post(url, content=b"{}", headers={"X-Message-ID": message_id})
+                   for _ in range(2)]
+        fetched = client.get(f"{project.url}/chttp/messages/{message_id}")
+    assert first.status_code == 500
+    for answer in (*retries, fetched):
+        assert answer.status_code == 410, answer.text
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.json()["type"] == "message-outcome-unknown"
+    assert project.orders(item) == 1
+    assert runs(project.test_dir).count(f"commits {message_id}") == 1
+    assert scalar(project.db_url, "SELECT count(*) FROM chttp_messages WHERE message_id = "
+                  ":id AND status IS NULL", id=message_id) == 1
+
+
+def test_a_body_over_djangos_upload_limit_is_413_problem_json(project):
+    """Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB by default) is below the certified cap
+    (10 MiB): a certified body between the two is 413 request-too-large problem+json, the
+    view never runs, nothing is stored (was: Django's HTML 400). Below it, served."""
+    big = b"x" * (3 * 1024 * 1024)
+    with httpx.Client(timeout=60) as client:
+        refused = client.post(f"{project.url}/orders/counted", content=big,
+                              headers={"X-Message-ID": "big-1"})
+        served = client.post(f"{project.url}/orders/counted", content=b"x" * 1024,
+                             headers={"X-Message-ID": "big-2"})
+    assert refused.status_code == 413, refused.text
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["type"] == "request-too-large" and "2621440 bytes" in problem["detail"]
+    assert served.status_code == 201
+    assert "counted big-1" not in runs(project.test_dir)
+    assert project.stored("big-1") == 0
+
+
+@pytest.mark.parametrize("upload_max,warned", [
+    pytest.param(None, True, id="django-default"),
+    pytest.param(str(10 * 1024 * 1024), False, id="raised-to-ours"),
+])
+def test_the_system_check_names_djangos_upload_limit(tmp_path, upload_max, warned):
+    env = django_env(f"sqlite:///{tmp_path / 'check.db'}", tmp_path)
+    if upload_max is not None:
+        env["CHTTP_TEST_UPLOAD_MAX"] = upload_max
+    done = manage(env, "check")
+    output = done.stdout + done.stderr
+    assert ("chttp.W001" in output) is warned, output
+    if warned:
+        assert "DATA_UPLOAD_MAX_MEMORY_SIZE (2621440 bytes)" in output
+        assert "CHTTP['MAX_REQUEST_BYTES'] (10485760 bytes)" in output
+
+
 def test_requests_without_an_id_are_unchanged(project):
     with httpx.Client(timeout=30) as client:
         created = order(client, project.url, None, item="plain")

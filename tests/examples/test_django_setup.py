@@ -45,6 +45,8 @@ def refusals(tmp_path_factory) -> dict[str, str | None]:
     ("unknown key", "unknown keys ['RETENTON']"),
     ("bad retention", "RETENTION"),
     ("bad prepared statements", "['PREPARED_STATEMENTS'] must be True or False"),
+    ("misspelt journal URL", "CHTTP['JOURNAL']: unknown database type 'sqllite'"),
+    ("journal in a missing directory", "CHTTP['JOURNAL']: directory "),
 ])
 def test_a_configuration_that_cannot_give_the_guarantee_is_refused_at_start_up(refusals, case, fix):
     assert refusals[case] is not None, f"{case}: the application started"
@@ -54,6 +56,14 @@ def test_a_configuration_that_cannot_give_the_guarantee_is_refused_at_start_up(r
 def test_a_sound_configuration_starts(refusals):
     assert refusals["migrated"] is None
     assert refusals["authentication after, own scope"] is None
+
+
+def test_the_thread_guard_outlives_a_projects_own_execute_wrapper_block(tmp_path):
+    """The guard against queries from other threads (chttp_server/django/threads.py) is
+    added when a connection opens; one opened inside ``connection.execute_wrapper(w)``
+    must keep it, and lose ``w``, when the block ends."""
+    answers = check("wrappers", tmp_path)
+    assert answers == {"wrappers after": ["_refuse_foreign_threads"], "seen": 1}
 
 
 def test_each_user_has_an_id_space_of_their_own(tmp_path):

@@ -142,6 +142,19 @@ def test_serve_a_bad_host(capsys, tmp_path, host, words):
     assert status == 2 and words in line
 
 
+@pytest.mark.parametrize("database,words", [
+    pytest.param("no_such_database", "does not exist", id="missing-database"),
+    pytest.param("postgres?user=no_such_role", "does not exist", id="missing-role"),
+])
+def test_serve_refuses_a_wrong_postgresql_url_at_once(capsys, pg_cluster, database, words):
+    """A store that is down is an outage (serve starts and answers 503:
+    tests/server/test_outage.py); a wrong URL is a mistake no waiting fixes."""
+    url = pg_cluster.url().rsplit("/", 1)[0] + "/" + database
+    status, line = run(capsys, "serve", "--app", "tests.server.apps:Echo", "--db", url,
+                       "--port", "0")
+    assert status == 1 and words in line and line.startswith("chttp-server: error: "), line
+
+
 def test_serve_without_upgrade_does_not_create_the_database(capsys, tmp_path):
     status, line = run(capsys, "serve", "--app", "tests.server.apps:Echo",
                        "--db", f"sqlite:///{tmp_path}/x.db", "--port", "0")

@@ -348,7 +348,8 @@ def test_public_api_is_pinned():
         "ChttpServerError", "ConfigurationError", "SchemaOutOfDateError", "ProtocolError",
         "InvalidMessageId", "MessageIdRequired", "InvalidFirstSent", "IncompleteBody",
         "MessageNotFound", "MessageInProgress", "MessageGone", "MessageAcknowledged",
-        "MessageExpired", "MessageTooOld", "MessageIdReused", "RequestTooLarge",
+        "MessageExpired", "MessageOutcomeUnknown", "MessageTooOld", "MessageIdReused",
+        "RequestTooLarge",
         "ResponseTooLarge", "StoreUnavailable",
     ])
     for name in chttp_server.__all__:

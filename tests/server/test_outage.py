@@ -213,3 +213,63 @@ def test_a_pooled_connection_the_server_dropped_is_replaced_without_an_error(clu
     finally:
         killer.dispose()
         middleware.engine.dispose()
+
+
+_serve_numbers = iter(range(1, 1000))
+
+
+@pytest.mark.parametrize("upgrade_flag", [pytest.param(False, id="schema-there"),
+                                          pytest.param(True, id="with-upgrade")])
+def test_serve_starts_while_the_store_is_down_then_serves_when_it_returns(cluster, upgrade_flag):
+    """``chttp-server serve`` (the real command, a real process) with PostgreSQL stopped
+    (issue 23, item 2): it starts, answers certified requests 503 store-unavailable while
+    the store is down, and serves 201 soon after the store is back — with ``--upgrade``
+    on an empty database, after creating the schema then. Prints how soon."""
+    import time
+
+    import httpx
+
+    from .live import ServerProcess
+
+    if not cluster.running:
+        cluster.start()
+    url = cluster.create_database(f"serve_down_{next(_serve_numbers)}")
+    engine = make_engine(url)
+    host_metadata.create_all(engine)
+    if not upgrade_flag:
+        upgrade(engine)  # without --upgrade the schema must be there already
+    engine.dispose()
+    cluster.stop()
+    try:
+        extra = ("--upgrade",) if upgrade_flag else ()
+        with ServerProcess("tests.server.apps:Echo", url, extra_args=extra) as server:
+            def post() -> httpx.Response:
+                return httpx.post(f"{server.url}/", content=b"down",
+                                  headers={"X-Message-ID": "sd-1"}, timeout=30)
+
+            while_down = [post() for _ in range(3)]
+            for answer in while_down:
+                assert answer.status_code == 503, answer.text
+                assert answer.json()["type"] == "store-unavailable"
+                assert "Retry-After" in answer.headers
+            plain = httpx.get(f"{server.url}/", timeout=30)
+            assert plain.status_code == 405  # not certified: served without the store
+            cluster.start()
+            back = time.monotonic()
+            answer = post()
+            while answer.status_code == 503:
+                time.sleep(0.05)
+                answer = post()
+            took = time.monotonic() - back
+            assert answer.status_code == 201, answer.text
+            assert post().headers["Idempotent-Replayed"] == "true"
+            print(f"\nserve {'--upgrade ' if upgrade_flag else ''}started with the store "
+                  f"down: first 201 {took:.2f} s after the store accepted connections")
+    finally:
+        if not cluster.running:
+            cluster.start()
+    engine = make_engine(url)
+    try:
+        assert count_writes(engine, "echo") == 1
+    finally:
+        engine.dispose()

@@ -7,6 +7,7 @@ table, so "ran once" means "committed once", not "was called once".
 from __future__ import annotations
 
 import json
+import sqlite3
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -427,6 +428,7 @@ def test_configuration_mistakes_raise_at_construction(options):
 def test_refuses_a_schema_behind_the_code(tmp_path):
     from chttp_server import SchemaOutOfDateError
 
+    sqlite3.connect(tmp_path / "empty.db").close()   # a database, without the chttp tables
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(SchemaOutOfDateError, match="chttp-server db upgrade"):
         CertifiedMiddleware(Root(), db_url=url)

@@ -174,3 +174,61 @@ def test_django_reports_through_the_same_hook(tmp_path):
     assert seen["message_ids"] == ["dj-1", "dj-1", "dj-1", "dj-2", "dj-3"]
     assert seen["first_trace"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert seen["handler_spans"] == 3
+
+
+def test_the_asgi_front_end_reports_through_the_same_hook(db_url, otel):
+    """The ASGI middleware's requests run the same MessageTransaction: the same outcomes,
+    phases and trace continuation, without a line of telemetry of its own."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from chttp_server.asgi import CertifiedMiddleware as AsgiCertifiedMiddleware
+    from tests.asgi.conftest import as_driver
+
+    async def ok(request):
+        return Response(STORED, status_code=201, media_type="application/json")
+
+    async def later(request):
+        return Response(b"not now", status_code=503)
+
+    async def boom(request):
+        raise RuntimeError("a bug in the view")
+
+    routes = [Route("/ok", ok, methods=["POST"]), Route("/later", later, methods=["POST"]),
+              Route("/boom", boom, methods=["POST"])]
+    driver = "aiosqlite" if db_url.startswith("sqlite") else "asyncpg"
+    front = AsgiCertifiedMiddleware(Starlette(routes=routes), db_url=as_driver(db_url, driver),
+                                    upgrade_schema=True, max_request_bytes=1000,
+                                    scope=lambda scope: SCOPE)
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=front),
+                                     base_url="http://t") as client:
+            def send(path, message_id, body=BODY, **headers):
+                return client.post(path, content=body, headers={"X-Message-ID": message_id, **headers})
+
+            statuses = [(await send("/ok", "a-1", traceparent=f"00-{trace_id}-00f067aa0ba902b7-01")).status_code,
+                        (await send("/ok", "a-1")).status_code,
+                        (await send("/ok", "a-1", body=b"another")).status_code,
+                        (await send("/later", "a-2")).status_code,
+                        (await send("/ok", "a-3", body=b"y" * 2000)).status_code]
+            with pytest.raises(RuntimeError, match="a bug in the view"):
+                await send("/boom", "a-4")
+        await front.engine.dispose()
+        return statuses
+
+    assert asyncio.run(scenario()) == [201, 201, 422, 503, 413]
+    # Starlette's own error middleware (inside ours) answers the view's exception 500
+    # before re-raising it: that answer is rolled back like the 503.
+    assert otel.counter("chttp.server.messages", "chttp.outcome") == {
+        "processed": 1, "replayed": 1, "reused": 1, "rolled_back": 2, "request_too_large": 1}
+    receives = otel.spans("chttp.receive")
+    assert [span.attributes["chttp.message_id"] for span in receives] == [
+        "a-1", "a-1", "a-1", "a-2", "a-3", "a-4"]
+    assert format(receives[0].context.trace_id, "032x") == trace_id
+    assert {span.name for span in otel.spans()} >= {"chttp.claim", "chttp.handler", "chttp.store"}
