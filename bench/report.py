@@ -223,7 +223,25 @@ def render(results: Results, options: Options) -> str:
                 f"database; receiver database {sender['receiver_xact_commits_per_function']:.2f}"
                 " xact_commit per function")
             lines += _dbos_lines(sender)
+    lines += _celery_lines(results.celery)
     return "\n".join(lines)
+
+
+def _celery_lines(celery: dict[str, object]) -> list[str]:
+    """A task making one POST: plain Celery + httpx against the resumable task."""
+    if not celery:
+        return []
+    if "skipped" in celery:
+        return [f"celery: skipped: {celery['skipped']}"]
+    ratio = _ratio(float(celery["resumable_per_s"]),  # type: ignore[arg-type]
+                   float(celery["plain_per_s"]))  # type: ignore[arg-type]
+    return [
+        f"celery: {celery['tasks']} tasks x {celery['rounds']} round(s), one POST each, one "
+        f"prefork worker x {celery['concurrency']}: plain {celery['plain_per_s']:.1f} tasks/s, "
+        f"resumable {celery['resumable_per_s']:.1f} tasks/s",
+        f"  resumable / plain: {ratio:.2f} (target >= 0.80 {_verdict(ratio, 0.8)}); journal "
+        f"{celery['journal_xact_commits_per_task']:.2f} xact_commit per task",
+    ]
 
 
 def _dbos_lines(sender: dict[str, object]) -> list[str]:

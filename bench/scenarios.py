@@ -92,6 +92,7 @@ class Results:
     purge: dict[str, object] = field(default_factory=dict)
     purge_paced: dict[str, object] = field(default_factory=dict)
     sender: dict[str, object] = field(default_factory=dict)
+    celery: dict[str, object] = field(default_factory=dict)
     tool: str = ""
 
 
@@ -183,6 +184,14 @@ def run_all(options: Options) -> Results:
                 results.sender = run_sender(db, options)
             except Exception as exc:  # report the failure, keep the other figures
                 results.sender = {"skipped": f"sender run failed: {type(exc).__name__}: {exc}"}
+        if wanted("celery"):
+            from bench.celery_run import run_celery
+
+            progress("celery: a task making one POST, plain and resumable, one prefork worker")
+            try:
+                results.celery = run_celery(db, options)
+            except Exception as exc:  # report the failure, keep the other figures
+                results.celery = {"skipped": f"celery run failed: {type(exc).__name__}: {exc}"}
     return results
 
 

@@ -17,6 +17,7 @@
     │                                  shape): the oplog is quarantined, never replayed
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
+        │   └── RunDeadlineExceeded    … only this run's bound passed: not recorded
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
             ├── MessageRejectedError   400 invalid-message-id / message-id-required
             ├── MessageGoneError       410 message-acknowledged / -expired / -outcome-unknown
@@ -52,6 +53,7 @@ __all__ = [
     "JournalUnavailable",
     "SendError",
     "DeadlineExceeded",
+    "RunDeadlineExceeded",
     "ProtocolAnswerError",
     "MessageRejectedError",
     "MessageGoneError",
@@ -251,6 +253,16 @@ class DeadlineExceeded(SendError):
         super().__init__(message_id, method, url, detail)
         self.args = (message_id, method, url, detail, attempts)
         self.attempts = attempts
+
+
+class RunDeadlineExceeded(DeadlineExceeded):
+    """Only this *run's* bound on waiting for an answer passed; the send's own did not.
+
+    Nothing was recorded: the step stays ``recorded`` and the next run (a retried
+    incoming message, a retried Celery task) resends the same message id. Raised for
+    receiver handlers (``handler_send_deadline``) and Celery tasks
+    (:mod:`chttp_client.celery`), never for a plain ``@resumable`` run.
+    """
 
 
 class ProtocolAnswerError(SendError):

@@ -61,13 +61,28 @@ def new_owner() -> str:
 
 
 def _process_alive(pid: int) -> bool:
+    """True if ``pid`` is a running process; a zombie (killed, not yet reaped) is not.
+
+    A SIGKILLed Celery worker's pool children are reparented to PID 1, which may reap
+    them seconds later or never (a container without an init): as zombies they still
+    answer ``kill(pid, 0)``, yet they will never renew or release a lease.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # "pid (comm) S …": the state follows the last ')' (comm may hold one).
+            return stat.read().rpartition(b")")[2].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False  # no /proc (not Linux): kill(pid, 0) is all we know
 
 
 #: Owners of this process whose run ended without releasing its lease (the journal was

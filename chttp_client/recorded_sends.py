@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 import httpx
 
 from chttp_client import codec, telemetry
-from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, protocol_error_for
+from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, RunDeadlineExceeded, protocol_error_for
 from chttp_client.records import StepRecord
 from chttp_client.effects import Steps
 from chttp_client.sending import RetryPolicy, deliver_steps, problem_type_of
@@ -143,7 +143,7 @@ def answer_recorded_send(
     Every attempt carries the recorded id and first-sent time (docs/protocol.rst §1). The
     answer, or the :class:`~chttp_client.errors.DeadlineExceeded` of the send's own
     deadline, is written into ``record`` (now ``done``). When only ``run_deadline``
-    passed, raises :class:`DeadlineExceeded` and leaves ``record`` as it was, so the
+    passed, raises :class:`~chttp_client.errors.RunDeadlineExceeded` and leaves ``record`` as it was, so the
     next run resends the same message. ``record.attempts`` counts the attempts of every
     run (``count_attempt``), so the deadline's error reports them all.
     """
@@ -189,7 +189,7 @@ def answer_recorded_send(
         # Only this run gave up: the step stays "recorded" and the next run (a retry
         # of the incoming message) resends it under the same id.
         telemetry.deadline_exceeded("run")
-        raise DeadlineExceeded(
+        raise RunDeadlineExceeded(
             record.message_id, request["method"], request["url"],
             f"no definitive answer within this run's {run_deadline} "
             f"({made}; last: {attempt.last_error}); not recorded: "

@@ -20,6 +20,7 @@ __all__ = [
     "OplogInfo",
     "PendingWrites",
     "INCOMING_PREFIX",
+    "CELERY_PREFIX",
     "OPLOG_ABANDONED",
     "OPLOG_UNREADABLE",
     "check_arguments",
@@ -30,6 +31,10 @@ __all__ = [
 #: Oplogs of receiver handlers (chttp_client.incoming) are driven by incoming retries,
 #: never by resume_all().
 INCOMING_PREFIX = "chttp.incoming"
+
+#: Oplogs of Celery tasks (chttp_client.celery, ``celery:<task name>``, keyed by the
+#: task id) are driven by Celery's redelivery and retries, never by resume_all().
+CELERY_PREFIX = "celery:"
 
 #: The state an abandoned (dead-lettered) oplog reports. Stored as ``failed`` with an
 #: ``abandoned_reason`` (migration 0004 says why).

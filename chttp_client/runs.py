@@ -45,7 +45,7 @@ from chttp_client.leases import new_owner
 from chttp_client.loop_clients import LoopClients
 from chttp_client.oplog_store import OplogStore
 from chttp_client.quarantine import log_unreadable
-from chttp_client.records import INCOMING_PREFIX, OplogInfo
+from chttp_client.records import CELERY_PREFIX, INCOMING_PREFIX, OplogInfo
 from chttp_client.registry import registered_functions
 from chttp_client.services import RunServices
 from chttp_core.schema import OPLOG_OPEN
@@ -260,8 +260,8 @@ class Runs:
         yield Blocking(self.acknowledge_pending)
         outcomes = []
         for listed in (yield Blocking(self.list_open)):
-            if listed.function.startswith(INCOMING_PREFIX):
-                continue
+            if listed.function.startswith((INCOMING_PREFIX, CELERY_PREFIX)):
+                continue  # driven by incoming retries / Celery's redelivery, not by us
             outcome = yield from self._resume_one_steps(listed)
             outcomes.append(outcome)
         log_unreadable(outcomes)

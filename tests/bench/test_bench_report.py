@@ -197,3 +197,17 @@ def test_the_fastapi_floor_row_is_reported_against_the_bare_one() -> None:
     line = next(l for l in text.splitlines() if l.startswith("fastapi +1 insert / bare"))
     assert line.split()[6] == "0.82"
     assert "any one-row design's best" in line
+
+
+def test_report_shows_the_celery_ratio_and_commits_per_task() -> None:
+    from bench.report import render
+    from bench.scenarios import Options, Results
+
+    results = Results(celery={"tasks": 200, "rounds": 3, "concurrency": 4, "plain_per_s": 100.0,
+                              "resumable_per_s": 70.0, "journal_xact_commits_per_task": 2.5})
+    text = render(results, Options())
+    assert "plain 100.0 tasks/s, resumable 70.0 tasks/s" in text
+    assert "resumable / plain: 0.70 (target >= 0.80 MISSED)" in text
+    assert "2.50 xact_commit per task" in text
+    skipped = render(Results(celery={"skipped": "redis-server is not installed"}), Options())
+    assert "celery: skipped: redis-server is not installed" in skipped

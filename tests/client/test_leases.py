@@ -189,3 +189,30 @@ def test_a_lease_is_stamped_and_read_with_the_databases_clock(db_url, receiver):
     finally:
         behind.close()
         ahead.close()
+
+
+def test_a_zombie_owner_is_gone():
+    """A killed process nobody reaped yet (a SIGKILLed Celery worker's pool child,
+    reparented to a PID 1 that reaps late or never) answers ``kill(pid, 0)`` but will
+    never renew its lease: it counts as gone, so a redelivered task resumes at once."""
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    from chttp_client.leases import owner_is_gone
+
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        owner = f"{socket.gethostname()}/{child.pid}/abc"
+        assert not owner_is_gone(owner)                       # running: alive
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not owner_is_gone(owner):                       # a zombie until we reap it
+            assert time.monotonic() < deadline, "a zombie still counts as alive"
+            time.sleep(0.01)
+        with open(f"/proc/{child.pid}/stat", "rb") as stat:
+            assert stat.read().rpartition(b")")[2].split()[0] == b"Z"   # not reaped yet
+    finally:
+        child.kill()
+        child.wait()
