@@ -2,7 +2,8 @@
 
 docs/protocol.rst §1 and §4. A thin ASGI adapter over :mod:`chttp_server.decisions`,
 which holds the rules, as :mod:`chttp_server.incoming` is for WSGI: these functions only
-find the values in the scope and the ``receive`` channel.
+find the values in the scope and the ``receive`` channel: the id, the first-sent date,
+the body, the principal (``scope["user"]``) and the path below the mount point.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from chttp_server.decisions import (
 from chttp_server.errors import IncompleteBody
 
 __all__ = ["Message", "Receive", "Send", "Scope", "header", "message_id_of", "first_sent_of",
-           "read_body", "replaying_receive"]
+           "read_body", "replaying_receive", "user_scope", "require_for_methods", "split_path",
+           "environ_for_telemetry"]
 
 # The shapes Starlette's own types use, so an app typed for Starlette wraps cleanly.
 Scope = MutableMapping[str, Any]
@@ -99,3 +101,48 @@ def replaying_receive(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return receive_again
+
+
+def user_scope(scope: Scope) -> str:
+    """The default principal: Starlette's ``scope["user"]`` when authenticated, else ``""``.
+
+    ``AuthenticationMiddleware`` puts the user there; its ``identity`` (or, for users
+    that do not define one, ``display_name``) names the id space (docs/protocol.rst §1).
+    """
+    user = scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", False):
+        return ""
+    try:
+        identity = user.identity
+    except (AttributeError, NotImplementedError):
+        identity = getattr(user, "display_name", "")
+    return str(identity or "")
+
+
+def require_for_methods(*methods: str) -> Callable[[Scope], bool]:
+    """A ``require_id`` policy: these methods must carry a message id (else 400)."""
+    wanted = frozenset(method.upper() for method in methods)
+    return lambda scope: str(scope.get("method", "GET")).upper() in wanted
+
+
+def split_path(scope: Scope) -> tuple[str, str]:
+    """``(root_path, path below it)``: servers differ on whether ``path`` repeats the
+    mount point (the ASGI spec says it does; older servers left it out)."""
+    root_path = str(scope.get("root_path", "") or "")
+    path = str(scope.get("path", "") or "")
+    if root_path and path.startswith(root_path):
+        path = path[len(root_path):]
+    return root_path, path
+
+
+def environ_for_telemetry(scope: Scope) -> dict[str, Any]:
+    """The few WSGI-style keys the telemetry reads (method, path, trace headers)."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": str(scope.get("method", "")),
+        "PATH_INFO": str(scope.get("path", "")),
+    }
+    for name in (b"traceparent", b"tracestate", b"baggage"):
+        value = header(scope, name)
+        if value is not None:
+            environ["HTTP_" + name.decode().upper()] = value
+    return environ

@@ -46,11 +46,14 @@ from chttp_server.asgi.incoming import (
     Receive,
     Scope,
     Send,
+    environ_for_telemetry,
     first_sent_of,
-    header,
     message_id_of,
     read_body,
     replaying_receive,
+    require_for_methods,
+    split_path,
+    user_scope,
 )
 from chttp_server.asgi.response import BufferedResponse, send_response
 from chttp_server.decisions import (
@@ -83,28 +86,6 @@ log = logging.getLogger("chttp_server")
 ASGIApp = Callable[[Scope, Receive, Send], Any]
 
 _MARKER = "chttp.middleware"
-
-
-def user_scope(scope: Scope) -> str:
-    """The default principal: Starlette's ``scope["user"]`` when authenticated, else ``""``.
-
-    ``AuthenticationMiddleware`` puts the user there; its ``identity`` (or, for users
-    that do not define one, ``display_name``) names the id space (docs/protocol.rst §1).
-    """
-    user = scope.get("user")
-    if user is None or not getattr(user, "is_authenticated", False):
-        return ""
-    try:
-        identity = user.identity
-    except (AttributeError, NotImplementedError):
-        identity = getattr(user, "display_name", "")
-    return str(identity or "")
-
-
-def require_for_methods(*methods: str) -> Callable[[Scope], bool]:
-    """A ``require_id`` policy: these methods must carry a message id (else 400)."""
-    wanted = frozenset(method.upper() for method in methods)
-    return lambda scope: str(scope.get("method", "GET")).upper() in wanted
 
 
 class CertifiedMiddleware:
@@ -266,7 +247,7 @@ class CertifiedMiddleware:
         if marker is not None and marker is not self:
             raise ConfigurationError("CertifiedMiddleware is stacked twice on one request path")
         scope[_MARKER] = self
-        root_path, path = _split_path(scope)
+        root_path, path = split_path(scope)
         answered = _AnswerTracker(send)
         try:
             if path.startswith(self.message_prefix):
@@ -278,7 +259,7 @@ class CertifiedMiddleware:
                     raise MessageIdRequired("this request must carry X-Message-ID or Idempotency-Key")
                 await self.app(scope, receive, send)
                 return
-            with observe_message(_environ_for_telemetry(scope), message_id) as observed:
+            with observe_message(environ_for_telemetry(scope), message_id) as observed:
                 await self._certified(scope, receive, answered.send, message_id, root_path, observed)
         except ProtocolError as error:
             if answered.started:
@@ -306,7 +287,7 @@ class CertifiedMiddleware:
     def incoming(self, scope: Scope, body: bytes, message_id: str) -> IncomingMessage:
         """The certified message of this request, whose body was read (§1)."""
         first_sent = first_sent_of(scope)
-        root_path, path = _split_path(scope)
+        root_path, path = split_path(scope)
         return incoming_message(
             str(scope.get("method", "GET")),
             root_path + path,
@@ -438,29 +419,6 @@ class _AnswerTracker:
         if message["type"] == "http.response.start":
             self.started = True
         await self._send(message)
-
-
-def _split_path(scope: Scope) -> tuple[str, str]:
-    """``(root_path, path below it)``: servers differ on whether ``path`` repeats the
-    mount point (the ASGI spec says it does; older servers left it out)."""
-    root_path = str(scope.get("root_path", "") or "")
-    path = str(scope.get("path", "") or "")
-    if root_path and path.startswith(root_path):
-        path = path[len(root_path):]
-    return root_path, path
-
-
-def _environ_for_telemetry(scope: Scope) -> dict[str, Any]:
-    """The few WSGI-style keys the telemetry reads (method, path, trace headers)."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": str(scope.get("method", "")),
-        "PATH_INFO": str(scope.get("path", "")),
-    }
-    for name in (b"traceparent", b"tracestate", b"baggage"):
-        value = header(scope, name)
-        if value is not None:
-            environ["HTTP_" + name.decode().upper()] = value
-    return environ
 
 
 async def _quietly(step: Callable[[], Any]) -> None:

@@ -12,7 +12,7 @@ commit too (and outside the message's transaction).
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from chttp_server.asgi.incoming import Message, Send
 
