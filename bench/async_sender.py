@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, cast
 
 from sqlalchemy import event
 
@@ -86,15 +86,18 @@ def run_async_sender(db: BenchDatabase, options: Options) -> dict[str, object]:
             response = await chttp_context.post(url, json={"amount": total})
             return int(response.status_code)
 
+        # The decorated function supplies chttp_context itself: called with the amount.
+        run = cast(Callable[[int], Awaitable[int]], transfer)
+
         async def measure() -> dict[str, object]:
             # Schema, pools, the loop's AsyncClient and code paths warm before the clock.
-            await gather_timed(transfer, range(-concurrency, 0), concurrency)
+            await gather_timed(run, range(-concurrency, 0), concurrency)
             await asyncio.to_thread(journal.wait_for_acknowledgements)
             await asyncio.sleep(STATS_FLUSH_WAIT)
             before_journal = xact_commits(db, journal_db)
             before_receiver = xact_commits(db, db.name)
             commits["journal"] = 0
-            statuses, elapsed = await gather_timed(transfer, range(functions), concurrency)
+            statuses, elapsed = await gather_timed(run, range(functions), concurrency)
             engine_commits_at_return = commits["journal"]
             await asyncio.to_thread(journal.wait_for_acknowledgements)
             await asyncio.sleep(STATS_FLUSH_WAIT)
