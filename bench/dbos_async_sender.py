@@ -79,7 +79,7 @@ def run_dbos_async(db: BenchDatabase, address: str, functions: int,
             before = xact_commits(db, system_db)
             idle_per_s = (before - idle_before) / (time.perf_counter() - idle_began)
             window_began = time.perf_counter()
-            statuses, elapsed = await gather_timed(run, range(functions), concurrency)
+            statuses, elapsed, cpu = await gather_timed(run, range(functions), concurrency)
             await asyncio.sleep(STATS_FLUSH_WAIT)
             after = xact_commits(db, system_db)
             idle = idle_per_s * (time.perf_counter() - window_began)
@@ -87,6 +87,7 @@ def run_dbos_async(db: BenchDatabase, address: str, functions: int,
             "functions": functions,
             "concurrency": concurrency,
             "functions_per_s": functions / elapsed,
+            "cpu_ms_per_function": cpu * 1000 / functions,
             "statuses": statuses,
             "xact_commits_per_function": (after - before) / functions,
             "idle_xact_commits_per_s": idle_per_s,
