@@ -11,7 +11,7 @@ from bench.scenarios import ROW_GROUPS, Options, run_all
 
 __all__ = ["main"]
 
-SCENARIOS = ("grid", "scale", "purge", "sender", "celery")
+SCENARIOS = ("grid", "scale", "purge", "sender", "async-sender", "celery")
 
 
 def parse_args(argv: list[str] | None) -> Options:
@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="run only these groups of grid rows (e.g. --only grid --rows "
                              "fastapi: FastAPI bare and certified only); scale and purge need "
                              "the 'wsgi' group")
+    parser.add_argument("--sender-concurrency", type=int, default=16, metavar="N",
+                        help="async-sender: functions in flight at once under one gather "
+                             "(default 16)")
     parser.add_argument("--python-load", action="store_true",
                         help="use the Python load generator even if wrk is installed")
     parser.add_argument("--purge-pause", type=float, default=0.05, metavar="SECONDS",
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None) -> Options:
         threads=args.threads,
         use_wrk=not args.python_load,
         sender_functions=20 if quick else 200,
+        sender_concurrency=max(1, args.sender_concurrency),
         only=frozenset(args.only or ()),
         rows=frozenset(args.rows or ()),
         json_path=args.json,

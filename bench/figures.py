@@ -55,6 +55,7 @@ def results_to_json(results: Results, options: Options) -> dict[str, Any]:
         "purge": results.purge,
         "purge_paced": results.purge_paced,
         "sender": results.sender,
+        "async_sender": results.async_sender,
         "celery": results.celery,
     })
 

@@ -3,7 +3,7 @@
 At each concurrency the floor, bare, certified, replay and peer rows run back to back
 (servers all booted beforehand), so slow drift of a shared machine touches every row of
 a concurrency alike. Then the scale runs (10 thousand vs 1 million stored messages), the
-purge run, and the sender run. Each step records what it measured, or why it did not.
+purge run, the sender runs (one caller; and async, many at once on one loop). Each step records what it measured, or why it did not.
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ class Options:
     threads: int = 4
     use_wrk: bool = True
     sender_functions: int = 200                    # resumable functions in the sender run
+    sender_concurrency: int = 16                   # async sender: functions in flight
     only: frozenset[str] = frozenset()             # empty: every scenario
     rows: frozenset[str] = frozenset()             # grid row groups (ROW_GROUPS); empty: all
     json_path: str | None = None                   # where to write the results as JSON
@@ -92,6 +93,7 @@ class Results:
     purge: dict[str, object] = field(default_factory=dict)
     purge_paced: dict[str, object] = field(default_factory=dict)
     sender: dict[str, object] = field(default_factory=dict)
+    async_sender: dict[str, object] = field(default_factory=dict)
     celery: dict[str, object] = field(default_factory=dict)
     tool: str = ""
 
@@ -133,10 +135,13 @@ def run_all(options: Options) -> Results:
         except Exception as exc:  # the peer is optional: say exactly why it is missing
             peer_ready = f"idemkit unavailable: {type(exc).__name__}: {exc}"
         servers: dict[str, Server] = {}
+        # The grid, scale and purge runs share these servers; the sender runs boot their own
+        # receiver, so a selection of sender rows alone boots none of them.
+        http_rows = wanted("grid") or wanted("scale") or wanted("purge")
         try:
             for mode in ("bare", "certified", "certified-default", "peer", *DJANGO_MODES,
                          *FLASK_MODES, *FASTAPI_MODES):
-                if options.rows and row_group(mode) not in options.rows:
+                if not http_rows or (options.rows and row_group(mode) not in options.rows):
                     continue
                 if mode == "peer" and peer_ready:
                     results.skipped["peer"] = peer_ready
@@ -184,6 +189,16 @@ def run_all(options: Options) -> Results:
                 results.sender = run_sender(db, options)
             except Exception as exc:  # report the failure, keep the other figures
                 results.sender = {"skipped": f"sender run failed: {type(exc).__name__}: {exc}"}
+        if wanted("async-sender"):
+            from bench.async_sender import run_async_sender
+
+            progress(f"async sender: async def resumable functions, {options.sender_concurrency}"
+                     " at once under one gather, then DBOS async workflows alike")
+            try:
+                results.async_sender = run_async_sender(db, options)
+            except Exception as exc:  # report the failure, keep the other figures
+                results.async_sender = {
+                    "skipped": f"async sender run failed: {type(exc).__name__}: {exc}"}
         if wanted("celery"):
             from bench.celery_run import run_celery
 

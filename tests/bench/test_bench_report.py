@@ -211,3 +211,56 @@ def test_report_shows_the_celery_ratio_and_commits_per_task() -> None:
     assert "2.50 xact_commit per task" in text
     skipped = render(Results(celery={"skipped": "redis-server is not installed"}), Options())
     assert "celery: skipped: redis-server is not installed" in skipped
+
+
+def _async_sender(resumable_per_s: float, dbos_per_s: float) -> dict[str, object]:
+    return {
+        "functions": 200, "concurrency": 16, "functions_per_s": resumable_per_s,
+        "cpu_ms_per_function": 2.5, "statuses": {201: 200}, "journal_commits_per_function": 2.0,
+        "journal_xact_commits_per_function": 3.0, "receiver_xact_commits_per_function": 2.0,
+        "dbos": {"functions": 200, "concurrency": 16, "functions_per_s": dbos_per_s,
+                 "cpu_ms_per_function": 10.0, "statuses": {201: 200}, "xact_commits_per_function": 50.0,
+                 "idle_xact_commits_per_s": 1.0, "xact_commits_per_function_less_idle": 45.0},
+    }
+
+
+@pytest.mark.parametrize(("resumable", "verdict"), [
+    pytest.param(400.0, "met", id="at-least-3x"), pytest.param(200.0, "MISSED", id="below")])
+def test_report_compares_async_resumable_functions_with_dbos_async_workflows(
+        resumable: float, verdict: str) -> None:
+    results = Results(async_sender=_async_sender(resumable, 100.0))
+    text = render(results, Options())
+    lines = text.splitlines()
+    head = next(l for l in lines if l.startswith("async sender:"))
+    assert "200 async def resumable functions" in head and "16 at once" in head
+    assert f"{resumable:.1f} functions/s, 2.50 ms CPU per function in the caller" in head
+    assert any("journal commits per function" in l and "2.00" in l and "journal database 3.00"
+               in l for l in lines)
+    assert any(l.strip().startswith("DBOS async workflow") and "100.0 functions/s" in l
+               and "45.00 less" in l for l in lines)
+    ratio = next(l for l in lines if "async resumable / DBOS" in l)
+    assert f"{resumable / 100:.2f} in functions/s (target >= 3.00 {verdict})" in ratio
+    assert "3.00 vs 45.00 (fewer)" in ratio
+    assert "2.50 vs 10.00 ms (DBOS / resumable 4.00)" in ratio
+
+
+def test_the_async_sender_row_says_why_it_or_its_peer_did_not_run() -> None:
+    skipped = render(Results(async_sender={"skipped": "chttp_client not ready"}), Options())
+    assert "async sender: skipped: chttp_client not ready" in skipped
+    sender = _async_sender(300.0, 100.0)
+    sender["dbos"] = {"skipped": "dbos not installed"}
+    text = render(Results(async_sender=sender), Options())
+    assert "DBOS async: skipped: dbos not installed" in text
+    assert "async resumable / DBOS" not in text
+    del sender["cpu_ms_per_function"]
+    assert "functions/s, CPU n/a" in render(Results(async_sender=sender), Options())
+
+
+def test_async_sender_is_a_scenario_with_its_concurrency_and_in_the_json() -> None:
+    from bench.figures import results_to_json
+
+    options = parse_args(["--only", "async-sender", "--sender-concurrency", "8"])
+    assert options.only == frozenset({"async-sender"})
+    assert (options.sender_concurrency, parse_args([]).sender_concurrency) == (8, 16)
+    data = results_to_json(Results(async_sender=_async_sender(300.0, 100.0)), options)
+    assert data["async_sender"]["dbos"]["functions_per_s"] == 100.0
