@@ -101,7 +101,9 @@ class ServeLimits:
         if self.per_client > self.connection_limit:
             raise ConfigurationError(
                 f"max_connections_per_client ({self.per_client}) must be at most "
-                f"connection_limit ({self.connection_limit}); equal to it, the cap is off"
+                f"connection_limit ({self.connection_limit}) (lower "
+                "--max-connections-per-client or raise --connection-limit; equal, the "
+                "per-client cap is off)"
             )
 
     @property
@@ -187,10 +189,6 @@ class _ClientCounts:
                 self._open.pop(client, None)
             if held <= self.cap // 2:  # warn again only after a real retreat, not per slot
                 self._refusing.discard(client)
-
-    def held(self, client: str) -> int:
-        with self._lock:
-            return self._open.get(client, 0)
 
 
 def _refusal(cap: int) -> bytes:

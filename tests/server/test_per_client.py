@@ -12,9 +12,11 @@ timeouts only turn a hang into a failure.
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 import threading
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Iterator
 
 import httpx
@@ -251,3 +253,16 @@ def test_the_default_cap_is_a_tenth_of_the_connection_limit():
 def test_a_cap_that_cannot_work_is_refused(value):
     with pytest.raises(ConfigurationError, match="max_connections_per_client"):
         ServeLimits(max_connections_per_client=value)
+
+
+def test_the_command_line_refuses_a_cap_above_the_connection_limit(tmp_path):
+    """Exit status 2 and one line naming both options, before anything is served."""
+    result = subprocess.run(
+        [sys.executable, "-m", "chttp_server.cli", "serve", "--app", APP,
+         "--db", f"sqlite:///{tmp_path}/r.db", "--upgrade", "--port", "0",
+         "--connection-limit", "50", "--max-connections-per-client", "51"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert "--max-connections-per-client" in result.stderr and "--connection-limit" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
 import pytest
@@ -79,6 +79,24 @@ def haproxy(tmp_path: Path, listen: int, backend: str) -> list[str]:
     return ["haproxy", "-db", "-f", str(config)]
 
 
+def start_proxy(proxy: Callable[[Path, int, str], list[str]], tmp_path: Path,
+                backend: str) -> tuple[subprocess.Popen[bytes], int]:
+    """The proxy listening on a free port. A port picked free can be taken before the
+    proxy binds it (by anything on the machine), so a proxy that exits is started again
+    on another."""
+    errors = []
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen(proxy(tmp_path, port, backend),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_for(lambda: process.poll() is not None or accepts(port), timeout=30,
+                 what=f"{proxy.__name__} to listen")
+        if process.poll() is None:
+            return process, port
+        errors.append(process.communicate()[1].decode(errors="replace"))
+    raise AssertionError(f"{proxy.__name__} did not start:\n" + "\n".join(errors))
+
+
 def accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -135,17 +153,12 @@ def test_the_readme_proxy_recipe_caps_one_client_and_serves_another(
     if shutil.which(program) is None:
         pytest.skip(f"{program} is not installed")
     raise_descriptor_limit(150 + 256)
-    port = free_port()
     with ServerProcess(APP, sqlite_url, extra_args=(
             "--upgrade", "--connection-limit", "1000",
             "--max-connections-per-client", "1000")) as server:
         host, backend_port = address(server.url)
-        process = subprocess.Popen(proxy(tmp_path, port, f"{host}:{backend_port}"),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process, port = start_proxy(proxy, tmp_path, f"{host}:{backend_port}")
         try:
-            wait_for(lambda: process.poll() is not None or accepts(port), timeout=30,
-                     what=f"{program} to listen")
-            assert process.poll() is None, process.communicate()[1]
             url = f"http://127.0.0.1:{port}"
             for _ in range(150):
                 sock = connect_from(ATTACKER, url)

@@ -177,7 +177,8 @@ def test_a_connection_limit_beyond_the_descriptor_limit_is_refused():
 
 
 @pytest.mark.parametrize("option", ["--connection-limit", "--channel-timeout",
-                                    "--request-timeout", "--max-request-body"])
+                                    "--request-timeout", "--max-request-body",
+                                    "--max-connections-per-client"])
 def test_the_command_line_refuses_nonsense_limits(option, capsys):
     parser = argparse.ArgumentParser(prog="serve")
     add_limit_arguments(parser)
