@@ -27,12 +27,26 @@ defaults, and :func:`create_server` builds a waitress server that applies them:
   most ``max_request_body``, so that certified clients get the problem+json answer.
 * ``threads`` (4): the workers that run requests; with PostgreSQL keep it within the
   engine's pool (5 + 10 overflow by default).
+* ``max_connections_per_client`` (a tenth of ``connection_limit``: 100): the connections
+  one client address may hold at once. A high ``connection_limit`` alone only moves the
+  ceiling: an outside probe held all 1,000 slots with 1,100 trickling connections from a
+  single client and 0 of 14 requests from anyone else were answered in 40 s (issue 23,
+  item 5). A connection past the cap is answered ``429 too-many-connections`` at once and
+  closed, without taking a slot. A client is an IPv4 address (each address of
+  127.0.0.0/8 on its own; an IPv4-mapped IPv6 address counts as its IPv4 address) or an
+  IPv6 /64 — the block one host is usually given, so an attacker cannot take a fresh
+  address for every connection. Behind a reverse proxy every connection comes from the
+  proxy: raise this to ``connection_limit`` (which turns it off) and cap per client in
+  the proxy (README, *Command-line errors*).
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -43,9 +57,11 @@ from waitress.server import MultiSocketServer, TcpWSGIServer
 from waitress.task import ThreadedTaskDispatcher
 
 from chttp_core.commandline import positive_int
-from chttp_server.errors import ConfigurationError
+from chttp_server.errors import ConfigurationError, problem_body
 
-__all__ = ["ServeLimits", "create_server", "add_limit_arguments", "limits_from_arguments"]
+__all__ = [
+    "ServeLimits", "create_server", "add_limit_arguments", "limits_from_arguments", "client_of",
+]
 
 log = logging.getLogger("chttp_server")
 
@@ -72,11 +88,30 @@ class ServeLimits:
     max_request_header: int = 64 * 1024
     #: Connections the kernel queues before the server accepts them.
     backlog: int = 1024
+    #: Open connections one client (:func:`client_of`) may hold; ``None``: a tenth of
+    #: ``connection_limit``. Equal to ``connection_limit``, the cap is off.
+    max_connections_per_client: int | None = None
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if value is None and name == "max_connections_per_client":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigurationError(f"{name} must be a positive whole number, not {value!r}")
+        if self.per_client > self.connection_limit:
+            raise ConfigurationError(
+                f"max_connections_per_client ({self.per_client}) must be at most "
+                f"connection_limit ({self.connection_limit}) (lower "
+                "--max-connections-per-client or raise --connection-limit; equal, the "
+                "per-client cap is off)"
+            )
+
+    @property
+    def per_client(self) -> int:
+        """The connections one client may hold: the setting, or its default."""
+        if self.max_connections_per_client is not None:
+            return self.max_connections_per_client
+        return max(1, self.connection_limit // 10)
 
     def waitress_options(self) -> dict[str, Any]:
         """The waitress ``Adjustments`` these limits mean."""
@@ -96,10 +131,97 @@ class ServeLimits:
         }
 
 
+def client_of(host: str) -> str:
+    """The client a connection from ``host`` counts against, for the per-client cap.
+
+    An IPv4 address is its own client (each of 127.0.0.0/8 too, so that tests and local
+    tools can stand for several clients); an IPv4-mapped IPv6 address is the IPv4 one
+    (a dual-stack socket shows IPv4 clients so); any other IPv6 address counts as its
+    /64, since a host is usually given a whole /64 and could otherwise take a fresh
+    address for every connection. Anything else (a name) is itself.
+    """
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class _ClientCounts:
+    """Open connections per client, shared by every listening socket of one server.
+
+    Admitted in the loop's thread; released wherever waitress closes a channel, hence
+    the lock.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+        self._refusing: set[str] = set()
+
+    def admit(self, client: str) -> bool:
+        """Count one more connection for ``client``, or False if it holds ``cap`` already."""
+        with self._lock:
+            held = self._open.get(client, 0)
+            if held >= self.cap:
+                first = client not in self._refusing
+                self._refusing.add(client)
+            else:
+                self._open[client] = held + 1
+                return True
+        if first:
+            log.warning("client %s holds %s connections, the most one client may: refusing "
+                        "more (429) until some close (--max-connections-per-client)",
+                        client, self.cap)
+        return False
+
+    def release(self, client: str) -> None:
+        with self._lock:
+            held = self._open.get(client, 0) - 1
+            if held > 0:
+                self._open[client] = held
+            else:
+                self._open.pop(client, None)
+            if held <= self.cap // 2:  # warn again only after a real retreat, not per slot
+                self._refusing.discard(client)
+
+
+def _refusal(cap: int) -> bytes:
+    """The answer to a connection past the per-client cap: 429, sent before any request.
+
+    429 with ``Retry-After`` is what certified senders already wait and retry on
+    (docs/protocol.rst §5.2); browsers and other clients show it as it is.
+    """
+    body = problem_body(429, "too-many-connections", "Too Many Requests",
+                        f"this client already holds {cap} connections to this server, the "
+                        "most one client may; close some, or retry later")
+    head = ("HTTP/1.1 429 Too Many Requests\r\n"
+            "Content-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Retry-After: 1\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
 class _TimedChannel(HTTPChannel):
-    """A waitress channel that remembers when the request it is reading began."""
+    """A waitress channel that remembers when the request it is reading began, and gives
+    its client's slot back (:class:`_ClientCounts`) when it closes."""
 
     request_started: float | None = None
+    client: str | None = None
+    client_counts: _ClientCounts | None = None
+
+    def del_channel(self, map: Any = None) -> None:
+        super().del_channel(map)
+        client, counts = self.client, self.client_counts
+        self.client = None  # waitress may close a channel twice; release it once
+        if client is not None and counts is not None:
+            counts.release(client)
 
     def received(self, data: bytes) -> bool:
         if self.request is None and data:
@@ -115,6 +237,34 @@ class _LimitedServer(TcpWSGIServer):
 
     channel_class = _TimedChannel
     request_timeout: float = ServeLimits.request_timeout
+    client_counts: _ClientCounts = _ClientCounts(ServeLimits().per_client)
+    refusal: bytes = b""
+
+    def handle_accept(self) -> None:
+        """waitress's accept, but a client already at its cap is answered 429 and closed
+        at once: the connection never becomes a channel, so it takes no slot."""
+        try:
+            accepted = self.accept()
+            if accepted is None:
+                return
+            conn, addr = accepted
+            self.set_socket_options(conn)
+        except OSError:
+            # As waitress: a peer gone before accept() finished must not stop the server.
+            log.debug("accept() failed", exc_info=True)
+            return
+        addr = self.fix_addr(addr)
+        client = client_of(str(addr[0]))
+        if not self.client_counts.admit(client):
+            _refuse(conn, self.refusal)
+            return
+        try:
+            channel = self.channel_class(self, conn, addr, self.adj, map=self._map)
+        except BaseException:
+            self.client_counts.release(client)
+            raise
+        channel.client = client
+        channel.client_counts = self.client_counts
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)
@@ -141,6 +291,8 @@ def create_server(
     several addresses gets a socket on each.
     """
     _ensure_descriptors(limits.connection_limit)
+    counts = _ClientCounts(limits.per_client)
+    refusal = _refusal(limits.per_client)
     adjustments = Adjustments(host=host, port=port, **limits.waitress_options())
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adjustments.threads)
@@ -150,6 +302,8 @@ def create_server(
         server = _LimitedServer(app, socket_map, dispatcher=dispatcher, adj=adjustments,
                                 sockinfo=sockinfo)
         server.request_timeout = limits.request_timeout
+        server.client_counts = counts
+        server.refusal = refusal
         servers.append(server)
     if len(servers) == 1:
         return servers[0]
@@ -167,6 +321,18 @@ class _Servers(MultiSocketServer):
     @property
     def effective_port(self) -> int:
         return int(self.effective_listen[0][1])
+
+
+def _refuse(conn: socket.socket, answer: bytes) -> None:
+    """Send ``answer`` if the socket takes it at once, then close: never wait on a client
+    that is over its cap (one that already sent a request may see a reset instead)."""
+    try:
+        conn.setblocking(False)
+        conn.send(answer)
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 def _ensure_descriptors(connections: int) -> None:
@@ -212,6 +378,11 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-request-header", type=positive_int,
                         default=defaults.max_request_header, metavar="BYTES",
                         help=f"largest request head (default: {defaults.max_request_header})")
+    parser.add_argument("--max-connections-per-client", type=positive_int, default=None,
+                        metavar="N", help="open connections one client address (an IPv6 "
+                        "/64) may hold; more are answered 429 and closed (default: a tenth "
+                        f"of --connection-limit, {defaults.per_client}; behind a proxy, set "
+                        "it to --connection-limit and cap per client in the proxy)")
 
 
 def limits_from_arguments(args: argparse.Namespace) -> ServeLimits:
@@ -223,4 +394,5 @@ def limits_from_arguments(args: argparse.Namespace) -> ServeLimits:
         request_timeout=args.request_timeout,
         max_request_body=args.max_request_body,
         max_request_header=args.max_request_header,
+        max_connections_per_client=args.max_connections_per_client,
     )

@@ -37,13 +37,16 @@ def address(url: str) -> tuple[str, int]:
 
 
 @contextmanager
-def tricklers(url: str, count: int, *, every: float = 1.0) -> Iterator[list[socket.socket]]:
-    """``count`` connections that send half a request, then one more byte every ``every`` s."""
+def tricklers(url: str, count: int, *, every: float = 1.0,
+              sources: tuple[str, ...] = ("127.0.0.1",)) -> Iterator[list[socket.socket]]:
+    """``count`` connections that send half a request, then one more byte every ``every`` s,
+    from the loopback addresses ``sources`` in turn (each one client to the server)."""
     sockets = []
     stop = threading.Event()
     try:
-        for _ in range(count):
-            sock = socket.create_connection(address(url), timeout=10)
+        for number in range(count):
+            sock = socket.create_connection(address(url), timeout=10,
+                                            source_address=(sources[number % len(sources)], 0))
             sock.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nX-Slow: ")
             sockets.append(sock)
 
@@ -81,9 +84,11 @@ def closed_by_peer(sock: socket.socket) -> bool:
 
 def test_trickling_connections_do_not_keep_legitimate_requests_out(sqlite_url):
     """The probe's attack against the default settings: 150 slow connections, then 5
-    certified requests. Before, 0 of 5 were answered (waitress stopped accepting at 100)."""
+    certified requests. Before, 0 of 5 were answered (waitress stopped accepting at 100).
+    The 150 come from three addresses, under the per-client cap (100): one address
+    past it is test_per_client's case."""
     with ServerProcess(APP, sqlite_url, extra_args=("--upgrade",)) as server, \
-            tricklers(server.url, 150) as slow:
+            tricklers(server.url, 150, sources=("127.0.0.4", "127.0.0.5", "127.0.0.6")) as slow:
         time.sleep(2)  # a couple of trickles in: the attack is established
         latencies = []
         with httpx.Client(timeout=60) as client:
@@ -172,7 +177,8 @@ def test_a_connection_limit_beyond_the_descriptor_limit_is_refused():
 
 
 @pytest.mark.parametrize("option", ["--connection-limit", "--channel-timeout",
-                                    "--request-timeout", "--max-request-body"])
+                                    "--request-timeout", "--max-request-body",
+                                    "--max-connections-per-client"])
 def test_the_command_line_refuses_nonsense_limits(option, capsys):
     parser = argparse.ArgumentParser(prog="serve")
     add_limit_arguments(parser)
