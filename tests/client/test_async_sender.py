@@ -28,7 +28,7 @@ from chttp_client.testing import CrashResumeFailure, check_crash_resume, expire_
 from chttp_core.schema import oplogs
 from tests.client.conftest import Crash, crash_at
 from tests.client.receiver import count_runs, make_receiver, runs
-from tests.server.live import serve_in_thread
+from tests.server.live import serve_in_thread, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,10 @@ def test_two_sends_of_one_function_at_once_are_refused_and_nothing_is_sent(journ
     assert isinstance(refused.value, NonDeterminismError) and refused.value.step == 2
     assert "still in flight" in str(refused.value) and "POST" in refused.value.in_flight
     [oplog] = journal.list_open()            # nothing recorded as the function's outcome
-    assert lease_owner(journal, oplog.id) is None
+    # Freed by whichever of the two tasks ends the run last. Seen still held right after
+    # asyncio.run returned once in a full run under load (not reproduced in 12 runs of
+    # this test alone): wait for it briefly rather than race it; held for good still fails.
+    wait_for(lambda: lease_owner(journal, oplog.id) is None, timeout=10, what="the lease freed")
 
     [outcome] = journal.resume_all()         # the code is wrong: dead-lettered, as a divergence
     assert outcome.status == "abandoned" and "still in flight" in str(outcome.error)
