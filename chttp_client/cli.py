@@ -152,7 +152,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         sys.path.insert(0, "")
         for module in args.imports:
             _import(module)
-        outcomes = (journal.resume_all() if not args.ids
+        outcomes = (journal.resume_all(timeout=None) if not args.ids
                      else [_resume_one(journal, args.db, oplog_id) for oplog_id in args.ids])
     finally:
         _close(journal)
@@ -261,6 +261,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         # Open oplogs are the ones a resume would replay: their steps are checked too.
         bad_steps = journal.store.unreadable_steps(
             [info.id for info in infos if info.state == OPLOG_OPEN and info.unreadable is None])
+        unacked = journal.unacknowledged([info.id for info in infos if info.state != OPLOG_OPEN])
     finally:
         _close(journal)
     for info in infos:
@@ -270,6 +271,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 f"{info.created_at.isoformat()}  {info.lease_owner or '-'}")
         if status == OPLOG_UNREADABLE:
             line += f"  {unreadable}"
+        if info.id in unacked:  # purge keeps it until the horizon (or resume acknowledges it)
+            line += "  unacked"
         print(line)
     return 0
 
@@ -356,12 +359,19 @@ def _cmd_abandon(args: argparse.Namespace) -> int:
 def _cmd_purge(args: argparse.Namespace) -> int:
     journal = _open_journal(args.db)
     try:
-        deleted = journal.purge(older_than=timedelta(days=args.older_than_days),
-                                horizon=timedelta(days=args.horizon_days),
-                                batch_size=args.batch_size)
+        older_than, horizon = timedelta(days=args.older_than_days), timedelta(days=args.horizon_days)
+        deleted = journal.purge(older_than=older_than, horizon=horizon, batch_size=args.batch_size)
+        kept = journal.purge_kept(older_than=older_than, horizon=horizon)
     finally:
         _close(journal)
     print(f"{deleted} oplog(s) purged")
+    if kept["unacknowledged"]:
+        print(f"{kept['unacknowledged']} finished oplog(s) kept: an answer not acknowledged yet "
+              f"(kept until --horizon-days {args.horizon_days}, or until `{PROG} resume` "
+              "acknowledges it; `list --all` marks them unacked)")
+    if kept["horizon"]:
+        print(f"{kept['horizon']} receiver handler oplog(s) kept: within --horizon-days "
+              f"{args.horizon_days} (the receiver may still replay their messages)")
     return 0
 
 
