@@ -17,19 +17,31 @@ exactly as a cancelled task does — and the next start resumes it with the same
 The stop waits at most ``grace`` seconds for the threads: a run inside an attempt (up
 to the policy's per-attempt timeout) is left to the interpreter's end, and its lease
 to lapse.
+
+A ``def`` function's run that a task performs in a worker thread (``resume_all_async``,
+``run_async``) stops the same way when that task is cancelled — at the loop's shutdown,
+say — instead of holding the cancellation until its sends' deadline
+(:meth:`Background.in_thread`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
-from typing import Any, Awaitable, Callable, Coroutine
+import weakref
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 __all__ = ["Background", "ResumeStopped"]
 
 log = logging.getLogger("chttp_client")
+T = TypeVar("T")
+
+#: The stop of the ``def`` run this thread performs for a task (:meth:`Background.in_thread`).
+_RUN_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
+    "chttp_run_stop", default=None)
 
 
 class ResumeStopped(asyncio.CancelledError):
@@ -49,6 +61,7 @@ class Background:
         self.stopping = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._run_stops: weakref.WeakSet[threading.Event] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._at_exit = False
 
@@ -56,13 +69,13 @@ class Background:
 
     def sleep(self, seconds: float) -> None:
         """The journal's sleep, ended by :class:`ResumeStopped` once :meth:`stop` was called."""
-        sleep = self._sleep()
+        sleep, stop = self._sleep(), _RUN_STOP.get() or self.stopping
         if sleep is time.sleep:
-            if self.stopping.wait(seconds):
+            if stop.wait(seconds):
                 raise ResumeStopped("stopped while waiting to retry: resumed at the next start")
             return
         sleep(seconds)
-        if self.stopping.is_set():
+        if stop.is_set():
             raise ResumeStopped("stopped while waiting to retry: resumed at the next start")
 
     async def async_sleep(self, seconds: float) -> None:
@@ -70,6 +83,29 @@ class Background:
         await self._async_sleep()(seconds)
         if self.stopping.is_set():
             raise ResumeStopped("stopped while waiting to retry: resumed at the next start")
+
+    async def in_thread(self, function: Callable[[], T]) -> T:
+        """``function()`` (a ``def`` run) in a worker thread; cancelled, the run is stopped
+        at its next wait (:class:`ResumeStopped`) and this returns once the thread ends."""
+        stop = threading.Event()
+        self._run_stops.add(stop)
+        if self.stopping.is_set():
+            stop.set()
+        context = contextvars.copy_context()
+        context.run(_RUN_STOP.set, stop)
+        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, context.run, function))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            stop.set()
+            while not task.done():
+                try:
+                    await asyncio.wait({task})
+                except asyncio.CancelledError:  # cancelled again: still wait for the thread
+                    continue
+            if not task.cancelled():
+                task.exception()  # retrieved: the cancellation is what the caller sees
+            raise
 
     # -- running past a timeout ------------------------------------------------------------
 
@@ -137,6 +173,8 @@ class Background:
     def stop(self) -> None:
         """Stop the background resumes at their next wait; wait up to ``grace`` seconds."""
         self.stopping.set()
+        for stop in list(self._run_stops):
+            stop.set()
         give_up_at = time.monotonic() + self.grace
         with self._lock:
             threads = list(self._threads)

@@ -36,7 +36,7 @@ from chttp_client.async_context import AsyncResumableContext
 from chttp_client.background import Background
 from chttp_client.codec import CodecError
 from chttp_client.context import ResumableContext
-from chttp_client.effects import AsyncExecutor, Blocking, Either, Steps, SyncExecutor, run_blocking
+from chttp_client.effects import AsyncExecutor, Blocking, Either, Steps, SyncExecutor
 from chttp_client.errors import (
     JournalUnavailable,
     NonDeterminismError,
@@ -161,7 +161,7 @@ class Runs:
         def call_sync() -> Any:
             return ResumableContext(self.services, **options).call(function)
 
-        return Either(call_sync, lambda: run_blocking(call_sync))
+        return Either(call_sync, lambda: self.background.in_thread(call_sync))
 
     async def _call_async(self, function: Callable[..., Any], options: dict[str, Any]) -> Any:
         async with self.async_clients.client() as client:
@@ -280,7 +280,8 @@ class Runs:
         the rest is ``pending`` and goes on as a task on this loop (cancelled when the
         loop shuts down: its runs give their leases up). A thread cannot be
         interrupted: cancelled while a ``def`` function's run is in its thread, this
-        waits for that run to end (its sends retry up to their deadline).
+        waits for that run to stop at its next wait between attempts
+        (:meth:`Background.in_thread <chttp_client.background.Background.in_thread>`).
         """
         return await self._run_async(self._resume_all_steps(timeout))
 

@@ -131,3 +131,34 @@ def test_a_script_that_exits_stops_its_background_resume_cleanly(stuck, receiver
     [outcome] = again.resume_all(timeout=None)
     assert outcome.status == "done"
     again.close()
+
+
+def test_a_loop_that_ends_without_closing_the_journal_stops_its_background_resume(
+        stuck, receiver, tmp_path):
+    """asyncio.run cancels the pending task at shutdown: the ``def`` run in its worker
+    thread stops at its next wait instead of retrying up to the deadline."""
+    script = tmp_path / "start_async.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio
+        from datetime import timedelta
+        from chttp_client import Journal, RetryPolicy, resumable
+
+        journal = Journal({stuck!r}, retry=RetryPolicy(
+            jitter=False, initial_backoff=0.02, max_backoff=0.05, deadline=timedelta(hours=1)))
+
+        @resumable(journal, name={NAME!r})
+        def ship(url, *, chttp_context):
+            return chttp_context.post(url, json={{"item": "book"}}).status_code
+
+        async def main():
+            print([o.status for o in await journal.resume_all_async(timeout=0.3)])
+
+        asyncio.run(main())   # no aclose()
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['pending']"
+    again = Journal(stuck, retry=POLICY, transport=httpx.WSGITransport(app=receiver))
+    [outcome] = again.resume_all(timeout=None)
+    assert outcome.status == "done"
+    again.close()
