@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="module defining the @resumable functions (repeatable)")
     resume.add_argument("--id", dest="ids", action="append", default=[], metavar="OPLOG_ID",
                         help="resume only this oplog (repeatable; default: every open one)")
+    resume.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop waiting after SECONDS: oplogs still retrying are reported "
+                             "pending, stopped, and left for the next resume (default: wait)")
     resume.set_defaults(handler=_cmd_resume)
     listing = commands.add_parser("list", help="list open oplogs")
     listing.add_argument("--all", action="store_true", help="finished oplogs too")
@@ -152,7 +155,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         sys.path.insert(0, "")
         for module in args.imports:
             _import(module)
-        outcomes = (journal.resume_all(timeout=None) if not args.ids
+        outcomes = (journal.resume_all(timeout=args.timeout) if not args.ids
                      else [_resume_one(journal, args.db, oplog_id) for oplog_id in args.ids])
     finally:
         _close(journal)
@@ -160,6 +163,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         detail = repr(outcome.value) if outcome.status == "done" else str(outcome.error)
+        if outcome.status == "pending":
+            detail = "still retrying: stopped, left open for the next resume (or abandon it)"
         if outcome.status == "refused" and not getattr(outcome.error, "registered", True):
             # No version of it at all: the module was not imported. Say that first; the
             # error's own text is about versions, which would send the reader astray.
@@ -179,6 +184,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         troubles.append(f"{counts[OPLOG_UNREADABLE]} unreadable, quarantined and left open "
                         f"({', '.join(unreadable_ids(outcomes))}: `{PROG} show` prints the raw "
                         f"record, `{PROG} abandon` ends it)")
+    if counts.get("pending"):
+        troubles.append(f"{counts['pending']} still pending after --timeout {args.timeout:g} s")
     if args.ids and counts.get("busy"):
         troubles.append(f"{counts['busy']} busy in another live process")
     if troubles:
@@ -188,7 +195,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 #: The outcomes of ``resume``, in the order the summary counts them.
-_STATUSES = ("done", "failed", "busy", "refused", OPLOG_UNREADABLE, "abandoned")
+_STATUSES = ("done", "failed", "busy", "refused", OPLOG_UNREADABLE, "abandoned", "pending")
 
 
 def _resume_one(journal: Journal, db: str, oplog_id: str) -> ResumeOutcome:

@@ -286,6 +286,11 @@ class UnhealableSendError(SendError):
         self.reason = reason
         self.attempts = attempts
 
+    def __str__(self) -> str:
+        if not self.message_id:  # refused before an id was given (invalid URL, scheme)
+            return f"{self.method} {self.url}: {self.detail}"
+        return super().__str__()
+
 
 class ProtocolAnswerError(SendError):
     """The receiver answered with a protocol error that retrying cannot change."""

@@ -149,7 +149,7 @@ def _warn_failed(request: httpx.Request, attempt: int, reason: str, delay: float
     """The WARNING of a failed attempt (module docstring: which attempts are logged)."""
     message_id = request.headers.get(HEADER_MESSAGE_ID, "?")
     log.warning("chttp: %s %s (message %s) attempt %d failed: %s; next try in %.3g s, "
-                "%s left before the send's deadline (RetryPolicy.deadline)",
+                "%s left before the send's deadline",
                 request.method, request.url, message_id, attempt, reason, delay,
                 timedelta(seconds=int(remaining)))
 

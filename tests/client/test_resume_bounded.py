@@ -162,3 +162,13 @@ def test_a_loop_that_ends_without_closing_the_journal_stops_its_background_resum
     [outcome] = again.resume_all(timeout=None)
     assert outcome.status == "done"
     again.close()
+
+
+def test_chttp_client_resume_with_a_timeout_reports_pending(stuck, capsys):
+    from chttp_client.cli import main as chttp_client
+
+    assert chttp_client(["resume", "--db", stuck, "--timeout", "0.3"]) == 1
+    captured = capsys.readouterr()
+    assert "pending  still retrying: stopped, left open for the next resume" in captured.out
+    assert captured.out.strip().endswith("1 open oplog(s): 1 pending")
+    assert "1 still pending after --timeout 0.3 s" in captured.err

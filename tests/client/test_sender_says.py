@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.server
 import logging
+import pickle
 import shutil
 import socket
 import ssl
@@ -121,8 +122,15 @@ def test_https_to_a_plain_http_port_is_definitive_at_once(journal, fake_clock, p
         send(f"https://127.0.0.1:{plain_http_port}/orders")
     assert caught.value.reason == "tls" and caught.value.attempts == 1
     assert fake_clock.sleeps == []                       # not retried at all
-    # Recorded as the send's outcome: the oplog failed, nothing is left to resume.
+    # Recorded as the send's outcome: the oplog failed, nothing is left to resume, and a
+    # replay raises the same error, rebuilt from the journal.
     assert journal.list_open() == [] and journal.resume_all() == []
+    [oplog] = journal.list()
+    with pytest.raises(UnhealableSendError) as replayed:
+        journal.resume(oplog.id)
+    assert (replayed.value.reason, str(replayed.value)) == ("tls", str(caught.value))
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (again.reason, again.attempts, str(again)) == ("tls", 1, str(caught.value))
 
 
 def test_a_certificate_that_does_not_verify_is_definitive_at_once(journal, fake_clock, self_signed_port):
