@@ -63,7 +63,6 @@ class Background:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._run_stops: weakref.WeakSet[threading.Event] = weakref.WeakSet()
         self._lock = threading.Lock()
-        self._at_exit = False
 
     # -- waits that a stop cuts short ------------------------------------------------------
 

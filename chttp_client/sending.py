@@ -16,7 +16,8 @@ injectable so that tests never wait on the wall clock.
 
 A failing send says so: a WARNING on the ``chttp_client`` logger at its first failed
 attempt and then at attempts 2, 4, 8, 16… of this process (so ever more rarely: with
-the default policy about once an hour after the first hour), naming method, URL,
+the default policy within the first minute, then after about 8 and 24 minutes, 1, 2,
+4, 8 and 17 hours: a dozen in a day), naming method, URL,
 attempt, reason, next try and deadline left. Python's last-resort handler prints it
 even when the application configured no logging.
 """
