@@ -62,6 +62,7 @@ from chttp_client.errors import (
     ProtocolAnswerError,
     ResponseTooLargeError,
     SendError,
+    UnhealableSendError,
     UnknownFunctionError,
 )
 from chttp_client.journal import Journal, ResumeOutcome
@@ -92,6 +93,7 @@ __all__ = [
     "JournalUnavailable",
     "SendError",
     "DeadlineExceeded",
+    "UnhealableSendError",
     "ProtocolAnswerError",
     "MessageRejectedError",
     "MessageGoneError",

@@ -15,6 +15,10 @@ lease long), and ``resume_all()`` DELETEs only answers whose claim it won
 (:meth:`OplogStore.claim_pending_acks
 <chttp_client.oplog_store.OplogStore.claim_pending_acks>`). A DELETE that failed
 releases the claim with its mark; a process that died leaves a claim that lapses.
+
+A normal exit loses none: ``journal.close()`` and the interpreter's exit (an ``atexit``
+hook of each journal, :mod:`chttp_client.journal`) wait up to 2 s for the queue and
+write its marks, so ``python sender.py`` leaves no answer unacknowledged.
 """
 
 from __future__ import annotations
@@ -95,14 +99,22 @@ class Acknowledger:
             marks, self._marks = self._marks, []
         return marks
 
-    def join(self) -> None:
-        """Block until every queued DELETE was tried."""
-        if self._thread is not None:
-            self._queue.join()
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until every queued DELETE was tried, at most ``timeout`` seconds (None:
+        no bound); True if none is left."""
+        if self._thread is None:
+            return True
+        with self._queue.all_tasks_done:
+            return self._queue.all_tasks_done.wait_for(lambda: self._queue.unfinished_tasks == 0,
+                                                       timeout)
 
-    def close(self) -> None:
-        """Finish the queue and stop the thread (marks stay for :meth:`take_marks`)."""
+    def close(self, timeout: float | None = 2.0) -> None:
+        """Finish the queue, waiting at most ``timeout`` seconds, and stop the thread
+        (marks stay for :meth:`take_marks`). A DELETE not tried by then is left to the
+        daemon thread and, if the process ends first, to the next ``resume_all()``."""
         if self._thread is not None and self._thread.is_alive():
-            self._queue.join()
-            self._queue.put(None)
-            self._thread.join()
+            if self.join(timeout):
+                self._queue.put(None)
+                self._thread.join()
+            else:
+                self._queue.put(None)

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="module defining the @resumable functions (repeatable)")
     resume.add_argument("--id", dest="ids", action="append", default=[], metavar="OPLOG_ID",
                         help="resume only this oplog (repeatable; default: every open one)")
+    resume.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop waiting after SECONDS: oplogs still retrying are reported "
+                             "pending, stopped, and left for the next resume (default: wait)")
     resume.set_defaults(handler=_cmd_resume)
     listing = commands.add_parser("list", help="list open oplogs")
     listing.add_argument("--all", action="store_true", help="finished oplogs too")
@@ -152,7 +155,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         sys.path.insert(0, "")
         for module in args.imports:
             _import(module)
-        outcomes = (journal.resume_all() if not args.ids
+        outcomes = (journal.resume_all(timeout=args.timeout) if not args.ids
                      else [_resume_one(journal, args.db, oplog_id) for oplog_id in args.ids])
     finally:
         _close(journal)
@@ -160,6 +163,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
         detail = repr(outcome.value) if outcome.status == "done" else str(outcome.error)
+        if outcome.status == "pending":
+            detail = "still retrying: stopped, left open for the next resume (or abandon it)"
         if outcome.status == "refused" and not getattr(outcome.error, "registered", True):
             # No version of it at all: the module was not imported. Say that first; the
             # error's own text is about versions, which would send the reader astray.
@@ -179,6 +184,8 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         troubles.append(f"{counts[OPLOG_UNREADABLE]} unreadable, quarantined and left open "
                         f"({', '.join(unreadable_ids(outcomes))}: `{PROG} show` prints the raw "
                         f"record, `{PROG} abandon` ends it)")
+    if counts.get("pending"):
+        troubles.append(f"{counts['pending']} still pending after --timeout {args.timeout:g} s")
     if args.ids and counts.get("busy"):
         troubles.append(f"{counts['busy']} busy in another live process")
     if troubles:
@@ -188,7 +195,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 #: The outcomes of ``resume``, in the order the summary counts them.
-_STATUSES = ("done", "failed", "busy", "refused", OPLOG_UNREADABLE, "abandoned")
+_STATUSES = ("done", "failed", "busy", "refused", OPLOG_UNREADABLE, "abandoned", "pending")
 
 
 def _resume_one(journal: Journal, db: str, oplog_id: str) -> ResumeOutcome:
@@ -261,6 +268,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         # Open oplogs are the ones a resume would replay: their steps are checked too.
         bad_steps = journal.store.unreadable_steps(
             [info.id for info in infos if info.state == OPLOG_OPEN and info.unreadable is None])
+        unacked = journal.unacknowledged([info.id for info in infos if info.state != OPLOG_OPEN])
     finally:
         _close(journal)
     for info in infos:
@@ -270,6 +278,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
                 f"{info.created_at.isoformat()}  {info.lease_owner or '-'}")
         if status == OPLOG_UNREADABLE:
             line += f"  {unreadable}"
+        if info.id in unacked:  # purge keeps it until the horizon (or resume acknowledges it)
+            line += "  unacked"
         print(line)
     return 0
 
@@ -356,12 +366,19 @@ def _cmd_abandon(args: argparse.Namespace) -> int:
 def _cmd_purge(args: argparse.Namespace) -> int:
     journal = _open_journal(args.db)
     try:
-        deleted = journal.purge(older_than=timedelta(days=args.older_than_days),
-                                horizon=timedelta(days=args.horizon_days),
-                                batch_size=args.batch_size)
+        older_than, horizon = timedelta(days=args.older_than_days), timedelta(days=args.horizon_days)
+        deleted = journal.purge(older_than=older_than, horizon=horizon, batch_size=args.batch_size)
+        kept = journal.purge_kept(older_than=older_than, horizon=horizon)
     finally:
         _close(journal)
     print(f"{deleted} oplog(s) purged")
+    if kept["unacknowledged"]:
+        print(f"{kept['unacknowledged']} finished oplog(s) kept: an answer not acknowledged yet "
+              f"(kept until --horizon-days {args.horizon_days}, or until `{PROG} resume` "
+              "acknowledges it; `list --all` marks them unacked)")
+    if kept["horizon"]:
+        print(f"{kept['horizon']} receiver handler oplog(s) kept: within --horizon-days "
+              f"{args.horizon_days} (the receiver may still replay their messages)")
     return 0
 
 

@@ -18,6 +18,8 @@
     └── SendError                      a certified send ended without a usable answer
         ├── DeadlineExceeded           retried until the send's deadline passed
         │   └── RunDeadlineExceeded    … only this run's bound passed: not recorded
+    ├── UnhealableSendError        an invalid URL, an unsupported scheme, TLS to a plain-HTTP
+    │                              port, a certificate error: definitive at once
         └── ProtocolAnswerError        the receiver answered with a protocol error (§4)
             ├── MessageRejectedError   400 invalid-message-id / message-id-required
             ├── MessageGoneError       410 message-acknowledged / -expired / -outcome-unknown
@@ -54,6 +56,7 @@ __all__ = [
     "SendError",
     "DeadlineExceeded",
     "RunDeadlineExceeded",
+    "UnhealableSendError",
     "ProtocolAnswerError",
     "MessageRejectedError",
     "MessageGoneError",
@@ -263,6 +266,30 @@ class RunDeadlineExceeded(DeadlineExceeded):
     receiver handlers (``handler_send_deadline``) and Celery tasks
     (:mod:`chttp_client.celery`), never for a plain ``@resumable`` run.
     """
+
+
+class UnhealableSendError(SendError):
+    """The send failed in a way no retry can heal; it ended at once, not at its deadline.
+
+    ``reason`` names the trouble: ``invalid-url`` (httpx could not parse it; nothing was
+    recorded), ``unsupported-scheme`` (not ``http://``/``https://``), ``tls`` (the TLS
+    handshake failed: ``https://`` spoken to a plain-HTTP port, say) or ``certificate``
+    (the server's certificate did not verify). Fix the URL or the TLS setup and run again.
+    Like :class:`DeadlineExceeded`, the error is the send's recorded outcome; an earlier
+    attempt may have reached the receiver (a certificate changed between attempts).
+    """
+
+    def __init__(self, message_id: str, method: str, url: str, detail: str, reason: str,
+                 attempts: int | None = None) -> None:
+        super().__init__(message_id, method, url, detail)
+        self.args = (message_id, method, url, detail, reason, attempts)
+        self.reason = reason
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        if not self.message_id:  # refused before an id was given (invalid URL, scheme)
+            return f"{self.method} {self.url}: {self.detail}"
+        return super().__str__()
 
 
 class ProtocolAnswerError(SendError):

@@ -34,10 +34,12 @@ time); a test that needs a lease gone expires it there
 from __future__ import annotations
 
 import asyncio
+import atexit
 import builtins
 import logging
 import threading
 import time
+import weakref
 from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
@@ -46,6 +48,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from chttp_client.acknowledger import Acknowledger
+from chttp_client.background import Background
 from chttp_client.context import RunServices
 from chttp_client.effects import run_blocking
 from chttp_client.errors import JournalError, OplogAbandonedError
@@ -55,6 +58,7 @@ from chttp_client.loop_clients import LoopClients
 from chttp_client.oplog_store import OplogStore
 from chttp_client.records import INCOMING_PREFIX, OplogInfo
 from chttp_client.registry import register, registered_versions, unregister
+from chttp_client import retention
 from chttp_client.retention import RECEIVER_RETENTION
 from chttp_client.runs import ResumeOutcome, Runs
 from chttp_client.sending import RetryPolicy, utcnow
@@ -151,6 +155,11 @@ class Journal(Runs):
         self.acknowledger = Acknowledger(self.http_client, clock=clock, timeout=retry.timeout,
                                          enabled=acknowledge)
         self.heartbeat = Heartbeat(self.store, clock=clock, lease=lease)
+        # resume_all()'s runs past its timeout, stopped at exit and by close().
+        self.background = Background(lambda: self.sleep, lambda: self.async_sleep)
+        self.closed = False  # True once close() ran (the exit hook then has nothing to do)
+        # A script that ends without close() still acknowledges its answers (bounded).
+        atexit.register(_at_exit, weakref.ref(self))
 
     def __repr__(self) -> str:
         return f"<Journal {self.engine.url.render_as_string(hide_password=True)}>"
@@ -186,7 +195,7 @@ class Journal(Runs):
         """What a run of this journal writes and sends with (made per run)."""
         return RunServices(store=self.store, acknowledger=self.acknowledger,
                            http_client=self.http_client, retry=self.retry, clock=self.clock,
-                           sleep=self.sleep, lease=self.lease, heartbeat=self.heartbeat)
+                           sleep=self.background.sleep, lease=self.lease, heartbeat=self.heartbeat)
 
     # -- schema --------------------------------------------------------------------------
 
@@ -260,6 +269,18 @@ class Journal(Runs):
         return self.store.purge(now=self.clock(), older_than=older_than, horizon=horizon,
                                 batch_size=batch_size, max_batches=max_batches)
 
+    def purge_kept(self, *, older_than: timedelta,
+                   horizon: timedelta = RECEIVER_RETENTION) -> dict[str, int]:
+        """What :meth:`purge` with these ages keeps past ``older_than``, by reason
+        (``unacknowledged``, ``horizon``: :func:`chttp_client.retention.kept`)."""
+        self.ensure_schema()
+        return retention.kept(self.engine, now=self.clock(), older_than=older_than, horizon=horizon)
+
+    def unacknowledged(self, oplog_ids: builtins.list[str]) -> set[str]:
+        """Those of ``oplog_ids`` with an answer whose acknowledgement is not recorded yet."""
+        self.ensure_schema()
+        return retention.unacknowledged(self.engine, oplog_ids)
+
     # -- reading ---------------------------------------------------------------------------
 
     def list_open(self) -> builtins.list[OplogInfo]:
@@ -299,10 +320,20 @@ class Journal(Runs):
         self.store.mark_acknowledged(self.acknowledger.take_marks())
         return done
 
+    def flush_acknowledgements(self, timeout: float | None = 2.0) -> None:
+        """Wait up to ``timeout`` seconds for the queued DELETEs, then record those taken."""
+        self.acknowledger.join(timeout)
+        marks = self.acknowledger.take_marks()
+        if marks:
+            self.store.mark_acknowledged(marks)
+
     def close(self) -> None:
-        """Finish queued acknowledgements, then release the HTTP client and the engine."""
+        """Stop background resumes, finish queued acknowledgements (at most ~2 s), then
+        release the HTTP client and the engine."""
+        self.closed = True
+        self.background.stop()
         self.heartbeat.close()
-        self.acknowledger.close()
+        self.acknowledger.close(timeout=2.0)
         marks = self.acknowledger.take_marks()
         if marks:
             self.store.mark_acknowledged(marks)
@@ -310,3 +341,15 @@ class Journal(Runs):
             self.http_client.close()
         if self._own_engine:
             self.engine.dispose()
+
+
+def _at_exit(reference: weakref.ref[Journal]) -> None:
+    """At interpreter exit: stop a journal's background resumes and flush its acknowledgements."""
+    journal = reference()
+    if journal is None or journal.closed:
+        return
+    journal.background.stop()
+    try:
+        journal.flush_acknowledgements(timeout=2.0)
+    except Exception as error:  # noqa: BLE001 - the next resume_all() repeats the DELETEs
+        log.info("chttp: acknowledgements not recorded at exit (%s); resume_all() repeats them", error)

@@ -17,7 +17,8 @@ from urllib.parse import urljoin
 import httpx
 
 from chttp_client import codec, telemetry
-from chttp_client.errors import DeadlineExceeded, ProtocolAnswerError, RunDeadlineExceeded, protocol_error_for
+from chttp_client.errors import (DeadlineExceeded, ProtocolAnswerError, RunDeadlineExceeded, SendError,
+                                 UnhealableSendError, protocol_error_for)
 from chttp_client.records import StepRecord
 from chttp_client.effects import Steps
 from chttp_client.sending import RetryPolicy, deliver_steps, problem_type_of
@@ -34,6 +35,13 @@ __all__ = [
     "rebuild_response",
     "answer_recorded_send",
 ]
+
+#: What each reason of an UnhealableSendError means, for its message.
+_UNHEALABLE = {
+    "unsupported-scheme": "the URL's scheme is not http:// or https://",
+    "tls": "the TLS handshake failed (https:// spoken to a plain-HTTP port?)",
+    "certificate": "the server's TLS certificate did not verify",
+}
 
 #: Response headers not kept: the body is stored decoded, so these would lie about it.
 _DROPPED_RESPONSE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length"})
@@ -180,12 +188,20 @@ def answer_recorded_send(
         deadline_at=deadline_at if run_deadline_at is None else min(deadline_at, run_deadline_at),
         policy=policy, clock=clock, before_attempt=before_attempt,
         on_attempt=lambda _request: on_attempt(), on_wait=on_wait,
+        attempts_before=record.attempts - 1 if prepaid else record.attempts,
     )
     total = record.attempts if count_attempt is not None else attempt.attempts
     made = f"{total} attempt(s)"
     if total != attempt.attempts:
         made += f", {attempt.attempts} of them in this process"
-    if attempt.response is None and run_deadline_at is not None and clock() < deadline_at:
+    if attempt.unhealable is not None:
+        # No retry can heal it (chttp_client.sending.unhealable): final now, not in a day.
+        error: SendError = UnhealableSendError(
+            record.message_id, request["method"], request["url"],
+            f"{_UNHEALABLE[attempt.unhealable]}, so it is not retried ({made}): "
+            f"{attempt.last_error}", attempt.unhealable, total)
+        record.outcome = {"error": codec.exception_record(error)}
+    elif attempt.response is None and run_deadline_at is not None and clock() < deadline_at:
         # Only this run gave up: the step stays "recorded" and the next run (a retry
         # of the incoming message) resends it under the same id.
         telemetry.deadline_exceeded("run")
@@ -195,7 +211,7 @@ def answer_recorded_send(
             f"({made}; last: {attempt.last_error}); not recorded: "
             "the next run resends the same message", total,
         )
-    if attempt.response is None:
+    elif attempt.response is None:
         telemetry.deadline_exceeded("send")
         error = DeadlineExceeded(
             record.message_id, request["method"], request["url"],

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, exists, not_, or_, select
+from sqlalchemy import Engine, and_, delete, exists, func, not_, or_, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from chttp_client.leases import database_now
 from chttp_client.records import INCOMING_PREFIX
@@ -47,10 +48,51 @@ from chttp_core.schema import (
     oplogs,
 )
 
-__all__ = ["RECEIVER_RETENTION", "purge"]
+__all__ = ["RECEIVER_RETENTION", "purge", "kept", "unacknowledged"]
 
 #: The receiver's default retention (docs/protocol.rst §4): a message is remembered this long.
 RECEIVER_RETENTION = timedelta(days=15)
+
+
+def _pending_ack() -> ColumnElement[bool]:
+    """The oplog has an answered send whose acknowledgement is not recorded yet."""
+    return exists().where(
+        oplog_steps.c.oplog_id == oplogs.c.id,
+        oplog_steps.c.kind == KIND_SEND,
+        oplog_steps.c.state == STEP_DONE,
+        oplog_steps.c.message_url.is_not(None),
+        oplog_steps.c.acknowledged_at.is_(None),
+    )
+
+
+def kept(engine: Engine, *, now: datetime, older_than: timedelta,
+         horizon: timedelta = RECEIVER_RETENTION) -> dict[str, int]:
+    """What a purge with these ages keeps although it is older than ``older_than``, and why.
+
+    ``unacknowledged``: finished oplogs with an answer still waiting for its DELETE (kept
+    until ``horizon``); ``horizon``: receiver handlers' oplogs younger than ``horizon``.
+    So that ``chttp-client purge`` can say why finished oplogs stayed.
+    """
+    cutoff, long_cutoff = now - older_than, now - max(older_than, horizon)
+    recent = and_(oplogs.c.updated_at < cutoff, oplogs.c.updated_at >= long_cutoff)
+    count = select(func.count()).select_from(oplogs)
+    with engine.connect() as connection:
+        waiting = connection.execute(count.where(
+            recent, oplogs.c.function != INCOMING_PREFIX,
+            oplogs.c.state.in_((OPLOG_DONE, OPLOG_FAILED)), _pending_ack())).scalar_one()
+        handlers = connection.execute(count.where(
+            recent, oplogs.c.function == INCOMING_PREFIX)).scalar_one()
+    return {"unacknowledged": int(waiting), "horizon": int(handlers)}
+
+
+def unacknowledged(engine: Engine, ids: list[str]) -> set[str]:
+    """Those of ``ids`` that hold an answered send not acknowledged yet (``list`` marks them)."""
+    found: set[str] = set()
+    with engine.connect() as connection:
+        for start in range(0, len(ids), 500):  # SQLite's bound on query parameters
+            found.update(connection.execute(select(oplogs.c.id).where(
+                oplogs.c.id.in_(ids[start:start + 500]), _pending_ack())).scalars())
+    return found
 
 
 def purge(
@@ -76,13 +118,7 @@ def purge(
         raise ValueError("older_than and horizon must not be negative")
     cutoff = now - older_than
     long_cutoff = now - max(older_than, horizon)
-    pending_ack = exists().where(
-        oplog_steps.c.oplog_id == oplogs.c.id,
-        oplog_steps.c.kind == KIND_SEND,
-        oplog_steps.c.state == STEP_DONE,
-        oplog_steps.c.message_url.is_not(None),
-        oplog_steps.c.acknowledged_at.is_(None),
-    )
+    pending_ack = _pending_ack()
     finished = and_(
         oplogs.c.function != INCOMING_PREFIX,
         oplogs.c.state.in_((OPLOG_DONE, OPLOG_FAILED)),

@@ -21,7 +21,9 @@ import asyncio
 import builtins
 import inspect
 import logging
+import threading
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,9 +33,10 @@ import httpx
 
 from chttp_client import codec, telemetry
 from chttp_client.async_context import AsyncResumableContext
+from chttp_client.background import Background
 from chttp_client.codec import CodecError
 from chttp_client.context import ResumableContext
-from chttp_client.effects import AsyncExecutor, Blocking, Either, Steps, SyncExecutor, run_blocking
+from chttp_client.effects import AsyncExecutor, Blocking, Either, Steps, SyncExecutor
 from chttp_client.errors import (
     JournalUnavailable,
     NonDeterminismError,
@@ -65,7 +68,9 @@ class ResumeOutcome:
     ``error``, now recorded), ``refused`` (unknown version: the oplog is left open and
     intact), ``unreadable`` (quarantined, :mod:`chttp_client.quarantine`), ``abandoned``
     (non-determinism, or more resumes without progress than ``max_resume_attempts``:
-    dead-lettered now) or ``busy`` (another live process holds it); ``error`` says why.
+    dead-lettered now), ``busy`` (another live process holds it) or ``pending`` (not
+    finished within ``resume_all``'s timeout: it goes on in the background,
+    :mod:`chttp_client.background`); ``error`` says why.
     """
 
     oplog_id: str
@@ -91,6 +96,19 @@ def run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(make())).result()
 
 
+class _Progress:
+    """The outcomes a resume_all's worker has so far (it may outlive the call)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outcomes: builtins.list[ResumeOutcome] = []
+        self.left_behind = False
+
+
+def _counts(outcomes: builtins.list[ResumeOutcome]) -> str:
+    return ", ".join(f"{count} {status}" for status, count in Counter(o.status for o in outcomes).items())
+
+
 def _recorded_result(info: OplogInfo) -> Any:
     result = info.result or {}
     where = f"oplog {info.id} result"
@@ -110,6 +128,7 @@ class Runs:
     sleep: Callable[[float], None]
     async_sleep: Callable[[float], Awaitable[None]]
     async_clients: LoopClients
+    background: Background
 
     if TYPE_CHECKING:  # defined by Journal
         @property
@@ -142,12 +161,12 @@ class Runs:
         def call_sync() -> Any:
             return ResumableContext(self.services, **options).call(function)
 
-        return Either(call_sync, lambda: run_blocking(call_sync))
+        return Either(call_sync, lambda: self.background.in_thread(call_sync))
 
     async def _call_async(self, function: Callable[..., Any], options: dict[str, Any]) -> Any:
         async with self.async_clients.client() as client:
-            context = AsyncResumableContext(self.services, client=client, sleep=self.async_sleep,
-                                            **options)
+            context = AsyncResumableContext(self.services, client=client,
+                                            sleep=self.background.async_sleep, **options)
             return await context.call(function)
 
     # -- running ---------------------------------------------------------------------------
@@ -227,12 +246,20 @@ class Runs:
             yield Blocking(self.store.release_lease, (info.id, owner))
             raise
 
-    def resume_all(self) -> builtins.list[ResumeOutcome]:
+    def resume_all(self, *, timeout: float | None = 30.0) -> builtins.list[ResumeOutcome]:
         """Resume every open oplog this process can lease, and retry pending acknowledgements.
+
+        Returns within about ``timeout`` seconds (30 by default; ``None``: wait for every
+        oplog to end, as ``chttp-client resume`` does), so that one oplog whose send is
+        still retrying never holds a start-up: the oplogs not finished by then are
+        reported ``pending`` and go on, one after the other, in a background thread
+        that stops cleanly at exit (:mod:`chttp_client.background`; a stopped one is
+        resumed by the next ``resume_all()``). The outcome is logged at INFO on the
+        ``chttp_client`` logger (counts by status).
 
         Never raises for one oplog's trouble: each gets a :class:`ResumeOutcome`. An oplog
         left ``busy`` (another live process holds it) or ``refused`` (unknown version) is
-        also logged at WARNING on the ``chttp_client`` logger, so a start-up resume never
+        also logged at WARNING, so a start-up resume never
         skips one silently. One holding a record this version cannot read is
         *quarantined* (:mod:`chttp_client.quarantine`): left open, not run, ``unreadable``,
         logged with a count and the ids; the others go on. One that diverges (the code
@@ -242,30 +269,54 @@ class Runs:
         the whole journal's trouble, not one oplog's) is raised. ``async def``
         functions' oplogs run to their end on an event loop of their own, one by one.
         """
-        return self._run_sync(self._resume_all_steps())
+        return self._run_sync(self._resume_all_steps(timeout))
 
-    async def resume_all_async(self) -> builtins.list[ResumeOutcome]:
+    async def resume_all_async(self, *, timeout: float | None = 30.0) -> builtins.list[ResumeOutcome]:
         """:meth:`resume_all` from a running event loop (an ASGI app's start-up).
 
         ``async def`` functions' oplogs run on this loop, ``def`` ones in a worker thread,
         one oplog after the other; the journal's SQL and the pending acknowledgements
-        run in worker threads, so the loop keeps serving meanwhile. A thread cannot be
+        run in worker threads, so the loop keeps serving meanwhile. Past ``timeout``
+        the rest is ``pending`` and goes on as a task on this loop (cancelled when the
+        loop shuts down: its runs give their leases up). A thread cannot be
         interrupted: cancelled while a ``def`` function's run is in its thread, this
-        waits for that run to end (its sends retry up to their deadline).
+        waits for that run to stop at its next wait between attempts
+        (:meth:`Background.in_thread <chttp_client.background.Background.in_thread>`).
         """
-        return await self._run_async(self._resume_all_steps())
+        return await self._run_async(self._resume_all_steps(timeout))
 
-    def _resume_all_steps(self) -> Steps[builtins.list[ResumeOutcome]]:
+    def _resume_all_steps(self, timeout: float | None) -> Steps[builtins.list[ResumeOutcome]]:
         yield Blocking(self.ensure_schema)
         yield Blocking(self.acknowledge_pending)
-        outcomes = []
-        for listed in (yield Blocking(self.list_open)):
-            if listed.function.startswith((INCOMING_PREFIX, CELERY_PREFIX)):
-                continue  # driven by incoming retries / Celery's redelivery, not by us
-            outcome = yield from self._resume_one_steps(listed)
-            outcomes.append(outcome)
+        listed = [info for info in (yield Blocking(self.list_open))
+                  # driven by incoming retries / Celery's redelivery, not by us
+                  if not info.function.startswith((INCOMING_PREFIX, CELERY_PREFIX))]
+        progress = _Progress()
+        work = self._resume_each_steps(listed, progress)
+        if timeout is None:
+            yield from work
+        else:
+            yield Either(lambda: self.background.wait_sync(lambda: self._run_sync(work), timeout),
+                         lambda: self.background.wait_async(lambda: self._run_async(work), timeout))
+        with progress.lock:
+            outcomes = list(progress.outcomes)
+            progress.left_behind = len(outcomes) < len(listed)
+        outcomes += [ResumeOutcome(info.id, info.function, info.version, "pending")
+                     for info in listed[len(outcomes):]]
         log_unreadable(outcomes)
+        if outcomes:
+            log.info("chttp: resume_all: %d open oplog(s): %s%s", len(outcomes), _counts(outcomes),
+                     " (pending ones go on in the background)" if progress.left_behind else "")
         return outcomes
+
+    def _resume_each_steps(self, listed: builtins.list[OplogInfo], progress: _Progress) -> Steps[None]:
+        for info in listed:
+            outcome = yield from self._resume_one_steps(info)
+            with progress.lock:
+                progress.outcomes.append(outcome)
+        with progress.lock:
+            if progress.left_behind:
+                log.info("chttp: resume_all finished in the background: %s", _counts(progress.outcomes))
 
     def _resume_one_steps(self, listed: OplogInfo) -> Steps[ResumeOutcome]:
         def outcome(status: str, value: Any = None, error: BaseException | None = None) -> ResumeOutcome:

@@ -4,17 +4,29 @@ docs/protocol.rst §5: retry on connection errors, timeouts, 5xx other than 501/
 ``message-in-progress``, 429 and 503, with exponential backoff and jitter, honouring
 ``Retry-After``, until the send's deadline (a ``Retry-After`` past it ends the send at
 once); anything else is the definitive answer.
+Errors retrying cannot heal end the send at once too (:func:`unhealable`): an
+unsupported scheme, a TLS handshake that failed (``https://`` spoken to a plain-HTTP
+port) or a certificate that does not verify.
 One exception to the 5xx rule: §4 marks 500 ``response-too-large`` as *not* retryable
 (the receiver rolled back and will roll back again), so it is definitive here.
 
 This module knows nothing about the journal: :mod:`chttp_client.steps` records the
 request before running :func:`deliver_steps` and records what it returns. Time and sleep are
 injectable so that tests never wait on the wall clock.
+
+A failing send says so: a WARNING on the ``chttp_client`` logger at its first failed
+attempt and then at attempts 2, 4, 8, 16… of this process (so ever more rarely: with
+the default policy within the first minute, then after about 8 and 24 minutes, 1, 2,
+4, 8 and 17 hours: a dozen in a day), naming method, URL,
+attempt, reason, next try and deadline left. Python's last-resort handler prints it
+even when the application configured no logging.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+import ssl
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
@@ -23,9 +35,12 @@ import httpx
 
 from chttp_client import telemetry
 from chttp_client.effects import Http, Sleep, Steps, SyncExecutor
-from chttp_core.wire import PROBLEM_CONTENT_TYPE, Problem, parse_http_date
+from chttp_core.wire import HEADER_MESSAGE_ID, PROBLEM_CONTENT_TYPE, Problem, parse_http_date
 
-__all__ = ["RetryPolicy", "Attempt", "deliver", "deliver_steps", "is_retryable", "problem_type_of", "retry_after_of"]
+__all__ = ["RetryPolicy", "Attempt", "deliver", "deliver_steps", "is_retryable", "problem_type_of",
+           "retry_after_of", "unhealable"]
+
+log = logging.getLogger("chttp_client")
 
 #: 501 Not Implemented and 505 HTTP Version Not Supported will not change on a retry.
 _NOT_RETRIED_5XX = frozenset({501, 505})
@@ -95,13 +110,49 @@ def is_retryable(response: httpx.Response) -> bool:
     return False
 
 
+def unhealable(error: httpx.TransportError) -> str | None:
+    """Why retrying cannot heal ``error`` (``"unsupported-scheme"``, ``"certificate"``,
+    ``"tls"``), or ``None`` for a transport error worth retrying.
+
+    httpx reports an unknown or missing scheme as :class:`httpx.UnsupportedProtocol`,
+    and a failed TLS handshake as a :class:`httpx.ConnectError` caused by an
+    :class:`ssl.SSLError` (``WRONG_VERSION_NUMBER`` when ``https://`` meets a plain-HTTP
+    port; :class:`ssl.SSLCertVerificationError` for a certificate). Neither changes
+    on a retry: the URL or the TLS setup must be fixed.
+    """
+    if isinstance(error, httpx.UnsupportedProtocol):
+        return "unsupported-scheme"
+    cause: BaseException | None = error
+    seen = 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return "certificate"
+        if isinstance(cause, ssl.SSLError):
+            return "tls"
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return None
+
+
 @dataclass
 class Attempt:
-    """What :func:`deliver` ended with: a definitive response, or the deadline."""
+    """What :func:`deliver` ended with: a definitive response, the deadline, or an
+    error retrying cannot heal (``unhealable`` names it, :func:`unhealable`)."""
 
     response: httpx.Response | None
     attempts: int
     last_error: str = ""
+    unhealable: str | None = None
+
+
+def _warn_failed(request: httpx.Request, attempt: int, reason: str, delay: float,
+                 remaining: float) -> None:
+    """The WARNING of a failed attempt (module docstring: which attempts are logged)."""
+    message_id = request.headers.get(HEADER_MESSAGE_ID, "?")
+    log.warning("chttp: %s %s (message %s) attempt %d failed: %s; next try in %.3g s, "
+                "%s left before the send's deadline",
+                request.method, request.url, message_id, attempt, reason, delay,
+                timedelta(seconds=int(remaining)))
 
 
 def deliver_steps(
@@ -114,6 +165,8 @@ def deliver_steps(
     on_wait: Callable[[], Steps[None]] | None = None,
     # Step logic run before each attempt leaves (the journal counts it; may raise to stop).
     before_attempt: Callable[[], Steps[None]] | None = None,
+    # Attempts of this send made before this call (earlier runs): the logged numbers go on.
+    attempts_before: int = 0,
 ) -> Steps[Attempt]:
     """Send ``build()`` until a definitive answer or ``deadline_at``; never raises for HTTP.
 
@@ -140,6 +193,9 @@ def deliver_steps(
             response: httpx.Response = yield Http(request)
         except httpx.TransportError as exc:  # connection errors and timeouts
             last_error = f"{type(exc).__name__}: {exc}"
+            kind = unhealable(exc)
+            if kind is not None:
+                return Attempt(None, attempts, last_error, unhealable=kind)
             telemetry.retried(telemetry.retry_cause(None, exc))
         else:
             if not is_retryable(response):
@@ -159,6 +215,9 @@ def deliver_steps(
             # deadline would only postpone the same end.
             return Attempt(None, attempts, f"{last_error} with Retry-After {wait:g} s, past the "
                                            f"deadline ({remaining:g} s left), so not waited for")
+        if failures & (failures - 1) == 0:  # 1, 2, 4, 8…: ever more rarely
+            _warn_failed(request, attempts_before + attempts, last_error, min(delay, remaining),
+                         remaining)
         if on_wait is not None:
             yield from on_wait()
         yield Sleep(min(delay, remaining))

@@ -40,7 +40,7 @@ import httpx
 from chttp_client import codec, observers, telemetry
 from chttp_client.codec import CodecError
 from chttp_client.effects import CallUser, Pause, Steps
-from chttp_client.errors import ConcurrentStepsError, JournalUnavailable, NonDeterminismError
+from chttp_client.errors import ConcurrentStepsError, JournalUnavailable, NonDeterminismError, UnhealableSendError
 from chttp_client.leases import new_owner
 from chttp_client.observers import StepEvent
 from chttp_client.recorded_sends import SendOptions, answer_recorded_send, rebuild_response, request_record
@@ -175,8 +175,15 @@ class RunSteps(RunWrites):
     def send_steps(self, method: str, url: str, options: SendOptions) -> Steps[httpx.Response]:
         """A certified send: recorded, retried with one id until answered, replayed after."""
         method = method.upper()
-        built = self._client.build_request(method, url, json=options.json, content=options.content,
-                                           headers=options.headers)
+        try:
+            built = self._client.build_request(method, url, json=options.json, content=options.content,
+                                               headers=options.headers)
+        except httpx.InvalidURL as error:  # nothing recorded: no retry could send it
+            raise UnhealableSendError("", method, str(url), f"invalid URL: {error}", "invalid-url",
+                                      0) from None
+        if built.url.scheme not in ("http", "https"):  # "localhost:8000/x" parses so, too
+            raise UnhealableSendError("", method, str(url), "the URL's scheme is not http:// or "
+                                      "https://, so it is not sent", "unsupported-scheme", 0)
         body = built.read()
         name = f"{method} {built.url}"
         response: httpx.Response = yield from self._guarded(

@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     journal.ensure_schema()   # the last of the start-up (it loads the migrations)
     if args.ready_file:       # only now may the chaos count this process as started
         Path(args.ready_file).touch()
-    journal.resume_all()                   # finish a stream a kill cut off …
+    journal.resume_all(timeout=None)       # finish a stream a kill cut off (waiting for it) …
     streams = [oplog for oplog in journal.list() if oplog.function == STREAM]
     if not streams:                        # … or start it, if it never started
         submit_transfers(args.escrow, args.transfers, args.seed, args.window)

@@ -316,7 +316,7 @@ class Driver:
         # First finish every oplog a crash left open: they hold claims nobody else can take.
         while not self._stop.is_set():
             try:
-                for outcome in self.journal.resume_all():
+                for outcome in self.journal.resume_all(timeout=None):  # finish first: a thread of its own
                     log.warning("resumed oplog %s: %s %s", outcome.oplog_id, outcome.status,
                                 outcome.error or outcome.value)
                 break

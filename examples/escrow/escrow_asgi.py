@@ -140,7 +140,7 @@ class AsyncDriver:
         # First finish every oplog a crash left open: they hold claims nobody else can take.
         while True:
             try:
-                for outcome in await self.journal.resume_all_async():
+                for outcome in await self.journal.resume_all_async(timeout=None):  # a task of its own
                     log.warning("resumed oplog %s: %s %s", outcome.oplog_id, outcome.status,
                                 outcome.error or outcome.value)
                 break

@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         deadline = time.monotonic() + args.timeout
         while True:
-            outcomes = journal.resume_all()
+            outcomes = journal.resume_all(timeout=None)   # each round waits for its runs
             if args.until_done and not outcomes:  # its owner finished it: nothing to wait for
                 log.write("idle")
                 return 0

@@ -88,7 +88,7 @@ def test_public_api_is_pinned():
         "StepEvent", "StepRecord", "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError",
         "JournalError", "NonDeterminismError", "ConcurrentStepsError", "UnknownFunctionError", "OplogBusyError", "OplogTakenOverError", "OplogAbandonedError",
         "JournalUnavailable", "SendError",
-        "DeadlineExceeded", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
+        "DeadlineExceeded", "UnhealableSendError", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
         "MessageTooOldError", "MessageIdReusedError", "ResponseTooLargeError",
     ]
     assert {name: _kind(getattr(chttp_client, name)) for name in chttp_client.__all__} == {
@@ -113,6 +113,7 @@ def test_public_api_is_pinned():
         "JournalUnavailable": "exception(JournalError)",
         "SendError": "exception(ChttpClientError)",
         "DeadlineExceeded": "exception(SendError)",
+        "UnhealableSendError": "exception(SendError)",
         "ProtocolAnswerError": "exception(SendError)",
         "MessageRejectedError": "exception(ProtocolAnswerError)",
         "MessageGoneError": "exception(ProtocolAnswerError)",
