@@ -399,3 +399,13 @@ def test_a_views_persisted_values_survive_its_rollback(sqlite_url: str, tmp_path
     assert first.status_code == retry.status_code == 503
     assert first.text == retry.text == drawn[0]
     assert len(drawn) == 1
+
+
+def test_the_asgi_public_api_is_pinned() -> None:
+    import chttp_server.asgi
+
+    assert sorted(chttp_server.asgi.__all__) == sorted([
+        "AsyncCertifiedContext", "CertifiedMiddleware", "current_message", "make_async_engine",
+        "require_for_methods", "user_scope"])
+    for name in chttp_server.asgi.__all__:
+        assert getattr(chttp_server.asgi, name) is not None
