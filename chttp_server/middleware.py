@@ -49,6 +49,7 @@ from chttp_server.errors import (
     problem_response,
 )
 from chttp_server.incoming import first_sent_of, message_id_of, read_body
+from chttp_server.options import check_receiver_options
 from chttp_server.sessions import join as join_sessions
 from chttp_server.sessions import joined
 from chttp_server.store import MessageKey, MessageStore, StoredMessage, utcnow
@@ -171,20 +172,11 @@ class CertifiedMiddleware:
             raise ConfigurationError("app must be a WSGI application (a callable)")
         if (db_url is None) == (engine is None):
             raise ConfigurationError("give exactly one of db_url= or engine=")
-        if retention <= timedelta(0):
-            raise ConfigurationError("retention must be positive")
-        if claim_timeout <= 0:
-            raise ConfigurationError("claim_timeout must be positive")
-        if max_response_bytes < 0:
-            raise ConfigurationError("max_response_bytes must not be negative")
-        if max_request_bytes < 0:
-            raise ConfigurationError("max_request_bytes must not be negative")
-        if not (message_prefix.startswith("/") and message_prefix.endswith("/")):
-            raise ConfigurationError("message_prefix must start and end with '/'")
-        if retry_after < 0:
-            raise ConfigurationError("retry_after must not be negative")
-        if handler_send_deadline is not None and handler_send_deadline <= timedelta(0):
-            raise ConfigurationError("handler_send_deadline must be positive (or None)")
+        check_receiver_options(
+            retention=retention, claim_timeout=claim_timeout,
+            max_response_bytes=max_response_bytes, max_request_bytes=max_request_bytes,
+            message_prefix=message_prefix, retry_after=retry_after,
+            handler_send_deadline=handler_send_deadline)
         self.app = app
         if engine is None:
             assert db_url is not None  # exactly one of them, checked above
