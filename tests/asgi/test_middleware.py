@@ -409,3 +409,28 @@ def test_the_asgi_public_api_is_pinned() -> None:
         "require_for_methods", "user_scope"])
     for name in chttp_server.asgi.__all__:
         assert getattr(chttp_server.asgi, name) is not None
+
+
+@pytest.mark.parametrize("bad, words", [
+    pytest.param({"retention": __import__("datetime").timedelta(0)}, "retention must be positive", id="retention"),
+    pytest.param({"claim_timeout": 0}, "claim_timeout must be positive", id="claim_timeout"),
+    pytest.param({"max_response_bytes": -1}, "max_response_bytes", id="max_response_bytes"),
+    pytest.param({"max_request_bytes": -1}, "max_request_bytes", id="max_request_bytes"),
+    pytest.param({"message_prefix": "chttp"}, "message_prefix", id="message_prefix"),
+    pytest.param({"retry_after": -1}, "retry_after", id="retry_after"),
+    pytest.param({"handler_send_deadline": __import__("datetime").timedelta(0)},
+                 "handler_send_deadline", id="handler_send_deadline"),
+])
+def test_both_front_ends_refuse_the_same_bad_options_with_the_same_words(
+        sqlite_url: str, bad: dict[str, Any], words: str) -> None:
+    from chttp_server import CertifiedMiddleware as WsgiCertifiedMiddleware
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        return []
+
+    app, _runs = _counting_app()
+    with pytest.raises(ConfigurationError, match=words) as asgi_error:
+        CertifiedMiddleware(app, db_url=sqlite_url, upgrade_schema=True, **bad)
+    with pytest.raises(ConfigurationError, match=words) as wsgi_error:
+        WsgiCertifiedMiddleware(wsgi_app, db_url=sqlite_url, upgrade_schema=True, **bad)
+    assert str(asgi_error.value) == str(wsgi_error.value)
