@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any, Callable
 
 from sqlalchemy import (
@@ -36,24 +33,27 @@ from sqlalchemy import (
     Engine,
     LargeBinary,
     bindparam,
-    delete,
     func,
     select,
     text,
-    tuple_,
     update,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from chttp_core import migrate
-from chttp_core.db import begin_immediately, is_disconnect
-from chttp_core.errors import ClaimLost, ClaimTimedOut, StoreUnreachable
+from chttp_core.db import begin_immediately
+from chttp_core.errors import ClaimLost, ClaimTimedOut
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 from chttp_server import claim_guard, store_dbapi
 from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
+from chttp_server.purge import purge_expired
+from chttp_server.store_errors import unreachable_as_store_error
 
 __all__ = ["MessageKey", "StoredMessage", "MessageStore", "unreachable_as_store_error", "utcnow"]
+
+#: Every statement the store runs is wrapped in it (chttp_server.store_errors).
+_UNREACHABLE = unreachable_as_store_error()
 
 #: PostgreSQL's SQLSTATE for "lock_timeout expired" (lock_not_available).
 _PG_LOCK_NOT_AVAILABLE = "55P03"
@@ -402,71 +402,11 @@ class MessageStore:
         ``vacuum_cost_delay``): a purge of a large backlog then takes longer and costs
         live requests less. Returns the number of rows deleted.
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        if pause < 0:
-            raise ValueError("pause must not be negative")
-        total = 0
-        batches = 0
-        now = self.clock()
-        while max_batches is None or batches < max_batches:
-            if batches and pause:
-                time.sleep(pause)
-            victims = (
-                select(messages.c.scope, messages.c.message_id)
-                .where(messages.c.expires_at <= now)
-                .limit(batch_size)
-            )
-            if self._postgresql:
-                victims = victims.with_for_update(skip_locked=True)
-            with self.engine.begin() as connection:
-                deleted = connection.execute(
-                    delete(messages).where(
-                        tuple_(messages.c.scope, messages.c.message_id).in_(victims)
-                    )
-                ).rowcount
-            total += deleted
-            batches += 1
-            if deleted < batch_size:
-                break
-        return total
+        return purge_expired(self.engine, now=self.clock(), skip_locked=self._postgresql,
+                             batch_size=batch_size, max_batches=max_batches, pause=pause)
 
     def count(self) -> int:
         """How many message rows (completed and tombstones) the store holds."""
         with self.engine.connect() as connection:
             return int(connection.execute(select(func.count()).select_from(messages)).scalar_one())
-
-
-class _UnreachableAsStoreError:
-    """The context manager behind :func:`unreachable_as_store_error` (stateless, reentrant).
-
-    A class rather than ``@contextmanager``: it wraps every statement of every request,
-    and a generator-based manager costs several microseconds per use.
-    """
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        if exc is not None and is_disconnect(exc):
-            raise StoreUnreachable(_first_line(exc)) from exc
-        return None
-
-
-_UNREACHABLE = _UnreachableAsStoreError()
-
-
-def unreachable_as_store_error() -> AbstractContextManager[None]:
-    """Raise :class:`StoreUnreachable` for an error that means the store cannot be reached.
-
-    One classification for every statement the store runs (:func:`chttp_core.db.is_disconnect`:
-    a dropped or refused connection, an exhausted pool, SQLite's busy timeout); any other
-    database error is a real error of the statement and propagates unchanged.
-    """
-    return _UNREACHABLE
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 

@@ -57,16 +57,8 @@ from typing import Any, Callable
 from sqlalchemy import Connection, RootTransaction
 from sqlalchemy import exc as sa_exc
 
-from chttp_core import migrate
-from chttp_core.db import is_driver_disconnect
 from chttp_core.telemetry import NOOP
-from chttp_core.errors import (
-    ClaimLost,
-    ClaimTimedOut,
-    SchemaOutOfDateError,
-    StoreUnreachable,
-)
-from chttp_server.claim_guard import refused_as_ended
+from chttp_core.errors import ClaimLost, StoreUnreachable
 from chttp_server.decisions import (
     IncomingMessage,
     Outcome,
@@ -74,109 +66,16 @@ from chttp_server.decisions import (
     outcome_for,
     stored_answer,
 )
-from chttp_server.errors import (
-    HandlerEndedTransaction,
-    MessageInProgress,
-    ProtocolError,
-    StoreUnavailable,
-)
+from chttp_server.errors import HandlerEndedTransaction
 from chttp_server.store import MessageKey, MessageStore, StoredMessage
+from chttp_server.store_errors import ENDED, store_errors
 from chttp_server.telemetry import PROCESSED, REPLAYED, ROLLED_BACK
 
-__all__ = ["MessageTransaction", "store_errors"]
+__all__ = ["MessageTransaction", "store_errors"]  # store_errors: re-exported for its users
 
 log = logging.getLogger("chttp_server")
 
 Headers = list[tuple[str, str]]
-
-_ENDED = ("the handler committed or rolled back the certified request's transaction; "
-          "nothing was stored (use connection.begin_nested() to undo part of it)")
-
-
-def store_errors(*, retry_after: int, message_id: str | None = None,
-                 lost: Callable[[], bool] | None = None) -> AbstractContextManager[None]:
-    """Turn the store's failures into the answers of docs/protocol.rst §4. The only place.
-
-    * :class:`StoreUnreachable`, or a SQLAlchemy error whose connection was invalidated
-      (whoever ran the statement: the handler's statements share the connection), or a
-      pool that cannot hand one out → 503 ``store-unavailable`` + ``Retry-After``;
-    * what a dead connection raises *after* it died, → the same 503: SQLAlchemy's
-      ``PendingRollbackError``, ``ResourceClosedError`` or any ``InvalidRequestError``
-      ("inactive transaction", "can't reconnect until invalid transaction is rolled
-      back") when ``lost()`` says the message's connection is gone or the error was
-      raised from a disconnect; a driver's own disconnect error that SQLAlchemy never
-      saw (psycopg 3, psycopg2, asyncpg: :func:`chttp_core.db.is_driver_disconnect`).
-      The same ``InvalidRequestError`` on a live connection is the application's bug
-      and propagates;
-    * :class:`SchemaOutOfDateError` (met after start-up) → 503 naming the command;
-    * :class:`ClaimTimedOut` → 409 ``message-in-progress`` + ``Retry-After``.
-
-    The 503's detail stays generic: the driver's message names hosts, ports and
-    database states, so it goes to the log only. The returned manager is stateless and
-    may be entered again and again (a transaction keeps one).
-    """
-    return _StoreErrors(retry_after, message_id, lost)
-
-
-class _StoreErrors:
-    """:func:`store_errors` as a class: it wraps every step of every request, and a
-    generator-based ``@contextmanager`` costs several microseconds per use."""
-
-    __slots__ = ("retry_after", "message_id", "lost")
-
-    def __init__(self, retry_after: int, message_id: str | None,
-                 lost: Callable[[], bool] | None = None) -> None:
-        self.retry_after = retry_after
-        self.message_id = message_id
-        self.lost = lost
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        if exc is None or isinstance(exc, ProtocolError):
-            return None
-        if isinstance(exc, sa_exc.DBAPIError) and refused_as_ended(exc):
-            # A statement refused because the handler ended the message's transaction.
-            raise HandlerEndedTransaction(_ENDED) from exc
-        if isinstance(exc, StoreUnreachable):
-            reason = exc.reason
-        elif isinstance(exc, (sa_exc.DisconnectionError, sa_exc.TimeoutError)):
-            reason = str(exc)
-        elif isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-            reason = f"connection lost: {str(exc.orig).strip()}"
-        elif isinstance(exc, sa_exc.InvalidRequestError) and self._after_loss(exc):
-            reason = f"connection lost earlier: {type(exc).__name__}: {_first_line(exc)}"
-        elif not isinstance(exc, sa_exc.SQLAlchemyError) and is_driver_disconnect(exc):
-            reason = f"connection lost: {type(exc).__name__}: {_first_line(exc)}"
-        elif isinstance(exc, SchemaOutOfDateError):
-            log.error("chttp: %s", exc)
-            raise StoreUnavailable(
-                f"the chttp schema is behind this code; run `{migrate.UPGRADE_COMMAND}`",
-                retry_after=self.retry_after, message_id=self.message_id,
-            ) from exc
-        elif isinstance(exc, ClaimTimedOut):
-            raise MessageInProgress(
-                f"another request with this id is still being processed after {exc.waited:g}s",
-                message_id=exc.message_id, retry_after=exc.retry_after,
-            ) from exc
-        else:
-            return None
-        log.warning("chttp message store unavailable (message %r): %s", self.message_id, reason)
-        raise StoreUnavailable(retry_after=self.retry_after, message_id=self.message_id) from exc
-
-    def _after_loss(self, exc: sa_exc.InvalidRequestError) -> bool:
-        """True if this misuse error is the echo of a connection that died before it."""
-        if "can't reconnect until invalid" in str(exc).lower():
-            return True  # SQLAlchemy says it: the connection was invalidated
-        return (self.lost is not None and self.lost()) or is_driver_disconnect(exc)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
 
 class MessageTransaction:
     """Begin, claim, complete, commit or roll back one message (see the module docstring)."""
@@ -348,7 +247,7 @@ class MessageTransaction:
             # transaction runs in autocommit, chttp_server.store_dbapi), so writes the
             # handler meant to undo are still in it, or writes it meant to make durable
             # would wait for the response. Roll back the whole message instead.
-            raise HandlerEndedTransaction(_ENDED)
+            raise HandlerEndedTransaction(ENDED)
         with self._errors():
             if decision is Outcome.ROLL_BACK:
                 if self.connection_lost():
@@ -371,7 +270,7 @@ class MessageTransaction:
                               "the claim and the work before that commit are durable, and "
                               "retries are answered 410 message-outcome-unknown",
                               self.key.message_id, self.key.scope, lost.how)
-                    raise HandlerEndedTransaction(_ENDED) from lost
+                    raise HandlerEndedTransaction(ENDED) from lost
                 self.commit()
         self.observed.finish(PROCESSED, status)
         return True

@@ -357,14 +357,14 @@ def test_purge_works_in_bounded_batches(make_app, engine, clock):
 def test_purge_pauses_between_batches(make_app, clock, monkeypatch):
     """``pause`` sleeps between batches (not before the first or after the last), and
     the purge still deletes every expired row."""
-    import chttp_server.store
+    import chttp_server.purge
 
     app = make_app(retention=timedelta(minutes=1))
     for number in range(7):
         post(app, "/echo", f"pp-{number}")
     clock.now += timedelta(minutes=2)
     slept: list[float] = []
-    monkeypatch.setattr(chttp_server.store.time, "sleep", slept.append)
+    monkeypatch.setattr(chttp_server.purge.time, "sleep", slept.append)
     store = app.app.store
     assert store.purge(batch_size=3, pause=0.25) == 7
     assert slept == [0.25, 0.25]  # batches of 3, 3 and 1
