@@ -34,12 +34,13 @@ import httpx
 
 from chttp_client.effects import AsyncExecutor
 from chttp_client.services import RunServices
+from chttp_client.shorthands import AsyncSendShorthands
 from chttp_client.steps import RunSteps, SendOptions
 
 __all__ = ["AsyncResumableContext"]
 
 
-class AsyncResumableContext(RunSteps):
+class AsyncResumableContext(RunSteps, AsyncSendShorthands):
     """The ``chttp_context`` argument of an ``async def`` resumable function.
 
     Made by :class:`~chttp_client.journal.Journal` (``run_async``/``resume_async``) with
@@ -86,21 +87,6 @@ class AsyncResumableContext(RunSteps):
         <chttp_client.context.ResumableContext.send>` says what it returns and raises)."""
         options = SendOptions(json=json, content=content, headers=headers, deadline=deadline)
         return await self._executor.run(self.send_steps(method, url, options))
-
-    async def get(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("GET", url, **options)
-
-    async def post(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("POST", url, **options)
-
-    async def put(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("PUT", url, **options)
-
-    async def patch(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("PATCH", url, **options)
-
-    async def delete(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("DELETE", url, **options)
 
     async def call(self, function: Callable[..., Any]) -> Any:
         """Await ``function`` with the recorded arguments and record how it ended."""

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-if TYPE_CHECKING:  # chttp_client (and httpx) load on a view's first send, not before
+from chttp_client.shorthands import AsyncSendShorthands
+
+if TYPE_CHECKING:  # the journal and the async context load on a view's first send, not before
     import httpx
 
     from chttp_client.async_context import AsyncResumableContext
@@ -44,7 +46,7 @@ def current_message() -> AsyncCertifiedContext | None:
     return _current.get()
 
 
-class AsyncCertifiedContext:
+class AsyncCertifiedContext(AsyncSendShorthands):
     """The certified request being processed: its id, scope and shared transaction."""
 
     def __init__(
@@ -135,21 +137,6 @@ class AsyncCertifiedContext:
         """A certified send whose id derives from this message's ``(scope, id)`` and step."""
         outgoing = await self._outgoing_context()
         return await outgoing.send(method, url, **options)
-
-    async def get(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("GET", url, **options)
-
-    async def post(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("POST", url, **options)
-
-    async def put(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("PUT", url, **options)
-
-    async def patch(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("PATCH", url, **options)
-
-    async def delete(self, url: str, **options: Any) -> httpx.Response:
-        return await self.send("DELETE", url, **options)
 
     # -- the end of the request ------------------------------------------------------
 
