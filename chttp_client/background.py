@@ -34,6 +34,8 @@ import time
 import weakref
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
+from chttp_client.effects import ResumeStopped
+
 __all__ = ["Background", "ResumeStopped"]
 
 log = logging.getLogger("chttp_client")
@@ -42,10 +44,6 @@ T = TypeVar("T")
 #: The stop of the ``def`` run this thread performs for a task (:meth:`Background.in_thread`).
 _RUN_STOP: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar(
     "chttp_run_stop", default=None)
-
-
-class ResumeStopped(asyncio.CancelledError):
-    """A run was stopped at exit (or ``close()``) while it waited to retry; it resumes later."""
 
 
 class Background:
@@ -62,6 +60,7 @@ class Background:
         self._threads: set[threading.Thread] = set()
         self._tasks: set[asyncio.Future[Any]] = set()
         self._run_stops: weakref.WeakSet[threading.Event] = weakref.WeakSet()
+        self._run_ends: set[threading.Event] = set()   # in_thread runs not yet ended
         self._lock = threading.Lock()
 
     # -- waits that a stop cuts short ------------------------------------------------------
@@ -92,7 +91,19 @@ class Background:
             stop.set()
         context = contextvars.copy_context()
         context.run(_RUN_STOP.set, stop)
-        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, context.run, function))
+        ended = threading.Event()
+        with self._lock:
+            self._run_ends.add(ended)
+
+        def run() -> T:
+            try:
+                return context.run(function)
+            finally:
+                with self._lock:
+                    self._run_ends.discard(ended)
+                ended.set()
+
+        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, run))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -176,9 +187,11 @@ class Background:
             stop.set()
         give_up_at = time.monotonic() + self.grace
         with self._lock:
-            threads = list(self._threads)
+            threads, run_ends = list(self._threads), list(self._run_ends)
         for thread in threads:
             thread.join(max(0.0, give_up_at - time.monotonic()))
+        for ended in run_ends:  # a task's def run: its thread, too, before the client closes
+            ended.wait(max(0.0, give_up_at - time.monotonic()))
         for task in list(self._tasks):
             try:  # close() may run in a worker thread (aclose): cancel on the task's loop
                 task.get_loop().call_soon_threadsafe(task.cancel)

@@ -46,7 +46,7 @@ from typing import Any, Awaitable, Callable, Generator, TypeVar, Union
 import httpx
 
 __all__ = [
-    "Blocking", "Http", "Sleep", "Pause", "CallUser", "Either", "Effect", "Steps",
+    "Blocking", "Http", "Sleep", "Pause", "CallUser", "Either", "Effect", "Steps", "ResumeStopped",
     "SyncExecutor", "AsyncExecutor", "run_blocking",
 ]
 
@@ -104,6 +104,22 @@ Effect = Union[Blocking, Http, Sleep, Pause, CallUser, Either]
 Steps = Generator[Effect, Any, T]
 
 
+class ResumeStopped(asyncio.CancelledError):
+    """A run was stopped (``journal.close()``, interpreter exit) before its end; it resumes later.
+
+    A cancellation, not the function's own failure: the run records nothing more and
+    gives its lease up, and the next start resends with the same ids. Raised at a wait
+    between attempts (:mod:`chttp_client.background`) and by a send whose HTTP client
+    the journal closed meanwhile — recorded as the function's error, that closed client
+    would fail an oplog whose message may well have been delivered.
+    """
+
+
+def _closed() -> ResumeStopped:
+    return ResumeStopped("the journal's HTTP client was closed during this run: nothing more is "
+                         "recorded; the next resume sends again with the same id")
+
+
 class SyncExecutor:
     """Performs effects in the calling thread (a ``def`` resumable function)."""
 
@@ -131,7 +147,14 @@ class SyncExecutor:
         if isinstance(effect, Blocking):
             return effect.function(*effect.args, **effect.kwargs)
         if isinstance(effect, Http):
-            response = self.client.send(effect.request)
+            if self.client.is_closed:
+                raise _closed()
+            try:
+                response = self.client.send(effect.request)
+            except RuntimeError:  # httpx: "the client has been closed" (by another thread)
+                if self.client.is_closed:
+                    raise _closed() from None
+                raise
             response.read()
             return response
         if isinstance(effect, Sleep):
@@ -174,7 +197,14 @@ class AsyncExecutor:
         if isinstance(effect, Http):
             if self.client is None:
                 raise RuntimeError("this executor makes no sends (a run's context has the client)")
-            response = await self.client.send(effect.request)
+            if self.client.is_closed:
+                raise _closed()
+            try:
+                response = await self.client.send(effect.request)
+            except RuntimeError:
+                if self.client.is_closed:
+                    raise _closed() from None
+                raise
             await response.aread()
             return response
         if isinstance(effect, Sleep):

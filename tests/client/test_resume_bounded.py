@@ -172,3 +172,51 @@ def test_chttp_client_resume_with_a_timeout_reports_pending(stuck, capsys):
     assert "pending  still retrying: stopped, left open for the next resume" in captured.out
     assert captured.out.strip().endswith("1 open oplog(s): 1 pending")
     assert "1 still pending after --timeout 0.3 s" in captured.err
+
+
+# -- a closed HTTP client is a stop, never the function's failure --------------------------
+# CI found it (1 run in ~20 under load): ``close()`` closed the client while a background
+# ``def`` run, in a task's worker thread, was about to send; httpx's "the client has been
+# closed" RuntimeError was recorded as the function's error — a failed oplog whose message
+# may well have been delivered. Here the client is closed at the first wait, every time.
+
+def test_a_send_whose_client_was_closed_leaves_the_oplog_open(tmp_path, receiver):
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+    journal = Journal(url, retry=POLICY)
+    journal.sleep = lambda _seconds: journal.http_client.close()   # closed between two attempts
+    with pytest.raises(asyncio.CancelledError, match="client was closed"):
+        resumable(journal, name=NAME)(ship)(f"http://127.0.0.1:{closed_port()}/flaky")
+    [stopped] = journal.list()
+    assert stopped.state == "open" and stopped.lease_owner is None   # nothing failed, lease given up
+    [journaled] = journal.get(stopped.id).steps
+    journal.close()
+
+    again = Journal(url, retry=POLICY, transport=httpx.WSGITransport(app=receiver))
+    [outcome] = again.resume_all(timeout=None)
+    assert outcome.status == "done" and outcome.value == 201
+    [sent] = again.get(stopped.id).steps
+    assert sent.message_id == journaled.message_id and sent.response is not None   # same id
+    again.close()
+
+
+def test_an_async_send_whose_client_was_closed_leaves_the_oplog_open(tmp_path, receiver):
+    url = f"sqlite:///{tmp_path / 'journal.db'}"
+
+    async def ship_async(target: str, *, chttp_context):
+        return (await chttp_context.post(target, json={"item": "book"})).status_code
+
+    async def main() -> None:
+        client = httpx.AsyncClient()
+
+        async def close_client(_seconds: float) -> None:
+            await client.aclose()
+
+        async with Journal(url, retry=POLICY, async_http_client=client,
+                           async_sleep=close_client) as journal:
+            with pytest.raises(asyncio.CancelledError, match="client was closed"):
+                await resumable(journal, name=NAME + ".async")(ship_async)(
+                    f"http://127.0.0.1:{closed_port()}/flaky")
+            [stopped] = journal.list()
+            assert stopped.state == "open" and stopped.lease_owner is None
+
+    asyncio.run(main())
