@@ -39,9 +39,10 @@ def parse_args(argv: list[str] | None) -> Options:
                              "(default 16)")
     parser.add_argument("--python-load", action="store_true",
                         help="use the Python load generator even if wrk is installed")
-    parser.add_argument("--purge-pause", type=float, default=0.05, metavar="SECONDS",
-                        help="pause between batches of the paced purge run (default 0.05; "
-                             "0: only the flat-out purge)")
+    parser.add_argument("--purge-share", type=float, default=0.2, metavar="FRACTION",
+                        help="the paced purge run's share of the time spent deleting, each "
+                             "pause scaled from the batch before it (MessageStore.purge("
+                             "share=…); default 0.2; 0: only the flat-out purge)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write the results as JSON (e.g. docs/bench.json)")
     parser.add_argument("--png", default=None, metavar="PATH",
@@ -54,7 +55,7 @@ def parse_args(argv: list[str] | None) -> Options:
         scale_small=10_000,
         scale_large=100_000 if quick else 1_000_000,
         purge_rows=100_000 if quick else 1_000_000,
-        purge_pause=max(0.0, args.purge_pause),
+        purge_share=min(1.0, max(0.0, args.purge_share)),
         rounds=1 if quick else max(1, args.rounds),
         workers=args.workers,
         threads=args.threads,

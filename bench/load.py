@@ -225,3 +225,23 @@ def median_result(results: list[LoadResult]) -> LoadResult:
         tool=results[0].tool,
         notes=notes,
     )
+
+
+def combined(results: list[LoadResult]) -> LoadResult:
+    """Back-to-back slices as one run: throughput over their whole time (not a median,
+    so a slow stretch counts for as long as it lasted), the worst p99, the median p50."""
+    if len(results) == 1:
+        return results[0]
+    import statistics
+
+    seconds = sum(r.requests / r.rps for r in results if r.rps > 0)
+    requests = sum(r.requests for r in results)
+    return LoadResult(
+        rps=requests / seconds if seconds else 0.0,
+        p50_ms=statistics.median(r.p50_ms for r in results),
+        p99_ms=max(r.p99_ms for r in results),
+        requests=requests,
+        errors=sum(r.errors for r in results),
+        tool=results[0].tool,
+        notes=sorted({note for result in results for note in result.notes}),
+    )

@@ -190,17 +190,19 @@ def render(results: Results, options: Options) -> str:
             continue
         before: LoadResult = p["before"]  # type: ignore[assignment]
         during: LoadResult = p["during"]  # type: ignore[assignment]
-        pace = f", pause {p['pause']:g} s between batches" if p.get("pause") else ""
+        pace = (f", share={p['share']:g}: paced by its own batch times" if p.get("share")
+                else ", flat out")
         lines.append(f"purge of {p['deleted']:,} expired rows (MessageStore.purge{pace}) "
                      f"under certified traffic at concurrency {p['concurrency']}")
         lines += _header()
         lines.append(_row("certified, before", p["concurrency"], before))
         lines.append(_row("certified, during", p["concurrency"], during))
         value = _ratio(during.rps, before.rps)
-        covered = p["purge_seconds"] >= p["window_seconds"] * 0.9  # type: ignore[operator]
+        covered = p["purge_seconds"] >= p["window_seconds"] * 0.8  # type: ignore[operator]
         lines.append(f"during / before: {value:.2f} (target >= 0.80 {_verdict(value, 0.8)}); "
-                     f"purge took {p['purge_seconds']:.1f} s for a {p['window_seconds']:.1f} s "
-                     f"window{'' if covered else ' (purge ended early: the window is diluted)'}")
+                     f"purge took {p['purge_seconds']:.1f} s, traffic measured for "
+                     f"{p['window_seconds']:.1f} s from its start to its end"
+                     f"{'' if covered else ' (the last slice outlasted the purge: diluted)'}")
         lines.append("")
     if results.sender:
         sender = results.sender

@@ -18,7 +18,8 @@ from typing import Callable
 
 from bench.cluster import BenchDatabase, DatabaseSettings
 from bench.floor import pgbench_floor, pgbench_script
-from bench.load import BODY, PATH, TRANSFER_PATH, LoadResult, LoadSpec, median_result, run_load
+from bench.load import (BODY, PATH, TRANSFER_PATH, LoadResult, LoadSpec, combined, median_result,
+                        run_load)
 from bench.servers import Server
 
 __all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES", "FLASK_MODES",
@@ -72,7 +73,7 @@ class Options:
     scale_small: int = 10_000
     scale_large: int = 1_000_000
     purge_rows: int = 1_000_000
-    purge_pause: float = 0.05                      # seconds between batches, paced purge
+    purge_share: float = 0.2                       # the paced purge's share of the time
     workers: int = 4
     threads: int = 4
     use_wrk: bool = True
@@ -325,14 +326,20 @@ def _scale(db: BenchDatabase, servers: dict[str, Server], options: Options,
 
 def _purge(db: BenchDatabase, servers: dict[str, Server], options: Options,
            results: Results) -> None:
-    """The purge twice: flat out, then paced (``MessageStore.purge(pause=…)``)."""
-    results.purge = _purge_once(db, servers, options, pause=0.0)
-    if options.purge_pause > 0:
-        results.purge_paced = _purge_once(db, servers, options, pause=options.purge_pause)
+    """The purge twice: flat out, then paced by its own batch times (``share=``)."""
+    results.purge = _purge_once(db, servers, options, share=None)
+    if options.purge_share > 0:
+        results.purge_paced = _purge_once(db, servers, options, share=options.purge_share)
 
 
 def _purge_once(db: BenchDatabase, servers: dict[str, Server], options: Options, *,
-                pause: float) -> dict[str, object]:
+                share: float | None) -> dict[str, object]:
+    """Live certified traffic before the purge, then for the purge's *whole* run.
+
+    The "during" figure is made of load slices repeated until the purge ends, so it
+    covers the purge from its first batch to its last: a window shorter than the purge
+    would flatter a purge whose cost grows, and a longer one would dilute it.
+    """
     from chttp_core.db import make_engine
     from chttp_server.store import MessageStore
 
@@ -349,18 +356,22 @@ def _purge_once(db: BenchDatabase, servers: dict[str, Server], options: Options,
 
     def purge() -> None:
         began = time.monotonic()
-        outcome["deleted"] = store.purge(pause=pause)
+        outcome["deleted"] = store.purge(share=share)
         outcome["seconds"] = time.monotonic() - began
 
-    progress(f"purge: MessageStore.purge(pause={pause:g}) while the same traffic runs")
+    paced = f"share={share:g}" if share is not None else "flat out"
+    progress(f"purge: MessageStore.purge({paced}) while the same traffic runs, until it ends")
     thread = threading.Thread(target=purge)
+    slice_options = Options(duration=min(options.duration, 2.0), rounds=1, use_wrk=options.use_wrk)
     began = time.monotonic()
     thread.start()
-    during = _load(window, servers["certified"], concurrency, kind="new")
+    slices = [_load(slice_options, servers["certified"], concurrency, kind="new")]
+    while thread.is_alive():
+        slices.append(_load(slice_options, servers["certified"], concurrency, kind="new"))
     window_seconds = time.monotonic() - began
     thread.join()
     engine.dispose()
-    return {"before": before, "during": during, "concurrency": concurrency,
-            "deleted": int(outcome.get("deleted", 0)), "pause": pause,
+    return {"before": before, "during": combined(slices), "concurrency": concurrency,
+            "deleted": int(outcome.get("deleted", 0)), "share": share,
             "purge_seconds": outcome.get("seconds", float("nan")),
             "window_seconds": window_seconds}

@@ -165,7 +165,21 @@ def _add_purge(commands: Any) -> None:
     purge.add_argument("--pause", type=non_negative("seconds"), default=0.0, metavar="SECONDS",
                        help="sleep between batches, leaving the database to live traffic "
                             "(default: %(default)s)")
+    purge.add_argument("--share", type=_share, default=None, metavar="FRACTION",
+                       help="pace the purge by what it observes: spend at most this fraction "
+                            "of the time deleting (e.g. 0.2), each pause scaled from the batch "
+                            "before it, so a busy store slows the purge down (default: flat out)")
     purge.set_defaults(handler=_cmd_purge)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a fraction above 0 and at most 1 (e.g. 0.2), not {text}")
+    return value
 
 
 def _cmd_purge(args: argparse.Namespace) -> int:
@@ -176,7 +190,7 @@ def _cmd_purge(args: argparse.Namespace) -> int:
         require_schema(engine, args.db)
         # Retention is already baked into each row's expires_at.
         store = MessageStore(engine, retention=timedelta(days=15), claim_timeout=5.0)
-        deleted = store.purge(batch_size=args.batch_size, pause=args.pause)
+        deleted = store.purge(batch_size=args.batch_size, pause=args.pause, share=args.share)
     finally:
         engine.dispose()
     print(f"purged {deleted} expired message(s)")

@@ -393,17 +393,21 @@ class MessageStore:
     # -- housekeeping ----------------------------------------------------------------
 
     def purge(self, *, batch_size: int = 1000, max_batches: int | None = None,
-              pause: float = 0.0) -> int:
+              pause: float = 0.0, share: float | None = None) -> int:
         """Delete expired rows in batches of ``batch_size``, each its own short transaction.
 
         On PostgreSQL the batch is chosen with ``FOR UPDATE SKIP LOCKED`` so the purge
         never waits on, nor blocks, a live claim. ``pause``: seconds to sleep between
         batches, leaving the database to live traffic meanwhile (like PostgreSQL's own
         ``vacuum_cost_delay``): a purge of a large backlog then takes longer and costs
-        live requests less. Returns the number of rows deleted.
+        live requests less. ``share`` paces it by what it observes instead: at most that
+        fraction of the time spent deleting, the pauses scaled from each batch's own
+        duration (:func:`chttp_server.purge.purge_expired`). Returns the number of rows
+        deleted.
         """
         return purge_expired(self.engine, now=self.clock(), skip_locked=self._postgresql,
-                             batch_size=batch_size, max_batches=max_batches, pause=pause)
+                             batch_size=batch_size, max_batches=max_batches, pause=pause,
+                             share=share)
 
     def count(self) -> int:
         """How many message rows (completed and tombstones) the store holds."""

@@ -264,3 +264,15 @@ def test_async_sender_is_a_scenario_with_its_concurrency_and_in_the_json() -> No
     assert (options.sender_concurrency, parse_args([]).sender_concurrency) == (8, 16)
     data = results_to_json(Results(async_sender=_async_sender(300.0, 100.0)), options)
     assert data["async_sender"]["dbos"]["functions_per_s"] == 100.0
+
+
+def test_the_purge_window_weighs_each_slice_by_how_long_it_lasted():
+    """The "during the purge" figure is throughput over the whole purge: a slow stretch
+    counts for as long as it lasted (a median of slices would hide it)."""
+    from bench.load import LoadResult, combined
+
+    quick = LoadResult(rps=100.0, p50_ms=1.0, p99_ms=5.0, requests=100, errors=0, tool="wrk")
+    slow = LoadResult(rps=50.0, p50_ms=3.0, p99_ms=9.0, requests=450, errors=1, tool="wrk")
+    whole = combined([quick, slow])
+    assert whole.rps == pytest.approx(55.0)          # 550 requests in 1 s + 9 s
+    assert whole.requests == 550 and whole.errors == 1 and whole.p99_ms == 9.0

@@ -330,7 +330,7 @@ def test_chttp_purge_deletes_expired_messages(project):
     finally:
         engine.dispose()
     done = manage(django_env(project.db_url, project.test_dir), "chttp_purge",
-                  "--batch-size", "1", "--pause", "0.01")
+                  "--batch-size", "1", "--pause", "0.01", "--share", "0.5")
     assert "deleted 1 expired message" in done.stdout
     assert project.stored("p-1") == 0
     assert project.stored("p-2") == 1

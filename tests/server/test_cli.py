@@ -122,6 +122,17 @@ def test_purge_with_a_pause_runs(capsys, tmp_path):
     assert "purged 0 expired message(s)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("value", ["0", "-0.1", "1.5", "lots"])
+def test_purge_share_must_be_a_fraction(capsys, tmp_path, value):
+    status, line = run(capsys, "purge", "--db", _schema_db(tmp_path / "x.db"), "--share", value)
+    assert status == 2 and "--share" in line
+
+
+def test_purge_with_a_share_runs(capsys, tmp_path):
+    assert main(["purge", "--db", _schema_db(tmp_path / "x.db"), "--share", "0.2"]) == 0
+    assert "purged 0 expired message(s)" in capsys.readouterr().out
+
+
 def test_serve_a_port_in_use(capsys, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -373,6 +373,40 @@ def test_purge_pauses_between_batches(make_app, clock, monkeypatch):
         store.purge(pause=-1)
 
 
+def test_purge_paced_by_its_share_backs_off_as_batches_slow_down(make_app, clock, monkeypatch):
+    """``share`` scales each pause from the batch before it: a batch that took longer (a
+    store busy with live traffic) is followed by a longer pause, so the purge never
+    spends more than its share of the time deleting; a fixed ``pause`` still floors it."""
+    import types
+
+    import chttp_server.purge
+
+    app = make_app(retention=timedelta(minutes=1))
+    for number in range(7):
+        post(app, "/echo", f"ps-{number}")
+    clock.now += timedelta(minutes=2)
+    batch_seconds = iter([0.1, 0.3, 0.05])        # what each batch of 3, 3 and 1 "took"
+    readings: list[float] = []
+    slept: list[float] = []
+
+    def monotonic() -> float:                      # called before and after each batch
+        if len(readings) % 2 == 0:
+            readings.append(100.0)
+        else:
+            readings.append(100.0 + next(batch_seconds))
+        return readings[-1]
+
+    monkeypatch.setattr(chttp_server.purge, "time",
+                        types.SimpleNamespace(monotonic=monotonic, sleep=slept.append))
+    store = app.app.store
+    assert store.purge(batch_size=3, share=0.2) == 7
+    assert slept == pytest.approx([0.4, 1.2])     # 4× each batch before: at most 20 % deleting
+    assert store.count() == 0
+    for wrong in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            store.purge(share=wrong)
+
+
 # -- scoping ----------------------------------------------------------------------------
 
 

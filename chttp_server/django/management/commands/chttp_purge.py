@@ -27,6 +27,10 @@ class Command(BaseCommand):
         parser.add_argument("--pause", type=float, default=0.0,
                             help="seconds to sleep between batches, leaving the database "
                                  "to live traffic (default 0)")
+        parser.add_argument("--share", type=float, default=None,
+                            help="pace the purge by what it observes: spend at most this "
+                                 "fraction of the time deleting (e.g. 0.2), each pause scaled "
+                                 "from the batch before it (default: flat out)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -37,8 +41,12 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         if not 0 <= options["pause"] < float("inf"):
             raise CommandError("--pause must be a finite number of seconds >= 0")
+        share = options["share"]
+        if share is not None and not 0 < share <= 1:
+            raise CommandError("--share must be a fraction above 0 and at most 1 (e.g. 0.2)")
         engine = django_engine(conf.database)
         initialize(engine)
         store = MessageStore(engine, retention=conf.retention, claim_timeout=conf.claim_timeout)
-        deleted = store.purge(batch_size=options["batch_size"], pause=options["pause"])
+        deleted = store.purge(batch_size=options["batch_size"], pause=options["pause"],
+                              share=share)
         self.stdout.write(f"deleted {deleted} expired message(s)")
