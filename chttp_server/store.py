@@ -93,6 +93,16 @@ _PG_CLAIM = text(
     "ON stored.scope = :scope AND stored.message_id = :message_id"
 )
 
+#: Makes the reading transaction write when PostgreSQL has synchronous standbys, so that
+#: its COMMIT waits until they hold everything committed before it
+#: (:meth:`MessageStore.hold_until_replicated`); with none, it does nothing. A
+#: transactional logical-decoding message is the smallest write there is (one WAL record,
+#: no table, any role may emit it); a transaction id alone is not enough: PostgreSQL
+#: waits for the standbys only after a transaction that wrote WAL before its commit.
+_PG_HOLD_SQL = ("SELECT pg_logical_emit_message(true, 'chttp', '') FROM (SELECT 1) AS one "
+                "WHERE current_setting('synchronous_standby_names') <> ''")
+_PG_HOLD_UNTIL_REPLICATED = text(_PG_HOLD_SQL)
+
 #: Built once: constructing a statement per request costs more Python than running it.
 _LOOKUP = select(messages).where(
     messages.c.scope == bindparam("key_scope"), messages.c.message_id == bindparam("key_id")
@@ -189,11 +199,17 @@ class MessageStore:
         back by whoever owns the transaction): stop guarding its statements."""
         claim_guard.end(connection)
 
-    def commit(self, connection: Connection) -> None:
+    def commit(self, connection: Connection, *, hold_until_replicated: bool = False) -> None:
+        """COMMIT; ``hold_until_replicated``: one that returns only once the synchronous
+        standbys hold what the transaction read (:meth:`hold_until_replicated`), in the
+        same round trip as the COMMIT where the store says COMMIT itself."""
         claim_guard.end(connection)
+        hold = hold_until_replicated and self._postgresql
         with _UNREACHABLE:
-            if self._fused:
-                store_dbapi.end(connection, "COMMIT")
+            if self.says_begin_itself(connection):
+                store_dbapi.end(connection, f"{_PG_HOLD_SQL}; COMMIT" if hold else "COMMIT")
+            elif hold:
+                connection.execute(_PG_HOLD_UNTIL_REPLICATED)
             connection.commit()
 
     def rollback(self, connection: Connection) -> None:
@@ -376,6 +392,34 @@ class MessageStore:
                     _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
                 ).first()
         return stored_message(row) if row is not None else None
+
+    @property
+    def holds_reads(self) -> bool:
+        """True if a transaction that answers from a stored row must end with
+        :meth:`hold_until_replicated` and a commit (PostgreSQL), not a rollback."""
+        return self._postgresql
+
+    def hold_until_replicated(self, connection: Connection) -> bool:
+        """Make this transaction's end wait until the synchronous standbys hold what it read.
+
+        PostgreSQL makes a commit visible on the primary once its wait for the synchronous
+        standby *ends* — and that wait also ends when the committing backend is
+        terminated (a fast shutdown, as Patroni does when it demotes a leader): "committed
+        locally, but might not have been replicated". A retry that reads such a row and
+        answers from it would hand out an answer that a failover then loses (the next
+        retry runs the handler again). A transaction that only read never waits for the
+        standbys, so on PostgreSQL with ``synchronous_standby_names`` set this one writes
+        one WAL record (a logical-decoding message, prefix ``chttp``), and its COMMIT —
+        later in the WAL than the commit it read — returns only once the standbys have
+        both. True if the caller must commit (not
+        roll back) for that wait to happen; False on SQLite. (:meth:`commit` with
+        ``hold_until_replicated`` sends it with the COMMIT where it can.)
+        """
+        if not self._postgresql:
+            return False
+        with _UNREACHABLE:
+            connection.execute(_PG_HOLD_UNTIL_REPLICATED)
+        return True
 
     def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
         """Drop the stored response, keep the tombstone; return the row as it was, or None."""

@@ -197,7 +197,7 @@ class MessageTransaction:
                     raise
                 existing = self.store.claim(self.connection, self.key, message.fingerprint, now)
             if existing is not None:
-                self.rollback()
+                self._end_reading()
         if existing is not None:
             self._report_without_response(existing)
             replay = stored_answer(existing, message.fingerprint, now)
@@ -281,10 +281,24 @@ class MessageTransaction:
         """The stored row (GET of the message URL), read and rolled back; ``None`` if unknown."""
         with self._errors():
             stored = self.store.lookup(self.connection, self.key)
-            self.rollback()
+            self._end_reading()
         if stored is not None:
             self._report_without_response(stored)
         return stored
+
+    def _end_reading(self) -> None:
+        """End a transaction that read a stored row it will answer from (a replay, a GET of
+        the message URL): on PostgreSQL committed once the synchronous standbys hold the
+        row (:meth:`MessageStore.hold_until_replicated`), so no answer is given from a
+        commit a failover could still lose; elsewhere rolled back (it wrote nothing)."""
+        if not self.store.holds_reads:
+            self.rollback()
+        elif self.joined:  # the front end commits: the statement goes first
+            self.store.hold_until_replicated(self.connection)
+            self.commit()
+        else:
+            self.commit(hold_until_replicated=True)
+        self.outcome = Outcome.ROLL_BACK  # it wrote nothing: nothing of it stays
 
     def _report_without_response(self, stored: StoredMessage) -> None:
         """Log a row committed without its response (answered 410 message-outcome-unknown).
@@ -307,12 +321,12 @@ class MessageTransaction:
 
     # -- commit / rollback -----------------------------------------------------------
 
-    def commit(self) -> None:
+    def commit(self, *, hold_until_replicated: bool = False) -> None:
         if self._connection is not None:
             self.store.end_claim(self._connection)
         with self._errors():
             if not self.joined:
-                self.store.commit(self.connection)
+                self.store.commit(self.connection, hold_until_replicated=hold_until_replicated)
             elif self._commit is not None:
                 self._commit()
         self.outcome = Outcome.STORE

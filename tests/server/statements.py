@@ -8,7 +8,7 @@ so one test covers the SQLAlchemy path and the DB-API path alike.
 
 from __future__ import annotations
 
-__all__ = ["opened", "is_claim", "is_completion", "is_lookup", "is_commit", "is_rollback"]
+__all__ = ["opened", "is_claim", "is_completion", "is_lookup", "is_hold", "is_commit", "is_rollback"]
 
 
 def opened(statement: str) -> str:
@@ -29,6 +29,11 @@ def is_completion(statement: str) -> bool:
 
 def is_lookup(statement: str) -> bool:
     return opened(statement).lstrip().upper().startswith("SELECT") and "chttp_messages" in statement
+
+
+def is_hold(statement: str) -> bool:
+    # A replay's (or GET's) wait for the synchronous standbys (MessageStore.hold_until_replicated).
+    return "pg_logical_emit_message" in statement and "synchronous_standby_names" in statement
 
 
 def is_commit(statement: str) -> bool:

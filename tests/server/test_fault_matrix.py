@@ -1,8 +1,9 @@
 """The store dropped at every statement of the certified path, two ways (docs/protocol.rst §4).
 
 One parametrised test over the whole path — the claim, the handler's own statement, the
-completion (the response UPDATE), COMMIT, the replay's read and its rollback, the
-message resource's GET and DELETE (read, acknowledging UPDATE, COMMIT) — with the fault
+completion (the response UPDATE), COMMIT, the replay's read, its hold for the
+synchronous standbys and its commit, the message resource's GET (the same three) and
+DELETE (read, acknowledging UPDATE, COMMIT) — with the fault
 injected the moment the receiver's connection is about to send that statement:
 
 * ``terminate``: the backend is killed with ``pg_terminate_backend`` from another
@@ -44,7 +45,7 @@ from chttp_server.testing import PostgresCluster
 from chttp_server.context import ENVIRON_KEY
 
 from .apps import Root, count_writes, host_metadata, host_writes
-from .statements import is_claim, is_commit, is_completion, is_lookup, is_rollback
+from .statements import is_claim, is_commit, is_completion, is_hold, is_lookup
 from .test_store_faults import assert_generic_503
 
 Matcher = Callable[[str], bool]
@@ -61,8 +62,7 @@ def handler_commit(what: str) -> bool:
     return what.lstrip().upper().startswith("RELEASE SAVEPOINT")
 
 
-claim, completion, lookup = is_claim, is_completion, is_lookup
-commit, rollback = is_commit, is_rollback
+claim, completion, lookup, hold, commit = is_claim, is_completion, is_lookup, is_hold, is_commit
 
 
 class Injector:
@@ -148,9 +148,11 @@ POINTS = [
     ("completion", POST_FRESH, completion),
     ("commit", POST_FRESH, commit),
     ("replay-read", POST_AGAIN, claim),
-    ("replay-rollback", POST_AGAIN, rollback),
+    ("replay-hold", POST_AGAIN, hold),
+    ("replay-commit", POST_AGAIN, commit),
     ("get-read", GET, lookup),
-    ("get-rollback", GET, rollback),
+    ("get-hold", GET, hold),
+    ("get-commit", GET, commit),
     ("delete-read", DELETE, lookup),
     ("delete-write", DELETE, completion),
     ("delete-commit", DELETE, commit),

@@ -130,7 +130,7 @@ def test_a_claim_killed_once_is_retried_on_a_fresh_connection(rig, pg_engine):
     # The claim is the transaction's first statement: killed once, it is retried on a
     # fresh connection (no pre-ping, issue 12); killed on the retry too, it is 503.
     pytest.param(is_claim, 2, id="replay-read"),
-    pytest.param(is_rollback, 1, id="replay-rollback"),
+    pytest.param(is_commit, 1, id="replay-commit"),
 ])
 def test_store_killed_during_a_replay_is_503_then_replays(rig, pg_engine, point, kills):
     app, killer = rig
@@ -164,7 +164,7 @@ def test_store_killed_while_storing_is_503_and_the_retry_runs_once(rig, pg_engin
 
 @pytest.mark.parametrize("method, point", [
     pytest.param("GET", is_lookup, id="get-read"),
-    pytest.param("GET", is_rollback, id="get-rollback"),
+    pytest.param("GET", is_commit, id="get-commit"),
     pytest.param("DELETE", is_lookup, id="delete-read"),
     pytest.param("DELETE", is_commit, id="delete-commit"),
 ])
