@@ -7,7 +7,8 @@ resumable functions at once, each making one certified POST that the receiver an
 only after ``LINGER`` seconds (its handler has committed by then). Once every handler
 ran, every worker is SIGKILLed at once. A resumer process under ``bench-host-b`` calls
 ``resume_all()`` all along; each oplog's *takeover time* is from the kill to B's resend
-of its in-flight message (same id: the receiver answers it from its store). Also
+of its in-flight message (same id: the receiver answers it from its store); B runs from
+before the kill, as a second host would. Also
 checked: every handler ran once, and B resent exactly the ids A had recorded.
 
 ::
@@ -156,7 +157,8 @@ def storm(journal_url: str, receiver_db: str, *, heartbeat: float = 1.0, workers
     args = [journal_url, base, str(heartbeat), str(functions)]
     processes = [subprocess.Popen([*command, "worker", *args], cwd=ROOT, env=env)
                  for _ in range(workers)]
-    resumer = None
+    # Host B resumes all along (refused, busy, while A's workers live).
+    resumer = subprocess.Popen([*command, "resumer", *args], cwd=ROOT, env=env)
     try:
         for _ in range(workers * functions):
             if not receiver.handled.acquire(timeout=120):
@@ -166,7 +168,6 @@ def storm(journal_url: str, receiver_db: str, *, heartbeat: float = 1.0, workers
         killed = time.time()
         for process in processes:
             process.wait()
-        resumer = subprocess.Popen([*command, "resumer", *args], cwd=ROOT, env=env)
         engine = create_engine(journal_url)
         give_up = time.monotonic() + 300
         while True:
@@ -181,7 +182,7 @@ def storm(journal_url: str, receiver_db: str, *, heartbeat: float = 1.0, workers
         engine.dispose()
     finally:
         for process in [*processes, resumer]:
-            if process is not None and process.poll() is None:
+            if process.poll() is None:
                 process.kill()
                 process.wait()
         server.shutdown()

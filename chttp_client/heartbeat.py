@@ -11,7 +11,12 @@ heartbeat), paced by the monotonic clock — never by ``Journal(clock=…)``, wh
 may freeze: the lease's deadline runs on the database's real clock
 (:mod:`chttp_client.leases`), so its renewals must too. The thread serves ``def`` and
 ``async def`` runs alike (an event loop's runs hold leases from the loop; the SQL is in
-this thread, never on the loop).
+this thread, never on the loop). The same beat renews the acknowledgement claims of
+the DELETEs this process still has queued or in flight
+(:meth:`~chttp_client.acknowledger.Acknowledger.in_hand`), and writes the marks of
+those done since the last commit, so a live process's backlog is never acknowledged
+twice by another's ``resume_all()``, while a killed process's claims lapse within a
+lease.
 
 A renewal is not *progress*: it does not reset the oplog's count of resumes without
 progress (``max_resume_attempts``), so a function that crash-loops after a slow step is
@@ -33,7 +38,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Iterator
 
+from chttp_client.acknowledger import Acknowledger
 from chttp_client.errors import OplogAbandonedError, OplogBusyError
+from chttp_client.leases import renew_ack_claims
 from chttp_client.oplog_store import OplogStore
 
 __all__ = ["Heartbeat"]
@@ -53,8 +60,10 @@ class Heartbeat:
     """Renews the leases of the runs of one journal (see the module docstring)."""
 
     def __init__(self, store: OplogStore, *, clock: Callable[[], datetime], lease: timedelta,
-                 interval: timedelta) -> None:
+                 interval: timedelta, acknowledger: Acknowledger | None = None) -> None:
         self.store = store
+        #: Whose acknowledgement claims (queued or in-flight DELETEs) and marks it keeps.
+        self.acknowledger = acknowledger
         self.clock = clock
         self.lease = lease
         self.interval = interval.total_seconds()
@@ -101,17 +110,34 @@ class Heartbeat:
             return {(h.oplog_id, h.owner) for h in self._held.values()}
 
     def _run(self) -> None:
+        claims_due = time.monotonic() + self.interval
         while True:
             with self._wake:
                 if self._stopping:
                     return
                 now = time.monotonic()
                 due = [held for held in self._held.values() if held.due <= now]
-                if not due:
-                    soonest = min((held.due for held in self._held.values()), default=now + self.interval)
-                    self._wake.wait(max(0.0, soonest - now))
+                if not due and now < claims_due:
+                    soonest = min((held.due for held in self._held.values()), default=claims_due)
+                    self._wake.wait(max(0.0, min(soonest, claims_due) - now))
                     continue
             self._beat(due)
+            if now >= claims_due:
+                claims_due = now + self.interval
+                self._renew_claims()
+
+    def _renew_claims(self) -> None:
+        """Write the marks of DELETEs done since the last commit (an idle process has no
+        next commit to carry them), then keep the claims of those still in hand."""
+        if self.acknowledger is None:
+            return
+        try:
+            self.store.mark_acknowledged(self.acknowledger.take_marks())
+            claims = self.acknowledger.in_hand()
+            if claims:
+                renew_ack_claims(self.store.engine, claims, self.lease)
+        except Exception:  # noqa: BLE001 - the journal unreachable: the DELETEs are repeated
+            log.info("chttp: acknowledgement marks or claims not written", exc_info=True)
 
     def _beat(self, due: list[_Held]) -> None:
         """Renew each due lease once (two holds of one run share it)."""

@@ -162,7 +162,8 @@ class Journal(Runs):
         self._schema_lock = threading.Lock()
         self.acknowledger = Acknowledger(self.http_client, clock=clock, timeout=retry.timeout,
                                          enabled=acknowledge)
-        self.heartbeat = Heartbeat(self.store, clock=clock, lease=self.lease, interval=heartbeat)
+        self.heartbeat = Heartbeat(self.store, clock=clock, lease=self.lease, interval=heartbeat,
+                                   acknowledger=self.acknowledger)
         # resume_all()'s runs past its timeout, stopped at exit and by close().
         self.background = Background(lambda: self.sleep, lambda: self.async_sleep)
         self.closed = False  # True once close() ran (the exit hook then has nothing to do)

@@ -209,3 +209,40 @@ def test_the_lease_is_a_small_multiple_of_the_heartbeat(sqlite_url):
         Journal(sqlite_url, heartbeat=timedelta(0))
     with pytest.raises(JournalError, match="must not be negative"):
         Journal(sqlite_url, lease=timedelta(seconds=-1))
+
+
+class SlowDeletes:
+    """The receiver, taking :data:`SLOW` seconds over each acknowledgement (DELETE)."""
+
+    def __init__(self, front) -> None:
+        self.front = front
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "DELETE":
+            time.sleep(SLOW)
+        return self.front(environ, start_response)
+
+
+def test_a_live_process_keeps_its_acknowledgement_claims_through_a_backlog(db_url, tmp_path):
+    """Two DELETEs in hand for several leases (one slow, one queued behind it): another
+    process's acknowledge_pending() never claims them, so each is sent once."""
+    front = make_receiver(f"sqlite:///{tmp_path / 'receiver.db'}")
+    with serve_in_thread(SlowDeletes(front)) as base, short_journal(db_url) as journal, \
+            short_journal(db_url) as other:
+        @resumable(journal)
+        def transfer(*, chttp_context):
+            return chttp_context.post(f"{base}/escrow", json={}).status_code
+
+        assert (transfer(), transfer()) == (201, 201)   # their DELETEs queued
+        oplog_ids = [info.id for info in journal.list()]
+        stolen = 0
+        give_up = time.monotonic() + 120
+        while journal.acknowledger.in_hand():
+            assert time.monotonic() < give_up, "the DELETEs never ended"
+            stolen += other.acknowledge_pending()
+            time.sleep(0.05)
+        journal.wait_for_acknowledgements()
+        assert journal.unacknowledged(oplog_ids) == set()
+        assert stolen == 0 and other.acknowledge_pending() == 0
+    front.engine.dispose()
+    assert sorted(front.deletes.values()) == [1, 1]
