@@ -24,7 +24,8 @@ still abandoned. A renewal that finds the lease taken over (or the oplog abandon
 stops renewing it; the run's next commit then raises
 :class:`~chttp_client.errors.OplogTakenOverError` (or
 :class:`~chttp_client.errors.OplogAbandonedError`). A renewal that cannot reach the
-database is retried at the next beat: two beats may fail before the lease lapses.
+database is retried a third of a beat later; a lease of 3 heartbeats lapses only after
+the database was out of reach for about two of them.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Dialect
@@ -181,13 +182,20 @@ def renew_ack_claims(engine: Engine, claims: Sequence[tuple[str, int]], lease: t
     """Extend the acknowledgement claims ``(oplog id, step)`` this process still holds to
     ``lease`` from the database's now (its queued or in-flight DELETEs: the heartbeat
     calls this). Only claims still open: an acknowledged answer, or a claim released by
-    a failed DELETE, is left alone."""
+    a failed DELETE, is left alone. A row a run's commit has locked meanwhile (writing
+    its mark) is skipped, not waited for (PostgreSQL: ``SKIP LOCKED``), so this
+    statement never deadlocks with a commit; the next beat renews it if still needed."""
     dialect = engine.dialect
     for start in range(0, len(claims), 100):
         chunk = claims[start:start + 100]
-        with engine.begin() as connection:
-            connection.execute(update(oplog_steps).where(
+        still_claimed = (
+            select(oplog_steps.c.oplog_id, oplog_steps.c.number).where(
                 or_(*(and_(oplog_steps.c.oplog_id == oplog_id, oplog_steps.c.number == number)
                       for oplog_id, number in chunk)),
-                oplog_steps.c.acknowledged_at.is_(None), oplog_steps.c.ack_claimed_until.is_not(None),
-            ).values(ack_claimed_until=lease_deadline(dialect, lease)))
+                oplog_steps.c.acknowledged_at.is_(None), oplog_steps.c.ack_claimed_until.is_not(None))
+            .with_for_update(skip_locked=True))
+        with engine.begin() as connection:
+            connection.execute(
+                update(oplog_steps)
+                .where(tuple_(oplog_steps.c.oplog_id, oplog_steps.c.number).in_(still_claimed))
+                .values(ack_claimed_until=lease_deadline(dialect, lease)))

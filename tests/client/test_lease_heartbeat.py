@@ -5,7 +5,8 @@ for as long as a run lives (chttp_client.heartbeat): a live run keeps its oplog 
 a slow receiver, a slow step of its own and a long backoff sleep, each several leases
 long, while a worker SIGKILLed "on another host" (a host name of its own, so that its
 pid cannot be checked here) is taken over once its short lease lapsed, resending under
-the same message id — and its acknowledgement claim lapses as soon.
+the same message id — and its acknowledgement claim lapses as soon, while a live
+process keeps the claims of its DELETEs in hand however long its backlog.
 
 Real time is needed here (the heartbeat is paced by it, the lease runs on the
 database's clock): leases of a second, heartbeats of 0.2 s, and waits bounded only
@@ -246,3 +247,35 @@ def test_a_live_process_keeps_its_acknowledgement_claims_through_a_backlog(db_ur
         assert stolen == 0 and other.acknowledge_pending() == 0
     front.engine.dispose()
     assert sorted(front.deletes.values()) == [1, 1]
+
+
+def test_a_renewal_by_the_heartbeat_is_not_progress(db_url):
+    """A function that crash-loops after a slow step is still abandoned after
+    max_resume_attempts: the heartbeat keeps its lease but does not reset the count."""
+    from chttp_client.leases import new_owner
+    from chttp_client.testing import expire_leases, set_fault_hook
+    from tests.client.conftest import Crash, crash_at
+
+    with short_journal(db_url) as journal:
+        @resumable(journal)
+        def transfer(*, chttp_context):
+            return chttp_context.post("http://receiver.test/escrow", json={}).status_code
+
+        set_fault_hook(journal, crash_at("send-recorded", 1))
+        with pytest.raises(Crash):
+            transfer()
+        [oplog] = journal.list_open()
+        expire_leases(journal, oplog.id)
+        owner = new_owner()
+        assert journal.store.take_lease(oplog.id, owner, now=journal.clock(), lease=journal.lease,
+                                        count_attempt=True) == 1
+        _, taken_until = lease_of(journal, oplog.id)
+        with journal.heartbeat.hold(oplog.id, owner):
+            give_up = time.monotonic() + 60
+            while lease_of(journal, oplog.id)[1] <= taken_until:   # renewed at least once
+                assert time.monotonic() < give_up, "never renewed"
+                time.sleep(0.05)
+        with journal.engine.connect() as connection:
+            attempts = connection.execute(select(oplogs.c.resume_attempts)
+                                          .where(oplogs.c.id == oplog.id)).scalar_one()
+        assert attempts == 1
