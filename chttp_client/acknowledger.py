@@ -6,8 +6,8 @@ is sent only after the commit that made the answer durable (the context queues i
 that commit, :mod:`chttp_client.context`), from one daemon thread per journal so that a
 function never waits for it. A DELETE the receiver took (204, or 404/410: nothing left)
 becomes an :class:`~chttp_client.oplog_store.AckMark` that the oplog's next commit
-writes (:meth:`Acknowledger.take_marks`), so marking costs no commit of its own (the
-journal's heartbeat writes those no commit took within a beat). A lost mark only means the DELETE is repeated by a later ``resume_all()``; it is idempotent.
+writes (:meth:`Acknowledger.take_marks`), so marking costs no commit of its own. A lost
+mark only means the DELETE is repeated by a later ``resume_all()``; it is idempotent.
 
 One acknowledgement per message: the commit that made an answer durable also *claims*
 its acknowledgement for this process (``chttp_oplog_steps.ack_claimed_until``, one
@@ -16,9 +16,9 @@ lease long), and ``resume_all()`` DELETEs only answers whose claim it won
 <chttp_client.oplog_store.OplogStore.claim_pending_acks>`). A DELETE that failed
 releases the claim with its mark; a process that died leaves a claim that lapses
 within a lease (15 s by default). A live process's claims on DELETEs still queued or in
-flight are renewed by its journal's heartbeat (:meth:`Acknowledger.in_hand`,
-:mod:`chttp_client.heartbeat`), which also writes the marks no commit took within a
-beat, so a backlog longer than the lease is not sent twice.
+flight, or done with their marks not yet written, are renewed by its journal's
+heartbeat (:meth:`Acknowledger.in_hand`, :mod:`chttp_client.heartbeat`), so a backlog
+longer than the lease is not sent twice.
 
 A normal exit loses none: ``journal.close()`` and the interpreter's exit (an ``atexit``
 hook of each journal, :mod:`chttp_client.journal`) wait up to 2 s for the queue and
@@ -64,9 +64,10 @@ class Acknowledger:
         self._in_hand: Counter[tuple[str, int]] = Counter()
 
     def in_hand(self) -> list[tuple[str, int]]:
-        """The acknowledgements queued or being sent now: claims this process keeps."""
+        """The acknowledgements queued, being sent, or sent with their marks not yet
+        taken by a commit: the claims this process keeps."""
         with self._lock:
-            return list(self._in_hand)
+            return list({*self._in_hand, *((mark.oplog_id, mark.number) for mark in self._marks)})
 
     def queue(self, oplog_id: str, number: int, url: str) -> None:
         """DELETE ``url`` in the background (the answer of step ``number`` is durable)."""

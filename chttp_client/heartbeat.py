@@ -13,10 +13,10 @@ may freeze: the lease's deadline runs on the database's real clock
 ``async def`` runs alike (an event loop's runs hold leases from the loop; the SQL is in
 this thread, never on the loop). The same beat renews the acknowledgement claims of
 the DELETEs this process still has queued or in flight
-(:meth:`~chttp_client.acknowledger.Acknowledger.in_hand`), and writes the marks of
-those done since the last commit, so a live process's backlog is never acknowledged
-twice by another's ``resume_all()``, while a killed process's claims lapse within a
-lease.
+and of those done whose mark no commit has written yet
+(:meth:`~chttp_client.acknowledger.Acknowledger.in_hand`), so a live process's backlog
+is never acknowledged twice by another's ``resume_all()``, while a killed process's
+claims lapse within a lease.
 
 A renewal is not *progress*: it does not reset the oplog's count of resumes without
 progress (``max_resume_attempts``), so a function that crash-loops after a slow step is
@@ -63,7 +63,7 @@ class Heartbeat:
     def __init__(self, store: OplogStore, *, clock: Callable[[], datetime], lease: timedelta,
                  interval: timedelta, acknowledger: Acknowledger | None = None) -> None:
         self.store = store
-        #: Whose acknowledgement claims (queued or in-flight DELETEs) and marks it keeps.
+        #: Whose acknowledgement claims (DELETEs queued, in flight, or done but unmarked) it keeps.
         self.acknowledger = acknowledger
         self.clock = clock
         self.lease = lease
@@ -128,17 +128,14 @@ class Heartbeat:
                 self._renew_claims()
 
     def _renew_claims(self) -> None:
-        """Write the marks of DELETEs done since the last commit (an idle process has no
-        next commit to carry them), then keep the claims of those still in hand."""
-        if self.acknowledger is None:
+        """Keep the claims of the acknowledgements this process still has in hand."""
+        claims = self.acknowledger.in_hand() if self.acknowledger is not None else []
+        if not claims:
             return
         try:
-            self.store.mark_acknowledged(self.acknowledger.take_marks())
-            claims = self.acknowledger.in_hand()
-            if claims:
-                renew_ack_claims(self.store.engine, claims, self.lease)
-        except Exception:  # noqa: BLE001 - the journal unreachable: the DELETEs are repeated
-            log.info("chttp: acknowledgement marks or claims not written", exc_info=True)
+            renew_ack_claims(self.store.engine, claims, self.lease)
+        except Exception:  # noqa: BLE001 - the journal unreachable: retried next beat
+            log.info("chttp: %d acknowledgement claim(s) not renewed", len(claims), exc_info=True)
 
     def _beat(self, due: list[_Held]) -> None:
         """Renew each due lease once (two holds of one run share it)."""

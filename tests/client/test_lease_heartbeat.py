@@ -225,7 +225,8 @@ class SlowDeletes:
 
 
 def test_a_live_process_keeps_its_acknowledgement_claims_through_a_backlog(db_url, tmp_path):
-    """Two DELETEs in hand for several leases (one slow, one queued behind it): another
+    """Two DELETEs in hand for several leases (one slow, one queued behind it), then
+    done with their marks waiting for the next commit for several leases more: another
     process's acknowledge_pending() never claims them, so each is sent once."""
     front = make_receiver(f"sqlite:///{tmp_path / 'receiver.db'}")
     with serve_in_thread(SlowDeletes(front)) as base, short_journal(db_url) as journal, \
@@ -238,8 +239,11 @@ def test_a_live_process_keeps_its_acknowledgement_claims_through_a_backlog(db_ur
         oplog_ids = [info.id for info in journal.list()]
         stolen = 0
         give_up = time.monotonic() + 120
-        while journal.acknowledger.in_hand():
+        while not journal.acknowledger.join(0.05):     # the DELETEs in hand
             assert time.monotonic() < give_up, "the DELETEs never ended"
+            stolen += other.acknowledge_pending()
+        done = time.monotonic()
+        while time.monotonic() < done + SLOW:          # done, their marks not yet written
             stolen += other.acknowledge_pending()
             time.sleep(0.05)
         journal.wait_for_acknowledgements()
