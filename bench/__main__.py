@@ -11,7 +11,7 @@ from bench.scenarios import ROW_GROUPS, Options, run_all
 
 __all__ = ["main"]
 
-SCENARIOS = ("grid", "scale", "purge", "sender", "async-sender", "celery")
+SCENARIOS = ("grid", "scale", "purge", "sender", "async-sender", "celery", "takeover")
 
 
 def parse_args(argv: list[str] | None) -> Options:

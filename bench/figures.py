@@ -57,6 +57,7 @@ def results_to_json(results: Results, options: Options) -> dict[str, Any]:
         "sender": results.sender,
         "async_sender": results.async_sender,
         "celery": results.celery,
+        "takeover": results.takeover,
     })
 
 

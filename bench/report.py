@@ -231,6 +231,10 @@ def render(results: Results, options: Options) -> str:
             lines += _dbos_lines(sender)
     lines += _async_sender_lines(results.async_sender)
     lines += _celery_lines(results.celery)
+    if results.takeover:
+        from bench.takeover import takeover_line
+
+        lines.append(takeover_line(results.takeover))
     return "\n".join(lines)
 
 

@@ -96,6 +96,7 @@ class Results:
     sender: dict[str, object] = field(default_factory=dict)
     async_sender: dict[str, object] = field(default_factory=dict)
     celery: dict[str, object] = field(default_factory=dict)
+    takeover: dict[str, object] = field(default_factory=dict)
     tool: str = ""
 
 
@@ -208,6 +209,14 @@ def run_all(options: Options) -> Results:
                 results.celery = run_celery(db, options)
             except Exception as exc:  # report the failure, keep the other figures
                 results.celery = {"skipped": f"celery run failed: {type(exc).__name__}: {exc}"}
+        if wanted("takeover"):
+            from bench.takeover import run_takeover
+
+            progress("takeover: sender workers SIGKILLed on one host, resumed from another")
+            try:
+                results.takeover = run_takeover(db, options)
+            except Exception as exc:  # report the failure, keep the other figures
+                results.takeover = {"skipped": f"takeover run failed: {type(exc).__name__}: {exc}"}
     return results
 
 

@@ -31,7 +31,8 @@ The parts, bottom up: :mod:`~chttp_client.codec` and :mod:`~chttp_client.records
 (what is recorded), :mod:`~chttp_client.leases` and :mod:`~chttp_client.oplog_store`
 (all SQL), :mod:`~chttp_client.sending` and :mod:`~chttp_client.recorded_sends` (one
 send on the wire, as a record), :mod:`~chttp_client.acknowledger` (background DELETEs),
-:mod:`~chttp_client.heartbeat` (leases kept during sends), :mod:`~chttp_client.observers`
+:mod:`~chttp_client.heartbeat` (leases kept alive for a whole run),
+:mod:`~chttp_client.lease_timing` (the lease, a few heartbeats), :mod:`~chttp_client.observers`
 (events and scripted steps, for tools and tests), :mod:`~chttp_client.effects` and
 :mod:`~chttp_client.steps` (the step logic of a run, once for ``def`` and ``async def``),
 :mod:`~chttp_client.context` and :mod:`~chttp_client.async_context` (the two faces of

@@ -14,7 +14,11 @@ its acknowledgement for this process (``chttp_oplog_steps.ack_claimed_until``, o
 lease long), and ``resume_all()`` DELETEs only answers whose claim it won
 (:meth:`OplogStore.claim_pending_acks
 <chttp_client.oplog_store.OplogStore.claim_pending_acks>`). A DELETE that failed
-releases the claim with its mark; a process that died leaves a claim that lapses.
+releases the claim with its mark; a process that died leaves a claim that lapses
+within a lease (15 s by default). A live process's claims on DELETEs still queued or in
+flight, or done with their marks not yet written, are renewed by its journal's
+heartbeat (:meth:`Acknowledger.in_hand`, :mod:`chttp_client.heartbeat`), so a backlog
+longer than the lease is not sent twice.
 
 A normal exit loses none: ``journal.close()`` and the interpreter's exit (an ``atexit``
 hook of each journal, :mod:`chttp_client.journal`) wait up to 2 s for the queue and
@@ -26,6 +30,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 from datetime import datetime
 from typing import Callable
 
@@ -55,6 +60,14 @@ class Acknowledger:
         self._marks: list[AckMark] = []
         self._queue: queue.Queue[tuple[str, int, str] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        #: The (oplog id, step) of each DELETE queued or in flight, with their count.
+        self._in_hand: Counter[tuple[str, int]] = Counter()
+
+    def in_hand(self) -> list[tuple[str, int]]:
+        """The acknowledgements queued, being sent, or sent with their marks not yet
+        taken by a commit: the claims this process keeps."""
+        with self._lock:
+            return list({*self._in_hand, *((mark.oplog_id, mark.number) for mark in self._marks)})
 
     def queue(self, oplog_id: str, number: int, url: str) -> None:
         """DELETE ``url`` in the background (the answer of step ``number`` is durable)."""
@@ -65,6 +78,8 @@ class Acknowledger:
                 self._thread = threading.Thread(
                     target=self._work, name="chttp-acknowledge", daemon=True)
                 self._thread.start()
+        with self._lock:
+            self._in_hand[(oplog_id, number)] += 1
         self._queue.put((oplog_id, number, url))
 
     def _work(self) -> None:
@@ -75,6 +90,11 @@ class Acknowledger:
                     return
                 self.send(*item)
             finally:
+                if item is not None:
+                    with self._lock:
+                        self._in_hand[item[:2]] -= 1
+                        if self._in_hand[item[:2]] <= 0:
+                            del self._in_hand[item[:2]]
                 self._queue.task_done()
 
     def send(self, oplog_id: str, number: int, url: str) -> bool:

@@ -25,9 +25,12 @@ re-exported here), not per journal object.
 
 Leases (:mod:`chttp_client.leases`): a run holds its oplog's lease; every commit of the
 run renews it and fails with :class:`~chttp_client.errors.OplogBusyError` if it was
-taken over, so two processes never run one oplog at once. A lease's deadline is kept by
-the database's clock, not ``clock=`` (hosts sharing a journal need not agree on the
-time); a test that needs a lease gone expires it there
+taken over, so two processes never run one oplog at once. A background heartbeat renews
+it every ``heartbeat`` (5 s) for the whole run (:mod:`chttp_client.heartbeat`), so the
+lease is short — ``3 x heartbeat`` by default (:mod:`chttp_client.lease_timing`) — and
+a worker that died on another host is taken over within seconds. A lease's deadline is
+kept by the database's clock, not ``clock=`` (hosts sharing a journal need not agree on
+the time); a test that needs a lease gone expires it there
 (:func:`chttp_client.testing.expire_leases`).
 """
 
@@ -53,6 +56,7 @@ from chttp_client.context import RunServices
 from chttp_client.effects import run_blocking
 from chttp_client.errors import JournalError, OplogAbandonedError
 from chttp_client.heartbeat import Heartbeat
+from chttp_client.lease_timing import DEFAULT_HEARTBEAT, lease_for
 from chttp_client.leases import new_owner
 from chttp_client.loop_clients import LoopClients
 from chttp_client.oplog_store import OplogStore
@@ -101,8 +105,11 @@ class Journal(Runs):
         transport: httpx.BaseTransport | None = None,
         # Retries, backoff, per-attempt timeout and per-send deadline (docs/protocol.rst §5).
         retry: RetryPolicy = RetryPolicy(),
-        # How long a run's lease lasts without a commit renewing it (database clock).
-        lease: timedelta = timedelta(minutes=10),
+        # How often a live run renews its oplog's lease (chttp_client.lease_timing) …
+        heartbeat: timedelta = DEFAULT_HEARTBEAT,
+        # … and how long the lease lasts unrenewed (database clock): how long a worker
+        # dead on another host holds its oplogs. None: 3 x heartbeat; at least 2 x, or 0.
+        lease: timedelta | None = None,
         # DELETE on X-Message-URL after each answer (docs/protocol.rst §3), in the background.
         acknowledge: bool = True,
         # Time and sleep; tests replace them so that nothing waits on the wall clock.
@@ -131,6 +138,8 @@ class Journal(Runs):
         if max_resume_attempts is not None and max_resume_attempts < 1:
             raise JournalError("max_resume_attempts must be at least 1 (or None)")
         self.max_resume_attempts = max_resume_attempts
+        self.lease = lease_for(lease, heartbeat)   # JournalError if they do not fit
+        self.heartbeat_interval = heartbeat
         self._own_engine = engine is None
         if engine is None:
             assert url is not None  # exactly one of them, checked above
@@ -145,7 +154,6 @@ class Journal(Runs):
         self._own_client = http_client is None
         self.http_client = http_client or httpx.Client(transport=transport)
         self.retry = retry
-        self.lease = lease
         self.clock = clock
         self.sleep = sleep
         self.async_sleep = async_sleep
@@ -154,7 +162,8 @@ class Journal(Runs):
         self._schema_lock = threading.Lock()
         self.acknowledger = Acknowledger(self.http_client, clock=clock, timeout=retry.timeout,
                                          enabled=acknowledge)
-        self.heartbeat = Heartbeat(self.store, clock=clock, lease=lease)
+        self.heartbeat = Heartbeat(self.store, clock=clock, lease=self.lease, interval=heartbeat,
+                                   acknowledger=self.acknowledger)
         # resume_all()'s runs past its timeout, stopped at exit and by close().
         self.background = Background(lambda: self.sleep, lambda: self.async_sleep)
         self.closed = False  # True once close() ran (the exit hook then has nothing to do)

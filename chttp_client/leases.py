@@ -30,7 +30,7 @@ import socket
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Sequence
 
 from sqlalchemy import (
     ColumnElement,
@@ -40,7 +40,9 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Dialect
@@ -48,7 +50,7 @@ from sqlalchemy.engine import Dialect
 from chttp_core.schema import OPLOG_OPEN, oplog_steps, oplogs
 
 __all__ = ["new_owner", "retire_owner", "owner_is_gone", "database_now", "lease_deadline", "LiveLease", "live_lease",
-           "expire_leases"]
+           "expire_leases", "renew_ack_claims"]
 
 #: SQLite's ``strftime`` format matching how SQLAlchemy stores a ``DateTime`` there
 #: (``YYYY-MM-DD HH:MM:SS.fff``), so that text comparisons order like instants.
@@ -174,3 +176,26 @@ def expire_leases(engine: Engine, oplog_id: str | None = None) -> int:
                            .values(ack_claimed_until=database_now(dialect)))
         return connection.execute(update(oplogs).where(leased)
                                   .values(lease_expires_at=database_now(dialect))).rowcount
+
+
+def renew_ack_claims(engine: Engine, claims: Sequence[tuple[str, int]], lease: timedelta) -> None:
+    """Extend the acknowledgement claims ``(oplog id, step)`` this process still holds to
+    ``lease`` from the database's now (its queued or in-flight DELETEs: the heartbeat
+    calls this). Only claims still open: an acknowledged answer, or a claim released by
+    a failed DELETE, is left alone. A row a run's commit has locked meanwhile (writing
+    its mark) is skipped, not waited for (PostgreSQL: ``SKIP LOCKED``), so this
+    statement never deadlocks with a commit; the next beat renews it if still needed."""
+    dialect = engine.dialect
+    for start in range(0, len(claims), 100):
+        chunk = claims[start:start + 100]
+        still_claimed = (
+            select(oplog_steps.c.oplog_id, oplog_steps.c.number).where(
+                or_(*(and_(oplog_steps.c.oplog_id == oplog_id, oplog_steps.c.number == number)
+                      for oplog_id, number in chunk)),
+                oplog_steps.c.acknowledged_at.is_(None), oplog_steps.c.ack_claimed_until.is_not(None))
+            .with_for_update(skip_locked=True))
+        with engine.begin() as connection:
+            connection.execute(
+                update(oplog_steps)
+                .where(tuple_(oplog_steps.c.oplog_id, oplog_steps.c.number).in_(still_claimed))
+                .values(ack_claimed_until=lease_deadline(dialect, lease)))

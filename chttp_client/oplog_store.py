@@ -274,14 +274,12 @@ class OplogStore:
 
     # -- leases ----------------------------------------------------------------------------
 
-    def renew_lease(self, oplog_id: str, owner: str, *, now: datetime, lease: timedelta) -> None:
-        """Extend our lease to ``lease`` from the database's now.
-
-        :class:`OplogTakenOverError` if it was taken over.
-        """
-        with journal_write(oplog_id, lambda: (None, "the lease renewal of its send in flight")), \
+    def renew_lease(self, oplog_id: str, owner: str, *, now: datetime, lease: timedelta,
+                    progress: bool = True) -> None:
+        """Extend our lease to ``lease`` from the database's now (:meth:`_renew`'s errors)."""
+        with journal_write(oplog_id, lambda: (None, "the lease renewal of its run")), \
                 self.engine.begin() as connection:
-            self._renew(connection, oplog_id, owner, now, lease)
+            self._renew(connection, oplog_id, owner, now, lease, progress)
 
     def count_attempt(self, oplog_id: str, owner: str, number: int, attempts: int, *,
                       now: datetime, lease: timedelta) -> None:

@@ -49,6 +49,10 @@ class RunWrites:
     _writes: PendingWrites
     _poisoned: NonDeterminismError | CodecError | JournalUnavailable | None
     _lease_renewed_at: datetime | None
+    #: The run's function is running (call_steps): the heartbeat holds its lease.
+    _whole_run: bool = False
+    #: The heartbeat's key of that hold, once the run has a lease.
+    _beat: int | None = None
 
     def _journal(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Steps[Any]:
         """One journal write; :class:`JournalUnavailable` ends the run (module docstring)."""
@@ -85,11 +89,13 @@ class RunWrites:
         telemetry.oplog_committed(new=not self._stored, finish=finish)
         self._stored = True
         self._lease_renewed_at = now
+        self._keep_lease()  # a new run's first commit: from now on it holds a lease
         for number, url in writes.acks:
             services.acknowledger.queue(self.oplog_id, number, url)
 
     def _finish(self, state: str, result: dict[str, Any]) -> Steps[None]:
         """The run's last commit: buffered steps and the oplog's result, lease released."""
+        self._drop_lease()
         yield from self._commit([], Finish(state, result))
 
     def _give_up(self) -> Steps[None]:
@@ -98,9 +104,23 @@ class RunWrites:
         crash would drop them (nothing outside the process depends on them). After
         :class:`JournalUnavailable` there is no database to free it in: the owner was
         retired instead (:meth:`_journal`)."""
+        self._drop_lease()
         if isinstance(self._poisoned, JournalUnavailable):
             return
         yield Blocking(self._services.store.release_lease, (self.oplog_id, self._owner))
+
+    def _keep_lease(self) -> None:
+        """While the function runs and its oplog is stored (leased to this run), the
+        journal's heartbeat renews the lease in real time (:mod:`chttp_client.heartbeat`):
+        through slow steps, long attempts and backoff sleeps alike."""
+        if self._whole_run and self._stored and self._beat is None:
+            self._beat = self._services.heartbeat.start(self.oplog_id, self._owner)
+
+    def _drop_lease(self) -> None:
+        """The run writes its last commit, or ended: its lease is renewed no more."""
+        self._whole_run = False
+        self._services.heartbeat.stop(self._beat)
+        self._beat = None
 
     def _renew_lease_if_due(self) -> Steps[None]:
         """Between retry attempts: renew the lease once half of it has passed.

@@ -59,7 +59,8 @@ class RetryPolicy:
     #: many senders that failed together do not retry together.
     jitter: bool = True
     #: How long a send may keep retrying after it was first sent (docs/protocol.rst §4: well
-    #: before the receiver's 15-day retention).
+    #: before the receiver's 15-day retention). Not bounded by the journal's short lease:
+    #: a live run's heartbeat renews it through every attempt and backoff sleep.
     deadline: timedelta = timedelta(days=1)
     #: Per-attempt network timeout, in seconds.
     timeout: float = 30.0

@@ -221,7 +221,17 @@ class RunSteps(RunWrites):
 
     def call_steps(self, function: Callable[..., Any], context: Any) -> Steps[Any]:
         """Run ``function`` with the recorded arguments and ``chttp_context=context``;
-        record how it ended.
+        record how it ended (:meth:`_called`). The heartbeat keeps the run's lease alive
+        all along, from the moment it has one (:meth:`RunWrites._keep_lease`)."""
+        self._whole_run = True
+        self._keep_lease()
+        try:
+            return (yield from self._called(function, context))
+        finally:
+            self._drop_lease()
+
+    def _called(self, function: Callable[..., Any], context: Any) -> Steps[Any]:
+        """:meth:`call_steps` without the heartbeat.
 
         A :class:`NonDeterminismError`, an unreadable record's :class:`CodecError` or a
         :class:`JournalUnavailable` (even one the function swallowed) records nothing:
@@ -332,8 +342,8 @@ class RunSteps(RunWrites):
         def on_answer() -> None:
             self._event("send-answered", record.number, KIND_SEND, record.name, record.message_id, body)
 
-        with observed, services.heartbeat.hold(self.oplog_id, self._owner,
-                                               self._lease_renewed_at or services.clock()):
+        # Held for the whole run by call_steps; here too for a handler's run (no call).
+        with observed, services.heartbeat.hold(self.oplog_id, self._owner):
             yield from answer_recorded_send(
                 record, client=self._client, policy=services.retry, clock=services.clock,
                 deadline=deadline, run_deadline=self._run_deadline,

@@ -239,7 +239,9 @@ class Takeover:
              f"host A sent {len(self.a_posts)} POSTs, was not killed and ended with "
              f"{self.a_errors or 'its result'}"),
             f"host B was refused (busy) {len(self.b_busy)} times, first sent "
-            + (f"{first_b - self.lease_expired_at:.2f} s after the lease expired" if first_b else "nothing")
+            + (f"{first_b - self.lease_expired_at:.2f} s after the lease expired "
+               f"({first_b - self.killed_at:.2f} s after A was killed: the takeover time)"
+               if first_b else "nothing")
             + f", {len(self.b_posts)} POSTs, ids {sorted({i for _, i in self.b_posts})}",
             f"distinct message ids {len({i for _, i in self.a_posts + self.b_posts})} for "
             f"{self.steps} steps; effect rows per id {sorted(len(v) for v in self.effects.values())}",
@@ -274,9 +276,10 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     (another host name, so a dead owner's lease is not freed early) tries
     ``resume_all()`` all along: it must be refused while A's lease lasts, take the oplog
     over after it expired, replay A's answered steps from the journal and resend the
-    in-flight one under its id. The lease must outlast any stall of A between two of its
-    commits (an answer stalled by the network), or B takes over a live A: correct — A's
-    next commit fails with OplogBusyError, ids stay the same — but not this scenario.
+    in-flight one under its id. A's heartbeat renews its lease all along its run, every
+    third of ``lease`` (``--heartbeat``), so a live A keeps it however long a send stalls;
+    a dead A's oplog is taken over within about ``lease`` of the kill (the takeover time
+    the summary prints).
 
     ``a_skew`` / ``b_skew`` shift each host's journal clock (seconds; ``--clock-skew``);
     ``kill_a=False`` leaves A running to its end (to see that a skew larger than the

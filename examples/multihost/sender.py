@@ -75,8 +75,11 @@ def _journal(args: argparse.Namespace, log: _Log) -> Any:
     def clock() -> datetime:
         return datetime.now(timezone.utc) + skew
 
+    # The heartbeat renews the lease in real time all along the run (a third of it by
+    # default: chttp_client.lease_timing); the lease is how long a dead host holds it.
+    heartbeat = args.heartbeat if args.heartbeat is not None else args.lease / 3
     journal = Journal(args.journal, http_client=client, lease=timedelta(seconds=args.lease),
-                      retry=RetryPolicy(), clock=clock)
+                      heartbeat=timedelta(seconds=heartbeat), retry=RetryPolicy(), clock=clock)
 
     def transfer(receiver: str, steps: int, linger_step: int, *, chttp_context: Any) -> list[str]:
         nonces = []
@@ -107,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--linger-step", type=int, default=2)
     parser.add_argument("--linger", type=float, default=2.0)
     parser.add_argument("--lease", type=float, default=3.0, help="journal lease, seconds")
+    parser.add_argument("--heartbeat", type=float, default=None,
+                        help="seconds between lease renewals (default: a third of --lease)")
     parser.add_argument("--every", type=float, default=0.2, help="resume: seconds between tries")
     parser.add_argument("--until-done", action="store_true")
     parser.add_argument("--timeout", type=float, default=60.0)

@@ -276,3 +276,29 @@ def test_the_purge_window_weighs_each_slice_by_how_long_it_lasted():
     whole = combined([quick, slow])
     assert whole.rps == pytest.approx(55.0)          # 550 requests in 1 s + 9 s
     assert whole.requests == 550 and whole.errors == 1 and whole.p99_ms == 9.0
+
+
+def test_report_shows_the_takeover_times() -> None:
+    from bench.report import render
+    from bench.scenarios import Options, Results
+
+    takeover = {"rounds": 3, "oplogs": 48, "heartbeat_s": 5.0, "lease_s": 15.0, "median_s": 12.5,
+                "min_s": 10.1, "max_s": 15.0, "exactly_once": True}
+    text = render(Results(takeover=takeover), Options())
+    assert ("takeover: 48 oplogs of SIGKILLed workers on another host (3 storm(s)), heartbeat "
+            "5.0 s, lease 15.0 s: taken over 10.10 / 12.50 / 15.00 s after the kill") in text
+    skipped = render(Results(takeover={"skipped": "takeover run failed: X"}), Options())
+    assert "takeover: skipped: takeover run failed: X" in skipped
+
+
+@pytest.mark.slow
+def test_the_takeover_storm_takes_every_oplog_over_once(tmp_path) -> None:
+    """Workers SIGKILLed under one host name, resumed under another: every in-flight
+    message resent under its id, every handler run once (the times are only printed)."""
+    from bench.takeover import storm
+
+    result = storm(f"sqlite:///{tmp_path / 'journal.db'}", f"sqlite:///{tmp_path / 'receiver.db'}",
+                   heartbeat=0.3, workers=2, functions=3)
+    print(result)
+    assert result["resent_same_ids"] and result["handler_runs_once"]
+    assert len(result["takeovers_s"]) == result["oplogs"] == 6
