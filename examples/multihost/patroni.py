@@ -219,10 +219,15 @@ class PatroniCluster:
     def node(self, name: str) -> PatroniNode:
         return next(n for n in self.nodes if n.name == name)
 
-    def members(self) -> list[dict[str, Any]]:
-        """Patroni's ``/cluster`` view (name, role, state, lag) from the first node answering."""
+    def members(self, *, skip: PatroniNode | None = None) -> list[dict[str, Any]]:
+        """Patroni's ``/cluster`` view (name, role, state, lag) from the first node answering.
+
+        ``skip``: not from that node (an isolated node's view is stale).
+        """
         last: Exception | None = None
         for node in self.nodes:
+            if node is skip:
+                continue
             try:
                 with urllib.request.urlopen(f"http://{node.host.address}:{REST_PORT}/cluster",
                                             timeout=2) as response:
@@ -231,17 +236,22 @@ class PatroniCluster:
                 last = error
         raise RuntimeError(f"no Patroni REST API answered: {last}")
 
-    def leader(self) -> PatroniNode:
-        """The node whose Patroni holds the leader key and runs a writable primary."""
+    def leader(self, *, skip: PatroniNode | None = None, timeout: float = 60) -> PatroniNode:
+        """The node whose Patroni holds the leader key and runs a writable primary.
+
+        ``skip``: another node than that one (waits until one leads).
+        """
         def found() -> PatroniNode | None:
-            for member in self.members():
+            for member in self.members(skip=skip):
                 if member["role"] == "leader" and member["state"] == "running":
                     node = self.node(member["name"])
+                    if node is skip:
+                        return None
                     with urllib.request.urlopen(f"http://{node.host.address}:{REST_PORT}/primary",
                                                 timeout=2):
                         return node
             return None
-        return _wait_for(found, 60, "a Patroni leader")  # type: ignore[no-any-return]
+        return _wait_for(found, timeout, "a Patroni leader")  # type: ignore[no-any-return]
 
     def sync_standby(self) -> PatroniNode | None:
         for member in self.members():
@@ -250,15 +260,30 @@ class PatroniCluster:
         return None
 
     def healthy(self) -> bool:
-        """One leader, every other member a streaming replica (one synchronous, if on)."""
-        members = self.members()
-        roles = sorted(m["role"] for m in members)
-        if len(members) != len(self.nodes) or any(m["state"] not in ("running", "streaming")
-                                                  for m in members):
+        """Every node's view names the same leader, and that leader streams to all others.
+
+        Patroni's views alone are not enough: an isolated node's view is stale (it still
+        shows the cluster as it was before the cut). So the leader's own PostgreSQL is
+        asked too: it must be writable and send WAL to every other node, one of them
+        synchronously if ``synchronous_mode`` is on.
+        """
+        leaders = set()
+        for node in self.nodes:
+            with urllib.request.urlopen(f"http://{node.host.address}:{REST_PORT}/cluster",
+                                        timeout=2) as response:
+                members = json.load(response)["members"]
+            if len(members) != len(self.nodes) or any(m["state"] != "running" for m in members):
+                return False
+            leaders |= {m["name"] for m in members if m["role"] == "leader"}
+        if len(leaders) != 1:
             return False
-        if roles.count("leader") != 1:
-            return False
-        return not self.synchronous or "sync_standby" in roles
+        leader = self.node(leaders.pop())
+        ((writable, streaming, sync),) = query(
+            PG_PORT, "SELECT NOT pg_is_in_recovery(), "
+            "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'), "
+            "(SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync')",
+            host=leader.host.address)
+        return bool(writable) and streaming == len(self.nodes) - 1 and (not self.synchronous or sync >= 1)
 
     def wait_healthy(self, timeout: float = 120) -> None:
         _wait_for(self.healthy, timeout, f"a healthy Patroni cluster ({self._describe()})")

@@ -283,7 +283,6 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     lease's renewal margin no longer lets B take over a *live* A: B is refused until A
     finished, then finds nothing open and stops); ``tag`` names this run's log files.
     """
-    assert topo.db is not None
     hosts = topo.network.hosts
     a_host = hosts.get("s1") or topo.network.add_host("s1")
     b_host = hosts.get("s2") or topo.network.add_host("s2")
@@ -306,8 +305,9 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
         a_alive = True
     killed_at = time.time()
     oplog = next(r["oplog"] for r in _read_log(log_b) if r["event"] == "resume")
-    (expires,) = query(topo.primary_port(), "SELECT extract(epoch FROM lease_expires_at) "
-                       "FROM chttp_oplogs WHERE id = %s", (oplog,), database=topo.db.database)[0]
+    host, port = topo.primary_address()
+    (expires,) = query(port, "SELECT extract(epoch FROM lease_expires_at) "
+                       "FROM chttp_oplogs WHERE id = %s", (oplog,), database=topo.database, host=host)[0]
     b.wait(60)
     kill_process(b)
     a_log, b_log = _read_log(log_a), _read_log(log_b)

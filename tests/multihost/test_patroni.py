@@ -1,0 +1,74 @@
+"""Exactly-once on the stack people deploy: Patroni + etcd deciding the failovers.
+
+Three PostgreSQL nodes run by Patroni (``synchronous_mode: true``) over a three-member
+etcd, each on its own namespace host; three receiver hosts reach the store through
+libpq's multi-host URL with ``target_session_attrs=read-write`` (psycopg2 and psycopg 3),
+two client hosts send through them. Nothing here promotes anything: Patroni decides.
+After each fault the whole history is checked against the leader of the end (no id with
+two effects, no acknowledged answer missing, replays equal to the first answer, every
+message answered). The figures are printed: ``pytest -k patroni -s`` shows them.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import psycopg2
+import pytest
+from chttp_examples.multihost import patroni_faults
+from chttp_examples.multihost.patroni_faults import PatroniTopology
+from chttp_examples.multihost.scenarios import WARMUP, Outcome
+
+pytestmark = pytest.mark.slow
+
+
+def _assert_held(outcome: Outcome) -> None:
+    print("\n" + outcome.summary())
+    report = outcome.report
+    assert report.messages > WARMUP
+    assert report.duplicates == [], report.summary()
+    assert report.lost == [], report.summary()
+    assert report.ok, report.summary()
+    assert outcome.extra["failover time"] != "never", "no attempt succeeded after the fault"
+
+
+def test_patroni_cluster_is_three_hosts_and_the_url_finds_the_leader(patroni_topology: PatroniTopology):
+    cluster = patroni_topology.cluster
+    assert cluster is not None
+    cluster.wait_healthy()
+    members = cluster.members()
+    assert sorted(m["role"] for m in members) == ["leader", "replica", "sync_standby"]
+    assert len({n.host.netns for n in cluster.nodes}) == 3
+    leader = cluster.leader()
+    # Both drivers, given every node, land on the leader: the one that accepts writes.
+    url = cluster.url()
+    dsn = " ".join(["host=" + ",".join(n.host.address for n in cluster.nodes),
+                    "port=" + ",".join("5432" for _ in cluster.nodes),
+                    f"dbname={cluster.database} user=postgres target_session_attrs=read-write"])
+    for connect in (psycopg2.connect, psycopg.connect):
+        connection = connect(dsn)
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SELECT host(inet_server_addr()), pg_is_in_recovery()")
+            assert cursor.fetchone() == (leader.host.address, False)
+        finally:
+            connection.close()
+    assert url.startswith("postgresql+psycopg2://") and "target_session_attrs=read-write" in url
+    # The receivers use the two drivers.
+    assert {patroni_topology.store_url_for(n).split(":")[0] for n in range(3)} == {
+        "postgresql+psycopg2", "postgresql+psycopg"}
+
+
+def test_patroni_leader_postgres_sigkilled(patroni_topology: PatroniTopology):
+    _assert_held(patroni_faults.leader_postgres_killed(patroni_topology))
+
+
+def test_patroni_switchover(patroni_topology: PatroniTopology):
+    outcome = patroni_faults.switchover(patroni_topology)
+    _assert_held(outcome)
+    assert outcome.extra["leader after"] != outcome.extra["leader before"]
+
+
+def test_patroni_leader_host_isolated(patroni_topology: PatroniTopology):
+    outcome = patroni_faults.leader_isolated(patroni_topology)
+    _assert_held(outcome)
+    assert outcome.extra["new leader"] != outcome.extra["leader before"]
