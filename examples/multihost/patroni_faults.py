@@ -33,12 +33,12 @@ from chttp_examples.multihost.database import query
 from chttp_examples.multihost.history import read_attempts
 from chttp_examples.multihost.netns import Network
 from chttp_examples.multihost.patroni import PG_PORT, PatroniCluster, PatroniNode
-from chttp_examples.multihost.scenarios import BETWEEN, WARMUP, Outcome
+from chttp_examples.multihost.scenarios import BETWEEN, WARMUP, Outcome, Takeover, sender_takeover
 from chttp_examples.multihost.topology import (
     RECEIVER_PORT, STORE_OPTIONS, Load, ReceiverHost, Topology, kill_process)
 
 __all__ = ["PatroniTopology", "DRIVERS", "leader_postgres_killed", "switchover",
-           "leader_isolated", "figures", "PATRONI_SCENARIOS"]
+           "leader_isolated", "senders_through_switchover", "figures", "PATRONI_SCENARIOS"]
 
 #: The SQLAlchemy drivers of the receivers, by receiver number modulo their count.
 DRIVERS = ("psycopg2", "psycopg")
@@ -224,6 +224,33 @@ def leader_isolated(topo: PatroniTopology, *, workers: int = 3, rejoin_timeout: 
                 "old leader rejoined as a replica after": f"{time.monotonic() - rejoined_at:.2f} s"}
     return _under_load(topo, "Patroni: leader's host cut from the other database hosts",
                        "isolate", fault, workers=workers)
+
+
+def senders_through_switchover(topo: PatroniTopology, *, steps: int = 4,
+                               lease: float = 6.0) -> tuple[Takeover, dict[str, str]]:
+    """Two sender hosts over one journal on the Patroni cluster, a switchover between them.
+
+    :func:`~.scenarios.sender_takeover` with the journal (and the receivers' store) on
+    the cluster: host A is SIGKILLed while a send lingers in the receiver, then
+    ``patronictl switchover`` moves the leader while host B waits for A's lease. B
+    must find the journal on the new leader through the multi-host URL, take the oplog
+    over once the lease expired, and resend only the in-flight step, under its old id.
+    """
+    cluster = topo.cluster
+    assert cluster is not None
+    cluster.wait_healthy()
+    before = cluster.leader()
+    switched: dict[str, str] = {"leader before": before.name}
+
+    def fault() -> None:
+        candidate = cluster.sync_standby()
+        if candidate is None:
+            raise RuntimeError("no synchronous standby to switch over to")
+        cluster.switchover(candidate)
+        switched["leader after"] = cluster.leader().name
+    takeover = sender_takeover(topo, steps=steps, linger_step=2, lease=lease, fault=fault,
+                               tag="-patroni")
+    return takeover, switched
 
 
 #: The Patroni scenarios by name (``python -m chttp_examples.multihost --patroni``).

@@ -267,7 +267,8 @@ def _posts(log: list[dict[str, Any]]) -> list[tuple[float, str]]:
 
 def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
                     lease: float = 6.0, linger: float = 2.0, a_skew: float = 0.0,
-                    b_skew: float = 0.0, kill_a: bool = True, tag: str = "") -> Takeover:
+                    b_skew: float = 0.0, kill_a: bool = True, tag: str = "",
+                    fault: Callable[[], object] | None = None) -> Takeover:
     """Host A runs a resumable function; host B keeps resuming; A is SIGKILLed mid-send.
 
     A's step ``linger_step`` lingers in the receiver, and A is killed while it does. B
@@ -282,6 +283,8 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     ``kill_a=False`` leaves A running to its end (to see that a skew larger than the
     lease's renewal margin no longer lets B take over a *live* A: B is refused until A
     finished, then finds nothing open and stops); ``tag`` names this run's log files.
+    ``fault``, if given, is called right after A is killed (with ``kill_a``): a database
+    failover while B waits for A's lease (:mod:`.patroni_faults`).
     """
     hosts = topo.network.hosts
     a_host = hosts.get("s1") or topo.network.add_host("s1")
@@ -300,6 +303,8 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
         topo.wait_lingering()
         a_alive = a.poll() is None      # else A lost its lease on its own (a stall) and gave up
         kill_process(a)
+        if fault is not None:
+            fault()
     else:
         a.wait(60)
         a_alive = True

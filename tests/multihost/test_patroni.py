@@ -68,6 +68,24 @@ def test_patroni_switchover(patroni_topology: PatroniTopology):
     assert outcome.extra["leader after"] != outcome.extra["leader before"]
 
 
+def test_patroni_senders_share_a_journal_through_a_switchover(patroni_topology: PatroniTopology):
+    """Issue 21, item 3: no function step runs twice, none is lost, no id gets a new body."""
+    takeover, leaders = patroni_faults.senders_through_switchover(patroni_topology)
+    print("\n" + takeover.summary() + f"\nleaders: {leaders}")
+    assert leaders["leader after"] != leaders["leader before"]
+    assert takeover.a_alive_at_kill, "A stalled past its lease and gave up before the kill"
+    a_ids = [i for _, i in takeover.a_posts]
+    b_ids = [i for _, i in takeover.b_posts]
+    assert takeover.b_posts, "B never took over"
+    assert min(t for t, _ in takeover.b_posts) >= takeover.lease_expired_at
+    assert b_ids[0] == takeover.in_flight            # the in-flight send, under its old id
+    assert set(a_ids[:2]).isdisjoint(b_ids)          # the answered ones were not sent again
+    assert len(set(a_ids) | set(b_ids)) == takeover.steps
+    assert sorted(len(nonces) for nonces in takeover.effects.values()) == [1] * takeover.steps
+    ordered = list(dict.fromkeys(a_ids + b_ids))
+    assert takeover.b_result == [takeover.effects[i][0] for i in ordered]
+
+
 def test_patroni_leader_host_isolated(patroni_topology: PatroniTopology):
     outcome = patroni_faults.leader_isolated(patroni_topology)
     _assert_held(outcome)
