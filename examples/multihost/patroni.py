@@ -253,11 +253,19 @@ class PatroniCluster:
             return None
         return _wait_for(found, timeout, "a Patroni leader")  # type: ignore[no-any-return]
 
-    def sync_standby(self) -> PatroniNode | None:
-        for member in self.members():
-            if member["role"] == "sync_standby":
-                return self.node(member["name"])
-        return None
+    def sync_standby(self, *, timeout: float = 60) -> PatroniNode:
+        """The node the leader replicates to synchronously now (its own ``pg_stat_replication``).
+
+        Asked of PostgreSQL, not of Patroni's views: right after a restart the views may
+        not name one yet, or name an old one. Waits until there is one.
+        """
+        def found() -> PatroniNode | None:
+            leader = self.leader()
+            rows = query(PG_PORT, "SELECT application_name FROM pg_stat_replication "
+                         "WHERE sync_state = 'sync' AND state = 'streaming'", host=leader.host.address)
+            names = {n.name for n in self.nodes}
+            return next((self.node(name) for (name,) in rows if name in names), None)
+        return _wait_for(found, timeout, "a synchronous standby")  # type: ignore[no-any-return]
 
     def healthy(self) -> bool:
         """Every node's view names the same leader, and that leader streams to all others.
@@ -275,6 +283,8 @@ class PatroniCluster:
             if len(members) != len(self.nodes) or any(m["state"] != "running" for m in members):
                 return False
             leaders |= {m["name"] for m in members if m["role"] == "leader"}
+            if self.synchronous and not any(m["role"] == "sync_standby" for m in members):
+                return False   # patronictl switches over only to the one the views name
         if len(leaders) != 1:
             return False
         leader = self.node(leaders.pop())

@@ -257,7 +257,8 @@ def _wait_log(path: Path, predicate: Callable[[dict[str, Any]], bool], what: str
     deadline = time.monotonic() + timeout
     while not any(predicate(record) for record in _read_log(path)):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
+            raise TimeoutError(f"timed out waiting for {what}; {path.name} ends with "
+                               f"{_read_log(path)[-3:]}")
         time.sleep(0.05)
 
 
