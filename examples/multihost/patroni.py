@@ -179,7 +179,9 @@ class PatroniCluster:
             "bootstrap": {
                 "dcs": {
                     **TIMINGS,
-                    "maximum_lag_on_failover": 1048576,
+                    # Asynchronous mode is the demonstration of what is lost without
+                    # synchronous_mode: no lag limit may stop the failover there.
+                    "maximum_lag_on_failover": 1048576 if self.synchronous else 2**40,
                     "synchronous_mode": self.synchronous,
                     "postgresql": {"use_pg_rewind": True, "use_slots": True, "parameters": parameters},
                 },
@@ -349,31 +351,50 @@ class PatroniCluster:
     def rejoin(self, node: PatroniNode) -> None:
         self.network.restore(node.host)
 
+    def pause_replication(self, node: PatroniNode) -> int:
+        """SIGSTOP ``node``'s WAL senders: from now on no replica receives anything.
+
+        The senders, not the receivers: WAL already sent would still reach a replica
+        from its socket buffer. Returns how many were stopped.
+        """
+        pids = [pid for (pid,) in query(PG_PORT, "SELECT pid FROM pg_stat_replication",
+                                        host=node.host.address)]
+        for pid in pids:
+            os.kill(int(pid), signal.SIGSTOP)
+        return len(pids)
+
+    def kill_host(self, node: PatroniNode) -> None:
+        """SIGKILL every process of ``node``'s host (Patroni, PostgreSQL, etcd): the host died."""
+        self._kill_all(node)
+
+    def _kill_all(self, node: PatroniNode) -> None:
+        for process in (node.patroni, node.etcd):
+            if process is not None and process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        # Patroni starts the postmaster in a session of its own: every process left
+        # in the namespace (postmaster, backends, runuser) goes too.
+        pids = subprocess.run(["ip", "netns", "pids", node.host.netns], capture_output=True,
+                              text=True, timeout=30).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        for process in (node.patroni, node.etcd):
+            if process is not None:
+                process.wait(10)
+        _wait_for(lambda: not subprocess.run(["ip", "netns", "pids", node.host.netns],
+                                             capture_output=True, text=True).stdout.split(),
+                  30, f"{node.name}'s processes to end")
+
     # -- teardown ----------------------------------------------------------------------
 
     def destroy(self) -> None:
         """SIGKILL every process of the database hosts and remove the files. Idempotent."""
         for node in self.nodes:
-            for process in (node.patroni, node.etcd):
-                if process is not None and process.poll() is None:
-                    try:
-                        os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-            # Patroni starts the postmaster in a session of its own: every process left
-            # in the namespace (postmaster, backends, runuser) goes too.
-            pids = subprocess.run(["ip", "netns", "pids", node.host.netns], capture_output=True,
-                                  text=True, timeout=30).stdout.split()
-            for pid in pids:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            for process in (node.patroni, node.etcd):
-                if process is not None:
-                    process.wait(10)
-        _wait_for(lambda: not any(subprocess.run(["ip", "netns", "pids", n.host.netns],
-                                                 capture_output=True, text=True).stdout.split()
-                                  for n in self.nodes), 30, "the database hosts' processes to end")
+            self._kill_all(node)
         self.nodes = []
         shutil.rmtree(self.base, ignore_errors=True)

@@ -33,12 +33,15 @@ from chttp_examples.multihost.database import query
 from chttp_examples.multihost.history import read_attempts
 from chttp_examples.multihost.netns import Network
 from chttp_examples.multihost.patroni import PG_PORT, PatroniCluster, PatroniNode
-from chttp_examples.multihost.scenarios import BETWEEN, WARMUP, Outcome, Takeover, sender_takeover
+from chttp_examples.multihost.loadgen import resend
+from chttp_examples.multihost.scenarios import (
+    BETWEEN, WARMUP, Outcome, Takeover, answered_between, sender_takeover)
 from chttp_examples.multihost.topology import (
     RECEIVER_PORT, STORE_OPTIONS, Load, ReceiverHost, Topology, kill_process)
 
 __all__ = ["PatroniTopology", "DRIVERS", "leader_postgres_killed", "switchover",
-           "leader_isolated", "senders_through_switchover", "figures", "PATRONI_SCENARIOS"]
+           "leader_isolated", "senders_through_switchover", "leader_host_killed_while_lagging",
+           "figures", "PATRONI_SCENARIOS"]
 
 #: The SQLAlchemy drivers of the receivers, by receiver number modulo their count.
 DRIVERS = ("psycopg2", "psycopg")
@@ -215,19 +218,73 @@ def leader_isolated(topo: PatroniTopology, *, workers: int = 3, rejoin_timeout: 
     assert topo.cluster is not None
     cluster = topo.cluster
 
+    old: dict[str, str] = {}
+
     def fault(leader: PatroniNode, load: Load) -> dict[str, Any]:
         cut_at = time.monotonic()
         cluster.isolate(leader)
         new = cluster.leader(skip=leader)
         elected = time.monotonic() - cut_at
         topo.wait_answers(load, BETWEEN, timeout=180)
+        # What the old leader holds, read before pg_rewind erases what it alone committed.
+        old.update(query(PG_PORT, "SELECT message_id, nonce FROM mh_effects",
+                         database=topo.database, host=leader.host.address))
         cluster.rejoin(leader)
         rejoined_at = time.monotonic()
         cluster.wait_healthy(timeout=rejoin_timeout)
         return {"new leader elected after": f"{elected:.2f} s", "new leader": new.name,
                 "old leader rejoined as a replica after": f"{time.monotonic() - rejoined_at:.2f} s"}
-    return _under_load(topo, "Patroni: leader's host cut from the other database hosts",
-                       "isolate", fault, workers=workers)
+    outcome = _under_load(topo, "Patroni: leader's host cut from the other database hosts",
+                          "isolate", fault, workers=workers)
+    final = topo.check_effects()
+    outcome.extra["commits only the cut-off old leader made (none acknowledged)"] = sum(
+        1 for m, nonce in old.items() if nonce not in final.get(m, ()))
+    return outcome
+
+
+def leader_host_killed_while_lagging(topo: PatroniTopology, *, workers: int = 3, lag: float = 1.0,
+                                     late_retries: int = 30) -> Outcome:
+    """The leader's WAL senders stopped for ``lag`` s under load, then its whole host killed.
+
+    Patroni promotes a replica once the leader key expires. With ``synchronous_mode``
+    the commits of the lag wait and no client sees them; without it they are
+    acknowledged and then lost with the host — the expected failure of
+    tests/multihost/test_patroni_async.py. Then ``late_retries`` messages answered
+    during the lag are sent again, as by senders that crashed before journaling the
+    answer: a lost one runs its handler a second time and answers differently.
+    """
+    cluster = topo.cluster
+    assert cluster is not None
+    paused: dict[str, float] = {}
+
+    def fault(leader: PatroniNode, load: Load) -> dict[str, Any]:
+        stopped = cluster.pause_replication(leader)
+        paused["at"] = time.time()
+        time.sleep(lag)
+        paused["until"] = time.time()
+        cluster.kill_host(leader)
+        new = cluster.leader(skip=leader, timeout=120)
+        return {"WAL senders stopped": stopped, "new leader": new.name,
+                "new leader elected after": f"{time.time() - paused['until']:.2f} s"}
+
+    # The killed host stays dead: the cluster is not healthy afterwards (one per module).
+    outcome = _under_load(topo, "Patroni: leader host killed while its replicas lagged",
+                          "lagkill", fault, workers=workers)
+    late = answered_between(topo.loads[-2], paused["at"], paused["until"])[:late_retries]
+    resent = topo.workdir / "history-lagkill-resend.jsonl"
+    resend(late, [r.url for r in topo.receivers], str(resent))
+    topo.loads[-2].histories.append(resent)
+    report = topo.check(topo.loads[-2], topo.loads[-1])
+    outcome.report = report
+    outcome.extra.update({
+        "replication": "synchronous" if cluster.synchronous else "asynchronous",
+        "answers acknowledged while the replicas lagged":
+            sum(1 for t in report.answer_times if paused["at"] <= t < paused["until"]),
+        "late retries of answered messages": len(late),
+        "answers lost": len(report.lost),
+        "replays that differ from the first answer": len(report.replay_mismatch),
+    })
+    return outcome
 
 
 def senders_through_switchover(topo: PatroniTopology, *, steps: int = 4,

@@ -24,7 +24,7 @@ from chttp_examples.multihost.loadgen import resend
 from chttp_examples.multihost.topology import Load, Topology, kill_process
 
 __all__ = ["Outcome", "SCENARIOS", "receivers_killed", "receiver_cut", "pgbouncer_restarted",
-           "primary_failover", "sender_takeover", "Takeover"]
+           "primary_failover", "sender_takeover", "Takeover", "answered_between"]
 
 #: How many answers the load must have seen before a fault, and between its steps.
 WARMUP = 150
@@ -131,7 +131,7 @@ def pgbouncer_restarted(topo: Topology, *, workers: int = 3) -> Outcome:
                    stopped_at=stopped_at)
 
 
-def _answered_between(load: Load, start: float, end: float) -> list[tuple[str, str]]:
+def answered_between(load: Load, start: float, end: float) -> list[tuple[str, str]]:
     """``(id, request body)`` of the messages whose first 2xx arrived in ``[start, end)``."""
     attempts, _ = read_attempts(load.histories)
     bodies = {a.message_id: a.request for a in attempts if a.request is not None}
@@ -175,7 +175,7 @@ def primary_failover(topo: Topology, *, workers: int = 3, lag: float = 1.0,
     topo.stop_load(probe)
     # Late retries: the messages answered around the failure are sent again, as their
     # senders would after crashing before they journaled the answer (docs/protocol.rst §5).
-    late = _answered_between(load, paused_at - 0.5, fault_at)[:late_retries]
+    late = answered_between(load, paused_at - 0.5, fault_at)[:late_retries]
     resent = topo.workdir / "history-failover-resend.jsonl"
     resend(late, [r.url for r in topo.receivers], str(resent))
     load.histories.append(resent)

@@ -74,6 +74,22 @@ def failover_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFa
     yield from _built(tmp_path_factory, "failover", via="multihost", synchronous=synchronous)
 
 
+def _patroni(tmp_path_factory: pytest.TempPathFactory, name: str, *,
+             synchronous: bool) -> Iterator[PatroniTopology]:
+    try:
+        find_patroni()
+    except PatroniNotFound as error:
+        pytest.skip(f"Patroni cluster unavailable: {error}")
+    topology = PatroniTopology(tmp_path_factory.mktemp(name), synchronous=synchronous)
+    tag = topology.network.tag
+    try:
+        yield topology
+    finally:
+        topology.close()
+        spaces, links = leftovers()
+        assert not [n for n in spaces + links if n.startswith(tag)], "topology left things behind"
+
+
 @pytest.fixture(scope="module")
 def patroni_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PatroniTopology]:
     """Receivers on a Patroni cluster (3 nodes, 3-member etcd, synchronous_mode), one per module.
@@ -82,15 +98,11 @@ def patroni_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFac
     (``.ci/run`` installs both). Each test leaves the cluster healthy (one leader, a
     synchronous standby, a replica), which the next one waits for before its fault.
     """
-    try:
-        find_patroni()
-    except PatroniNotFound as error:
-        pytest.skip(f"Patroni cluster unavailable: {error}")
-    topology = PatroniTopology(tmp_path_factory.mktemp("patroni"))
-    tag = topology.network.tag
-    try:
-        yield topology
-    finally:
-        topology.close()
-        spaces, links = leftovers()
-        assert not [n for n in spaces + links if n.startswith(tag)], "topology left things behind"
+    yield from _patroni(tmp_path_factory, "patroni", synchronous=True)
+
+
+@pytest.fixture
+def patroni_async_topology(multihost_ready: None,
+                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[PatroniTopology]:
+    """The same cluster with ``synchronous_mode: false`` (the expected-failure demonstration)."""
+    yield from _patroni(tmp_path_factory, "patroni-async", synchronous=False)

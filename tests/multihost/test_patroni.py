@@ -90,3 +90,16 @@ def test_patroni_leader_host_isolated(patroni_topology: PatroniTopology):
     outcome = patroni_faults.leader_isolated(patroni_topology)
     _assert_held(outcome)
     assert outcome.extra["new leader"] != outcome.extra["leader before"]
+
+
+def test_patroni_leader_host_killed_while_replicas_lagged(patroni_topology: PatroniTopology):
+    """The contrast of test_patroni_async.py: the same fault with synchronous_mode loses nothing.
+
+    Last in this module: the killed host stays dead.
+    """
+    outcome = patroni_faults.leader_host_killed_while_lagging(patroni_topology)
+    _assert_held(outcome)
+    assert outcome.extra["WAL senders stopped"] > 0
+    assert outcome.extra["new leader"] != outcome.extra["leader before"]
+    # The late retries of answered messages were all answered from the store, as first.
+    assert outcome.report.replay_mismatch == []
