@@ -39,8 +39,8 @@ from chttp_examples.multihost.netns import Host, Network
 
 from chttp_server.testing import find_postgres_bin
 
-__all__ = ["PatroniCluster", "PatroniNode", "PatroniNotFound", "find_patroni", "PG_PORT",
-           "REST_PORT"]
+__all__ = ["PatroniCluster", "PatroniNode", "PatroniNotFound", "find_patroni", "wait_for",
+           "PG_PORT", "REST_PORT"]
 
 PG_PORT = 5432
 REST_PORT = 8008
@@ -66,7 +66,8 @@ def find_patroni() -> dict[str, str]:
     return found
 
 
-def _wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``condition()``'s first true value, asked every 0.1 s (an exception counts as false)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -253,7 +254,7 @@ class PatroniCluster:
                                                 timeout=2):
                         return node
             return None
-        return _wait_for(found, timeout, "a Patroni leader")  # type: ignore[no-any-return]
+        return wait_for(found, timeout, "a Patroni leader")  # type: ignore[no-any-return]
 
     def sync_standby(self, *, timeout: float = 60) -> PatroniNode:
         """The node the leader replicates to synchronously now (its own ``pg_stat_replication``).
@@ -267,7 +268,7 @@ class PatroniCluster:
                          "WHERE sync_state = 'sync' AND state = 'streaming'", host=leader.host.address)
             names = {n.name for n in self.nodes}
             return next((self.node(name) for (name,) in rows if name in names), None)
-        return _wait_for(found, timeout, "a synchronous standby")  # type: ignore[no-any-return]
+        return wait_for(found, timeout, "a synchronous standby")  # type: ignore[no-any-return]
 
     def healthy(self) -> bool:
         """Every node's view names the same leader, and that leader streams to all others.
@@ -298,7 +299,7 @@ class PatroniCluster:
         return bool(writable) and streaming == len(self.nodes) - 1 and (not self.synchronous or sync >= 1)
 
     def wait_healthy(self, timeout: float = 120) -> None:
-        _wait_for(self.healthy, timeout, f"a healthy Patroni cluster ({self._describe()})")
+        wait_for(self.healthy, timeout, f"a healthy Patroni cluster ({self._describe()})")
 
     def _describe(self) -> str:
         try:
@@ -386,7 +387,7 @@ class PatroniCluster:
         for process in (node.patroni, node.etcd):
             if process is not None:
                 process.wait(10)
-        _wait_for(lambda: not subprocess.run(["ip", "netns", "pids", node.host.netns],
+        wait_for(lambda: not subprocess.run(["ip", "netns", "pids", node.host.netns],
                                              capture_output=True, text=True).stdout.split(),
                   30, f"{node.name}'s processes to end")
 
