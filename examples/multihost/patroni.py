@@ -105,13 +105,15 @@ class PatroniCluster:
     """Three Patroni nodes and three etcd members on namespace hosts of ``network``."""
 
     def __init__(self, network: Network, *, nodes: int = 3, synchronous: bool = True,
-                 database: str = "mh", scope: str = "chttp") -> None:
+                 database: str = "mh", scope: str = "chttp", logs: Path | None = None) -> None:
         self.tools = find_patroni()
         self.bin = find_postgres_bin()
         self.network = network
         self.synchronous = synchronous
         self.database = database
         self.scope = scope
+        #: Where :meth:`destroy` copies each node's Patroni, etcd and PostgreSQL logs.
+        self.logs = logs
         self.base = Path(tempfile.mkdtemp(prefix="chttp-patroni-"))
         self._user = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         self.nodes: list[PatroniNode] = []
@@ -168,6 +170,7 @@ class PatroniCluster:
             "idle_in_transaction_session_timeout": "4s",
             "unix_socket_directories": str(node.base),
             "logging_collector": "on",
+            "log_line_prefix": "%m [%p] %a ",
             "log_directory": str(node.base / "log"),
             "wal_keep_size": "256MB",
         }
@@ -393,9 +396,21 @@ class PatroniCluster:
 
     # -- teardown ----------------------------------------------------------------------
 
+    @staticmethod
+    def _keep_logs(node: PatroniNode, target: Path) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("patroni.out", "etcd.log", "patroni-log", "log"):
+            source = node.base / name
+            if source.is_dir():
+                shutil.copytree(source, target / name, dirs_exist_ok=True)
+            elif source.exists():
+                shutil.copy(source, target / name)
+
     def destroy(self) -> None:
         """SIGKILL every process of the database hosts and remove the files. Idempotent."""
         for node in self.nodes:
             self._kill_all(node)
+            if self.logs is not None:
+                self._keep_logs(node, self.logs / node.name)
         self.nodes = []
         shutil.rmtree(self.base, ignore_errors=True)

@@ -66,7 +66,8 @@ class PatroniTopology(Topology):
         self.others = []
         self.cluster: PatroniCluster | None = None
         try:
-            self.cluster = PatroniCluster(self.network, synchronous=synchronous)
+            self.cluster = PatroniCluster(self.network, synchronous=synchronous,
+                                          logs=self.workdir / "database-hosts")
             self._prepare_schema()
             self.store_urls = [self.cluster.url(driver=driver, **STORE_OPTIONS) for driver in DRIVERS]
             self.store_url = self.store_urls[0]
