@@ -136,6 +136,9 @@ def figures(outcome: Outcome, loads: list[Load]) -> dict[str, Any]:
     """
     attempts, _ = read_attempts([path for load in loads for path in load.histories])
     report = outcome.report
+    lost = set(report.lost)
+    first_by_replay = {m for m in lost if all(a.replayed for a in attempts
+                                              if a.message_id == m and a.succeeded)}
     end = outcome.stopped_at or report.end
     moments = [outcome.fault_at] + [t for t in report.answer_times if outcome.fault_at < t < end]
     gaps = [(b - a, b) for a, b in zip(moments, moments[1:])]
@@ -144,6 +147,9 @@ def figures(outcome: Outcome, loads: list[Load]) -> dict[str, Any]:
         "failover time": f"{resumed - outcome.fault_at:.2f} s (longest stall {stall:.2f} s)"
                          if gaps else "never",
         "answers lost": len(report.lost),
+        # tests/multihost/test_replay_before_replication.py: a replay of a commit whose
+        # wait for the synchronous standby was terminated (the old leader shutting down).
+        "lost answers given only by replays": sorted(first_by_replay),
         "effects duplicated": len(report.duplicates),
         "attempts answered 503": sum(1 for a in attempts if a.status == 503),
         "attempts without an HTTP answer": sum(1 for a in attempts if a.status is None),
