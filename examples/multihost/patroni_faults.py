@@ -137,8 +137,10 @@ def figures(outcome: Outcome, loads: list[Load]) -> dict[str, Any]:
     attempts, _ = read_attempts([path for load in loads for path in load.histories])
     report = outcome.report
     lost = set(report.lost)
-    first_by_replay = {m for m in lost if all(a.replayed for a in attempts
-                                              if a.message_id == m and a.succeeded)}
+    replayed_only = {a.message_id for a in attempts if a.message_id in lost and a.succeeded}
+    replayed_only -= {a.message_id for a in attempts
+                      if a.message_id in lost and a.succeeded and not a.replayed}
+    first_by_replay = replayed_only
     end = outcome.stopped_at or report.end
     moments = [outcome.fault_at] + [t for t in report.answer_times if outcome.fault_at < t < end]
     gaps = [(b - a, b) for a, b in zip(moments, moments[1:])]

@@ -87,7 +87,7 @@ def test_patroni_senders_share_a_journal_through_a_switchover(patroni_topology: 
 
 
 def test_patroni_leader_host_isolated(patroni_topology: PatroniTopology):
-    """The split-brain case: every guarantee holds but one, in about one run in five.
+    """The split-brain case: every guarantee holds but one, in two runs of nine.
 
     An answer can be lost here, and only one way: a *replay* served by the old leader
     while it shuts down, of a commit whose wait for the synchronous standby was

@@ -1,7 +1,7 @@
 """A replay can answer a commit that never reached the synchronous standby (expected failure).
 
 Found by tests/multihost/test_patroni.py (the leader's host cut from the other database
-hosts, one run in about five): PostgreSQL makes a commit visible on the primary when its
+hosts, two runs of nine): PostgreSQL makes a commit visible on the primary when its
 wait for the synchronous standby *ends*, and that wait also ends when the backend is
 terminated (a fast shutdown, as Patroni does when it demotes a leader, or
 ``pg_terminate_backend``): "the transaction has already committed locally, but might not
