@@ -11,6 +11,9 @@ bridge, and faults are real (SIGKILL, iptables DROP, promotion). Needs root, ``i
 * :mod:`.receiver`, :mod:`.loadgen`, :mod:`.sender` — the processes on the hosts;
 * :mod:`.history` — the checker: exactly one effect per id, no acknowledged answer lost;
 * :mod:`.topology` — all of it together, started and stopped as one;
+* :mod:`.patroni`, :mod:`.patroni_faults` — the same receivers on three PostgreSQL nodes
+  run by Patroni over a three-member etcd (Debian's ``patroni``, ``etcd-server``), and
+  the failovers Patroni decides;
 * ``python -m chttp_examples.multihost`` — the one command (:mod:`.__main__`).
 """
 

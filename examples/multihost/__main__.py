@@ -4,6 +4,7 @@
 
     sudo python -m chttp_examples.multihost            # from a checkout: python -m examples.multihost
     sudo python -m chttp_examples.multihost --only primary-failover --no-async
+    sudo python -m chttp_examples.multihost --patroni   # Patroni + etcd decide the failovers
 
 Builds the topology of :mod:`.topology` on this machine (network namespaces, a
 PostgreSQL primary with a synchronous standby, PgBouncer, three receiver hosts, two
@@ -12,6 +13,12 @@ history check, then the two-sender takeover, then — unless ``--no-async`` — 
 primary failover with *asynchronous* replication, which is expected to lose answers.
 Prints each scenario's report and exits 0 when every synchronous scenario held and the
 asynchronous demonstration lost what it should. About a minute and a half.
+
+``--patroni`` runs instead the stack of :mod:`.patroni_faults`: three PostgreSQL nodes
+run by Patroni (``synchronous_mode``) over a three-member etcd, each on its own host,
+the receivers on the multi-host URL; the leader's PostgreSQL SIGKILLed, a ``patronictl``
+switchover, two senders over one journal through a switchover, the leader's host cut
+from the others (needs Debian's ``patroni`` and ``etcd-server``). About two minutes.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "pgbouncer-restarted, primary-failover, senders")
     parser.add_argument("--no-async", action="store_true",
                         help="skip the asynchronous-replication demonstration")
+    parser.add_argument("--patroni", action="store_true",
+                        help="the Patroni + etcd cluster and its faults instead (see above)")
     parser.add_argument("--workers", type=int, default=3, help="worker threads per client host")
     parser.add_argument("--workdir", type=Path, help="where logs and histories go (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -53,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot build the topology: {error}", file=sys.stderr)
         return 2
 
+    if args.patroni:
+        return _patroni(args.workers, args.workdir)
     wanted = set(args.only or [*SCENARIOS, "senders"])
     unknown = wanted - {*SCENARIOS, "senders"}
     if unknown:
@@ -100,6 +111,43 @@ def main(argv: Sequence[str] | None = None) -> int:
                 else:
                     print()
 
+    print(f"{'FAILED: ' + ', '.join(failures) if failures else 'ALL PASSED'} "
+          f"in {time.monotonic() - started:.0f} s")
+    return 1 if failures else 0
+
+
+def _patroni(workers: int, workdir: Path | None) -> int:
+    """``--patroni``: every Patroni scenario on one cluster, each history checked."""
+    from chttp_examples.multihost.patroni import PatroniNotFound, find_patroni
+    from chttp_examples.multihost.patroni_faults import (
+        PATRONI_SCENARIOS, PatroniTopology, senders_through_switchover)
+
+    try:
+        find_patroni()
+    except PatroniNotFound as error:
+        print(f"cannot build the Patroni cluster: {error}", file=sys.stderr)
+        return 2
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="chttp-multihost-patroni-"))
+    started = time.monotonic()
+    failures: list[str] = []
+    print(f"logs and histories: {workdir}", flush=True)
+    with PatroniTopology(workdir) as topo:
+        print("topology: 3 receivers -> libpq multi-host URL (target_session_attrs=read-write) "
+              "-> 3 PostgreSQL nodes run by Patroni (synchronous_mode) over a 3-member etcd",
+              flush=True)
+        names = list(PATRONI_SCENARIOS)
+        for name in names[:-1] + ["senders", names[-1]]:   # the host cut last: the slowest
+            if name == "senders":
+                takeover, leaders = senders_through_switchover(topo)
+                print(takeover.summary() + f"\nleaders: {leaders}\n", flush=True)
+                if (not takeover.b_posts or len({i for _, i in takeover.a_posts + takeover.b_posts})
+                        != takeover.steps or any(len(n) != 1 for n in takeover.effects.values())):
+                    failures.append("senders")
+                continue
+            outcome = PATRONI_SCENARIOS[name](topo, workers=workers)
+            print(outcome.summary() + "\n", flush=True)
+            if not outcome.report.ok:
+                failures.append(name)
     print(f"{'FAILED: ' + ', '.join(failures) if failures else 'ALL PASSED'} "
           f"in {time.monotonic() - started:.0f} s")
     return 1 if failures else 0

@@ -24,7 +24,7 @@ from chttp_examples.multihost.loadgen import resend
 from chttp_examples.multihost.topology import Load, Topology, kill_process
 
 __all__ = ["Outcome", "SCENARIOS", "receivers_killed", "receiver_cut", "pgbouncer_restarted",
-           "primary_failover", "sender_takeover", "Takeover"]
+           "primary_failover", "sender_takeover", "Takeover", "answered_between"]
 
 #: How many answers the load must have seen before a fault, and between its steps.
 WARMUP = 150
@@ -131,7 +131,7 @@ def pgbouncer_restarted(topo: Topology, *, workers: int = 3) -> Outcome:
                    stopped_at=stopped_at)
 
 
-def _answered_between(load: Load, start: float, end: float) -> list[tuple[str, str]]:
+def answered_between(load: Load, start: float, end: float) -> list[tuple[str, str]]:
     """``(id, request body)`` of the messages whose first 2xx arrived in ``[start, end)``."""
     attempts, _ = read_attempts(load.histories)
     bodies = {a.message_id: a.request for a in attempts if a.request is not None}
@@ -175,7 +175,7 @@ def primary_failover(topo: Topology, *, workers: int = 3, lag: float = 1.0,
     topo.stop_load(probe)
     # Late retries: the messages answered around the failure are sent again, as their
     # senders would after crashing before they journaled the answer (docs/protocol.rst §5).
-    late = _answered_between(load, paused_at - 0.5, fault_at)[:late_retries]
+    late = answered_between(load, paused_at - 0.5, fault_at)[:late_retries]
     resent = topo.workdir / "history-failover-resend.jsonl"
     resend(late, [r.url for r in topo.receivers], str(resent))
     load.histories.append(resent)
@@ -259,7 +259,8 @@ def _wait_log(path: Path, predicate: Callable[[dict[str, Any]], bool], what: str
     deadline = time.monotonic() + timeout
     while not any(predicate(record) for record in _read_log(path)):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
+            raise TimeoutError(f"timed out waiting for {what}; {path.name} ends with "
+                               f"{_read_log(path)[-3:]}")
         time.sleep(0.05)
 
 
@@ -269,7 +270,8 @@ def _posts(log: list[dict[str, Any]]) -> list[tuple[float, str]]:
 
 def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
                     lease: float = 6.0, linger: float = 2.0, a_skew: float = 0.0,
-                    b_skew: float = 0.0, kill_a: bool = True, tag: str = "") -> Takeover:
+                    b_skew: float = 0.0, kill_a: bool = True, tag: str = "",
+                    fault: Callable[[], object] | None = None) -> Takeover:
     """Host A runs a resumable function; host B keeps resuming; A is SIGKILLed mid-send.
 
     A's step ``linger_step`` lingers in the receiver, and A is killed while it does. B
@@ -285,8 +287,9 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
     ``kill_a=False`` leaves A running to its end (to see that a skew larger than the
     lease's renewal margin no longer lets B take over a *live* A: B is refused until A
     finished, then finds nothing open and stops); ``tag`` names this run's log files.
+    ``fault``, if given, is called right after A is killed (with ``kill_a``): a database
+    failover while B waits for A's lease (:mod:`.patroni_faults`).
     """
-    assert topo.db is not None
     hosts = topo.network.hosts
     a_host = hosts.get("s1") or topo.network.add_host("s1")
     b_host = hosts.get("s2") or topo.network.add_host("s2")
@@ -304,13 +307,16 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
         topo.wait_lingering()
         a_alive = a.poll() is None      # else A lost its lease on its own (a stall) and gave up
         kill_process(a)
+        if fault is not None:
+            fault()
     else:
         a.wait(60)
         a_alive = True
     killed_at = time.time()
     oplog = next(r["oplog"] for r in _read_log(log_b) if r["event"] == "resume")
-    (expires,) = query(topo.primary_port(), "SELECT extract(epoch FROM lease_expires_at) "
-                       "FROM chttp_oplogs WHERE id = %s", (oplog,), database=topo.db.database)[0]
+    host, port = topo.primary_address()
+    (expires,) = query(port, "SELECT extract(epoch FROM lease_expires_at) "
+                       "FROM chttp_oplogs WHERE id = %s", (oplog,), database=topo.database, host=host)[0]
     b.wait(60)
     kill_process(b)
     a_log, b_log = _read_log(log_a), _read_log(log_b)

@@ -92,6 +92,20 @@ def _journal(args: argparse.Namespace, log: _Log) -> Any:
     return journal, resumable(journal, name=FUNCTION_NAME)(transfer)
 
 
+def _journal_outages() -> tuple[type[BaseException], ...]:
+    """What ``resume_all()`` raises while the journal's database is unreachable.
+
+    ``JournalUnavailable`` as documented; and, found by tests/multihost/test_patroni.py,
+    the driver's ``OperationalError`` raised untranslated from the pending
+    acknowledgements' claim at the start of ``resume_all()`` (not yet wrapped).
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from chttp_client import JournalUnavailable
+
+    return JournalUnavailable, OperationalError
+
+
 def _set_hostname(name: str) -> None:
     """Name this host, refusing to rename the machine: only in a UTS namespace of its own
     (``unshare --uts`` executes us, so our parent is still in the machine's namespace)."""
@@ -137,7 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         deadline = time.monotonic() + args.timeout
         while True:
-            outcomes = journal.resume_all(timeout=None)   # each round waits for its runs
+            try:
+                outcomes = journal.resume_all(timeout=None)   # each round waits for its runs
+            except _journal_outages() as error:
+                # The journal's database between two primaries (a Patroni switchover: every
+                # node refuses writes for a moment): try again next round, as a resumer
+                # started by a supervisor would after a restart.
+                log.write("unavailable", error=type(error).__name__, detail=str(error)[:200])
+                if time.monotonic() > deadline:
+                    return 1
+                time.sleep(args.every)
+                continue
             if args.until_done and not outcomes:  # its owner finished it: nothing to wait for
                 log.write("idle")
                 return 0

@@ -157,11 +157,15 @@ class Topology:
         _kill(receiver.process)
         receiver.process = _spawn(
             receiver.host.command(sys.executable, "-m", "chttp_examples.multihost.receiver",
-                                  "--db", self.store_url, "--host", receiver.host.address,
+                                  "--db", self.store_url_for(number), "--host", receiver.host.address,
                                   "--port", str(RECEIVER_PORT), "--threads", str(self.threads)),
             log=self.workdir / f"{receiver.host.name}.log", env={HOST_ENV: receiver.host.name},
             ready="serving",
         )
+
+    def store_url_for(self, number: int) -> str:
+        """The store URL receiver ``number`` is started with (the same for all here)."""
+        return self.store_url
 
     def kill_receiver(self, number: int) -> None:
         """SIGKILL receiver ``number`` mid-whatever: its open transactions roll back."""
@@ -212,22 +216,26 @@ class Topology:
         Its own host name matters: the journal frees a lease of a dead process at once
         only when the owner ran on *this* host; on another host it waits for expiry.
         """
-        assert self.bouncer is not None and self.db is not None
         command = host.command("unshare", "--uts", "--", sys.executable, "-m",
                                "chttp_examples.multihost.sender", role, "--hostname",
                                f"{self.network.tag}-{host.name}",
-                               "--journal", self.bouncer.url(self.db.database, **STORE_OPTIONS),
+                               "--journal", self.journal_url(),
                                "--log", str(log), *options)
         process = _spawn(command, log=self.workdir / f"{host.name}.log", ready="ready")
         self.others.append(process)
         return process
 
+    def journal_url(self) -> str:
+        """The senders' journal: the application's database, through PgBouncer here."""
+        assert self.bouncer is not None and self.db is not None
+        return self.bouncer.url(self.db.database, **STORE_OPTIONS)
+
     def wait_lingering(self, *, timeout: float = 30) -> None:
         """Block until a handler is inside its transaction, sleeping (a probe's ``linger``)."""
         deadline = time.monotonic() + timeout
-        while not query(self.primary_port(),
-                        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
-                        "AND query LIKE 'SELECT pg_sleep%%'")[0][0]:
+        host, port = self.primary_address()
+        while not query(port, "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                        "AND query LIKE 'SELECT pg_sleep%%'", host=host)[0][0]:
             if time.monotonic() > deadline:
                 raise TimeoutError("no handler lingering in its transaction")
             time.sleep(0.02)
@@ -284,14 +292,23 @@ class Topology:
         assert self.db is not None and self.db.standby is not None
         return self.db.primary.port if self.db.primary.running else self.db.standby.port
 
+    def primary_address(self) -> tuple[str, int]:
+        """``(host, port)`` of whichever server accepts writes now, reachable from here."""
+        return "127.0.0.1", self.primary_port()
+
+    @property
+    def database(self) -> str:
+        """The application's database name (the one the receivers' store lives in)."""
+        assert self.db is not None
+        return self.db.database
+
     def check(self, *loads: Load) -> Report:
         """The history check of ``loads`` against the current primary's final state."""
         import psycopg2
 
-        assert self.db is not None
         attempts, gave_up = read_attempts([path for load in loads for path in load.histories])
-        connection = psycopg2.connect(host="127.0.0.1", port=self.primary_port(), user="postgres",
-                                      dbname=self.db.database)
+        host, port = self.primary_address()
+        connection = psycopg2.connect(host=host, port=port, user="postgres", dbname=self.database)
         try:
             effects, stored = read_database(connection)
         finally:
@@ -302,10 +319,10 @@ class Topology:
 
     def check_effects(self) -> dict[str, list[str]]:
         """Every effect row on the current primary: message id → nonces."""
-        assert self.db is not None
         effects: dict[str, list[str]] = {}
-        for message_id, nonce in query(self.primary_port(), "SELECT message_id, nonce FROM mh_effects",
-                                       database=self.db.database):
+        host, port = self.primary_address()
+        for message_id, nonce in query(port, "SELECT message_id, nonce FROM mh_effects",
+                                       database=self.database, host=host):
             effects.setdefault(message_id, []).append(nonce)
         return effects
 

@@ -13,6 +13,8 @@ from typing import Iterator
 import pytest
 from chttp_examples.multihost.database import PgBouncerNotFound, find_pgbouncer
 from chttp_examples.multihost.netns import NetworkUnavailable, leftovers, require_network
+from chttp_examples.multihost.patroni import PatroniNotFound, find_patroni
+from chttp_examples.multihost.patroni_faults import PatroniTopology
 from chttp_examples.multihost.topology import Topology
 
 from chttp_server.testing import PostgresNotFound, find_postgres_bin
@@ -70,3 +72,37 @@ def failover_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFa
     """Receivers on the libpq multi-host URL; ``synchronous`` from ``request.param`` (default on)."""
     synchronous = getattr(request, "param", True)
     yield from _built(tmp_path_factory, "failover", via="multihost", synchronous=synchronous)
+
+
+def _patroni(tmp_path_factory: pytest.TempPathFactory, name: str, *,
+             synchronous: bool) -> Iterator[PatroniTopology]:
+    try:
+        find_patroni()
+    except PatroniNotFound as error:
+        pytest.skip(f"Patroni cluster unavailable: {error}")
+    topology = PatroniTopology(tmp_path_factory.mktemp(name), synchronous=synchronous)
+    tag = topology.network.tag
+    try:
+        yield topology
+    finally:
+        topology.close()
+        spaces, links = leftovers()
+        assert not [n for n in spaces + links if n.startswith(tag)], "topology left things behind"
+
+
+@pytest.fixture(scope="module")
+def patroni_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PatroniTopology]:
+    """Receivers on a Patroni cluster (3 nodes, 3-member etcd, synchronous_mode), one per module.
+
+    Skipped, saying why, only when Debian's ``patroni`` or ``etcd-server`` is missing
+    (``.ci/run`` installs both). Each test leaves the cluster healthy (one leader, a
+    synchronous standby, a replica), which the next one waits for before its fault.
+    """
+    yield from _patroni(tmp_path_factory, "patroni", synchronous=True)
+
+
+@pytest.fixture
+def patroni_async_topology(multihost_ready: None,
+                           tmp_path_factory: pytest.TempPathFactory) -> Iterator[PatroniTopology]:
+    """The same cluster with ``synchronous_mode: false`` (the expected-failure demonstration)."""
+    yield from _patroni(tmp_path_factory, "patroni-async", synchronous=False)
