@@ -220,6 +220,9 @@ class JournalUnavailable(JournalError):
         self.created = created
 
     def __str__(self) -> str:
+        if not self.oplog_id:  # the journal's own work, no oplog's (resume_all's start)
+            return (f"the journal database is unavailable: {self.unrecorded} failed "
+                    f"({self.detail}); call it again once the database is back")
         then = (f"journal.resume({self.oplog_id!r}) runs the function on from its record "
                 "once the database is back" if self.created
                 else "the oplog was never created and nothing was sent: call the function again")

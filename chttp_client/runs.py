@@ -47,6 +47,7 @@ from chttp_client.errors import (
 from chttp_client.leases import new_owner
 from chttp_client.loop_clients import LoopClients
 from chttp_client.oplog_store import OplogStore
+from chttp_client.outage import journal_write
 from chttp_client.quarantine import log_unreadable
 from chttp_client.records import CELERY_PREFIX, INCOMING_PREFIX, OplogInfo
 from chttp_client.registry import registered_functions
@@ -286,11 +287,15 @@ class Runs:
         return await self._run_async(self._resume_all_steps(timeout))
 
     def _resume_all_steps(self, timeout: float | None) -> Steps[builtins.list[ResumeOutcome]]:
-        yield Blocking(self.ensure_schema)
-        yield Blocking(self.acknowledge_pending)
-        listed = [info for info in (yield Blocking(self.list_open))
-                  # driven by incoming retries / Celery's redelivery, not by us
-                  if not info.function.startswith((INCOMING_PREFIX, CELERY_PREFIX))]
+        # A database outage here (a failover: every node refusing for a moment) is the
+        # library's JournalUnavailable, as anywhere else, never a driver's raw error.
+        with journal_write("", lambda: (None, "resume_all() (pending acknowledgements, open "
+                                              "oplogs)"), created=False):
+            yield Blocking(self.ensure_schema)
+            yield Blocking(self.acknowledge_pending)
+            listed = [info for info in (yield Blocking(self.list_open))
+                      # driven by incoming retries / Celery's redelivery, not by us
+                      if not info.function.startswith((INCOMING_PREFIX, CELERY_PREFIX))]
         progress = _Progress()
         work = self._resume_each_steps(listed, progress)
         if timeout is None:

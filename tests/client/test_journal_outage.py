@@ -108,3 +108,29 @@ def test_a_journal_gone_while_a_send_retries_stops_before_the_next_attempt(clust
         journal.close()
         if not cluster.running:
             cluster.start()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_resume_all_with_its_database_down_raises_journal_unavailable(cluster, receiver, kind):
+    """Found on the Patroni cluster (issue 21): mid-switchover every node refused and
+    ``resume_all()`` raised psycopg2's raw OperationalError (from the pending
+    acknowledgements' claim). It is the library's JournalUnavailable, with the driver's
+    error as its cause, and the next call once the database is back resumes as ever."""
+    import asyncio
+
+    url = cluster.create_database(f"journal_resume_all_down_{kind}")
+    journal = Journal(url, transport=httpx.WSGITransport(app=receiver))
+    journal.ensure_schema()
+    cluster.stop("immediate")
+    try:
+        with pytest.raises(JournalUnavailable) as caught:
+            if kind == "sync":
+                journal.resume_all()
+            else:
+                asyncio.run(journal.resume_all_async())
+        assert isinstance(caught.value.__cause__, DBAPIError)
+        assert str(caught.value).startswith("the journal database is unavailable: resume_all()")
+    finally:
+        cluster.start()
+    assert journal.resume_all() == []
+    journal.close()

@@ -1,21 +1,23 @@
-"""A replay can answer a commit that never reached the synchronous standby (expected failure).
+"""A replay never answers a commit that has not reached the synchronous standby.
 
 Found by tests/multihost/test_patroni.py (the leader's host cut from the other database
-hosts, two runs of nine): PostgreSQL makes a commit visible on the primary when its
-wait for the synchronous standby *ends*, and that wait also ends when the backend is
-terminated (a fast shutdown, as Patroni does when it demotes a leader, or
+hosts, two runs of nine, before the fix): PostgreSQL makes a commit visible on the
+primary when its wait for the synchronous standby *ends*, and that wait also ends when
+the backend is terminated (a fast shutdown, as Patroni does when it demotes a leader, or
 ``pg_terminate_backend``): "the transaction has already committed locally, but might not
-have been replicated". The client of that commit gets no answer, but a retry of the same
-id waiting on the claim then finds the row and is answered from it (a replay: it only
-reads and rolls back, so nothing makes it wait for the standby). When the primary then
-dies, the promoted standby has no record of the message: an acknowledged answer is lost,
-and the next retry runs the handler again.
+have been replicated". The client of that commit gets no answer; a retry of the same id
+waiting on the claim then found the row and was answered from it — a read-only
+transaction never waits for the standby — and when the primary died, the promoted
+standby had no record of the message: an acknowledged answer lost, and the next retry
+ran the handler again.
 
-Here the same sequence, step by step on the replicated pair of :mod:`.topology`, so it
-fails every time: the WAL sender stopped, a first send waiting in its commit, a retry
-waiting on its claim, the first backend terminated, the retry answered, the primary
-killed, the standby promoted. A replay that waited for the standby to have the row
-(e.g. a transaction that commits a write after reading it) would make this test pass.
+Here the same sequence, step by step on the replicated pair of :mod:`.topology`: the WAL
+sender stopped, a first send waiting in its commit, a retry waiting on its claim, the
+first backend terminated. The retry must now be *held* (its own commit waits for the
+standby: ``MessageStore.hold_until_replicated``), not answered; the primary is killed
+and the standby promoted; the retry got no answer, and the next retry, on the promoted
+standby, runs the handler there once — every answer the client was given is one the
+surviving database holds.
 """
 
 from __future__ import annotations
@@ -40,10 +42,7 @@ def _wait(condition: Callable[[], Any], what: str, timeout: float = 30) -> Any:
     return value
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a replay reads a commit whose synchronous-replication wait was "
-                          "terminated: answered, then lost at the failover (docs/scale.rst)")
-def test_a_replay_answers_a_commit_the_standby_never_got(failover_topology):
+def test_a_replay_waits_for_the_standby_and_answers_nothing_it_could_lose(failover_topology):
     topo = failover_topology
     db = topo.db
     message_id, body = "hole-1", '{"n": 1}'
@@ -69,16 +68,32 @@ def test_a_replay_answers_a_commit_the_standby_never_got(failover_topology):
                         "'Lock' AND query LIKE '%%chttp%%'", database=db.database),
           "the retry to wait on the claim")
     query(db.primary.port, "SELECT pg_terminate_backend(%s)", (waiting,))
-    retry.join(60)
+    # The retry found the row, but its own commit now waits for the standby.
+    _wait(lambda: query(db.primary.port, "SELECT pid FROM pg_stat_activity WHERE wait_event = "
+                        "'SyncRep' AND pid <> %s", (waiting,), database=db.database),
+          "the retry's commit to wait for the standby")
     first.join(60)
-    replay = answers.get("retry")
-    if not isinstance(replay, httpx.Response) or replay.status_code != 200:
-        pytest.fail(f"the retry was not answered 200: {replay!r}")
-    if replay.headers.get("Idempotent-Replayed") != "true":
-        pytest.fail("the retry ran the handler instead of replaying")
-    nonce = replay.json()["nonce"]
+    assert retry.is_alive() and "retry" not in answers, f"answered early: {answers.get('retry')!r}"
+
     db.kill_primary()
     db.promote()
-    print(f"\nfirst send: {answers.get('first')!r}; the retry answered 200 (replayed) with "
-          f"nonce {nonce}; on the promoted standby: {topo.check_effects().get(message_id)}")
-    assert nonce in topo.check_effects().get(message_id, []), "an acknowledged answer was lost"
+    retry.join(60)
+    held = answers.get("retry")
+    print(f"\nfirst send: {answers.get('first')!r}; the held retry got {held!r}")
+    assert not (isinstance(held, httpx.Response) and held.status_code < 300), \
+        "the retry was answered from a commit the standby never got"
+    assert message_id not in topo.check_effects()   # the promoted standby never had it
+
+    # The next retry runs the handler on the promoted standby, once.
+    again = _wait(lambda: _answered(topo.receivers[0].url, body, headers), "an answer after the failover", 60)
+    assert again.status_code == 200 and again.headers.get("Idempotent-Replayed") != "true"
+    assert topo.check_effects()[message_id] == [again.json()["nonce"]]
+
+
+def _answered(url: str, body: str, headers: dict[str, str]) -> httpx.Response | None:
+    """The receiver's answer once it is a definitive one (a 503 while it reconnects: None)."""
+    try:
+        response = httpx.post(f"{url}/effects", content=body, headers=headers, timeout=30)
+    except httpx.HTTPError:
+        return None
+    return None if response.status_code == 503 else response
