@@ -32,6 +32,7 @@ SQLAlchemy does. The hooks are installed once per engine (its dialect) by :func:
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable
 
 from sqlalchemy import Connection, Engine
@@ -39,6 +40,7 @@ from sqlalchemy import Connection, Engine
 __all__ = ["install", "mark", "unmark"]
 
 _INSTALLED = "_chttp_deferred_savepoints"
+_INSTALL_LOCK = threading.Lock()
 _STATE = "_chttp_savepoints"
 
 
@@ -90,6 +92,12 @@ def install(engine: Engine) -> None:
     dialect = engine.dialect
     if getattr(dialect, _INSTALLED, False):
         return
+    with _INSTALL_LOCK:  # two first requests at once must not wrap the hooks twice
+        if not getattr(dialect, _INSTALLED, False):
+            _install(dialect)
+
+
+def _install(dialect: Any) -> None:
     fuse = dialect.driver == "psycopg2"
     savepoint: Callable[[Any, str], None] = dialect.do_savepoint
     release: Callable[[Any, str], None] = dialect.do_release_savepoint
