@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict
 
 from bench.load import WRK_INSTALL_HINT, wrk_available
-from bench.repeat import render_repeats, run_ratios, summarise_runs
+from bench.repeat import render_repeats, run_ratios, settle, summarise_runs
 from bench.report import render
 from bench.scenarios import ROW_GROUPS, Options, run_all
 
@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for number in range(1, options.repeat + 1):
         if options.repeat > 1:
-            print(f"== run {number} of {options.repeat}", flush=True)
+            waited = settle() if number > 1 else 0.0  # the last run's load decays first
+            print(f"== run {number} of {options.repeat}"
+                  f"{f' (waited {waited:.0f} s for the load to settle)' if waited else ''}",
+                  flush=True)
         runs.append(run_all(options))
         print(render(runs[-1], options), flush=True)
     summary = summarise_runs([run_ratios(run, options) for run in runs])

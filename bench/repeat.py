@@ -7,15 +7,19 @@ of machine missed). A figure worth quoting is the median of several full runs wi
 spread next to it, and a run made while something else kept the cores busy must say
 so. The load average (``os.getloadavg``: 1, 5 and 15 minutes) is read before and after
 each run; "busy" means the 1-minute figure was at least half the cores before the run
-began, when nothing of the bench was running yet.
+began, when nothing of the bench was running yet. The 1-minute average decays over about
+a minute, so right after a run it still counts that run: before each later run the bench
+waits (:func:`settle`, at most 90 s) for it to fall below the "busy" line, and a run that
+starts busy all the same was started while something else kept the cores busy.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Callable, cast
 
 from bench.load import LoadResult
 from bench.report import RATIOS, informative_ratios
@@ -23,7 +27,7 @@ from bench.report import RATIOS, informative_ratios
 if TYPE_CHECKING:
     from bench.scenarios import Options, Results
 
-__all__ = ["Load", "machine_load", "busy", "load_line", "run_ratios", "summarise_runs",
+__all__ = ["Load", "machine_load", "busy", "settle", "load_line", "run_ratios", "summarise_runs",
            "render_repeats"]
 
 #: A 1-minute load average of at least this share of the cores, before a run, is "busy".
@@ -47,6 +51,16 @@ def machine_load() -> Load:
 
 def busy(before: Load) -> bool:
     return before.one >= BUSY_SHARE * before.cores
+
+
+def settle(max_wait: float = 90.0, *, read: Callable[[], Load] = machine_load,
+           sleep: Callable[[float], None] = time.sleep, step: float = 5.0) -> float:
+    """Wait until the machine is no longer busy (at most ``max_wait`` s); seconds waited."""
+    waited = 0.0
+    while busy(read()) and waited < max_wait:
+        sleep(step)
+        waited += step
+    return waited
 
 
 def load_line(before: Load | None, after: Load | None) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from bench.__main__ import parse_args
 from bench.load import LoadResult, median_result, summarise
-from bench.repeat import Load, render_repeats, run_ratios, summarise_runs
+from bench.repeat import Load, render_repeats, run_ratios, settle, summarise_runs
 from bench.report import render
 from bench.scenarios import Options, Results
 
@@ -300,3 +300,11 @@ def test_repeats_report_every_ratio_s_median_and_spread() -> None:
     text = render_repeats(list(summary.values()), loads)
     assert "certified / bare" in text and "0.70  0.60-0.90" in text
     assert "run 2: load average before 1.40" in text and text.count("BUSY") == 1
+
+
+def test_settle_waits_for_the_load_to_fall_below_busy_and_gives_up_after_max_wait() -> None:
+    loads = iter([Load(1.8, 1, 1, 2), Load(1.2, 1, 1, 2), Load(0.6, 1, 1, 2)])
+    slept: list[float] = []
+    assert settle(60, read=lambda: next(loads), sleep=slept.append, step=5) == 10
+    assert slept == [5, 5]
+    assert settle(12, read=lambda: Load(3.0, 3, 3, 2), sleep=lambda _s: None, step=5) == 15
