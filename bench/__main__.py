@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import asdict
 
 from bench.load import WRK_INSTALL_HINT, wrk_available
+from bench.repeat import render_repeats, run_ratios, settle, summarise_runs
 from bench.report import render
 from bench.scenarios import ROW_GROUPS, Options, run_all
 
@@ -23,6 +25,10 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="a fast pass: 1 s runs, concurrency 1 and 4, 10k vs 100k rows")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds per cell, reported as the median (default 3)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run the whole selection N times and print every ratio's median "
+                             "and spread over the runs, with each run's load average "
+                             "(default 1)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=None,
                         help="client concurrencies (default 1 4 16)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
@@ -66,6 +72,7 @@ def parse_args(argv: list[str] | None) -> Options:
         rows=frozenset(args.rows or ()),
         json_path=args.json,
         png_path=args.png,
+        repeat=max(1, args.repeat),
     )
 
 
@@ -74,12 +81,29 @@ def main(argv: list[str] | None = None) -> int:
     if options.use_wrk and not wrk_available():
         print(f"{WRK_INSTALL_HINT}; falling back to the Python load generator "
               "(rows are labelled; its own overhead caps the HTTP figures)", file=sys.stderr)
-    results = run_all(options)
-    print(render(results, options))
+    runs = []
+    for number in range(1, options.repeat + 1):
+        if options.repeat > 1:
+            waited = settle() if number > 1 else 0.0  # the last run's load decays first
+            print(f"== run {number} of {options.repeat}"
+                  f"{f' (waited {waited:.0f} s for the load to settle)' if waited else ''}",
+                  flush=True)
+        runs.append(run_all(options))
+        print(render(runs[-1], options), flush=True)
+    summary = summarise_runs([run_ratios(run, options) for run in runs])
+    loads = [(run.load_before, run.load_after) for run in runs
+             if run.load_before is not None and run.load_after is not None]
+    if options.repeat > 1:
+        print(render_repeats(summary, loads))
+    results = runs[0]
     if options.json_path or options.png_path:
         from bench.figures import draw, results_to_json, write_json
 
         data = results_to_json(results, options)
+        if options.repeat > 1:  # the first run's rows, every ratio's median over the runs
+            data["repeats"] = {"runs": options.repeat, "ratios": summary,
+                               "load": [[asdict(before), asdict(after)]
+                                        for before, after in loads]}
         if options.json_path:
             write_json(data, options.json_path)
         if options.png_path:

@@ -43,6 +43,8 @@ def results_to_json(results: Results, options: Options) -> dict[str, Any]:
     return _finite({
         "settings": asdict(results.settings) if results.settings else None,
         "tool": results.tool,
+        "load": {"before": asdict(results.load_before) if results.load_before else None,
+                 "after": asdict(results.load_after) if results.load_after else None},
         "options": {"duration": options.duration, "rounds": options.rounds,
                     "concurrencies": list(options.concurrencies),
                     "workers": options.workers, "threads": options.threads},

@@ -14,7 +14,7 @@ from bench.load import LoadResult
 if TYPE_CHECKING:
     from bench.scenarios import Options, Results
 
-__all__ = ["render", "RATIOS", "ratio_rows", "ASYNC_DBOS_TARGET"]
+__all__ = ["render", "RATIOS", "ratio_rows", "informative_ratios", "ASYNC_DBOS_TARGET"]
 
 #: async resumable functions/s over DBOS async workflows/s (issue 19 item 7): the lead's
 #: target, the ratio the sync row measures (3.36 and 3.70 in its recorded runs).
@@ -101,12 +101,31 @@ _INFORMATIVE_RATIOS = (
 )
 
 
+def informative_ratios(grid: dict[tuple[str, int], LoadResult],
+                       concurrencies: tuple[int, ...]) -> dict[tuple[str, int], float]:
+    """The ratios printed without a target (and the frameworks' certified / bare) whose
+    two rows ran: (label, concurrency) -> value."""
+    pairs = [(label, row, base) for label, row, base, _note in _INFORMATIVE_RATIOS]
+    pairs += [(f"{framework} certified / bare", f"{framework} certified", f"{framework} bare")
+              for framework in ("django", "flask")]
+    found: dict[tuple[str, int], float] = {}
+    for c in concurrencies:
+        for label, row, base in pairs:
+            measured, against = grid.get((row, c)), grid.get((base, c))
+            if measured and against:
+                found[(label, c)] = _ratio(measured.rps, against.rps)
+    return found
+
+
 def render(results: Results, options: Options) -> str:
+    from bench.repeat import load_line
+
     lines: list[str] = []
     s = results.settings
     if s is not None:
         lines.append(f"PostgreSQL {s.server_version}: fsync={s.fsync} synchronous_commit="
                      f"{s.synchronous_commit} full_page_writes={s.full_page_writes}")
+    lines += load_line(results.load_before, results.load_after)
     lines.append(f"load generator: {results.tool or 'n/a'}; {options.duration:g} s per cell "
                  f"({options.rounds} interleaved round(s), median); gunicorn gthread "
                  f"{options.workers} workers x {options.threads} threads")

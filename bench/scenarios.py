@@ -20,6 +20,7 @@ from bench.cluster import BenchDatabase, DatabaseSettings
 from bench.floor import pgbench_floor, pgbench_script
 from bench.load import (BODY, PATH, TRANSFER_PATH, LoadResult, LoadSpec, combined, median_result,
                         run_load)
+from bench.repeat import Load, machine_load
 from bench.servers import Server
 
 __all__ = ["Options", "Results", "run_all", "TEMPLATE_ID", "DJANGO_MODES", "FLASK_MODES",
@@ -83,6 +84,7 @@ class Options:
     rows: frozenset[str] = frozenset()             # grid row groups (ROW_GROUPS); empty: all
     json_path: str | None = None                   # where to write the results as JSON
     png_path: str | None = None                    # where to draw them (matplotlib PNG)
+    repeat: int = 1                                # whole runs (--repeat): median + spread
 
 
 @dataclass
@@ -98,6 +100,8 @@ class Results:
     celery: dict[str, object] = field(default_factory=dict)
     takeover: dict[str, object] = field(default_factory=dict)
     tool: str = ""
+    load_before: Load | None = None                # the machine's load average, bench.repeat
+    load_after: Load | None = None
 
 
 def short_reason(error: BaseException) -> str:
@@ -126,7 +130,14 @@ def _post(address: str, message_id: str) -> int:
 
 
 def run_all(options: Options) -> Results:
-    results = Results()
+    results = Results(load_before=machine_load())
+    try:
+        return _run_all(options, results)
+    finally:
+        results.load_after = machine_load()
+
+
+def _run_all(options: Options, results: Results) -> Results:
     wanted = (lambda name: not options.only or name in options.only)
     progress("starting a durable PostgreSQL cluster (fsync and synchronous_commit on)")
     with BenchDatabase() as db:

@@ -16,8 +16,9 @@ Afterwards, while a certified request runs (inside :func:`joined`, which the fro
 enter around the handler), every session made by that factory — or already made —
 runs its statements on the message's connection instead of a connection of its own,
 inside a SAVEPOINT (``join_transaction_mode="create_savepoint"``): the view's
-``commit()`` releases the savepoint, its ``rollback()`` undoes only its own work, and
+``commit()`` ends the savepoint, its ``rollback()`` undoes only its own work, and
 nothing is durable until the message's transaction commits with the stored response.
+(The savepoint costs no round trip of its own: :mod:`chttp_server.savepoints`.)
 When the handler ends the sessions it used are closed, so work it never committed is
 discarded, as it would have been without chttp. Outside certified requests the
 sessions behave exactly as before.
@@ -48,6 +49,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from chttp_server import savepoints
 from chttp_server.errors import ConfigurationError
 
 __all__ = ["RequestJoin", "enter", "join", "joined", "same_database"]
@@ -73,10 +75,17 @@ class RequestJoin:
         self.ended = True
 
     def close_sessions(self) -> None:
-        """Close the sessions the handler used: rolls back a savepoint it never committed."""
+        """Close the sessions the handler used: rolls back a savepoint it never committed.
+
+        Afterwards the connection's savepoints are SQLAlchemy's again
+        (:mod:`chttp_server.savepoints`): the handler's part is over.
+        """
         sessions, self.sessions = self.sessions, []
-        for session in sessions:
-            session.close()
+        try:
+            for session in sessions:
+                session.close()
+        finally:
+            savepoints.unmark(self.connection)
 
     def leave(self) -> None:
         """Forget this request in the context that entered it (after :meth:`end`)."""
@@ -94,6 +103,7 @@ def enter(connection: Connection) -> RequestJoin:
     :meth:`RequestJoin.end` / :meth:`RequestJoin.leave` (the async front end's form of
     :func:`joined`)."""
     join_ = RequestJoin(connection)
+    savepoints.mark(connection)
     join_._token = _current.set(join_)
     return join_
 

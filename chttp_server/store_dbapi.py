@@ -1,4 +1,5 @@
-"""The store's hot statements on PostgreSQL + psycopg2, sent straight to the DB-API cursor.
+"""The store's hot statements on PostgreSQL + psycopg2 (and psycopg 3 under Django), sent
+straight to the DB-API cursor.
 
 Why: every certified request runs two store statements (the claim, the stored
 response). Through SQLAlchemy's execution context each costs ~50 µs of Python
@@ -39,6 +40,17 @@ switched back by a pool ``reset`` listener (:func:`install`), so an open transac
 never reaches the next user of a pooled connection. A handler that ends the transaction
 itself (``connection.commit()`` / ``rollback()``, a no-op on the server in autocommit) is
 caught by :class:`~chttp_server.transaction.MessageTransaction` before anything is stored.
+
+**psycopg 3, on a connection a front end lends** (Django's, which picks psycopg 3 when
+it is installed): the same statements run on a ``psycopg.ClientCursor`` of that
+connection (client-side binding, like psycopg2's: ``%(name)s`` parameters, ``EXECUTE``
+of a prepared statement, several statements in one query string), whatever cursor class
+the connection makes by default. Such a transaction is the front end's, never fused;
+but where the front end asks for it (``commit=True``: Django's outermost ``atomic``,
+:mod:`chttp_server.django.middleware`) ``COMMIT`` travels with the stored response, as
+in a fused transaction: psycopg 3 reads the transaction status the server reports, so
+the front end's own ``commit()`` that follows finds the connection idle and sends
+nothing (psycopg2 keeps a status of its own and would send a second COMMIT: not there).
 
 SQLAlchemy's ``before_cursor_execute`` / ``after_cursor_execute`` listeners are called
 as SQLAlchemy calls them (without an execution context; a ``retval=True`` listener's
@@ -136,8 +148,12 @@ _StoredRow = namedtuple("_StoredRow", _COLUMNS)  # type: ignore[misc]
 
 
 def supports(engine: Engine) -> bool:
-    """True where the statements above run as they are: PostgreSQL through psycopg2."""
-    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg2"
+    """True where the statements above run as they are: PostgreSQL through psycopg2, or
+    through psycopg 3 on a pool of a front end's connections (module docstring)."""
+    if engine.dialect.name != "postgresql":
+        return False
+    driver = engine.dialect.driver
+    return driver == "psycopg2" or (driver == "psycopg" and not _sqlalchemy_pool(engine))
 
 
 def prepares(engine: Engine) -> bool:
@@ -152,9 +168,9 @@ def prepares(engine: Engine) -> bool:
 
 
 def fuses(engine: Engine) -> bool:
-    """True if the store may run its own transactions as :func:`begin` describes: on
-    SQLAlchemy's own pools, whose check-in ``reset`` event :func:`install` relies on."""
-    return _sqlalchemy_pool(engine)
+    """True if the store may run its own transactions as :func:`begin` describes: psycopg2
+    on SQLAlchemy's own pools, whose check-in ``reset`` event :func:`install` relies on."""
+    return engine.dialect.driver == "psycopg2" and _sqlalchemy_pool(engine)
 
 
 def _sqlalchemy_pool(engine: Engine) -> bool:
@@ -353,15 +369,16 @@ def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,
              commit: bool = False) -> None:
     """Run :data:`COMPLETE` (params: scope, message_id, status, headers, body).
 
-    ``commit``: on a fused connection, ``COMMIT`` travels in the same round trip (the
-    caller then runs :func:`end` / SQLAlchemy's commit, which find nothing left to do).
+    ``commit``: on a fused connection, or on psycopg 3 (module docstring), ``COMMIT``
+    travels in the same round trip (the caller then runs :func:`end` / SQLAlchemy's or
+    the front end's commit, which find nothing left to do).
     """
     if prepared:
         _prepare(connection, _COMPLETE_PREPARE)
         sql = COMPLETE_EXECUTE
     else:
         sql = COMPLETE
-    if commit and fused(connection):
+    if commit and (fused(connection) or _psycopg3(connection)):
         sql += "; COMMIT"
     _run(connection, sql, params, fetch=False)
 
@@ -386,7 +403,7 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
     assert dbapi_connection is not None
     dialect = connection.dialect
     dbapi = dialect.loaded_dbapi
-    cursor = dbapi_connection.cursor()
+    cursor = _client_cursor(dbapi_connection) if _psycopg3(connection) else dbapi_connection.cursor()
     try:
         # SQLAlchemy's cursor events still see the statement (tracing, the fault tests'
         # injected kills). The flags are SQLAlchemy's own test before every event
@@ -409,6 +426,17 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
                                          dialect=dialect) from error
     finally:
         cursor.close()
+
+
+def _psycopg3(connection: Connection) -> bool:
+    return connection.dialect.driver == "psycopg"
+
+
+def _client_cursor(dbapi_connection: Any) -> Any:
+    """A client-side-binding cursor of a psycopg 3 connection (module docstring)."""
+    import psycopg
+
+    return psycopg.ClientCursor(dbapi_connection)
 
 
 def _fail_through_sqlalchemy(connection: Connection, error: Exception) -> None:

@@ -92,6 +92,10 @@ class MessageTransaction:
         # Joined mode: how to commit / roll back (None: the front end does it itself).
         commit: Callable[[], None] | None = None,
         rollback: Callable[[], None] | None = None,
+        # Joined mode: the front end's commit() after the stored response finds nothing
+        # to do if COMMIT already went with it (psycopg 3 under Django's outermost
+        # atomic: chttp_server.store_dbapi), so the store may send it there.
+        commit_with_response: bool = False,
         # The request's chttp_server.telemetry.observe_message (the no-op: nothing reported).
         observation: Any = NOOP,
     ) -> None:
@@ -104,6 +108,7 @@ class MessageTransaction:
         self._connection = connection
         self._commit = commit
         self._rollback = rollback
+        self._commit_with_response = commit_with_response
         #: When the claim was made: the message's ``received_at``.
         self.received_at: datetime | None = None
         #: What the protocol asked for: ``STORE`` once committed, ``ROLL_BACK`` once
@@ -262,7 +267,7 @@ class MessageTransaction:
             with self.observed.store(len(body)):
                 try:
                     self.store.complete(self.connection, self.key, status, headers, body,
-                                        commit=not self.joined)
+                                        commit=not self.joined or self._commit_with_response)
                 except ClaimLost as lost:
                     self.abort()
                     log.error("chttp: the handler of message %r (scope %r) ended the message's "

@@ -249,14 +249,21 @@ class CertifiedMiddleware:
                              observation: Any = NOOP) -> Iterator[MessageTransaction]:
         """``atomic`` on the alias, and the message transaction joined to its connection.
 
-        Rolling back is ``set_rollback(True)``; committing is leaving ``atomic`` normally.
+        Rolling back is ``set_rollback(True)``; committing is leaving ``atomic`` normally,
+        unless COMMIT already went with the stored response (psycopg 3, outermost block:
+        :mod:`chttp_server.store_dbapi`), after which Django's commit sends nothing and
+        runs its ``on_commit`` hooks as always.
         """
         self._ensure_ready()
+        django_connection = connections[self.alias]
+        # Leaving the outermost atomic block commits; one nested in a transaction of the
+        # caller's (Django's TestCase, AUTOCOMMIT = False) only releases a savepoint.
+        outermost = django_connection.get_autocommit() and not django_connection.in_atomic_block
         with transaction.atomic(using=self.alias), self.engine.connect() as connection:
             txn = MessageTransaction(
                 self.store, key, retry_after=self.conf.retry_after, connection=connection,
                 rollback=partial(transaction.set_rollback, True, using=self.alias),
-                observation=observation,
+                commit_with_response=outermost, observation=observation,
             )
             with txn:
                 yield txn

@@ -10,6 +10,7 @@ import pytest
 
 from bench.__main__ import parse_args
 from bench.load import LoadResult, median_result, summarise
+from bench.repeat import Load, render_repeats, run_ratios, settle, summarise_runs
 from bench.report import render
 from bench.scenarios import Options, Results
 
@@ -302,3 +303,46 @@ def test_the_takeover_storm_takes_every_oplog_over_once(tmp_path) -> None:
     print(result)
     assert result["resent_same_ids"] and result["handler_runs_once"]
     assert len(result["takeovers_s"]) == result["oplogs"] == 6
+
+
+def test_repeat_is_parsed_and_defaults_to_one_run() -> None:
+    assert parse_args([]).repeat == 1
+    assert parse_args(["--repeat", "3"]).repeat == 3
+
+
+@pytest.mark.parametrize(("before", "noted"), [(0.3, False), (1.5, True)], ids=["idle", "busy"])
+def test_report_prints_the_load_average_and_says_when_the_machine_was_busy(
+        before: float, noted: bool) -> None:
+    results = Results(tool="wrk", load_before=Load(before, 1.0, 1.0, 2),
+                      load_after=Load(2.5, 1.2, 1.0, 2))
+    text = render(results, Options(concurrencies=(1,)))
+    assert f"before {before:.2f}/1.00/1.00, after 2.50/1.20/1.00" in text
+    assert ("BUSY" in text) is noted
+
+
+def test_repeats_report_every_ratio_s_median_and_spread() -> None:
+    options = Options(concurrencies=(4,))
+    runs = []
+    for certified, flask in ((60.0, 50.0), (90.0, 80.0), (70.0, 75.0)):
+        results = Results(tool="wrk")
+        results.grid = {("bare", 4): _result(100), ("certified", 4): _result(certified),
+                        ("flask bare", 4): _result(100), ("flask certified", 4): _result(flask)}
+        runs.append(run_ratios(results, options))
+    summary = {row["ratio"]: row for row in summarise_runs(runs)}
+    certified_row = summary["certified / bare"]
+    assert (certified_row["median"], certified_row["min"], certified_row["max"]) == \
+        pytest.approx((0.7, 0.6, 0.9))
+    assert certified_row["target"] == 0.85
+    assert summary["flask certified / bare"]["median"] == pytest.approx(0.75)
+    loads = [(Load(0.2, 0, 0, 2), Load(1.9, 0, 0, 2)), (Load(1.4, 0, 0, 2), Load(2.0, 0, 0, 2))]
+    text = render_repeats(list(summary.values()), loads)
+    assert "certified / bare" in text and "0.70  0.60-0.90" in text
+    assert "run 2: load average before 1.40" in text and text.count("BUSY") == 1
+
+
+def test_settle_waits_for_the_load_to_fall_below_busy_and_gives_up_after_max_wait() -> None:
+    loads = iter([Load(1.8, 1, 1, 2), Load(1.2, 1, 1, 2), Load(0.6, 1, 1, 2)])
+    slept: list[float] = []
+    assert settle(60, read=lambda: next(loads), sleep=slept.append, step=5) == 10
+    assert slept == [5, 5]
+    assert settle(12, read=lambda: Load(3.0, 3, 3, 2), sleep=lambda _s: None, step=5) == 15

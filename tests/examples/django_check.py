@@ -233,6 +233,49 @@ def connection(directory: Path) -> dict[str, Any]:
     answers["prepared after reconnect"] = prepared()
     answers["lost elsewhere"] = _lost_in_another_thread(post)
     answers["orders"] = Order.objects.filter(item="counted").count()
+    answers["commit"] = _commit_with_the_response(post)
+    return answers
+
+
+def _commit_with_the_response(post: Callable[[str], list[Any]]) -> dict[str, Any]:
+    """On psycopg 3 the outermost block's COMMIT travels with the stored response
+    (chttp_server.store_dbapi): Django's commit then sends nothing (no "there is no
+    transaction in progress" from the server), its ``on_commit`` hooks run once, and a
+    message nested in the caller's transaction is not committed with its response."""
+    from django.db import connection as django_connection
+    from django.db import transaction
+
+    from chttp_examples.django_orders.orders.models import Order
+
+    hooks: list[str] = []
+
+    def hook_on_insert(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("INSERT"):
+            transaction.on_commit(lambda: hooks.append("committed"))
+        return execute(sql, params, many, context)
+
+    def messages(message_id: str) -> int:
+        with django_connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM chttp_messages WHERE message_id = %s",
+                           [message_id])
+            return int(cursor.fetchone()[0])
+
+    django_connection.ensure_connection()
+    notices: list[str] = []
+    if hasattr(django_connection.connection, "add_notice_handler"):  # psycopg 3
+        django_connection.connection.add_notice_handler(
+            lambda diagnostic: notices.append(str(diagnostic.message_primary)))
+    with django_connection.execute_wrapper(hook_on_insert):
+        answers: dict[str, Any] = {"outermost": post("o-1")}
+    answers["hooks"] = list(hooks)
+    answers["stored"] = messages("o-1")
+    before = Order.objects.count()
+    with transaction.atomic():
+        answers["nested"] = post("o-2")
+        transaction.set_rollback(True)
+    answers["nested stored"] = messages("o-2")
+    answers["nested orders"] = Order.objects.count() - before
+    answers["notices"] = notices
     return answers
 
 

@@ -149,6 +149,12 @@ def test_the_store_keeps_one_record_per_django_connection_and_prepares_on_it(pg_
     assert lost["here"] == [503, [201, None]]  # t-3 did not run, then ran on a new session
     assert lost["other after"] == [201, None]  # the other thread's session went on
     assert answers["orders"] == 5 + 4  # c-1 .. c-5 and t-1 .. t-4, each once
+    commit = answers["commit"]
+    assert commit["outermost"] == [201, None] and commit["stored"] == 1
+    assert commit["hooks"] == ["committed"]  # Django's on_commit hook ran, once
+    assert commit["nested"] == [201, None]
+    assert commit["nested stored"] == 0 and commit["nested orders"] == 0  # rolled back with the caller's
+    assert commit["notices"] == []  # no second COMMIT reached the server
     # Statement names end in a digest of their text (chttp_server.store_dbapi).
     expected = ["chttp_claim", "chttp_complete"] if answers["prepares"] else []
     for prepared in (answers["prepared"], answers["prepared after reconnect"]):

@@ -21,10 +21,12 @@ count (the figure asked for in issue 11).
 
 Every case runs on three front ends (issue 23): the bare middleware (the handler writes
 through ``req.chttp.connection``), ``sessions=`` (a ``sessionmaker`` whose session
-commits — a RELEASE SAVEPOINT — inside the message) and Flask + Flask-SQLAlchemy
-(``db.session.commit()`` in a view; Flask turns the view's failure into its own 500
-page, which must still be answered 503). The session front ends add the point
-``handler-commit``: the view's own commit meets the dead connection.
+commits inside the message) and Flask + Flask-SQLAlchemy (``db.session.commit()`` in a
+view; Flask turns the view's failure into its own 500 page, which must still be
+answered 503). The view's commit sends nothing of its own (its savepoint is neither
+released nor sent alone: chttp_server.savepoints), so the session front ends add the
+point ``handler-after-commit``: the view's next statement after its commit, which
+carries the savepoint its session begins anew, meets the dead connection.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 import webtest
-from sqlalchemy import Engine, event, insert, text
+from sqlalchemy import Engine, event, func, insert, select, text
 from sqlalchemy.orm import sessionmaker
 
 from chttp_core.db import make_engine
@@ -58,8 +60,9 @@ def handler_statement(what: str) -> bool:
     return what.lstrip().upper().startswith("INSERT INTO HOST_WRITES")
 
 
-def handler_commit(what: str) -> bool:
-    return what.lstrip().upper().startswith("RELEASE SAVEPOINT")
+def handler_after_commit(what: str) -> bool:
+    upper = what.lstrip().upper()
+    return upper.startswith("SELECT COUNT(*)") and "FROM HOST_WRITES" in upper
 
 
 claim, completion, lookup, hold, commit = is_claim, is_completion, is_lookup, is_hold, is_commit
@@ -157,8 +160,8 @@ POINTS = [
     ("delete-write", DELETE, completion),
     ("delete-commit", DELETE, commit),
 ]
-SESSION_POINTS = [("handler-commit", POST_FRESH, handler_commit)]
-STOPPED_AT = {"handler", "handler-commit", "commit", "get-read"}
+SESSION_POINTS = [("handler-after-commit", POST_FRESH, handler_after_commit)]
+STOPPED_AT = {"handler", "handler-after-commit", "commit", "get-read"}
 FRONT_ENDS = ("wsgi", "sessions", "flask")
 CASES = [pytest.param(front, kind, name, request, point, id=f"{front}-{kind}-{name}")
          for front in FRONT_ENDS
@@ -181,7 +184,8 @@ def front_end(front: str, engine: Engine, url: str) -> tuple[webtest.TestApp, En
             with Session() as session:
                 session.execute(insert(host_writes).values(message_id=context.message_id,
                                                            note="echo"))
-                session.commit()  # a RELEASE SAVEPOINT inside the message's transaction
+                session.commit()  # inside the message's transaction
+                session.execute(select(func.count()).select_from(host_writes)).scalar_one()
             start_response("201 Created", [("Content-Type", "application/json")])
             return [json.dumps({"message_id": context.message_id}).encode()]
 
@@ -206,6 +210,7 @@ def front_end(front: str, engine: Engine, url: str) -> tuple[webtest.TestApp, En
         db.session.execute(insert(host_writes).values(message_id=message.message_id,
                                                       note="echo"))
         db.session.commit()
+        db.session.execute(select(func.count()).select_from(host_writes)).scalar_one()
         return {"message_id": message.message_id}, 201
 
     Certified(flask_app, db, retry_after=1)
