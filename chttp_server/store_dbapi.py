@@ -303,11 +303,20 @@ def _guard_classes() -> dict[str, Any]:
 
         # As above: a subclass of an untyped base.
         class GuardedCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
-            """Refuses to run a statement outside a transaction (see :func:`guard`)."""
+            """Refuses to run a statement outside a transaction (see :func:`guard`).
+
+            A named (server-side) cursor — SQLAlchemy's ``stream_results`` /
+            ``yield_per`` — is declared ``WITH HOLD``: psycopg2 refuses any other in
+            driver autocommit, and inside the transaction open on the server a holdable
+            cursor reads the same rows (PostgreSQL keeps what is left of it past COMMIT
+            only if it is still open then).
+            """
 
             def execute(self, query: Any, vars: Any = None) -> Any:
                 if self.connection.get_transaction_status() == _IDLE:
                     raise MessageTransactionEnded(_ENDED)
+                if self.name is not None and not self.withhold:
+                    self.withhold = True  # here: connection.cursor() sets it after __init__
                 return super().execute(query, vars)
 
             def executemany(self, query: Any, vars_list: Any) -> Any:

@@ -238,3 +238,28 @@ def test_an_engine_with_an_isolation_level_keeps_psycopg2_transactions(pg_url):
     assert post(app, "m-5").headers["Idempotent-Replayed"] == "true"
     assert count_writes(engine, "echo") == 1
     engine.dispose()
+
+
+def test_a_handler_can_stream_results_through_a_server_side_cursor(rig):
+    """``stream_results`` / ``yield_per`` make psycopg2 open a named (server-side) cursor,
+    which it refuses in driver autocommit ("can't use a named cursor outside of
+    transactions"): the fused transaction's cursors declare it WITH HOLD, valid inside
+    the transaction open on the server, and the streamed rows are the transaction's own."""
+    engine, _log = rig
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        connection = environ[ENVIRON_KEY].connection
+        message_id = environ[ENVIRON_KEY].message_id
+        connection.execute(insert(host_writes), [{"message_id": message_id, "note": f"n{i}"}
+                                                 for i in range(5)])
+        streamed = connection.execution_options(stream_results=True, yield_per=2).execute(
+            select(host_writes.c.note).where(host_writes.c.message_id == message_id))
+        notes = [row.note for row in streamed]
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [",".join(sorted(notes)).encode()]
+
+    served = certified(engine, app)
+    answer = post(served, "stream-1")
+    assert answer.status_int == 201 and answer.body == b"n0,n1,n2,n3,n4"   # its own writes
+    assert post(served, "stream-1").body == answer.body
+    assert count_writes(engine) == 5 and message_rows(engine) == 1
