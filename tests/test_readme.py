@@ -230,7 +230,8 @@ def test_an_interrupted_send_is_finished_by_chttp_client_resume(tmp_path):
 def test_the_schema_commands_run_as_written(tmp_path):
     for prefix in ("chttp-server db upgrade --db sqlite:///receiver.db",
                    "chttp-server db current --db sqlite:///receiver.db",
-                   "chttp-server purge --db sqlite:///receiver.db"):
+                   "chttp-server purge --db sqlite:///receiver.db",
+                   "chttp-server purge --db sqlite:///receiver.db --share"):
         result = _run(_command(prefix), tmp_path)
         assert result.returncode == 0, (prefix, result.stderr)
 
