@@ -186,6 +186,7 @@ def storm(journal_url: str, receiver_db: str, *, heartbeat: float = 1.0, workers
                 process.kill()
                 process.wait()
         server.shutdown()
+        server.server_close()  # the listening socket: left to GC, a ResourceWarning in a later test
     arrivals = dict(receiver.arrivals)
     runs = receiver.handler_runs()
     receiver.app.engine.dispose()
