@@ -24,6 +24,7 @@ attempts answered 503, attempts that got no HTTP answer at all.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +42,7 @@ from chttp_examples.multihost.topology import (
 
 __all__ = ["PatroniTopology", "DRIVERS", "leader_postgres_killed", "switchover",
            "leader_isolated", "senders_through_switchover", "leader_host_killed_while_lagging",
-           "figures", "PATRONI_SCENARIOS"]
+           "etcd_member_killed", "receiver_host_cut", "figures", "PATRONI_SCENARIOS"]
 
 #: The SQLAlchemy drivers of the receivers, by receiver number modulo their count.
 DRIVERS = ("psycopg2", "psycopg")
@@ -109,7 +110,19 @@ class PatroniTopology(Topology):
         return self.cluster.url(**STORE_OPTIONS)
 
     def cut(self, number: int) -> None:
-        raise NotImplementedError("the Patroni topology cuts database hosts: cluster.isolate()")
+        """Cut receiver ``number``'s whole host: every packet in or out but loopback dropped.
+
+        Not only from the database hosts (as :meth:`Topology.cut`): the clients lose it
+        too, so a request in flight there gets no answer at all and the client retries
+        through another receiver, while the cut receiver's transaction on the leader is
+        left open until PostgreSQL ends it (``idle_in_transaction_session_timeout``).
+        DROP, not REJECT, as on a dead link. :meth:`restore` removes the rules.
+        """
+        host = self.receivers[number].host
+        for rule in (["OUTPUT", "!", "-o", "lo"], ["INPUT", "!", "-i", "lo"]):
+            subprocess.run(host.command("iptables", "-A", *rule, "-j", "DROP"),
+                           check=True, capture_output=True, timeout=30)
+            host.cut_rules.append(rule)
 
     def close(self) -> None:
         try:
@@ -261,6 +274,66 @@ def leader_isolated(topo: PatroniTopology, *, workers: int = 3, rejoin_timeout: 
     return outcome
 
 
+def etcd_member_killed(topo: PatroniTopology, *, workers: int = 3) -> Outcome:
+    """SIGKILL the etcd member the leader's Patroni talks to, mid-request.
+
+    The other two members keep the quorum (a new raft leader if the killed one led);
+    the leader's Patroni must reach one of them within ``retry_timeout`` to renew the
+    leader key, or it demotes itself and another node is elected: either way no
+    acknowledged answer may be lost. Once the load has come back the member is started
+    again on its data directory and the test waits for all three to be healthy.
+    """
+    cluster = topo.cluster
+    assert cluster is not None
+
+    def fault(leader: PatroniNode, load: Load) -> dict[str, Any]:
+        member = cluster.etcd_member_of(leader)
+        cluster.kill_etcd(member)
+        killed_at = time.monotonic()
+        try:
+            # The member stays dead until the leader's Patroni has noticed: it talks to
+            # another member now (or lost the leader key to another node).
+            moved_to = cluster.etcd_member_of(leader, avoid=member, timeout=120)
+            moved_after = time.monotonic() - killed_at
+            topo.wait_answers(load, BETWEEN, timeout=180)
+            kept = cluster.leader(timeout=120)
+        finally:
+            cluster.restart_etcd(member)
+        wait_for(cluster.etcd_healthy, 120, "the restarted etcd member to rejoin")
+        cluster.wait_healthy()
+        return {"etcd member killed": f"{member.name}'s"
+                + (" (on the leader's own host)" if member is leader else ""),
+                "leader's Patroni moved to etcd member": f"{moved_to.name}'s after {moved_after:.2f} s",
+                "leader kept": kept is leader,
+                "etcd member dead for": f"{time.monotonic() - killed_at:.2f} s"}
+    return _under_load(topo, "Patroni: the etcd member the leader talks to SIGKILLed",
+                       "etcdkill", fault, workers=workers)
+
+
+def receiver_host_cut(topo: PatroniTopology, *, workers: int = 3, cut_for: float = 6.0) -> Outcome:
+    """Cut receiver 0's whole host (iptables DROP) while a request lingers there.
+
+    The probe's request is mid-transaction on the leader through receiver 0 when the
+    cut starts: its client gets no answer and retries through another receiver, which
+    must wait until PostgreSQL ends the cut-off transaction
+    (``idle_in_transaction_session_timeout``, 4 s) before it can claim the message.
+    ``cut_for`` outlasts that timeout, and at least :data:`BETWEEN` answers come through
+    the other receivers before the cut is removed; then receiver 0 serves again.
+    """
+    def fault(leader: PatroniNode, load: Load) -> dict[str, Any]:
+        cut_at = time.monotonic()
+        topo.cut(0)
+        try:
+            topo.wait_answers(load, BETWEEN, timeout=180)
+            time.sleep(max(0.0, cut_for - (time.monotonic() - cut_at)))
+        finally:
+            topo.restore(0)
+        return {"receiver cut": f"{topo.receivers[0].host.name} for "
+                                f"{time.monotonic() - cut_at:.1f} s"}
+    return _under_load(topo, "Patroni: a receiver host cut mid-request", "rcut", fault,
+                       workers=workers)
+
+
 def leader_host_killed_while_lagging(topo: PatroniTopology, *, workers: int = 3, lag: float = 1.0,
                                      late_retries: int = 30) -> Outcome:
     """The leader's WAL senders stopped for ``lag`` s under load, then its whole host killed.
@@ -336,4 +409,6 @@ PATRONI_SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "leader-postgres-killed": leader_postgres_killed,
     "switchover": switchover,
     "leader-isolated": leader_isolated,
+    "etcd-member-killed": etcd_member_killed,
+    "receiver-host-cut": receiver_host_cut,
 }
