@@ -15,7 +15,11 @@ Each fault runs under load with a probe lingering mid-transaction on the leader 
 * :func:`leader_isolated` — the leader's host cut (iptables) from the other database
   hosts while the receivers still reach it: its etcd member loses the quorum, Patroni
   there demotes it, the others elect a new leader; then the cut is removed and the old
-  leader rejoins as a replica.
+  leader rejoins as a replica;
+* :func:`etcd_member_killed` — the etcd member the leader's Patroni talks to SIGKILLed
+  (the other two keep the quorum), kept dead past the leader key's ``ttl``, restarted;
+* :func:`receiver_host_cut` — a receiver's whole host cut (iptables) while a request
+  lingers there; the clients retry through the other receivers.
 
 The figures of each (:func:`figures`): failover time (from the fault to the first
 successful answer to an attempt begun after it), answers lost, effects duplicated,
@@ -32,8 +36,8 @@ from typing import Any, Callable
 from chttp_examples.multihost.app import EFFECTS_DDL
 from chttp_examples.multihost.database import query
 from chttp_examples.multihost.history import read_attempts
-from chttp_examples.multihost.netns import Network
-from chttp_examples.multihost.patroni import PG_PORT, TIMINGS, PatroniCluster, PatroniNode, wait_for
+from chttp_examples.multihost.netns import Host, Network
+from chttp_examples.multihost.patroni import PG_PORT, REST_PORT, TIMINGS, PatroniCluster, PatroniNode, wait_for
 from chttp_examples.multihost.loadgen import resend
 from chttp_examples.multihost.scenarios import (
     BETWEEN, WARMUP, Outcome, Takeover, answered_between, sender_takeover)
@@ -52,7 +56,12 @@ class PatroniTopology(Topology):
     """Receivers and clients as in :class:`Topology`, the store on a Patroni cluster."""
 
     def __init__(self, workdir: Path | None = None, *, receivers: int = 3, clients: int = 2,
-                 synchronous: bool = True, threads: int = 6) -> None:
+                 synchronous: bool = True, threads: int = 6, via: str = "multihost") -> None:
+        """``via``: how the receivers find the leader — ``"multihost"`` (libpq's multi-host
+        URL, ``target_session_attrs=read-write``) or ``"haproxy"`` (one address, HAProxy
+        on a host of its own following Patroni's ``GET /primary``: :mod:`.haproxy`)."""
+        if via not in ("multihost", "haproxy"):
+            raise ValueError("via must be 'multihost' or 'haproxy'")
         # Not Topology.__init__: its database host is a primary the test promotes itself.
         import tempfile
 
@@ -66,11 +75,15 @@ class PatroniTopology(Topology):
         self.loads = []
         self.others = []
         self.cluster: PatroniCluster | None = None
+        #: HAProxy's host (``via="haproxy"``), else None.
+        self.proxy: Host | None = None
         try:
             self.cluster = PatroniCluster(self.network, synchronous=synchronous,
                                           logs=self.workdir / "database-hosts")
             self._prepare_schema()
             self.store_urls = [self.cluster.url(driver=driver, **STORE_OPTIONS) for driver in DRIVERS]
+            if via == "haproxy":
+                self.store_urls = self._start_haproxy()
             self.store_url = self.store_urls[0]
             for number in range(receivers):
                 host = self.network.add_host(f"r{number + 1}")
@@ -81,6 +94,24 @@ class PatroniTopology(Topology):
         except BaseException:
             self.close()
             raise
+
+    def _start_haproxy(self) -> list[str]:
+        """HAProxy on host ``lb``; the receivers' store URLs through it (one per driver)."""
+        from chttp_examples.multihost.haproxy import PROXY_PORT, start_haproxy
+
+        cluster = self.cluster
+        assert cluster is not None
+        proxy = self.proxy = self.network.add_host("lb")
+        self.others.append(start_haproxy(
+            proxy, [(n.name, n.host.address) for n in cluster.nodes], self.workdir,
+            pg_port=PG_PORT, rest_port=REST_PORT))
+        leader = cluster.leader()
+        wait_for(lambda: query(PROXY_PORT, "SELECT host(inet_server_addr()), pg_is_in_recovery()",
+                               host=proxy.address) == [(leader.host.address, False)],
+                 60, "HAProxy to route to the leader")
+        options = "&".join(f"{name}={value}" for name, value in STORE_OPTIONS.items())
+        return [f"postgresql+{driver}://postgres@{proxy.address}:{PROXY_PORT}/{self.database}"
+                f"?{options}" for driver in DRIVERS]
 
     def _prepare_schema(self) -> None:
         from chttp_core import migrate
@@ -408,7 +439,7 @@ def senders_through_switchover(topo: PatroniTopology, *, steps: int = 4,
 PATRONI_SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "leader-postgres-killed": leader_postgres_killed,
     "switchover": switchover,
-    "leader-isolated": leader_isolated,
     "etcd-member-killed": etcd_member_killed,
     "receiver-host-cut": receiver_host_cut,
+    "leader-isolated": leader_isolated,   # last: __main__ runs the slowest at the end
 }
