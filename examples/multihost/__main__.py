@@ -17,8 +17,9 @@ asynchronous demonstration lost what it should. About a minute and a half.
 ``--patroni`` runs instead the stack of :mod:`.patroni_faults`: three PostgreSQL nodes
 run by Patroni (``synchronous_mode``) over a three-member etcd, each on its own host,
 the receivers on the multi-host URL; the leader's PostgreSQL SIGKILLed, a ``patronictl``
-switchover, two senders over one journal through a switchover, the leader's host cut
-from the others (needs Debian's ``patroni`` and ``etcd-server``). About two minutes.
+switchover, the etcd member the leader talks to SIGKILLed, a receiver host cut
+mid-request, two senders over one journal through a switchover, the leader's host cut
+from the others (needs Debian's ``patroni`` and ``etcd-server``). About three minutes.
 """
 
 from __future__ import annotations

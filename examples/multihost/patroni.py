@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -40,7 +41,7 @@ from chttp_examples.multihost.netns import Host, Network
 from chttp_server.testing import find_postgres_bin
 
 __all__ = ["PatroniCluster", "PatroniNode", "PatroniNotFound", "find_patroni", "wait_for",
-           "PG_PORT", "REST_PORT"]
+           "PG_PORT", "REST_PORT", "ETCD_CLIENT_PORT"]
 
 PG_PORT = 5432
 REST_PORT = 8008
@@ -366,6 +367,57 @@ class PatroniCluster:
         for pid in pids:
             os.kill(int(pid), signal.SIGSTOP)
         return len(pids)
+
+    def etcd_member_of(self, node: PatroniNode, *, avoid: PatroniNode | None = None,
+                       timeout: float = 30) -> PatroniNode:
+        """The node whose etcd member ``node``'s Patroni is connected to now.
+
+        Read from the kernel, not guessed from the configuration: the established TCP
+        connections to an etcd client port owned by Patroni's process (or a child) in
+        ``node``'s namespace. Waits until there is one (Patroni may be between two loops),
+        one other than ``avoid``'s if given.
+        """
+        assert node.patroni is not None
+        patroni = node.patroni
+
+        def found() -> PatroniNode | None:
+            pids = set(process_tree(patroni.pid))
+            lines = subprocess.run(
+                node.host.command("ss", "-tnpH", "state", "established",
+                                  f"( dport = :{ETCD_CLIENT_PORT} )"),
+                capture_output=True, text=True, timeout=30, check=True).stdout.splitlines()
+            by_address = {n.host.address: n for n in self.nodes}
+            for line in lines:
+                fields = line.split()
+                owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+                address = next((f.rsplit(":", 1)[0] for f in fields
+                                if f.endswith(f":{ETCD_CLIENT_PORT}")), None)
+                if owners & pids and address in by_address and by_address[address] is not avoid:
+                    return by_address[address]
+            return None
+        return wait_for(found, timeout, f"{node.name}'s Patroni to talk to etcd")  # type: ignore[no-any-return]
+
+    def kill_etcd(self, node: PatroniNode) -> None:
+        """SIGKILL ``node``'s etcd member (Patroni and PostgreSQL there live on)."""
+        if node.etcd is not None and node.etcd.poll() is None:
+            try:
+                os.killpg(node.etcd.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            node.etcd.wait(10)
+
+    def restart_etcd(self, node: PatroniNode) -> None:
+        """Start ``node``'s etcd member again on its data directory (it rejoins the others)."""
+        self._start_etcd(node)
+
+    def etcd_healthy(self) -> bool:
+        """Every etcd member answers ``/health`` as healthy (it has a raft leader)."""
+        for node in self.nodes:
+            with urllib.request.urlopen(f"http://{node.host.address}:{ETCD_CLIENT_PORT}/health",
+                                        timeout=2) as response:
+                if json.load(response).get("health") != "true":
+                    return False
+        return True
 
     def kill_host(self, node: PatroniNode) -> None:
         """SIGKILL every process of ``node``'s host (Patroni, PostgreSQL, etcd): the host died."""

@@ -15,7 +15,11 @@ Each fault runs under load with a probe lingering mid-transaction on the leader 
 * :func:`leader_isolated` — the leader's host cut (iptables) from the other database
   hosts while the receivers still reach it: its etcd member loses the quorum, Patroni
   there demotes it, the others elect a new leader; then the cut is removed and the old
-  leader rejoins as a replica.
+  leader rejoins as a replica;
+* :func:`etcd_member_killed` — the etcd member the leader's Patroni talks to SIGKILLed
+  (the other two keep the quorum), kept dead past the leader key's ``ttl``, restarted;
+* :func:`receiver_host_cut` — a receiver's whole host cut (iptables) while a request
+  lingers there; the clients retry through the other receivers.
 
 The figures of each (:func:`figures`): failover time (from the fault to the first
 successful answer to an attempt begun after it), answers lost, effects duplicated,
@@ -24,6 +28,7 @@ attempts answered 503, attempts that got no HTTP answer at all.
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -31,8 +36,8 @@ from typing import Any, Callable
 from chttp_examples.multihost.app import EFFECTS_DDL
 from chttp_examples.multihost.database import query
 from chttp_examples.multihost.history import read_attempts
-from chttp_examples.multihost.netns import Network
-from chttp_examples.multihost.patroni import PG_PORT, PatroniCluster, PatroniNode, wait_for
+from chttp_examples.multihost.netns import Host, Network
+from chttp_examples.multihost.patroni import PG_PORT, REST_PORT, TIMINGS, PatroniCluster, PatroniNode, wait_for
 from chttp_examples.multihost.loadgen import resend
 from chttp_examples.multihost.scenarios import (
     BETWEEN, WARMUP, Outcome, Takeover, answered_between, sender_takeover)
@@ -41,7 +46,7 @@ from chttp_examples.multihost.topology import (
 
 __all__ = ["PatroniTopology", "DRIVERS", "leader_postgres_killed", "switchover",
            "leader_isolated", "senders_through_switchover", "leader_host_killed_while_lagging",
-           "figures", "PATRONI_SCENARIOS"]
+           "etcd_member_killed", "receiver_host_cut", "figures", "PATRONI_SCENARIOS"]
 
 #: The SQLAlchemy drivers of the receivers, by receiver number modulo their count.
 DRIVERS = ("psycopg2", "psycopg")
@@ -51,7 +56,12 @@ class PatroniTopology(Topology):
     """Receivers and clients as in :class:`Topology`, the store on a Patroni cluster."""
 
     def __init__(self, workdir: Path | None = None, *, receivers: int = 3, clients: int = 2,
-                 synchronous: bool = True, threads: int = 6) -> None:
+                 synchronous: bool = True, threads: int = 6, via: str = "multihost") -> None:
+        """``via``: how the receivers find the leader — ``"multihost"`` (libpq's multi-host
+        URL, ``target_session_attrs=read-write``) or ``"haproxy"`` (one address, HAProxy
+        on a host of its own following Patroni's ``GET /primary``: :mod:`.haproxy`)."""
+        if via not in ("multihost", "haproxy"):
+            raise ValueError("via must be 'multihost' or 'haproxy'")
         # Not Topology.__init__: its database host is a primary the test promotes itself.
         import tempfile
 
@@ -65,11 +75,15 @@ class PatroniTopology(Topology):
         self.loads = []
         self.others = []
         self.cluster: PatroniCluster | None = None
+        #: HAProxy's host (``via="haproxy"``), else None.
+        self.proxy: Host | None = None
         try:
             self.cluster = PatroniCluster(self.network, synchronous=synchronous,
                                           logs=self.workdir / "database-hosts")
             self._prepare_schema()
             self.store_urls = [self.cluster.url(driver=driver, **STORE_OPTIONS) for driver in DRIVERS]
+            if via == "haproxy":
+                self.store_urls = self._start_haproxy()
             self.store_url = self.store_urls[0]
             for number in range(receivers):
                 host = self.network.add_host(f"r{number + 1}")
@@ -80,6 +94,24 @@ class PatroniTopology(Topology):
         except BaseException:
             self.close()
             raise
+
+    def _start_haproxy(self) -> list[str]:
+        """HAProxy on host ``lb``; the receivers' store URLs through it (one per driver)."""
+        from chttp_examples.multihost.haproxy import PROXY_PORT, start_haproxy
+
+        cluster = self.cluster
+        assert cluster is not None
+        proxy = self.proxy = self.network.add_host("lb")
+        self.others.append(start_haproxy(
+            proxy, [(n.name, n.host.address) for n in cluster.nodes], self.workdir,
+            pg_port=PG_PORT, rest_port=REST_PORT))
+        leader = cluster.leader()
+        wait_for(lambda: query(PROXY_PORT, "SELECT host(inet_server_addr()), pg_is_in_recovery()",
+                               host=proxy.address) == [(leader.host.address, False)],
+                 60, "HAProxy to route to the leader")
+        options = "&".join(f"{name}={value}" for name, value in STORE_OPTIONS.items())
+        return [f"postgresql+{driver}://postgres@{proxy.address}:{PROXY_PORT}/{self.database}"
+                f"?{options}" for driver in DRIVERS]
 
     def _prepare_schema(self) -> None:
         from chttp_core import migrate
@@ -109,7 +141,19 @@ class PatroniTopology(Topology):
         return self.cluster.url(**STORE_OPTIONS)
 
     def cut(self, number: int) -> None:
-        raise NotImplementedError("the Patroni topology cuts database hosts: cluster.isolate()")
+        """Cut receiver ``number``'s whole host: every packet in or out but loopback dropped.
+
+        Not only from the database hosts (as :meth:`Topology.cut`): the clients lose it
+        too, so a request in flight there gets no answer at all and the client retries
+        through another receiver, while the cut receiver's transaction on the leader is
+        left open until PostgreSQL ends it (``idle_in_transaction_session_timeout``).
+        DROP, not REJECT, as on a dead link. :meth:`restore` removes the rules.
+        """
+        host = self.receivers[number].host
+        for rule in (["OUTPUT", "!", "-o", "lo"], ["INPUT", "!", "-i", "lo"]):
+            subprocess.run(host.command("iptables", "-A", *rule, "-j", "DROP"),
+                           check=True, capture_output=True, timeout=30)
+            host.cut_rules.append(rule)
 
     def close(self) -> None:
         try:
@@ -261,6 +305,66 @@ def leader_isolated(topo: PatroniTopology, *, workers: int = 3, rejoin_timeout: 
     return outcome
 
 
+def etcd_member_killed(topo: PatroniTopology, *, workers: int = 3) -> Outcome:
+    """SIGKILL the etcd member the leader's Patroni talks to, mid-request.
+
+    The other two members keep the quorum (a new raft leader if the killed one led);
+    the leader's Patroni must reach one of them within ``retry_timeout`` to renew the
+    leader key, or it demotes itself and another node is elected: either way no
+    acknowledged answer may be lost. Once the load has come back the member is started
+    again on its data directory and the test waits for all three to be healthy.
+    """
+    cluster = topo.cluster
+    assert cluster is not None
+
+    def fault(leader: PatroniNode, load: Load) -> dict[str, Any]:
+        member = cluster.etcd_member_of(leader)
+        cluster.kill_etcd(member)
+        killed_at = time.monotonic()
+        try:
+            # The member stays dead longer than the leader key's lease (ttl): a leader
+            # that could not renew it through another member would have lost it by then.
+            topo.wait_answers(load, BETWEEN, timeout=180)
+            time.sleep(max(0.0, TIMINGS["ttl"] + TIMINGS["loop_wait"] - (time.monotonic() - killed_at)))
+            kept = cluster.leader(timeout=120)
+            moved_to = cluster.etcd_member_of(leader, avoid=member, timeout=120)
+        finally:
+            cluster.restart_etcd(member)
+        wait_for(cluster.etcd_healthy, 120, "the restarted etcd member to rejoin")
+        cluster.wait_healthy()
+        return {"etcd member killed": f"{member.name}'s"
+                + (" (on the leader's own host)" if member is leader else ""),
+                "the old leader's Patroni talks then to": f"{moved_to.name}'s",
+                "leader kept": kept is leader,
+                "etcd member dead for": f"{time.monotonic() - killed_at:.2f} s"}
+    return _under_load(topo, "Patroni: the etcd member the leader talks to SIGKILLed",
+                       "etcdkill", fault, workers=workers)
+
+
+def receiver_host_cut(topo: PatroniTopology, *, workers: int = 3, cut_for: float = 6.0) -> Outcome:
+    """Cut receiver 0's whole host (iptables DROP) while a request lingers there.
+
+    The probe's request is mid-transaction on the leader through receiver 0 when the
+    cut starts: its client gets no answer and retries through another receiver, which
+    must wait until PostgreSQL ends the cut-off transaction
+    (``idle_in_transaction_session_timeout``, 4 s) before it can claim the message.
+    ``cut_for`` outlasts that timeout, and at least :data:`BETWEEN` answers come through
+    the other receivers before the cut is removed; then receiver 0 serves again.
+    """
+    def fault(leader: PatroniNode, load: Load) -> dict[str, Any]:
+        cut_at = time.monotonic()
+        topo.cut(0)
+        try:
+            topo.wait_answers(load, BETWEEN, timeout=180)
+            time.sleep(max(0.0, cut_for - (time.monotonic() - cut_at)))
+        finally:
+            topo.restore(0)
+        return {"receiver cut": f"{topo.receivers[0].host.name} for "
+                                f"{time.monotonic() - cut_at:.1f} s"}
+    return _under_load(topo, "Patroni: a receiver host cut mid-request", "rcut", fault,
+                       workers=workers)
+
+
 def leader_host_killed_while_lagging(topo: PatroniTopology, *, workers: int = 3, lag: float = 1.0,
                                      late_retries: int = 30) -> Outcome:
     """The leader's WAL senders stopped for ``lag`` s under load, then its whole host killed.
@@ -335,5 +439,7 @@ def senders_through_switchover(topo: PatroniTopology, *, steps: int = 4,
 PATRONI_SCENARIOS: dict[str, Callable[..., Outcome]] = {
     "leader-postgres-killed": leader_postgres_killed,
     "switchover": switchover,
-    "leader-isolated": leader_isolated,
+    "etcd-member-killed": etcd_member_killed,
+    "receiver-host-cut": receiver_host_cut,
+    "leader-isolated": leader_isolated,   # last: __main__ runs the slowest at the end
 }

@@ -12,6 +12,7 @@ from typing import Iterator
 
 import pytest
 from chttp_examples.multihost.database import PgBouncerNotFound, find_pgbouncer
+from chttp_examples.multihost.haproxy import HAProxyNotFound, find_haproxy
 from chttp_examples.multihost.netns import NetworkUnavailable, leftovers, require_network
 from chttp_examples.multihost.patroni import PatroniNotFound, find_patroni
 from chttp_examples.multihost.patroni_faults import PatroniTopology
@@ -75,12 +76,12 @@ def failover_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFa
 
 
 def _patroni(tmp_path_factory: pytest.TempPathFactory, name: str, *,
-             synchronous: bool) -> Iterator[PatroniTopology]:
+             synchronous: bool, via: str = "multihost") -> Iterator[PatroniTopology]:
     try:
         find_patroni()
     except PatroniNotFound as error:
         pytest.skip(f"Patroni cluster unavailable: {error}")
-    topology = PatroniTopology(tmp_path_factory.mktemp(name), synchronous=synchronous)
+    topology = PatroniTopology(tmp_path_factory.mktemp(name), synchronous=synchronous, via=via)
     tag = topology.network.tag
     try:
         yield topology
@@ -106,3 +107,17 @@ def patroni_async_topology(multihost_ready: None,
                            tmp_path_factory: pytest.TempPathFactory) -> Iterator[PatroniTopology]:
     """The same cluster with ``synchronous_mode: false`` (the expected-failure demonstration)."""
     yield from _patroni(tmp_path_factory, "patroni-async", synchronous=False)
+
+
+@pytest.fixture(scope="module")
+def patroni_haproxy_topology(multihost_ready: None,
+                             tmp_path_factory: pytest.TempPathFactory) -> Iterator[PatroniTopology]:
+    """The Patroni cluster with the receivers behind HAProxy (``GET /primary`` health check).
+
+    Skipped, saying why, when ``haproxy`` is missing too (``.ci/run`` installs it).
+    """
+    try:
+        find_haproxy()
+    except HAProxyNotFound as error:
+        pytest.skip(f"HAProxy unavailable: {error}")
+    yield from _patroni(tmp_path_factory, "patroni-haproxy", synchronous=True, via="haproxy")

@@ -86,6 +86,34 @@ def test_patroni_senders_share_a_journal_through_a_switchover(patroni_topology: 
     assert takeover.b_result == [takeover.effects[i][0] for i in ordered]
 
 
+def test_patroni_etcd_member_of_the_leader_killed(patroni_topology: PatroniTopology):
+    """The leader's etcd member dies: the other two keep the quorum, nothing is lost.
+
+    Patroni keeps the leader if it reaches another member within ``retry_timeout``, or
+    another node takes over; the test accepts either and checks the history. It leaves
+    the cluster healthy (the member restarted and rejoined) for the tests after it.
+    """
+    outcome = patroni_faults.etcd_member_killed(patroni_topology)
+    _assert_held(outcome)
+    report = outcome.report
+    assert report.replay_mismatch == [] and report.stored_mismatch == [], report.summary()
+    assert report.unresolved == [] and report.orphans == [], report.summary()
+
+
+def test_patroni_receiver_host_cut_mid_request(patroni_topology: PatroniTopology):
+    """A receiver's whole host cut while a request lingers in its transaction on the leader.
+
+    The clients retry through the other receivers; the cut-off transaction holds the
+    message's claim until PostgreSQL ends it, then a retry elsewhere runs it once.
+    """
+    outcome = patroni_faults.receiver_host_cut(patroni_topology)
+    _assert_held(outcome)
+    report = outcome.report
+    assert report.replay_mismatch == [] and report.stored_mismatch == [], report.summary()
+    assert report.unresolved == [] and report.orphans == [], report.summary()
+    assert outcome.extra["attempts without an HTTP answer"] > 0, "no request was in flight at the cut"
+
+
 def test_patroni_leader_host_isolated(patroni_topology: PatroniTopology):
     """The split-brain case: Patroni elects a new leader while the old one still runs.
 
