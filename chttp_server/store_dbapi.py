@@ -315,8 +315,9 @@ def _guard_classes() -> dict[str, Any]:
             def execute(self, query: Any, vars: Any = None) -> Any:
                 if self.connection.get_transaction_status() == _IDLE:
                     raise MessageTransactionEnded(_ENDED)
-                if self.name is not None and not self.withhold:
-                    self.withhold = True  # here: connection.cursor() sets it after __init__
+                named: Any = self  # psycopg2's attributes are untyped here
+                if named.name is not None and not named.withhold:
+                    named.withhold = True  # here: connection.cursor() sets it after __init__
                 return super().execute(query, vars)
 
             def executemany(self, query: Any, vars_list: Any) -> Any:
