@@ -283,7 +283,8 @@ class MessageTransaction:
     # -- the message resource (§3) ---------------------------------------------------
 
     def fetch(self) -> StoredMessage | None:
-        """The stored row (GET of the message URL), read and rolled back; ``None`` if unknown."""
+        """The stored row (GET of the message URL), read and the transaction ended as a
+        replay's is (:meth:`_end_reading`); ``None`` if unknown."""
         with self._errors():
             stored = self.store.lookup(self.connection, self.key)
             self._end_reading()
