@@ -65,6 +65,7 @@ from chttp_client.errors import (
     SendError,
     UnhealableSendError,
     UnknownFunctionError,
+    UnknownOplogError,
 )
 from chttp_client.journal import Journal, ResumeOutcome
 from chttp_client.observers import StepEvent
@@ -88,6 +89,7 @@ __all__ = [
     "NonDeterminismError",
     "ConcurrentStepsError",
     "UnknownFunctionError",
+    "UnknownOplogError",
     "OplogBusyError",
     "OplogTakenOverError",
     "OplogAbandonedError",

@@ -144,6 +144,21 @@ class UnknownFunctionError(JournalError):
         )
 
 
+class UnknownOplogError(JournalError):
+    """The journal has no oplog with this id (``get``, ``resume``, ``abandon``).
+
+    After a :class:`JournalUnavailable` whose ``created`` is None, this is the answer that
+    the oplog's first write was not committed: calling the function again is then safe.
+    """
+
+    def __init__(self, oplog_id: str) -> None:
+        super().__init__(oplog_id)
+        self.oplog_id = oplog_id
+
+    def __str__(self) -> str:
+        return f"no oplog {self.oplog_id}"
+
+
 class OplogBusyError(JournalError):
     """Another live process holds the lease of this oplog."""
 
@@ -206,12 +221,17 @@ class JournalUnavailable(JournalError):
     Nothing that depends on it left the process: the run stops here, records nothing
     more (even if the function swallows this), and once the database is back
     ``Journal.resume(oplog_id)`` or ``resume_all()`` runs the function on from its record
-    — except when even the oplog's first write failed (``step`` None and
-    ``created`` False): then there is nothing to resume, and nothing was sent.
+    — except when even the oplog's first write failed (``created`` False): then there
+    is nothing to resume, and nothing was sent. ``created`` is None when that first
+    write failed *at its COMMIT*: the server may have committed it and lost only the
+    answer, so calling the function again could run it twice (a second oplog beside
+    the first, which ``resume_all()`` finishes). Once the database is back,
+    ``Journal.resume(oplog_id)`` settles it: it finishes the oplog if it exists, and
+    raises :class:`UnknownOplogError` if it does not — only then call the function again.
     """
 
     def __init__(self, oplog_id: str, step: int | None, unrecorded: str, detail: str,
-                 created: bool = True) -> None:
+                 created: bool | None = True) -> None:
         super().__init__(oplog_id, step, unrecorded, detail, created)
         self.oplog_id = oplog_id
         self.step = step
@@ -223,9 +243,15 @@ class JournalUnavailable(JournalError):
         if not self.oplog_id:  # the journal's own work, no oplog's (resume_all's start)
             return (f"the journal database is unavailable: {self.unrecorded} failed "
                     f"({self.detail}); call it again once the database is back")
-        then = (f"journal.resume({self.oplog_id!r}) runs the function on from its record "
-                "once the database is back" if self.created
-                else "the oplog was never created and nothing was sent: call the function again")
+        if self.created is None:
+            then = (f"the oplog's first write failed at its COMMIT, which the server may have "
+                    f"made: once the database is back, journal.resume({self.oplog_id!r}) finishes "
+                    "it if it exists (UnknownOplogError: it does not, call the function again)")
+        elif self.created:
+            then = (f"journal.resume({self.oplog_id!r}) runs the function on from its record "
+                    "once the database is back")
+        else:
+            then = "the oplog was never created and nothing was sent: call the function again"
         return (f"oplog {self.oplog_id}: the journal database is unavailable, {self.unrecorded} "
                 f"was not recorded ({self.detail}); {then}")
 

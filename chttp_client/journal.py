@@ -54,7 +54,7 @@ from chttp_client.acknowledger import Acknowledger
 from chttp_client.background import Background
 from chttp_client.context import RunServices
 from chttp_client.effects import run_blocking
-from chttp_client.errors import JournalError, OplogAbandonedError
+from chttp_client.errors import JournalError, OplogAbandonedError, UnknownOplogError
 from chttp_client.heartbeat import Heartbeat
 from chttp_client.lease_timing import DEFAULT_HEARTBEAT, lease_for
 from chttp_client.leases import new_owner
@@ -242,7 +242,7 @@ class Journal(Runs):
         self.ensure_schema()
         info = self.store.get(oplog_id, strict=False)  # an unreadable oplog can be abandoned
         if info is None:
-            raise JournalError(f"no oplog {oplog_id}")
+            raise UnknownOplogError(oplog_id)
         if info.state != OPLOG_OPEN:
             raise JournalError(f"oplog {oplog_id} is {info.state}, not open: nothing to abandon")
         try:
@@ -302,11 +302,11 @@ class Journal(Runs):
         return self.store.list(state=state, limit=limit)
 
     def get(self, oplog_id: str) -> OplogInfo:
-        """One oplog with its steps; :class:`JournalError` if there is none."""
+        """One oplog with its steps; :class:`UnknownOplogError` if there is none."""
         self.ensure_schema()
         info = self.store.get(oplog_id)
         if info is None:
-            raise JournalError(f"no oplog {oplog_id}")
+            raise UnknownOplogError(oplog_id)
         return info
 
     # -- acknowledgements ----------------------------------------------------------------------

@@ -27,13 +27,15 @@ __all__ = ["journal_write"]
 
 @contextmanager
 def journal_write(oplog_id: str, unrecorded: Callable[[], tuple[int | None, str]],
-                  *, created: bool = True) -> Iterator[None]:
+                  *, created: bool | Callable[[], bool | None] = True) -> Iterator[None]:
     """Raise :class:`JournalUnavailable` for a database outage inside the block.
 
     ``unrecorded()`` gives the step number (or None) and a description of what the
     block was recording; it is only called when the write failed. ``created``: the
     oplog's row already exists (False for its first write, which then left nothing to
-    resume).
+    resume) — or a callable asked when the write failed, for a first write that can
+    tell "not committed" (False) from "failed at its COMMIT, which the server may have
+    made" (None).
     """
     try:
         yield
@@ -43,4 +45,5 @@ def journal_write(oplog_id: str, unrecorded: Callable[[], tuple[int | None, str]
         step, what = unrecorded()
         first_line = (str(getattr(error, "orig", None) or error).strip().splitlines() or [""])[0]
         detail = f"{type(error).__name__}: {first_line[:200]}"
-        raise JournalUnavailable(oplog_id, step, what, detail, created) from error
+        known = created() if callable(created) else created
+        raise JournalUnavailable(oplog_id, step, what, detail, known) from error

@@ -19,6 +19,7 @@ from chttp_client import codec
 from chttp_core.db import make_engine
 from chttp_client.errors import (
     ConcurrentStepsError, DeadlineExceeded, MessageGoneError, NonDeterminismError, UnknownFunctionError,
+    UnknownOplogError,
 )
 from chttp_core import migrate
 from chttp_core.schema import metadata
@@ -64,6 +65,7 @@ def test_exceptions_rebuild_from_type_and_args():
     pytest.param(ConcurrentStepsError("o", 2, "send POST http://x/a", "send POST http://x/b"),
                  id="concurrent-steps"),
     pytest.param(UnknownFunctionError("o", "f", 1, [2]), id="unknown-function"),
+    pytest.param(UnknownOplogError("o"), id="unknown-oplog"),
     pytest.param(MessageGoneError("id", "POST", "http://x/", "410 message-acknowledged", "message-acknowledged"),
                  id="message-gone"),
 ])
@@ -86,7 +88,7 @@ def test_public_api_is_pinned():
     assert chttp_client.__all__ == [
         "resumable", "Journal", "RetryPolicy", "ResumableContext", "AsyncResumableContext",
         "StepEvent", "StepRecord", "OplogInfo", "ResumeOutcome", "RecordedError", "ChttpClientError",
-        "JournalError", "NonDeterminismError", "ConcurrentStepsError", "UnknownFunctionError", "OplogBusyError", "OplogTakenOverError", "OplogAbandonedError",
+        "JournalError", "NonDeterminismError", "ConcurrentStepsError", "UnknownFunctionError", "UnknownOplogError", "OplogBusyError", "OplogTakenOverError", "OplogAbandonedError",
         "JournalUnavailable", "SendError",
         "DeadlineExceeded", "UnhealableSendError", "ProtocolAnswerError", "MessageRejectedError", "MessageGoneError",
         "MessageTooOldError", "MessageIdReusedError", "ResponseTooLargeError",
@@ -107,6 +109,7 @@ def test_public_api_is_pinned():
         "NonDeterminismError": "exception(JournalError)",
         "ConcurrentStepsError": "exception(NonDeterminismError)",
         "UnknownFunctionError": "exception(JournalError)",
+        "UnknownOplogError": "exception(JournalError)",
         "OplogBusyError": "exception(JournalError)",
         "OplogTakenOverError": "exception(OplogBusyError)",
         "OplogAbandonedError": "exception(JournalError)",

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy.exc import DBAPIError
 
-from chttp_client import Journal, JournalUnavailable, resumable
+from chttp_client import Journal, JournalUnavailable, UnknownOplogError, resumable
 from chttp_server.testing import PostgresCluster
 from tests.client.conftest import BASE
 from tests.client.receiver import count_runs, runs
@@ -134,3 +134,61 @@ def test_resume_all_with_its_database_down_raises_journal_unavailable(cluster, r
         cluster.start()
     assert journal.resume_all() == []
     journal.close()
+
+
+@pytest.mark.parametrize("lost_at", ["statement", "commit"])
+def test_a_first_write_lost_at_its_commit_says_the_oplog_may_exist(cluster, lost_at):
+    """Found on the Patroni sender storm (issue 21): the oplog's first write failing at
+    its COMMIT was reported ``created=False`` — "call the function again" — though the
+    server may have committed it and lost only the answer; a caller following that
+    advice could run the function twice. A failure before the COMMIT is certain (False);
+    at the COMMIT it is unknown (None), and ``resume`` settles it: here the server died
+    before the COMMIT reached it, so the oplog does not exist (UnknownOplogError) and
+    calling again is then safe."""
+    from sqlalchemy import event
+
+    url = cluster.create_database(f"journal_first_write_{lost_at}")
+    journal = Journal(url)
+    journal.ensure_schema()
+    stopped: list[bool] = []
+
+    def stop_before_statement(connection, cursor, statement, *args) -> None:
+        if not stopped and statement.lstrip().upper().startswith("INSERT INTO CHTTP_OPLOGS "):
+            stopped.append(True)
+            cluster.stop("immediate")
+
+    def stop_before_commit(connection) -> None:
+        if not stopped:
+            stopped.append(True)
+            cluster.stop("immediate")
+
+    if lost_at == "statement":
+        event.listen(journal.engine, "before_cursor_execute", stop_before_statement)
+    else:
+        event.listen(journal.engine, "commit", stop_before_commit)
+    try:
+        @resumable(journal)
+        def draw(*, chttp_context):
+            return chttp_context.persist(random.random)
+
+        with pytest.raises(JournalUnavailable) as caught:
+            draw()
+        assert stopped and isinstance(caught.value.__cause__, DBAPIError)
+        if lost_at == "statement":
+            assert caught.value.created is False
+            assert str(caught.value).endswith("nothing was sent: call the function again")
+        else:
+            assert caught.value.created is None
+            assert f"journal.resume({caught.value.oplog_id!r}) finishes it if it exists" in str(
+                caught.value)
+        cluster.start()
+        with pytest.raises(UnknownOplogError) as unknown:
+            journal.resume(caught.value.oplog_id)
+        assert str(unknown.value) == f"no oplog {caught.value.oplog_id}"
+        assert journal.list_open() == []
+        assert isinstance(draw(), float)   # safe to call again: one oplog, done
+        assert [info.state for info in journal.list()] == ["done"]
+    finally:
+        journal.close()
+        if not cluster.running:
+            cluster.start()
