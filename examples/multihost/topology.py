@@ -210,14 +210,17 @@ class Topology:
         self.loads.append(load)
         return load
 
-    def start_sender(self, host: Host, role: str, log: Path, *options: str) -> subprocess.Popen[str]:
-        """:mod:`.sender` on ``host``, in a UTS namespace of its own named after the host.
+    def start_sender(self, host: Host, role: str | None, log: Path, *options: str,
+                     module: str = "sender") -> subprocess.Popen[str]:
+        """:mod:`.sender` (or ``module``: :mod:`.storm`, which takes no ``role``) on
+        ``host``, in a UTS namespace of its own named after the host.
 
         Its own host name matters: the journal frees a lease of a dead process at once
         only when the owner ran on *this* host; on another host it waits for expiry.
         """
         command = host.command("unshare", "--uts", "--", sys.executable, "-m",
-                               "chttp_examples.multihost.sender", role, "--hostname",
+                               f"chttp_examples.multihost.{module}",
+                               *([role] if role is not None else []), "--hostname",
                                f"{self.network.tag}-{host.name}",
                                "--journal", self.journal_url(),
                                "--log", str(log), *options)
