@@ -23,7 +23,8 @@ Each fault runs under load with a probe lingering mid-transaction on the leader 
 
 The figures of each (:func:`figures`): failover time (from the fault to the first
 successful answer to an attempt begun after it), answers lost, effects duplicated,
-attempts answered 503, attempts that got no HTTP answer at all.
+attempts answered 503, attempts that got no HTTP answer at all; and, once the load has
+ended, the stuck workers: requests still inside a receiver (:mod:`.inflight`).
 """
 
 from __future__ import annotations
@@ -229,7 +230,9 @@ def _under_load(topo: PatroniTopology, name: str, prefix: str,
     new_leader = cluster.leader()
     outcome = Outcome(name, report, load.started_at, fault_at, healed_at, stopped_at=stopped_at)
     outcome.extra = {"leader before": leader.name, "leader after": new_leader.name, **extra,
-                     **figures(outcome, [load, probe])}
+                     **figures(outcome, [load, probe]),
+                     "stuck workers (receiver requests still in flight after the load)":
+                         topo.stuck_workers()}
     return outcome
 
 

@@ -161,7 +161,9 @@ def storm_through_failover(topo: Any, *, fault: str = "postgres-sigkill", functi
     storm = read(topo, functions, first, fault_at, {n: _read_log(p) for n, p in logs.items()}, codes,
                  skip=set(earlier.oplog_states))
     storm.extra = {"fault": FAULTS[fault], "leader before": leader.name,
-                   "leader after": cluster.leader().name}
+                   "leader after": cluster.leader().name,
+                   "stuck workers (receiver requests still in flight after the storm)":
+                       topo.stuck_workers()}
     return storm
 
 

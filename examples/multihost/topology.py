@@ -167,6 +167,27 @@ class Topology:
         """The store URL receiver ``number`` is started with (the same for all here)."""
         return self.store_url
 
+    def stuck_workers(self) -> str:
+        """The receivers' requests still in flight (``GET /_inflight``: :mod:`.inflight`).
+
+        Called once the load has ended (every client stopped waiting): what is left is a
+        worker that never answered. A receiver that cannot answer within 5 s (all its
+        workers busy, or it is down) is named as such.
+        """
+        import httpx
+
+        counts, oldest, silent = 0, 0.0, []
+        for receiver in self.receivers:
+            try:
+                found = httpx.get(f"{receiver.url}/_inflight", timeout=5.0).json()
+            except (httpx.HTTPError, ValueError):
+                silent.append(receiver.host.name)
+                continue
+            counts += int(found["in_flight"])
+            oldest = max(oldest, float(found["oldest"]))
+        return (f"{counts}" + (f" (oldest {oldest:.1f} s)" if counts else "")
+                + (f"; no answer from {', '.join(silent)}" if silent else ""))
+
     def kill_receiver(self, number: int) -> None:
         """SIGKILL receiver ``number`` mid-whatever: its open transactions roll back."""
         _kill(self.receivers[number].process)
