@@ -156,7 +156,8 @@ class Topology:
         receiver = self.receivers[number]
         _kill(receiver.process)
         receiver.process = _spawn(
-            receiver.host.command(sys.executable, "-m", "chttp_examples.multihost.receiver",
+            receiver.host.command(sys.executable, "-m",
+                                  f"chttp_examples.multihost.{self.receiver_module(number)}",
                                   "--db", self.store_url_for(number), "--host", receiver.host.address,
                                   "--port", str(RECEIVER_PORT), "--threads", str(self.threads)),
             log=self.workdir / f"{receiver.host.name}.log", env={HOST_ENV: receiver.host.name},
@@ -166,6 +167,10 @@ class Topology:
     def store_url_for(self, number: int) -> str:
         """The store URL receiver ``number`` is started with (the same for all here)."""
         return self.store_url
+
+    def receiver_module(self, number: int) -> str:
+        """The module receiver ``number`` runs (:mod:`.receiver`, WSGI, here)."""
+        return "receiver"
 
     def stuck_workers(self) -> str:
         """The receivers' requests still in flight (``GET /_inflight``: :mod:`.inflight`).
