@@ -36,11 +36,9 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from chttp_examples.multihost.app import HOST_ENV, _INSERT, _linger
 from chttp_examples.multihost.inflight import PATH
+from chttp_server.asgi.incoming import Receive, Scope, Send
 
 __all__ = ["main", "effects_app", "InFlightASGI"]
-
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def _answer(send: Send, status: int, document: dict[str, Any]) -> None:
@@ -51,7 +49,7 @@ async def _answer(send: Send, status: int, document: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def effects_app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+async def effects_app(scope: Scope, receive: Receive, send: Send) -> None:
     """``POST /effects``: :class:`.app.Effects` for the ASGI front end."""
     from sqlalchemy import text
 
@@ -87,12 +85,12 @@ async def effects_app(scope: dict[str, Any], receive: Receive, send: Send) -> No
 class InFlightASGI:
     """:class:`.inflight.InFlight` for ASGI: ``GET /_inflight`` counts requests inside."""
 
-    def __init__(self, app: Callable[[dict[str, Any], Receive, Send], Awaitable[None]]) -> None:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
         self.app = app
         self.started: dict[int, float] = {}
         self.tokens = itertools.count()
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == PATH:
             now = time.monotonic()
             ages = [now - started for started in self.started.values()]

@@ -176,7 +176,7 @@ def read(topo: Any, functions: int, first: int, fault_at: float, logs: dict[str,
     host, port = topo.primary_address()
 
     def rows(sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        return query(port, sql, params, database=topo.database, host=host)
+        return list(query(port, sql, params, database=topo.database, host=host))
     states = {str(i): str(state) for i, state in rows(
         "SELECT id, state FROM chttp_oplogs WHERE function = %s", STORM_FUNCTION) if i not in skip}
     journaled = [(str(o), str(m), str(f)) for o, m, f in rows(

@@ -36,7 +36,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import httpx
 
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = answer.json()
         return {"key": key, "token": token, "nonce": body["nonce"], "message_id": body["message_id"]}
 
-    deliver_ = resumable(journal, name=STORM_FUNCTION)(deliver)
+    deliver_: Callable[..., dict[str, Any]] = resumable(journal, name=STORM_FUNCTION)(deliver)
     keys = range(args.first, args.first + args.functions)
 
     def call(key: int) -> None:
