@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chttp_client import codec
 from chttp_examples.multihost.database import query
 from chttp_examples.multihost.scenarios import _read_log, _wait_log
 from chttp_examples.multihost.storm import STORM_FUNCTION
@@ -50,6 +51,8 @@ class Storm:
     effects: dict[int, list[tuple[str, str, str]]]
     journaled: list[tuple[str, str, str]]        # (oplog id, message id, fingerprint)
     stored: dict[str, list[str]]                 # message id → fingerprints at the receivers
+    #: key → the results the journal recorded for it (a finished oplog's value).
+    recorded: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def results(self) -> dict[int, list[dict[str, Any]]]:
@@ -93,10 +96,12 @@ class Storm:
                               f"without a function finishing, {stall:.2f} s)") if gaps else "never",
             "calls made again (journal unavailable before the oplog was created)": sum(
                 1 for records in self.logs.values() for r in records if r["event"] == "call-again"),
-            "own calls that ended in an error (oplog left open)": errors or 0,
+            "own calls that ended in an error (the oplog left to a resume)": errors or 0,
             "functions finished by resume_all()": resumed_by or 0,
             "resume_all() rounds that found the journal unavailable": sum(
                 1 for records in self.logs.values() for r in records if r["event"] == "unavailable"),
+            "functions whose host saw the result's commit fail, done all the same (commit "
+            "made, its answer lost)": len(set(self.recorded) - set(self.results())),
             "POSTs answered 503": statuses.get(503, 0),
             "POST answers by status": dict(sorted(statuses.items())),
             "storm took": f"{max(finishes) - min(r['t'] for rs in self.logs.values() for r in rs):.1f} s"
@@ -177,8 +182,16 @@ def read(topo: Any, functions: int, first: int, fault_at: float, logs: dict[str,
 
     def rows(sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return list(query(port, sql, params, database=topo.database, host=host))
-    states = {str(i): str(state) for i, state in rows(
-        "SELECT id, state FROM chttp_oplogs WHERE function = %s", STORM_FUNCTION) if i not in skip}
+    states: dict[str, str] = {}
+    recorded: dict[int, list[dict[str, Any]]] = {}
+    for oplog, state, result in rows("SELECT id, state, result FROM chttp_oplogs WHERE function = %s",
+                                     STORM_FUNCTION):
+        if oplog in skip:
+            continue
+        states[str(oplog)] = str(state)
+        if state == "done" and result:
+            value = codec.decode(json.loads(result).get("value"), where=f"oplog {oplog}")
+            recorded.setdefault(int(value["key"]), []).append(value)
     journaled = [(str(o), str(m), str(f)) for o, m, f in rows(
         "SELECT s.oplog_id, s.message_id, s.fingerprint FROM chttp_oplog_steps s "
         "JOIN chttp_oplogs o ON o.id = s.oplog_id WHERE o.function = %s AND s.kind = 'send'",
@@ -196,7 +209,7 @@ def read(topo: Any, functions: int, first: int, fault_at: float, logs: dict[str,
         if functions and not first <= int(body["function"]) < first + 2 * functions:
             continue
         effects.setdefault(int(body["function"]), []).append((message_id, nonce, body["token"]))
-    return Storm(functions, first, fault_at, logs, codes, states, effects, journaled, stored)
+    return Storm(functions, first, fault_at, logs, codes, states, effects, journaled, stored, recorded)
 
 
 def check(storm: Storm) -> list[str]:
@@ -215,15 +228,21 @@ def check(storm: Storm) -> list[str]:
     missing = [k for k in keys if k not in storm.effects]
     if missing:
         problems.append(f"functions without an effect: {missing[:10]} ({len(missing)})")
-    results = storm.results()
+    # The journal's record of each result is what counts: a host whose commit of the
+    # result lost its answer (the connection closed by the fault) cannot report it,
+    # though the commit may have happened (then no resume runs it again).
+    reported = storm.results()
     for key in keys:
-        got = results.get(key, [])
+        got = storm.recorded.get(key, [])
         if len(got) != 1:
-            problems.append(f"function {key} reported done {len(got)} times")
+            problems.append(f"function {key} has {len(got)} results in the journal")
             continue
         effect = storm.effects.get(key, [])
         if effect and (got[0]["message_id"], got[0]["nonce"], got[0]["token"]) != effect[0]:
             problems.append(f"function {key} returned {got[0]}, the receiver kept {effect[0]}")
+        if any(r != got[0] for r in reported.get(key, [])) or len(reported.get(key, [])) > 1:
+            problems.append(f"function {key}: the hosts reported {reported.get(key)}, the "
+                            f"journal holds {got[0]}")
     by_id: dict[str, list[str]] = {}
     for oplog, message_id, digest in storm.journaled:
         by_id.setdefault(message_id, []).append(oplog)
