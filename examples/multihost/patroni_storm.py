@@ -112,6 +112,9 @@ class Storm:
                               f"without a function finishing, {stall:.2f} s)") if gaps else "never",
             "calls made again (journal unavailable before the oplog was created)": sum(
                 1 for records in self.logs.values() for r in records if r["event"] == "call-again"),
+            "calls made again that found their oplog created (a first COMMIT made, its "
+            "answer lost)": sum(1 for records in self.logs.values() for r in records
+                               if r["event"] == "call-already-created"),
             "own calls that ended in an error (the oplog left to a resume)": errors or 0,
             "functions finished by resume_all()": resumed_by or 0,
             "resume_all() rounds that found the journal unavailable": sum(

@@ -22,7 +22,10 @@ The host stops once its own calls have returned (or failed) and the journal hold
 open oplog of the function (both hosts' work is done), or at ``--timeout``. It logs
 one JSON line per event (as :mod:`.sender`): ``call-done`` / ``call-error`` of its own
 calls, ``call-again`` when a call must be made again (the journal was unavailable
-before its oplog was created: nothing recorded, nothing sent), ``resume`` outcomes, ``unavailable`` when ``resume_all()`` found the journal's
+before its oplog was created: nothing recorded, nothing sent), ``call-already-created``
+when the call made again found its oplog there (the first write's COMMIT had been made
+though its answer was lost: ``JournalUnavailable.created`` said false; the oplog is left
+to ``resume_all()``), ``resume`` outcomes, ``unavailable`` when ``resume_all()`` found the journal's
 database gone, and one ``response`` line per HTTP answer (status, message id) with a
 ``request`` line per request.
 """
@@ -36,7 +39,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import httpx
 
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     log = _Log(args.log)
 
+    from sqlalchemy.exc import IntegrityError
+
     from chttp_client import Journal, JournalUnavailable, RetryPolicy, resumable
 
     def on_request(request: httpx.Request) -> None:
@@ -99,7 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         body = answer.json()
         return {"key": key, "token": token, "nonce": body["nonce"], "message_id": body["message_id"]}
 
-    deliver_: Callable[..., dict[str, Any]] = resumable(journal, name=STORM_FUNCTION)(deliver)
+    # Registered for resume_all(); called through journal.run() with an oplog id of the
+    # key's own (below), not through the decorated function.
+    resumable(journal, name=STORM_FUNCTION)(deliver)
     keys = range(args.first, args.first + args.functions)
 
     def call(key: int) -> None:
@@ -107,7 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         linger = args.linger if args.linger_every and key % args.linger_every == 0 else 0.0
         while True:
             try:
-                result = deliver_(receiver, key, linger)
+                # The oplog's id is the key's: a call made again after a first write whose
+                # COMMIT lost its answer (made all the same) finds the row there instead of
+                # starting a second oplog — a second run of the function.
+                result = journal.run(STORM_FUNCTION, 1, deliver, (receiver, key, linger), {},
+                                     oplog_id=f"{STORM_FUNCTION}-{key}")
+            except IntegrityError as error:
+                log.write("call-already-created", key=key, detail=str(error)[:200])
             except JournalUnavailable as error:
                 if not error.created and time.monotonic() < deadline:
                     # Its oplog was never created and nothing was sent: call it again
