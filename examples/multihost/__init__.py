@@ -14,6 +14,10 @@ bridge, and faults are real (SIGKILL, iptables DROP, promotion). Needs root, ``i
 * :mod:`.patroni`, :mod:`.patroni_faults` — the same receivers on three PostgreSQL nodes
   run by Patroni over a three-member etcd (Debian's ``patroni``, ``etcd-server``), and
   the failovers Patroni decides;
+* :mod:`.storm`, :mod:`.patroni_storm` — two sender hosts running a storm of resumable
+  functions over one journal on that cluster, through a failover;
+* :mod:`.asgi_receiver` — the receiver on the ASGI front end (asyncpg);
+  :mod:`.inflight` — the receivers' count of requests still inside (stuck workers);
 * ``python -m chttp_examples.multihost`` — the one command (:mod:`.__main__`).
 """
 

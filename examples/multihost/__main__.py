@@ -18,8 +18,10 @@ asynchronous demonstration lost what it should. About a minute and a half.
 run by Patroni (``synchronous_mode``) over a three-member etcd, each on its own host,
 the receivers on the multi-host URL; the leader's PostgreSQL SIGKILLed, a ``patronictl``
 switchover, the etcd member the leader talks to SIGKILLed, a receiver host cut
-mid-request, two senders over one journal through a switchover, the leader's host cut
-from the others (needs Debian's ``patroni`` and ``etcd-server``). About three minutes.
+mid-request, two senders over one journal through a switchover, a storm of 240
+resumable functions on two sender hosts through the leader's PostgreSQL SIGKILLed
+(:mod:`.patroni_storm`), the leader's host cut from the others (needs Debian's
+``patroni`` and ``etcd-server``). About four minutes.
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def _patroni(workers: int, workdir: Path | None) -> int:
     from chttp_examples.multihost.patroni import PatroniNotFound, find_patroni
     from chttp_examples.multihost.patroni_faults import (
         PATRONI_SCENARIOS, PatroniTopology, senders_through_switchover)
+    from chttp_examples.multihost.patroni_storm import check, storm_through_failover
 
     try:
         find_patroni()
@@ -137,7 +140,15 @@ def _patroni(workers: int, workdir: Path | None) -> int:
               "-> 3 PostgreSQL nodes run by Patroni (synchronous_mode) over a 3-member etcd",
               flush=True)
         names = list(PATRONI_SCENARIOS)
-        for name in names[:-1] + ["senders", names[-1]]:   # the host cut last: the slowest
+        for name in names[:-1] + ["senders", "storm", names[-1]]:   # the host cut last: the slowest
+            if name == "storm":
+                storm = storm_through_failover(topo)
+                problems = check(storm)
+                print(storm.summary() + "".join(f"\nVIOLATION: {p}" for p in problems) + "\n",
+                      flush=True)
+                if problems:
+                    failures.append("storm")
+                continue
             if name == "senders":
                 takeover, leaders = senders_through_switchover(topo)
                 print(takeover.summary() + f"\nleaders: {leaders}\n", flush=True)

@@ -23,7 +23,8 @@ Each fault runs under load with a probe lingering mid-transaction on the leader 
 
 The figures of each (:func:`figures`): failover time (from the fault to the first
 successful answer to an attempt begun after it), answers lost, effects duplicated,
-attempts answered 503, attempts that got no HTTP answer at all.
+attempts answered 503, attempts that got no HTTP answer at all; and, once the load has
+ended, the stuck workers: requests still inside a receiver (:mod:`.inflight`).
 """
 
 from __future__ import annotations
@@ -56,12 +57,17 @@ class PatroniTopology(Topology):
     """Receivers and clients as in :class:`Topology`, the store on a Patroni cluster."""
 
     def __init__(self, workdir: Path | None = None, *, receivers: int = 3, clients: int = 2,
-                 synchronous: bool = True, threads: int = 6, via: str = "multihost") -> None:
+                 synchronous: bool = True, threads: int = 6, via: str = "multihost",
+                 drivers: tuple[str, ...] = DRIVERS) -> None:
         """``via``: how the receivers find the leader — ``"multihost"`` (libpq's multi-host
         URL, ``target_session_attrs=read-write``) or ``"haproxy"`` (one address, HAProxy
-        on a host of its own following Patroni's ``GET /primary``: :mod:`.haproxy`)."""
+        on a host of its own following Patroni's ``GET /primary``: :mod:`.haproxy`).
+        ``drivers``: the receivers' SQLAlchemy drivers, by receiver number modulo their
+        count; ``("asyncpg",)`` runs the ASGI front end (:mod:`.asgi_receiver`) on each."""
         if via not in ("multihost", "haproxy"):
             raise ValueError("via must be 'multihost' or 'haproxy'")
+        if via == "haproxy" and "asyncpg" in drivers:
+            raise ValueError("the HAProxy variant runs the WSGI receivers only")
         # Not Topology.__init__: its database host is a primary the test promotes itself.
         import tempfile
 
@@ -81,7 +87,10 @@ class PatroniTopology(Topology):
             self.cluster = PatroniCluster(self.network, synchronous=synchronous,
                                           logs=self.workdir / "database-hosts")
             self._prepare_schema()
-            self.store_urls = [self.cluster.url(driver=driver, **STORE_OPTIONS) for driver in DRIVERS]
+            # asyncpg takes neither libpq's connect_timeout nor tcp_user_timeout.
+            self.store_urls = [self.cluster.url(driver=driver,
+                                                **(STORE_OPTIONS if driver != "asyncpg" else {}))
+                               for driver in drivers]
             if via == "haproxy":
                 self.store_urls = self._start_haproxy()
             self.store_url = self.store_urls[0]
@@ -123,6 +132,12 @@ class PatroniTopology(Topology):
 
     def store_url_for(self, number: int) -> str:
         return self.store_urls[number % len(self.store_urls)]
+
+    def receiver_module(self, number: int) -> str:
+        """:mod:`.receiver` (WSGI), or :mod:`.asgi_receiver` for an asyncpg store URL."""
+        if self.store_url_for(number).startswith("postgresql+asyncpg://"):
+            return "asgi_receiver"
+        return super().receiver_module(number)
 
     def primary_address(self) -> tuple[str, int]:
         assert self.cluster is not None
@@ -229,7 +244,9 @@ def _under_load(topo: PatroniTopology, name: str, prefix: str,
     new_leader = cluster.leader()
     outcome = Outcome(name, report, load.started_at, fault_at, healed_at, stopped_at=stopped_at)
     outcome.extra = {"leader before": leader.name, "leader after": new_leader.name, **extra,
-                     **figures(outcome, [load, probe])}
+                     **figures(outcome, [load, probe]),
+                     "stuck workers (receiver requests still in flight after the load)":
+                         topo.stuck_workers()}
     return outcome
 
 

@@ -42,12 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The store's warnings (unreachable, 503) go to stderr, which the topology keeps per host.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from chttp_examples.multihost.app import EffectsApp
+    from chttp_examples.multihost.inflight import InFlight
 
     from chttp_core.db import make_engine
     from chttp_server import CertifiedMiddleware
 
     engine = make_engine(args.db, pool_size=args.threads, max_overflow=0, pool_timeout=5)
-    app = CertifiedMiddleware(EffectsApp(), engine=engine, claim_timeout=args.claim_timeout)
+    # InFlight: GET /_inflight counts the requests still inside (stuck workers after a fault).
+    app = InFlight(CertifiedMiddleware(EffectsApp(), engine=engine, claim_timeout=args.claim_timeout))
     server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
                                     channel_timeout=30)
     print(f"serving on http://{args.host}:{server.effective_port}", flush=True)

@@ -156,7 +156,8 @@ class Topology:
         receiver = self.receivers[number]
         _kill(receiver.process)
         receiver.process = _spawn(
-            receiver.host.command(sys.executable, "-m", "chttp_examples.multihost.receiver",
+            receiver.host.command(sys.executable, "-m",
+                                  f"chttp_examples.multihost.{self.receiver_module(number)}",
                                   "--db", self.store_url_for(number), "--host", receiver.host.address,
                                   "--port", str(RECEIVER_PORT), "--threads", str(self.threads)),
             log=self.workdir / f"{receiver.host.name}.log", env={HOST_ENV: receiver.host.name},
@@ -166,6 +167,31 @@ class Topology:
     def store_url_for(self, number: int) -> str:
         """The store URL receiver ``number`` is started with (the same for all here)."""
         return self.store_url
+
+    def receiver_module(self, number: int) -> str:
+        """The module receiver ``number`` runs (:mod:`.receiver`, WSGI, here)."""
+        return "receiver"
+
+    def stuck_workers(self) -> str:
+        """The receivers' requests still in flight (``GET /_inflight``: :mod:`.inflight`).
+
+        Called once the load has ended (every client stopped waiting): what is left is a
+        worker that never answered. A receiver that cannot answer within 5 s (all its
+        workers busy, or it is down) is named as such.
+        """
+        import httpx
+
+        counts, oldest, silent = 0, 0.0, []
+        for receiver in self.receivers:
+            try:
+                found = httpx.get(f"{receiver.url}/_inflight", timeout=5.0).json()
+            except (httpx.HTTPError, ValueError):
+                silent.append(receiver.host.name)
+                continue
+            counts += int(found["in_flight"])
+            oldest = max(oldest, float(found["oldest"]))
+        return (f"{counts}" + (f" (oldest {oldest:.1f} s)" if counts else "")
+                + (f"; no answer from {', '.join(silent)}" if silent else ""))
 
     def kill_receiver(self, number: int) -> None:
         """SIGKILL receiver ``number`` mid-whatever: its open transactions roll back."""
@@ -210,14 +236,17 @@ class Topology:
         self.loads.append(load)
         return load
 
-    def start_sender(self, host: Host, role: str, log: Path, *options: str) -> subprocess.Popen[str]:
-        """:mod:`.sender` on ``host``, in a UTS namespace of its own named after the host.
+    def start_sender(self, host: Host, role: str | None, log: Path, *options: str,
+                     module: str = "sender") -> subprocess.Popen[str]:
+        """:mod:`.sender` (or ``module``: :mod:`.storm`, which takes no ``role``) on
+        ``host``, in a UTS namespace of its own named after the host.
 
         Its own host name matters: the journal frees a lease of a dead process at once
         only when the owner ran on *this* host; on another host it waits for expiry.
         """
         command = host.command("unshare", "--uts", "--", sys.executable, "-m",
-                               "chttp_examples.multihost.sender", role, "--hostname",
+                               f"chttp_examples.multihost.{module}",
+                               *([role] if role is not None else []), "--hostname",
                                f"{self.network.tag}-{host.name}",
                                "--journal", self.journal_url(),
                                "--log", str(log), *options)

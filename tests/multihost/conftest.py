@@ -15,7 +15,7 @@ from chttp_examples.multihost.database import PgBouncerNotFound, find_pgbouncer
 from chttp_examples.multihost.haproxy import HAProxyNotFound, find_haproxy
 from chttp_examples.multihost.netns import NetworkUnavailable, leftovers, require_network
 from chttp_examples.multihost.patroni import PatroniNotFound, find_patroni
-from chttp_examples.multihost.patroni_faults import PatroniTopology
+from chttp_examples.multihost.patroni_faults import DRIVERS, PatroniTopology
 from chttp_examples.multihost.topology import Topology
 
 from chttp_server.testing import PostgresNotFound, find_postgres_bin
@@ -76,12 +76,14 @@ def failover_topology(multihost_ready: None, tmp_path_factory: pytest.TempPathFa
 
 
 def _patroni(tmp_path_factory: pytest.TempPathFactory, name: str, *,
-             synchronous: bool, via: str = "multihost") -> Iterator[PatroniTopology]:
+             synchronous: bool, via: str = "multihost",
+             drivers: tuple[str, ...] = DRIVERS) -> Iterator[PatroniTopology]:
     try:
         find_patroni()
     except PatroniNotFound as error:
         pytest.skip(f"Patroni cluster unavailable: {error}")
-    topology = PatroniTopology(tmp_path_factory.mktemp(name), synchronous=synchronous, via=via)
+    topology = PatroniTopology(tmp_path_factory.mktemp(name), synchronous=synchronous, via=via,
+                               drivers=drivers)
     tag = topology.network.tag
     try:
         yield topology
@@ -121,3 +123,11 @@ def patroni_haproxy_topology(multihost_ready: None,
     except HAProxyNotFound as error:
         pytest.skip(f"HAProxy unavailable: {error}")
     yield from _patroni(tmp_path_factory, "patroni-haproxy", synchronous=True, via="haproxy")
+
+
+@pytest.fixture(scope="module")
+def patroni_asgi_topology(multihost_ready: None,
+                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[PatroniTopology]:
+    """The Patroni cluster with ASGI receivers (CertifiedMiddleware for ASGI) on asyncpg,
+    through asyncpg's multi-host URL with ``target_session_attrs=read-write``."""
+    yield from _patroni(tmp_path_factory, "patroni-asgi", synchronous=True, drivers=("asyncpg",))
