@@ -49,7 +49,7 @@ import httpx
 
 __all__ = [
     "Blocking", "Http", "Sleep", "Pause", "CallUser", "Either", "Effect", "Steps", "ResumeStopped",
-    "SyncExecutor", "AsyncExecutor", "run_blocking",
+    "SyncExecutor", "AsyncExecutor", "run_blocking", "await_thread",
 ]
 
 T = TypeVar("T")
@@ -241,14 +241,16 @@ async def run_blocking(function: Callable[..., T], *args: Any, **kwargs: Any) ->
     """
     call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
     thread: asyncio.Future[T] = asyncio.get_running_loop().run_in_executor(None, call)
-    return await _await_thread(thread)
+    return await await_thread(thread)
 
 
-async def _await_thread(thread: asyncio.Future[T], on_cancel: Callable[[], object] | None = None) -> T:
+async def await_thread(thread: asyncio.Future[T], on_cancel: Callable[[], object] | None = None) -> T:
     """Await ``thread`` (a worker thread's future, not a task); cancelled, call
-    ``on_cancel`` (a way to stop the thread early), wait for it to end all the same —
-    cancelled again: keep waiting — and then raise the cancellation. The thread's own
-    outcome is retrieved and dropped: the cancellation is what the caller sees."""
+    ``on_cancel`` (a way to stop the thread early: :meth:`Background.in_thread
+    <chttp_client.background.Background.in_thread>` stops its run), wait for the thread
+    to end all the same — cancelled again: keep waiting — and then raise the
+    cancellation. The thread's own outcome is retrieved and dropped: the cancellation is
+    what the caller sees."""
     try:
         return await asyncio.shield(thread)
     except asyncio.CancelledError:
