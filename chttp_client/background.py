@@ -34,7 +34,7 @@ import time
 import weakref
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
-from chttp_client.effects import ResumeStopped
+from chttp_client.effects import ResumeStopped, await_thread
 
 __all__ = ["Background", "ResumeStopped"]
 
@@ -103,19 +103,8 @@ class Background:
                     self._run_ends.discard(ended)
                 ended.set()
 
-        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(None, run))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            stop.set()
-            while not task.done():
-                try:
-                    await asyncio.wait({task})
-                except asyncio.CancelledError:  # cancelled again: still wait for the thread
-                    continue
-            if not task.cancelled():
-                task.exception()  # retrieved: the cancellation is what the caller sees
-            raise
+        thread: asyncio.Future[T] = asyncio.get_running_loop().run_in_executor(None, run)
+        return await await_thread(thread, on_cancel=stop.set)
 
     # -- running past a timeout ------------------------------------------------------------
 

@@ -39,6 +39,8 @@ effect         sync                             async
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generator, TypeVar, Union
@@ -47,7 +49,7 @@ import httpx
 
 __all__ = [
     "Blocking", "Http", "Sleep", "Pause", "CallUser", "Either", "Effect", "Steps", "ResumeStopped",
-    "SyncExecutor", "AsyncExecutor", "run_blocking",
+    "SyncExecutor", "AsyncExecutor", "run_blocking", "await_thread",
 ]
 
 T = TypeVar("T")
@@ -230,16 +232,35 @@ async def run_blocking(function: Callable[..., T], *args: Any, **kwargs: Any) ->
     the journal's state is settled when the cancellation reaches the step logic, which
     can then give the lease up (:mod:`chttp_client.steps`) knowing no write of its own
     is still in flight.
+
+    The thread is awaited as the executor's future, not as a task (what
+    ``asyncio.to_thread`` would make): ``asyncio.run`` cancels *every* task left at its
+    end, and a cancelled task is done at once while its thread goes on — a run's
+    give-up then freed the lease before its own intent commit inserted the oplog row,
+    leased (tests/client/test_effects.py).
     """
-    task = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    call = functools.partial(contextvars.copy_context().run, function, *args, **kwargs)
+    thread: asyncio.Future[T] = asyncio.get_running_loop().run_in_executor(None, call)
+    return await await_thread(thread)
+
+
+async def await_thread(thread: asyncio.Future[T], on_cancel: Callable[[], object] | None = None) -> T:
+    """Await ``thread`` (a worker thread's future, not a task); cancelled, call
+    ``on_cancel`` (a way to stop the thread early: :meth:`Background.in_thread
+    <chttp_client.background.Background.in_thread>` stops its run), wait for the thread
+    to end all the same — cancelled again: keep waiting — and then raise the
+    cancellation. The thread's own outcome is retrieved and dropped: the cancellation is
+    what the caller sees."""
     try:
-        return await asyncio.shield(task)
+        return await asyncio.shield(thread)
     except asyncio.CancelledError:
-        while not task.done():
+        if on_cancel is not None:
+            on_cancel()
+        while not thread.done():
             try:
-                await asyncio.wait({task})
+                await asyncio.wait({thread})
             except asyncio.CancelledError:  # cancelled again: still wait for the thread
                 continue
-        if not task.cancelled():
-            task.exception()  # retrieved: its outcome is overridden by the cancellation
+        if not thread.cancelled():
+            thread.exception()
         raise

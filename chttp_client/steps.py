@@ -278,7 +278,11 @@ class RunSteps(RunWrites):
     def _guarded(self, what: str, steps: Steps[T]) -> Steps[T]:
         """``steps`` as the run's one step in flight (another at once is refused: module
         docstring); if they end the run (cancelled, or poisoned: refused, diverged), the
-        lease is freed here and now, whichever task of the run sees it first."""
+        lease is freed here and now, by each task of the run that sees it. A refused
+        step's release can come before the other step's write in flight (the intent
+        commit that inserts the oplog row, leased) and free nothing; that step's own
+        release follows its write, since a write is waited for even when its task is
+        cancelled (:func:`~chttp_client.effects.run_blocking`)."""
         if self._in_flight is not None:
             error = ConcurrentStepsError(self.oplog_id, self._number + 1, self._in_flight, what)
             if self._poisoned is None:

@@ -47,7 +47,6 @@ import os
 import signal
 import socket
 import sys
-from datetime import timedelta
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import exc as sa_exc
@@ -57,15 +56,13 @@ from chttp_core.commandline import (
     CommandError,
     add_debug_option,
     known_revisions,
-    non_negative,
     open_database,
     positive_int,
-    require_schema,
     run_command,
     shown_url,
 )
 from chttp_core.errors import ForeignSchemaError
-from chttp_server import serving
+from chttp_server import purge_command, serving
 from chttp_server.certified_apps import Certification, certification_of
 
 __all__ = ["main", "build_parser", "load_app"]
@@ -160,41 +157,7 @@ def _cmd_db_current(args: argparse.Namespace) -> int:
 def _add_purge(commands: Any) -> None:
     purge = commands.add_parser("purge", help="delete expired messages")
     _add_db_option(purge)
-    purge.add_argument("--batch-size", type=positive_int, default=1000, metavar="N",
-                       help="messages deleted per transaction (default: %(default)s)")
-    purge.add_argument("--pause", type=non_negative("seconds"), default=0.0, metavar="SECONDS",
-                       help="sleep between batches, leaving the database to live traffic "
-                            "(default: %(default)s)")
-    purge.add_argument("--share", type=_share, default=None, metavar="FRACTION",
-                       help="pace the purge by what it observes: spend at most this fraction "
-                            "of the time deleting (e.g. 0.2), each pause scaled from the batch "
-                            "before it, so a busy store slows the purge down (default: flat out)")
-    purge.set_defaults(handler=_cmd_purge)
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a fraction above 0 and at most 1 (e.g. 0.2), not {text}")
-    return value
-
-
-def _cmd_purge(args: argparse.Namespace) -> int:
-    from chttp_server.store import MessageStore
-
-    engine = open_database(args.db)
-    try:
-        require_schema(engine, args.db)
-        # Retention is already baked into each row's expires_at.
-        store = MessageStore(engine, retention=timedelta(days=15), claim_timeout=5.0)
-        deleted = store.purge(batch_size=args.batch_size, pause=args.pause, share=args.share)
-    finally:
-        engine.dispose()
-    print(f"purged {deleted} expired message(s)")
-    return 0
+    purge_command.add_arguments(purge)   # its pacing options, and its handler
 
 
 # -- serve ---------------------------------------------------------------------------

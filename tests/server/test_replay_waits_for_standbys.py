@@ -17,14 +17,12 @@ shape: the front end commits).
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import timedelta
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 import webtest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from chttp_core.db import make_engine
 from chttp_core.migrate import upgrade
@@ -34,70 +32,9 @@ from chttp_server.testing import PostgresCluster
 from chttp_server.transaction import MessageTransaction
 
 from .apps import Root, count_writes, host_metadata
-
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PostgresCluster]:
-    """A server of this module's own: the tests change its ``synchronous_standby_names``."""
-    server = PostgresCluster(settings={"fsync": "off", "full_page_writes": "off"})
-    server.start()
-    yield server
-    server.destroy()
-
+from .standbys import cluster, held_until_the_standbys_answer  # noqa: F401 - cluster: a fixture
 
 _numbers = iter(range(1, 1000))
-
-
-def _standbys(cluster: PostgresCluster, names: str) -> None:
-    """Set ``synchronous_standby_names`` server-wide and wait until sessions see it."""
-    admin = make_engine(cluster.url(), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'"))
-            connection.execute(text("SELECT pg_reload_conf()"))
-        deadline = time.monotonic() + 30
-        while True:
-            with admin.connect() as connection:
-                seen = connection.execute(text("SHOW synchronous_standby_names")).scalar_one()
-            if seen == names:
-                return
-            assert time.monotonic() < deadline, "the reload was never seen"
-            time.sleep(0.02)
-    finally:
-        admin.dispose()
-
-
-def _waiting_for_standbys(cluster: PostgresCluster) -> int:
-    admin = make_engine(cluster.url())
-    try:
-        with admin.connect() as connection:
-            return int(connection.execute(text(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")).scalar_one())
-    finally:
-        admin.dispose()
-
-
-def _held_until_the_standbys_answer(cluster: PostgresCluster, read: Callable[[], Any]) -> Any:
-    """Run ``read`` while a standby that never connects is required: it must wait for it
-    (seen in pg_stat_activity, still unanswered), and finish once the requirement goes."""
-    _standbys(cluster, "nobody")
-    answer: dict[str, Any] = {}
-    reader = threading.Thread(target=lambda: answer.setdefault("value", read()), daemon=True)
-    try:
-        reader.start()
-        deadline = time.monotonic() + 30
-        while _waiting_for_standbys(cluster) == 0:
-            assert reader.is_alive(), f"answered without waiting for the standbys: {answer}"
-            assert time.monotonic() < deadline, "the read never waited for the standbys"
-            time.sleep(0.02)
-        time.sleep(0.2)
-        assert reader.is_alive() and "value" not in answer  # held, not answered
-    finally:
-        _standbys(cluster, "")
-    reader.join(30)
-    assert not reader.is_alive()
-    return answer["value"]
 
 
 @pytest.fixture(params=["psycopg2", "psycopg"])
@@ -114,13 +51,13 @@ def test_a_replay_waits_for_the_synchronous_standbys(cluster, engine):
     app = webtest.TestApp(CertifiedMiddleware(Root(), engine=engine))
     headers = {"X-Message-ID": "held-1"}
     first = app.post("/echo", b"x", headers=headers, status=201)
-    replay = _held_until_the_standbys_answer(
+    replay = held_until_the_standbys_answer(
         cluster, lambda: app.post("/echo", b"x", headers=headers, status=201))
     assert replay.headers["Idempotent-Replayed"] == "true" and replay.body == first.body
     assert count_writes(engine, "echo") == 1
 
     url = first.headers["X-Message-URL"]  # GET of the message URL: the same rule
-    fetched = _held_until_the_standbys_answer(cluster, lambda: app.get(url, status=201))
+    fetched = held_until_the_standbys_answer(cluster, lambda: app.get(url, status=201))
     assert fetched.body == first.body
 
 
@@ -138,5 +75,5 @@ def test_a_joined_replay_runs_the_wait_before_the_front_ends_commit(cluster, eng
             with txn:
                 return txn.fetch()
 
-    row = _held_until_the_standbys_answer(cluster, joined_read)
+    row = held_until_the_standbys_answer(cluster, joined_read)
     assert row is not None and row.status == 201
