@@ -21,7 +21,7 @@ from sqlalchemy import text
 
 from chttp_server import Request, Resource
 
-__all__ = ["EffectsApp", "Effects", "EFFECTS_DDL", "HOST_ENV"]
+__all__ = ["INSERT_EFFECT", "linger_seconds", "EffectsApp", "Effects", "EFFECTS_DDL", "HOST_ENV"]
 
 #: The environment variable naming the host a receiver runs on (recorded with each effect).
 HOST_ENV = "CHTTP_MH_HOST"
@@ -37,7 +37,7 @@ EFFECTS_DDL = (
     " created_at timestamptz NOT NULL DEFAULT clock_timestamp())"
 )
 
-_INSERT = text(
+INSERT_EFFECT = text(
     "INSERT INTO mh_effects (scope, message_id, nonce, host, payload) "
     "VALUES (:scope, :message_id, :nonce, :host, :payload)"
 )
@@ -52,19 +52,19 @@ class Effects(Resource):
             raise webob.exc.HTTPBadRequest("POST /effects must be certified (send X-Message-ID)")
         nonce = uuid.uuid4().hex
         host = os.environ.get(HOST_ENV) or socket.gethostname()
-        context.connection.execute(_INSERT, {
+        context.connection.execute(INSERT_EFFECT, {
             "scope": context.scope, "message_id": context.message_id, "nonce": nonce,
             "host": host, "payload": req.text,
         })
         # A request may ask the handler to linger inside its transaction, so that a fault
         # can be injected while it is certainly mid-request (visible in pg_stat_activity).
-        linger = _linger(req.text)
+        linger = linger_seconds(req.text)
         if linger:
             context.connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": linger})
         return {"message_id": context.message_id, "nonce": nonce, "host": host}
 
 
-def _linger(body: str) -> float:
+def linger_seconds(body: str) -> float:
     try:
         value = json.loads(body)
     except ValueError:

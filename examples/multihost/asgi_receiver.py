@@ -34,7 +34,7 @@ import time
 import uuid
 from typing import Any, Awaitable, Callable, Sequence
 
-from chttp_examples.multihost.app import HOST_ENV, _INSERT, _linger
+from chttp_examples.multihost.app import HOST_ENV, INSERT_EFFECT, linger_seconds
 from chttp_examples.multihost.inflight import PATH
 from chttp_server.asgi.incoming import Receive, Scope, Send
 
@@ -73,10 +73,10 @@ async def effects_app(scope: Scope, receive: Receive, send: Send) -> None:
     payload = b"".join(chunks).decode()
     nonce = uuid.uuid4().hex
     host = os.environ.get(HOST_ENV) or socket.gethostname()
-    await message.connection.execute(_INSERT, {
+    await message.connection.execute(INSERT_EFFECT, {
         "scope": message.scope, "message_id": message.message_id, "nonce": nonce,
         "host": host, "payload": payload})
-    linger = _linger(payload)
+    linger = linger_seconds(payload)
     if linger:
         await message.connection.execute(text("SELECT pg_sleep(:seconds)"), {"seconds": linger})
     await _answer(send, 200, {"message_id": message.message_id, "nonce": nonce, "host": host})

@@ -27,7 +27,7 @@ from typing import Any
 
 from chttp_client import codec
 from chttp_examples.multihost.database import query
-from chttp_examples.multihost.scenarios import _read_log, _wait_log
+from chttp_examples.multihost.scenarios import read_log, wait_log
 from chttp_examples.multihost.storm import STORM_FUNCTION
 from chttp_examples.multihost.topology import kill_process
 
@@ -163,11 +163,11 @@ def storm_through_failover(topo: Any, *, fault: str = "postgres-sigkill", functi
             "--workers", str(workers), "--lease", str(lease), module="storm")
     try:
         def finished(path: Path) -> int:
-            return sum(1 for r in _read_log(path) if r["event"] == "call-done")
+            return sum(1 for r in read_log(path) if r["event"] == "call-done")
         deadline = time.monotonic() + 90
         while sum(finished(p) for p in logs.values()) < (2 * functions) // 3:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the storm did not get a third through: {_read_log(logs['s3'])[-3:]}")
+                raise TimeoutError(f"the storm did not get a third through: {read_log(logs['s3'])[-3:]}")
             time.sleep(0.05)
         topo.wait_lingering()
         fault_at = time.time()
@@ -190,8 +190,8 @@ def storm_through_failover(topo: Any, *, fault: str = "postgres-sigkill", functi
     for name, path in logs.items():
         if name in killed:
             continue
-        _wait_log(path, lambda r: r["event"] in ("finished", "timed-out"), "the storm's end", timeout=5)
-    storm = read(topo, functions, first, fault_at, {n: _read_log(p) for n, p in logs.items()}, codes,
+        wait_log(path, lambda r: r["event"] in ("finished", "timed-out"), "the storm's end", timeout=5)
+    storm = read(topo, functions, first, fault_at, {n: read_log(p) for n, p in logs.items()}, codes,
                  skip=set(earlier.oplog_states))
     storm.killed = killed
     storm.extra = {"fault": FAULTS[fault] + (f", and sender host {', '.join(killed)} SIGKILLed"

@@ -24,7 +24,8 @@ from chttp_examples.multihost.loadgen import resend
 from chttp_examples.multihost.topology import Load, Topology, kill_process
 
 __all__ = ["Outcome", "SCENARIOS", "receivers_killed", "receiver_cut", "pgbouncer_restarted",
-           "primary_failover", "sender_takeover", "Takeover", "answered_between"]
+           "primary_failover", "sender_takeover", "Takeover", "answered_between", "read_log",
+           "wait_log"]
 
 #: How many answers the load must have seen before a fault, and between its steps.
 WARMUP = 150
@@ -248,19 +249,19 @@ class Takeover:
         ])
 
 
-def _read_log(path: Path) -> list[dict[str, Any]]:
+def read_log(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def _wait_log(path: Path, predicate: Callable[[dict[str, Any]], bool], what: str,
+def wait_log(path: Path, predicate: Callable[[dict[str, Any]], bool], what: str,
               timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not any(predicate(record) for record in _read_log(path)):
+    while not any(predicate(record) for record in read_log(path)):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}; {path.name} ends with "
-                               f"{_read_log(path)[-3:]}")
+                               f"{read_log(path)[-3:]}")
         time.sleep(0.05)
 
 
@@ -299,11 +300,11 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
               "--linger", str(linger))
     a = topo.start_sender(a_host, "start", log_a, "--receiver", topo.receivers[0].url, *common,
                           "--clock-skew", str(a_skew))
-    _wait_log(log_a, lambda r: r["event"] == "request" and r["method"] == "POST", "A's first send")
+    wait_log(log_a, lambda r: r["event"] == "request" and r["method"] == "POST", "A's first send")
     b = topo.start_sender(b_host, "resume", log_b, "--until-done", *common,
                           "--clock-skew", str(b_skew))
     if kill_a:
-        _wait_log(log_b, lambda r: r["event"] == "resume" and r["status"] == "busy", "B refused")
+        wait_log(log_b, lambda r: r["event"] == "resume" and r["status"] == "busy", "B refused")
         topo.wait_lingering()
         a_alive = a.poll() is None      # else A lost its lease on its own (a stall) and gave up
         kill_process(a)
@@ -313,13 +314,13 @@ def sender_takeover(topo: Topology, *, steps: int = 4, linger_step: int = 2,
         a.wait(60)
         a_alive = True
     killed_at = time.time()
-    oplog = next(r["oplog"] for r in _read_log(log_b) if r["event"] == "resume")
+    oplog = next(r["oplog"] for r in read_log(log_b) if r["event"] == "resume")
     host, port = topo.primary_address()
     (expires,) = query(port, "SELECT extract(epoch FROM lease_expires_at) "
                        "FROM chttp_oplogs WHERE id = %s", (oplog,), database=topo.database, host=host)[0]
     b.wait(60)
     kill_process(b)
-    a_log, b_log = _read_log(log_a), _read_log(log_b)
+    a_log, b_log = read_log(log_a), read_log(log_b)
     done = [r for r in b_log if r["event"] == "resume" and r["status"] == "done"]
     ids = {i for _, i in _posts(a_log) + _posts(b_log)}
     effects = {m: n for m, n in topo.check_effects().items() if m in ids}

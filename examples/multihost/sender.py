@@ -39,13 +39,13 @@ from typing import Any, Sequence
 
 import httpx
 
-__all__ = ["main", "FUNCTION_NAME"]
+__all__ = ["journal_outages", "SenderLog", "set_hostname", "main", "FUNCTION_NAME"]
 
 #: The registered name of the resumable function (the same on every host).
 FUNCTION_NAME = "chttp_examples.multihost.transfer"
 
 
-class _Log:
+class SenderLog:
     def __init__(self, path: str, skew: float = 0.0) -> None:
         self.stream = open(path, "a")
         self.lock = threading.Lock()
@@ -62,7 +62,7 @@ class _Log:
             self.stream.flush()
 
 
-def _journal(args: argparse.Namespace, log: _Log) -> Any:
+def _journal(args: argparse.Namespace, log: SenderLog) -> Any:
     from chttp_client import Journal, RetryPolicy, resumable
 
     def on_request(request: httpx.Request) -> None:
@@ -92,7 +92,7 @@ def _journal(args: argparse.Namespace, log: _Log) -> Any:
     return journal, resumable(journal, name=FUNCTION_NAME)(transfer)
 
 
-def _journal_outages() -> tuple[type[BaseException], ...]:
+def journal_outages() -> tuple[type[BaseException], ...]:
     """What ``resume_all()`` raises while the journal's database is unreachable.
 
     ``JournalUnavailable`` as documented; and, found by tests/multihost/test_patroni.py,
@@ -106,7 +106,7 @@ def _journal_outages() -> tuple[type[BaseException], ...]:
     return JournalUnavailable, OperationalError
 
 
-def _set_hostname(name: str) -> None:
+def set_hostname(name: str) -> None:
     """Name this host, refusing to rename the machine: only in a UTS namespace of its own
     (``unshare --uts`` executes us, so our parent is still in the machine's namespace)."""
     if os.readlink("/proc/self/ns/uts") == os.readlink(f"/proc/{os.getppid()}/ns/uts"):
@@ -135,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            "(run under `unshare --uts`)")
     args = parser.parse_args(argv)
     if args.hostname:
-        _set_hostname(args.hostname)
-    log = _Log(args.log, args.clock_skew)
+        set_hostname(args.hostname)
+    log = SenderLog(args.log, args.clock_skew)
     journal, transfer = _journal(args, log)
     print("ready", flush=True)
     try:
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         while True:
             try:
                 outcomes = journal.resume_all(timeout=None)   # each round waits for its runs
-            except _journal_outages() as error:
+            except journal_outages() as error:
                 # The journal's database between two primaries (a Patroni switchover: every
                 # node refuses writes for a moment): try again next round, as a resumer
                 # started by a supervisor would after a restart.

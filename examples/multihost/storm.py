@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import httpx
 
-from chttp_examples.multihost.sender import _journal_outages, _Log, _set_hostname
+from chttp_examples.multihost.sender import journal_outages, SenderLog, set_hostname
 
 __all__ = ["main", "STORM_FUNCTION"]
 
@@ -73,10 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hostname")
     args = parser.parse_args(argv)
     if args.hostname:
-        _set_hostname(args.hostname)
+        set_hostname(args.hostname)
     # resume_all() warns for every oplog another live run holds ("busy"): expected here.
     logging.basicConfig(level=logging.ERROR)
-    log = _Log(args.log)
+    log = SenderLog(args.log)
 
     from sqlalchemy.exc import IntegrityError
 
@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if all(c.done() for c in calls) and not _open_left(journal):
                     status = 0
                     break
-            except _journal_outages() as error:
+            except journal_outages() as error:
                 log.write("unavailable", error=type(error).__name__, detail=str(error)[:200])
         log.write("finished" if status == 0 else "timed-out")
         return status
