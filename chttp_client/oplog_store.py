@@ -206,16 +206,8 @@ class OplogStore:
 
     def commit(self, commit: Commit) -> None:
         """Write ``commit`` in one transaction (see the module docstring)."""
-        committing = False
-
-        def created() -> bool | None:
-            """Does the oplog's row exist? Unknown if its first write failed at COMMIT."""
-            if commit.new is None:
-                return True
-            return None if committing else False
-
-        with journal_write(commit.oplog_id, lambda: _unrecorded(commit), created=created), \
-                self.engine.begin() as connection:
+        with journal_write(commit.oplog_id, lambda: _unrecorded(commit), created=commit.new is None) \
+                as write, self.engine.begin() as connection:
             self._open(connection, commit)
             claim_until = (None if commit.ack_claim is None
                            else lease_deadline(connection.dialect, commit.ack_claim))
@@ -243,7 +235,7 @@ class OplogStore:
                     )
                 )
             self._mark(connection, commit.acks)
-            committing = True   # what fails from here on is the COMMIT (engine.begin's exit)
+            write.committing = True   # what fails from here on is the COMMIT (begin's exit)
 
     def _open(self, connection: Connection, commit: Commit) -> None:
         """Insert the oplog row (first write of a run) or renew our lease on it."""

@@ -22,28 +22,36 @@ from sqlalchemy.exc import SQLAlchemyError
 from chttp_client.errors import JournalUnavailable
 from chttp_core.db import is_disconnect
 
-__all__ = ["journal_write"]
+__all__ = ["journal_write", "JournalWrite"]
+
+
+class JournalWrite:
+    """How far a write inside :func:`journal_write` got: the block sets ``committing``
+    once its last statement ran, so a failure after it is the COMMIT's."""
+
+    def __init__(self) -> None:
+        self.committing = False
 
 
 @contextmanager
 def journal_write(oplog_id: str, unrecorded: Callable[[], tuple[int | None, str]],
-                  *, created: bool | Callable[[], bool | None] = True) -> Iterator[None]:
+                  *, created: bool = True) -> Iterator[JournalWrite]:
     """Raise :class:`JournalUnavailable` for a database outage inside the block.
 
     ``unrecorded()`` gives the step number (or None) and a description of what the
     block was recording; it is only called when the write failed. ``created``: the
     oplog's row already exists (False for its first write, which then left nothing to
-    resume) — or a callable asked when the write failed, for a first write that can
-    tell "not committed" (False) from "failed at its COMMIT, which the server may have
-    made" (None).
+    resume — unless it failed at its COMMIT, which the server may have made: then the
+    error's ``created`` is None, unknown).
     """
+    write = JournalWrite()
     try:
-        yield
+        yield write
     except SQLAlchemyError as error:
         if not is_disconnect(error):
             raise
         step, what = unrecorded()
         first_line = (str(getattr(error, "orig", None) or error).strip().splitlines() or [""])[0]
         detail = f"{type(error).__name__}: {first_line[:200]}"
-        known = created() if callable(created) else created
+        known = None if not created and write.committing else created
         raise JournalUnavailable(oplog_id, step, what, detail, known) from error
