@@ -79,7 +79,7 @@ _ONE_COLUMN = dict(
 #: name -> (DDL, certified script). "landed": the row and statements before issue 20
 #: (the stored response planned per request); "prepared": the receiver now
 #: (bench/floor.py's certified script). The others are "prepared" plus one change each,
-#: measured and not taken (docs/bench.rst's figures).
+#: measured and not taken (figures in README.rst's performance section).
 VARIANTS: dict[str, tuple[str, str]] = {
     "landed": (_TABLE + _BTREE, _certified(_CLAIM, _COMPLETE)),
     "prepared": (_TABLE + _BTREE, SCRIPTS["certified"]),
