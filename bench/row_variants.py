@@ -72,6 +72,7 @@ _COMPLETE = store_dbapi.COMPLETE
 _CLAIM_NO_JOIN = _CLAIM.replace(
     "ON stored.scope = %(scope)s", "ON NOT EXISTS (SELECT FROM claim) AND stored.scope = %(scope)s")
 
+_DIGEST = "sha256(convert_to(%(scope)s || chr(31) || %(message_id)s, 'UTF8'))"
 _ONE_COLUMN = dict(
     complete_types=(("status", "integer"), ("body", "bytea"), ("scope", "text"),
                     ("message_id", "text")))
@@ -92,6 +93,18 @@ VARIANTS: dict[str, tuple[str, str]] = {
         _CLAIM.replace("stored.headers, ", ""),
         _COMPLETE.replace("headers = %(headers)s, ", ""), prepare_complete=True,
         **_ONE_COLUMN)),
+    # A fixed-width key: sha256 of scope and id (computed by the server), both kept.
+    "+digest": (_TABLE.replace("scope varchar", "key bytea NOT NULL, scope varchar")
+                .replace("PRIMARY KEY (scope, message_id)", "PRIMARY KEY (key)") + _BTREE,
+                _certified(_CLAIM.replace("(scope, message_id, fingerprint", "(key, scope, "
+                                          "message_id, fingerprint")
+                           .replace("SELECT %(scope)s,", f"SELECT {_DIGEST}, %(scope)s,")
+                           .replace("ON CONFLICT (scope, message_id)", "ON CONFLICT (key)")
+                           .replace("ON stored.scope = %(scope)s AND stored.message_id = "
+                                    "%(message_id)s", f"ON stored.key = {_DIGEST}"),
+                           _COMPLETE.replace("WHERE scope = %(scope)s AND message_id = "
+                                             "%(message_id)s", f"WHERE key = {_DIGEST}"),
+                           prepare_complete=True)),
     # Byte-wise key comparisons (the cluster's collation is C.UTF-8).
     "+collate-c": (_TABLE.replace("varchar(255) NOT NULL", 'varchar(255) COLLATE "C" NOT NULL')
                    .replace("varchar(128) NOT NULL", 'varchar(128) COLLATE "C" NOT NULL')
