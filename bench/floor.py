@@ -11,10 +11,10 @@ Three scripts:
   ``COMMIT`` (psycopg2 sends each as a round trip of its own).
 * ``certified``: what the certified receiver sends for the same request on PostgreSQL +
   psycopg2, statement for statement and round trip for round trip: ``BEGIN`` with the
-  claim (:data:`chttp_server.store_dbapi.CLAIM_EXECUTE`, prepared once per session), the
-  insert, the stored response
-  (:data:`~chttp_server.store_dbapi.COMPLETE`) with ``COMMIT`` (pgbench's ``\\;`` sends
-  two statements as one query).
+  claim (:data:`chttp_server.store_dbapi.CLAIM_EXECUTE`), the insert, the stored
+  response (:data:`~chttp_server.store_dbapi.COMPLETE_EXECUTE`) with ``COMMIT``
+  (pgbench's ``\\;`` sends two statements as one query); the claim and the response
+  prepared together once per session, as the receiver's sessions do.
 
 * ``advisory``: a design measured and not taken (issue 12): the message row written
   once, at completion, while a transaction-scoped advisory lock on the key keeps a
@@ -26,8 +26,9 @@ Three scripts:
 
 ``certified / bare`` of the bare and certified scripts is what the database alone allows the HTTP
 ratio to reach: the HTTP rows add the server's Python on top of it (issue 12's
-closing question, what bounds the ratio). Both scripts use the simple query protocol;
-the stored response is planned on every run, as the receiver does by default.
+closing question, what bounds the ratio). Both scripts use the simple query protocol.
+``python -m bench.row_variants`` measures variants of the message row against ``bare``
+the same way (issue 20).
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ SCRIPTS = {
         _NEW_ID
         # The claim is a prepared statement, prepared once per session as the receiver's
         # sessions do (pgbench keeps each client's variables between transactions).
-        + "\\if :prepared = 0\n" + store_dbapi.CLAIM_PREPARE + ";\n\\set prepared 1\n\\endif\n"
+        + "\\if :prepared = 0\n" + store_dbapi.CLAIM_PREPARE + ";\n"
+        + store_dbapi.COMPLETE_PREPARE + ";\n\\set prepared 1\n\\endif\n"
         + "BEGIN \\; " + _certified_statement(store_dbapi.CLAIM_EXECUTE) + ";\n"
         + _INSERT.format(id=_MESSAGE_ID, body=BODY) + ";\n"
-        + _certified_statement(store_dbapi.COMPLETE) + " \\; COMMIT;\n"
+        + _certified_statement(store_dbapi.COMPLETE_EXECUTE) + " \\; COMMIT;\n"
     ),
     "advisory": (
         _NEW_ID

@@ -66,6 +66,8 @@ __all__ = ["PG_CLAIMING", "sqlstate", "claim_lost", "mark_sqlite", "release_sqli
 PG_CLAIMING = store_dbapi.CLAIMING
 #: SQLSTATE division_by_zero: :data:`PG_CLAIMING` found another transaction.
 _PG_NOT_CLAIMING = "22012"
+#: SQLSTATE invalid_sql_statement_name: EXECUTE of a statement the session lacks.
+_PG_NO_SUCH_STATEMENT = "26000"
 
 #: The SAVEPOINT that marks the claiming transaction on SQLite.
 _SQLITE_CLAIM_SAVEPOINT = "chttp_claim"
@@ -90,8 +92,16 @@ def sqlstate(error: sa_exc.DBAPIError) -> str | None:
 
 
 def claim_lost(error: sa_exc.DBAPIError) -> bool:
-    """True if the stored response's statement failed because the claim's transaction is gone."""
-    return sqlstate(error) == _PG_NOT_CLAIMING or refused_as_ended(error)
+    """True if the stored response's statement failed because the claim's transaction is gone.
+
+    Also when its prepared statement is missing (SQLSTATE 26000): the claim prepares it
+    with itself (:func:`chttp_server.store_dbapi.claim`), so a session without it — one a
+    pooler handed over after the handler sent ``COMMIT; BEGIN`` — is not the claim's.
+    """
+    state = sqlstate(error)
+    return (state == _PG_NOT_CLAIMING or refused_as_ended(error)
+            or (state == _PG_NO_SUCH_STATEMENT
+                and "EXECUTE chttp_complete_" in str(error.statement)))
 
 
 def mark_sqlite(connection: Connection) -> None:

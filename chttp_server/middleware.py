@@ -160,10 +160,11 @@ class CertifiedMiddleware:
         # The application's own sessionmaker / scoped_session (or a list of them): their
         # sessions join each certified request's transaction (chttp_server.sessions).
         sessions: Any = (),
-        # PostgreSQL + psycopg2: the claim is always a prepared statement, prepared on
-        # demand by each server session that lacks it (safe behind PgBouncer). True:
-        # the stored response is prepared too, once per pooled connection, which a
-        # transaction-mode pooler (PgBouncer) breaks. Turn on for direct connections only.
+        # PostgreSQL + psycopg2: in the store's own transactions the claim and the stored
+        # response are prepared statements, prepared together on demand by each server
+        # session that lacks them (safe behind PgBouncer). True: both are prepared once
+        # per pooled connection, in every transaction (an isolation level set too), which
+        # a transaction-mode pooler (PgBouncer) breaks. Direct connections only.
         prepared_statements: bool = False,
     ) -> None:
         if isinstance(app, CertifiedMiddleware):

@@ -134,7 +134,7 @@ class MessageStore:
         # connection (PREPARE/EXECUTE: less planning per request). Only on a direct
         # PostgreSQL connection: a transaction-mode pooler (PgBouncer) hands the next
         # transaction another server session, where the statement does not exist.
-        # (False still prepares the claim of the store's own transactions, on demand
+        # (False still prepares both in the store's own transactions, on demand
         # per server session, which is safe behind a pooler: store_dbapi.claim.)
         prepared_statements: bool = False,
     ) -> None:
@@ -354,8 +354,10 @@ class MessageStore:
         PostgreSQL (:data:`chttp_server.claim_guard.PG_CLAIMING`), by releasing the
         claim's savepoint on SQLite (:mod:`chttp_server.claim_guard`).
         """
-        try:
-            with _UNREACHABLE:
+        # The claim lost is told apart before the classification of unreachable stores:
+        # a missing prepared statement is an OperationalError to psycopg2 (claim_guard).
+        with _UNREACHABLE:
+            try:
                 if not self._postgresql:
                     claim_guard.release_sqlite(connection, key.message_id)
                     connection.execute(_COMPLETE, {
@@ -374,11 +376,11 @@ class MessageStore:
                         "new_status": status, "new_headers": json.dumps(headers),
                         "new_body": body,
                     })
-        except sa_exc.DBAPIError as exc:
-            if claim_guard.claim_lost(exc):
-                raise ClaimLost(key.message_id, "another transaction is open on the "
-                                "connection, or none") from exc
-            raise
+            except sa_exc.DBAPIError as exc:
+                if claim_guard.claim_lost(exc):
+                    raise ClaimLost(key.message_id, "another transaction is open on the "
+                                    "connection, or none") from exc
+                raise
 
     # -- the message resource --------------------------------------------------------
 

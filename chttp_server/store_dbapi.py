@@ -16,9 +16,10 @@ and a lost connection is invalidated first, so the store's one classification of
 (:func:`chttp_server.store.unreachable_as_store_error`) and the claim's retry on a
 fresh connection see exactly what they see on the portable path.
 
-**Prepared statements.** In the store's own transactions the claim is always a
-server-side prepared statement, prepared on demand by each server session that lacks it
-(:func:`claim`: safe behind a transaction-mode pooler). With ``prepared_statements=True``
+**Prepared statements.** In the store's own transactions the claim and the stored
+response are always server-side prepared statements, prepared together on demand by
+each server session that lacks them (:func:`claim`: safe behind a transaction-mode
+pooler; the response's ``EXECUTE`` runs in the claim's transaction, hence its session). With ``prepared_statements=True``
 (``MessageStore`` / ``CertifiedMiddleware``; off by default) the claim and the stored
 response are prepared once per pooled connection, in every mode: for direct connections
 only, since a pooler in transaction mode (PgBouncer) moves sessions between clients.
@@ -60,15 +61,16 @@ rewrite is not applied). Other drivers (and SQLite) keep the SQLAlchemy statemen
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections import namedtuple
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["supports", "prepares", "fuses", "install", "begin", "fused", "end", "claim", "complete", "lookup",
-           "guard", "ended",
-           "CLAIM", "CLAIMING", "COMPLETE", "LOOKUP", "CLAIM_PREPARE", "CLAIM_EXECUTE", "COMPLETE_EXECUTE"]
+__all__ = ["supports", "prepares", "fuses", "install", "begin", "fused", "end", "claim", "complete",
+           "lookup", "guard", "ended", "CLAIM", "CLAIMING", "COMPLETE", "LOOKUP", "CLAIM_PREPARE",
+           "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -108,11 +110,13 @@ LOOKUP = (
 )
 
 
-def _prepared(kind: str, sql: str, parameters: tuple[tuple[str, str], ...]) -> tuple[str, str]:
+def _prepared(kind: str, sql: str, parameters: tuple[tuple[str, str], ...],
+              *, paired: str = "") -> tuple[str, str]:
     """``(PREPARE …, EXECUTE …)`` of ``sql`` whose ``%(name)s`` become ``$n`` of the given types.
 
-    The statement's name carries a digest of its text: a server session (which a pooler
-    may hand to any client) that has a statement of this name has this very statement,
+    The statement's name carries a digest of its text (and of ``paired``, a statement
+    always prepared with it): a server session (which a pooler may hand to any client)
+    that has a statement of this name has this very statement — and its pair —
     whichever version of this package prepared it.
     """
     body = sql
@@ -120,23 +124,28 @@ def _prepared(kind: str, sql: str, parameters: tuple[tuple[str, str], ...]) -> t
         body = body.replace(f"%({parameter})s", f"${number}")
     types = ", ".join(sql_type for _name, sql_type in parameters)
     arguments = ", ".join(f"%({parameter})s" for parameter, _type in parameters)
-    name = f"chttp_{kind}_{hashlib.sha256(f'{types}|{body}'.encode()).hexdigest()[:16]}"
+    name = f"chttp_{kind}_{hashlib.sha256(f'{types}|{body}{paired}'.encode()).hexdigest()[:16]}"
     return f"PREPARE {name} ({types}) AS {body}", f"EXECUTE {name} ({arguments})"
 
 
 #: The claim and the stored response as server-side prepared statements: PostgreSQL then
 #: neither parses nor plans them per request (planning the claim cost ~0.1-0.2 ms of the
-#: server's CPU, more than running it). With ``prepared_statements=True`` both are
-#: prepared once per pooled connection; in the store's own transactions the claim is
-#: prepared on demand by every server session that lacks it (:func:`claim`).
-CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, (
-    ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
-    ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
-))
-_COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("complete", COMPLETE, (
+#: server's CPU, more than running it; planning the response's UPDATE ~45 µs, a tenth of
+#: the certified transaction's server CPU, issue 20). With ``prepared_statements=True``
+#: both are prepared once per pooled connection; in the store's own transactions both
+#: are prepared on demand by every server session that lacks them (:func:`claim`), the
+#: claim's name a digest of both texts: a session that has it has the response's too.
+COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("complete", COMPLETE, (
     ("status", "integer"), ("headers", "text"), ("body", "bytea"), ("scope", "text"),
     ("message_id", "text"),
 ))
+CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, (
+    ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
+    ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
+), paired=COMPLETE_PREPARE)
+#: Connections whose open transaction claimed through :data:`CLAIM_EXECUTE` prepared on
+#: demand: their session has :data:`COMPLETE_EXECUTE` too (:func:`complete`).
+_PAIRED: weakref.WeakSet[Connection] = weakref.WeakSet()
 #: Where a pooled connection remembers what it has prepared: its pool record's ``info``,
 #: which SQLAlchemy's own pools keep exactly as long as the DB-API connection (a
 #: reconnect is a new record and prepares again). See :func:`prepares`.
@@ -243,6 +252,7 @@ def end(connection: Connection, statement: str) -> None:
     On a connection that is not fused this does nothing: SQLAlchemy's own
     ``commit()`` / ``rollback()`` (which the caller runs next either way) does it.
     """
+    _PAIRED.discard(connection)
     if fused(connection) and _transaction_status(connection) != _IDLE:
         _run(connection, statement, None, fetch=False)
 
@@ -281,6 +291,7 @@ def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> 
         row = _ClaimRow._make(_run(connection, _opening(connection, sql), params, fetch=True))
     else:
         row = _ClaimRow._make(_claim_prepared_on_demand(connection, params))
+        _PAIRED.add(connection)
     if row.claimed and fused(connection):
         guard(connection)
     return row
@@ -357,7 +368,8 @@ def ended(error: sa_exc.DBAPIError) -> bool:
 
 
 def _claim_prepared_on_demand(connection: Connection, params: dict[str, Any]) -> Any:
-    """``BEGIN; EXECUTE <claim>``, preparing the claim first where this session lacks it.
+    """``BEGIN; EXECUTE <claim>``, preparing it and the stored response first where this
+    session lacks them.
 
     Safe behind a transaction-mode pooler, where each transaction may run in another
     server session: a session without the statement fails the ``EXECUTE`` (SQLSTATE
@@ -371,8 +383,8 @@ def _claim_prepared_on_demand(connection: Connection, params: dict[str, Any]) ->
     except sa_exc.DBAPIError as error:
         if getattr(error.orig, "pgcode", None) != _PG_NO_SUCH_STATEMENT:
             raise
-    return _run(connection, f"ROLLBACK; {CLAIM_PREPARE}; BEGIN; {CLAIM_EXECUTE}", params,
-                fetch=True)
+    return _run(connection, f"ROLLBACK; {CLAIM_PREPARE}; {COMPLETE_PREPARE}; BEGIN; "
+                f"{CLAIM_EXECUTE}", params, fetch=True)
 
 
 def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,
@@ -381,10 +393,13 @@ def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,
 
     ``commit``: on a fused connection, or on psycopg 3 (module docstring), ``COMMIT``
     travels in the same round trip (the caller then runs :func:`end` / SQLAlchemy's or
-    the front end's commit, which find nothing left to do).
+    the front end's commit, which find nothing left to do). After a claim prepared on
+    demand (:func:`claim`) the prepared statement runs: that session has it.
     """
     if prepared:
-        _prepare(connection, _COMPLETE_PREPARE)
+        _prepare(connection, COMPLETE_PREPARE)
+        sql = COMPLETE_EXECUTE
+    elif connection in _PAIRED:
         sql = COMPLETE_EXECUTE
     else:
         sql = COMPLETE

@@ -130,11 +130,12 @@ def test_a_session_reused_through_fresh_pool_records_is_not_prepared_twice(engin
 
 
 @pytest.mark.parametrize("prepared", [False, True], ids=["default", "prepared"])
-def test_statements_are_prepared_only_when_asked(engine, prepared):
-    """By default only the claim of the store's own transaction is prepared, on demand
-    by each server session that lacks it (safe behind a transaction-mode pooler,
-    docs/scale.rst; tests/server/test_fused_transaction.py); the stored response is
-    prepared per pooled connection only when asked (direct connections)."""
+def test_statements_are_prepared_per_session_or_per_connection(engine, prepared):
+    """By default the claim and the stored response of the store's own transaction are
+    prepared together, on demand by each server session that lacks them (safe behind a
+    transaction-mode pooler, docs/scale.rst; tests/server/test_fused_transaction.py);
+    with ``prepared_statements`` once per pooled connection (direct connections). Either
+    way the stored response runs the prepared statement."""
     options = {"prepared_statements": True} if prepared else {}
     store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.5, **options)
     key = MessageKey("", f"prepared-{prepared}")
@@ -144,8 +145,16 @@ def test_statements_are_prepared_only_when_asked(engine, prepared):
         store.complete(connection, key, 200, [], b"ok")
         names = sorted(connection.exec_driver_sql(
             "SELECT name FROM pg_prepared_statements").scalars())
+        runs = connection.exec_driver_sql(
+            "SELECT generic_plans + custom_plans FROM pg_prepared_statements "
+            "WHERE name LIKE 'chttp_complete_%%'").scalar_one()
         store.commit(connection)
     finally:
         connection.close()
     kinds = [name.rsplit("_", 1)[0] for name in names]
-    assert kinds == (["chttp_claim", "chttp_complete"] if prepared else ["chttp_claim"])
+    assert kinds == ["chttp_claim", "chttp_complete"]
+    assert runs == 1
+    with engine.connect() as check:
+        assert check.exec_driver_sql(
+            "SELECT status FROM chttp_messages WHERE message_id = %(id)s",
+            {"id": key.message_id}).scalar_one() == 200
