@@ -22,7 +22,7 @@ trip:
   ``BEGIN IMMEDIATE``, :mod:`chttp_core.db`), each statement a handler sends after ending
   the transaction would commit on its own — after a ``ROLLBACK`` without its message,
   and again on the retry. They are refused before they are sent: psycopg2's by
-  :func:`chttp_server.store_dbapi.guard`, SQLite's by :func:`install_sqlite`'s listener
+  :func:`chttp_server.fused_transaction.guard`, SQLite's by :func:`install_sqlite`'s listener
   (the driver's local transaction state, no round trip). :func:`refused_as_ended` tells
   such a refusal from any other error. Drivers that keep their own transactions
   (psycopg 3, Django's connections) run them in a new transaction, which the refusal
@@ -48,7 +48,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 from chttp_core.errors import ClaimLost
-from chttp_server import store_dbapi
+from chttp_server import fused_transaction, store_dbapi
 
 __all__ = ["PG_CLAIMING", "sqlstate", "claim_lost", "mark_sqlite", "release_sqlite",
            "install_sqlite", "end", "refused_as_ended", "lost"]
@@ -157,7 +157,7 @@ def _sqlite_in_transaction(dbapi_connection: Any) -> bool:
 
 def refused_as_ended(error: sa_exc.DBAPIError) -> bool:
     """True if ``error`` is a statement refused because the transaction was ended."""
-    return isinstance(error.orig, _SQLiteTransactionEnded) or store_dbapi.ended(error)
+    return isinstance(error.orig, _SQLiteTransactionEnded) or fused_transaction.ended(error)
 
 
 def lost(connection: Connection) -> bool:

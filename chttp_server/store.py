@@ -45,7 +45,7 @@ from chttp_core import migrate
 from chttp_core.db import begin_immediately
 from chttp_core.errors import ClaimLost, ClaimTimedOut
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
-from chttp_server import claim_guard, store_dbapi
+from chttp_server import claim_guard, fused_transaction, store_dbapi
 from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
 from chttp_server.purge import purge_expired
 from chttp_server.store_errors import unreachable_as_store_error
@@ -152,7 +152,7 @@ class MessageStore:
         #: round trips"): two round trips fewer per certified request.
         self._fused = self._dbapi and store_dbapi.fuses(engine)
         if self._fused:
-            store_dbapi.install(engine)
+            fused_transaction.install(engine)
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         if engine.dialect.name == "sqlite":
@@ -175,7 +175,7 @@ class MessageStore:
                 # On SQLite the claim holds the write lock from the start (module docstring).
                 begin_immediately(connection).begin()
                 if self._fused:
-                    store_dbapi.begin(connection)
+                    fused_transaction.begin(connection)
         except BaseException:
             connection.close()
             raise
@@ -185,7 +185,7 @@ class MessageStore:
         """True if this connection's transaction is one the store begins and ends in SQL
         (psycopg2, :mod:`chttp_server.store_dbapi`): its ``commit()`` / ``rollback()``
         do nothing on the server; only :meth:`commit` and :meth:`rollback` end it."""
-        return self._fused and store_dbapi.fused(connection)
+        return self._fused and fused_transaction.fused(connection)
 
     @staticmethod
     def lost(connection: Connection) -> bool:

@@ -24,7 +24,8 @@ pooler; the response's ``EXECUTE`` runs in the claim's transaction, hence its se
 response are prepared once per pooled connection, in every mode: for direct connections
 only, since a pooler in transaction mode (PgBouncer) moves sessions between clients.
 
-**Fewer round trips in a transaction of the store's own** (:func:`begin`, the WSGI
+**Fewer round trips in a transaction of the store's own**
+(:func:`~chttp_server.fused_transaction.begin`, the WSGI
 middleware's and the Flask extension's mode; never on a connection a front end lends,
 such as Django's): psycopg2 sends ``BEGIN`` as a round trip of its own before the first
 statement and ``COMMIT`` as another after the last, so a certified request cost five
@@ -37,7 +38,8 @@ transaction (psycopg2 adds nothing in autocommit), so the guarantee is unchanged
 claim, the handler's writes and the response commit as one. Everything that ends such
 a transaction goes through :func:`end` (``COMMIT`` / ``ROLLBACK`` when the server is
 still in it); a connection handed back to the pool any other way is rolled back and
-switched back by a pool ``reset`` listener (:func:`install`), so an open transaction
+switched back by a pool ``reset`` listener
+(:func:`~chttp_server.fused_transaction.install`), so an open transaction
 never reaches the next user of a pooled connection. A handler that ends the transaction
 itself (``connection.commit()`` / ``rollback()``, a no-op on the server in autocommit) is
 caught by :class:`~chttp_server.transaction.MessageTransaction` before anything is stored.
@@ -68,8 +70,10 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-__all__ = ["supports", "prepares", "fuses", "install", "begin", "fused", "end", "claim", "complete",
-           "lookup", "guard", "ended", "CLAIM", "CLAIMING", "COMPLETE", "LOOKUP", "CLAIM_PREPARE",
+from chttp_server.fused_transaction import IDLE, fused, guard, opening, transaction_status
+
+__all__ = ["supports", "prepares", "fuses", "end", "claim", "complete", "lookup", "CLAIM", "CLAIMING",
+           "COMPLETE", "LOOKUP", "CLAIM_PREPARE",
            "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
@@ -177,73 +181,15 @@ def prepares(engine: Engine) -> bool:
 
 
 def fuses(engine: Engine) -> bool:
-    """True if the store may run its own transactions as :func:`begin` describes: psycopg2
-    on SQLAlchemy's own pools, whose check-in ``reset`` event :func:`install` relies on."""
+    """True if the store may run its own transactions as
+    :func:`~chttp_server.fused_transaction.begin` describes: psycopg2 on SQLAlchemy's own
+    pools, whose check-in ``reset`` event :func:`~chttp_server.fused_transaction.install`
+    relies on."""
     return engine.dialect.driver == "psycopg2" and _sqlalchemy_pool(engine)
 
 
 def _sqlalchemy_pool(engine: Engine) -> bool:
     return type(engine.pool).__module__.startswith("sqlalchemy.")
-
-
-#: Where a pooled connection records that the store switched it to autocommit for a
-#: transaction of its own (:func:`begin`); its pool record's ``info``, read on check-in.
-_FUSED_KEY = "chttp_fused_transaction"
-#: The engines whose pools carry the check-in listener of :func:`install`.
-_INSTALLED_KEY = "chttp_fused_reset_installed"
-#: ``psycopg2.extensions.TRANSACTION_STATUS_IDLE``: no transaction open on the server.
-_IDLE = 0
-
-
-def install(engine: Engine) -> None:
-    """Give ``engine``'s pool the check-in listener that ends a fused transaction (once).
-
-    Whatever path hands the connection back (a close after an exception, garbage
-    collection), the transaction still open on the server is rolled back and the
-    connection leaves autocommit before its next user gets it. Idempotent.
-    """
-    from sqlalchemy import event
-
-    if getattr(engine.pool, _INSTALLED_KEY, False):
-        return
-    event.listen(engine, "reset", _end_on_checkin)
-    setattr(engine.pool, _INSTALLED_KEY, True)
-
-
-def _end_on_checkin(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
-    if record is None or not record.info.pop(_FUSED_KEY, False):
-        return
-    dbapi_connection.cursor_factory = None  # psycopg2's default cursor again
-    if reset_state.terminate_only or dbapi_connection.closed:
-        return  # being closed, or lost: the server drops the transaction
-    # An error here (a dead connection) makes SQLAlchemy invalidate the record.
-    if dbapi_connection.get_transaction_status() != _IDLE:
-        with dbapi_connection.cursor() as cursor:
-            cursor.execute("ROLLBACK")
-    dbapi_connection.autocommit = False
-
-
-def begin(connection: Connection) -> bool:
-    """Make ``connection``'s next store statement carry ``BEGIN`` (module docstring).
-
-    Returns False, changing nothing, where psycopg2 would send more than a plain
-    ``BEGIN`` (an isolation level, read-only or deferrable set on the connection) or
-    where the connection is already in autocommit: those keep psycopg2's own transactions.
-    """
-    fairy = connection.connection
-    dbapi_connection = fairy.dbapi_connection
-    if (dbapi_connection is None or dbapi_connection.autocommit
-            or dbapi_connection.isolation_level is not None
-            or dbapi_connection.readonly is not None or dbapi_connection.deferrable is not None):
-        return False
-    fairy.info[_FUSED_KEY] = True
-    dbapi_connection.autocommit = True
-    return True
-
-
-def fused(connection: Connection) -> bool:
-    """True while ``connection`` is in a transaction :func:`begin` fused (until check-in)."""
-    return bool(connection.connection.info.get(_FUSED_KEY))
 
 
 def end(connection: Connection, statement: str) -> None:
@@ -253,21 +199,8 @@ def end(connection: Connection, statement: str) -> None:
     ``commit()`` / ``rollback()`` (which the caller runs next either way) does it.
     """
     _PAIRED.discard(connection)
-    if fused(connection) and _transaction_status(connection) != _IDLE:
+    if fused(connection) and transaction_status(connection) != IDLE:
         _run(connection, statement, None, fetch=False)
-
-
-def _transaction_status(connection: Connection) -> int:
-    dbapi_connection = connection.connection.dbapi_connection
-    assert dbapi_connection is not None
-    return int(dbapi_connection.get_transaction_status())
-
-
-def _opening(connection: Connection, sql: str) -> str:
-    """``sql``, preceded by ``BEGIN`` if it opens a fused transaction."""
-    if fused(connection) and _transaction_status(connection) == _IDLE:
-        return "BEGIN; " + sql
-    return sql
 
 
 #: SQLSTATE invalid_sql_statement_name: EXECUTE of a statement this session lacks.
@@ -277,94 +210,25 @@ _PG_NO_SUCH_STATEMENT = "26000"
 def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
     """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name).
 
-    A fused transaction that claimed is guarded from here on (:func:`guard`).
+    A fused transaction that claimed is guarded from here on
+    (:func:`~chttp_server.fused_transaction.guard`).
     """
     if prepared:
         _prepare(connection, CLAIM_PREPARE)
         sql = CLAIM_EXECUTE
-    elif fused(connection) and _transaction_status(connection) == _IDLE:
+    elif fused(connection) and transaction_status(connection) == IDLE:
         sql = ""
     else:
         sql = CLAIM
     row: Any
     if sql:
-        row = _ClaimRow._make(_run(connection, _opening(connection, sql), params, fetch=True))
+        row = _ClaimRow._make(_run(connection, opening(connection, sql), params, fetch=True))
     else:
         row = _ClaimRow._make(_claim_prepared_on_demand(connection, params))
         _PAIRED.add(connection)
     if row.claimed and fused(connection):
         guard(connection)
     return row
-
-
-#: ``MessageTransactionEnded`` and the guarded cursor class, made on first use: this
-#: module is imported where psycopg2 is not installed.
-_GUARD_CLASSES: dict[str, Any] = {}
-
-
-def _guard_classes() -> dict[str, Any]:
-    if not _GUARD_CLASSES:
-        import psycopg2
-        import psycopg2.extensions
-
-        # psycopg2 has no type stubs here: its classes are Any to mypy.
-        class MessageTransactionEnded(psycopg2.ProgrammingError):  # type: ignore[misc]
-            """A statement refused, unsent: the message's transaction was ended by the
-            handler, and in driver autocommit it would have committed on its own."""
-
-        # As above: a subclass of an untyped base.
-        class GuardedCursor(psycopg2.extensions.cursor):  # type: ignore[misc]
-            """Refuses to run a statement outside a transaction (see :func:`guard`).
-
-            A named (server-side) cursor — SQLAlchemy's ``stream_results`` /
-            ``yield_per`` — is declared ``WITH HOLD``: psycopg2 refuses any other in
-            driver autocommit, and inside the transaction open on the server a holdable
-            cursor reads the same rows (PostgreSQL keeps what is left of it past COMMIT
-            only if it is still open then).
-            """
-
-            def execute(self, query: Any, vars: Any = None) -> Any:
-                if self.connection.get_transaction_status() == _IDLE:
-                    raise MessageTransactionEnded(_ENDED)
-                named: Any = self  # psycopg2's attributes are untyped here
-                if named.name is not None and not named.withhold:
-                    named.withhold = True  # here: connection.cursor() sets it after __init__
-                return super().execute(query, vars)
-
-            def executemany(self, query: Any, vars_list: Any) -> Any:
-                if self.connection.get_transaction_status() == _IDLE:
-                    raise MessageTransactionEnded(_ENDED)
-                return super().executemany(query, vars_list)
-
-        _GUARD_CLASSES.update(error=MessageTransactionEnded, cursor=GuardedCursor)
-    return _GUARD_CLASSES
-
-
-_ENDED = ("chttp: the certified request's transaction was ended (COMMIT / ROLLBACK sent "
-          "by the handler); this statement would run outside it and was not sent")
-
-
-def guard(connection: Connection) -> None:
-    """Refuse, unsent, every later statement on a fused connection that finds no transaction.
-
-    A fused transaction runs in driver autocommit (module docstring). A handler that ends
-    it itself (``COMMIT`` / ``ROLLBACK`` / ``END`` sent as SQL) would otherwise run each
-    later statement as a transaction of its own, committed at once: after a ``ROLLBACK``
-    those writes would survive without their message, and the retry would make them
-    again. The guard makes the connection's cursors check the server's transaction
-    status (libpq's local state: no round trip) before each statement and raise
-    ``MessageTransactionEnded`` (a ``psycopg2.ProgrammingError``) instead; the store's own
-    stored response meets the same refusal and reports it as the claim lost. Removed
-    when the connection goes back to the pool (:func:`install`'s listener).
-    """
-    dbapi_connection = connection.connection.dbapi_connection
-    if dbapi_connection is not None:
-        dbapi_connection.cursor_factory = _guard_classes()["cursor"]
-
-
-def ended(error: sa_exc.DBAPIError) -> bool:
-    """True if ``error`` is a statement :func:`guard` refused."""
-    return bool(_GUARD_CLASSES) and isinstance(error.orig, _GUARD_CLASSES["error"])
 
 
 def _claim_prepared_on_demand(connection: Connection, params: dict[str, Any]) -> Any:
@@ -418,7 +282,7 @@ def _prepare(connection: Connection, prepare: str) -> None:
 
 def lookup(connection: Connection, scope: str, message_id: str) -> Any | None:
     """The stored row (columns by name), or ``None``."""
-    found = _run(connection, _opening(connection, LOOKUP),
+    found = _run(connection, opening(connection, LOOKUP),
                  {"scope": scope, "message_id": message_id}, fetch=True)
     return _StoredRow._make(found) if found is not None else None
 
