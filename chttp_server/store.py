@@ -45,7 +45,7 @@ from chttp_core import migrate
 from chttp_core.db import begin_immediately
 from chttp_core.errors import ClaimLost, ClaimTimedOut
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
-from chttp_server import claim_guard, fused_transaction, store_dbapi
+from chttp_server import claim_guard, fused_transaction, replication, store_dbapi
 from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
 from chttp_server.purge import purge_expired
 from chttp_server.store_errors import unreachable_as_store_error
@@ -92,16 +92,6 @@ _PG_CLAIM = text(
     "FROM (SELECT 1) AS one LEFT JOIN chttp_messages AS stored "
     "ON stored.scope = :scope AND stored.message_id = :message_id"
 )
-
-#: Makes the reading transaction write when PostgreSQL has synchronous standbys, so that
-#: its COMMIT waits until they hold everything committed before it
-#: (:meth:`MessageStore.hold_until_replicated`); with none, it does nothing. A
-#: transactional logical-decoding message is the smallest write there is (one WAL record,
-#: no table, any role may emit it); a transaction id alone is not enough: PostgreSQL
-#: waits for the standbys only after a transaction that wrote WAL before its commit.
-_PG_HOLD_SQL = ("SELECT pg_logical_emit_message(true, 'chttp', '') FROM (SELECT 1) AS one "
-                "WHERE current_setting('synchronous_standby_names') <> ''")
-_PG_HOLD_UNTIL_REPLICATED = text(_PG_HOLD_SQL)
 
 #: Built once: constructing a statement per request costs more Python than running it.
 _LOOKUP = select(messages).where(
@@ -207,9 +197,9 @@ class MessageStore:
         hold = hold_until_replicated and self._postgresql
         with _UNREACHABLE:
             if self.says_begin_itself(connection):
-                store_dbapi.end(connection, f"{_PG_HOLD_SQL}; COMMIT" if hold else "COMMIT")
+                store_dbapi.end(connection, f"{replication.HOLD_SQL}; COMMIT" if hold else "COMMIT")
             elif hold:
-                connection.execute(_PG_HOLD_UNTIL_REPLICATED)
+                connection.execute(replication.HOLD_UNTIL_REPLICATED)
             connection.commit()
 
     def rollback(self, connection: Connection) -> None:
@@ -402,25 +392,15 @@ class MessageStore:
         return self._postgresql
 
     def hold_until_replicated(self, connection: Connection) -> bool:
-        """Make this transaction's end wait until the synchronous standbys hold what it read.
-
-        PostgreSQL makes a commit visible on the primary once its wait for the synchronous
-        standby *ends* — and that wait also ends when the committing backend is
-        terminated (a fast shutdown, as Patroni does when it demotes a leader): "committed
-        locally, but might not have been replicated". A retry that reads such a row and
-        answers from it would hand out an answer that a failover then loses (the next
-        retry runs the handler again). A transaction that only read never waits for the
-        standbys, so on PostgreSQL with ``synchronous_standby_names`` set this one writes
-        one WAL record (a logical-decoding message, prefix ``chttp``), and its COMMIT —
-        later in the WAL than the commit it read — returns only once the standbys have
-        both. True if the caller must commit (not
+        """Make this transaction's end wait until the synchronous standbys hold what it read
+        (:mod:`chttp_server.replication` says why). True if the caller must commit (not
         roll back) for that wait to happen; False on SQLite. (:meth:`commit` with
         ``hold_until_replicated`` sends it with the COMMIT where it can.)
         """
         if not self._postgresql:
             return False
         with _UNREACHABLE:
-            connection.execute(_PG_HOLD_UNTIL_REPLICATED)
+            connection.execute(replication.HOLD_UNTIL_REPLICATED)
         return True
 
     def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
