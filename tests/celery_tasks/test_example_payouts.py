@@ -27,6 +27,15 @@ def slowly(app):
     return wrapper
 
 
+def assert_each_paid_once(engine, payouts: int) -> None:
+    """One deposit per payout in the ledger, the payees' balances their share of them."""
+    with engine.connect() as connection:
+        rows = connection.execute(select(operations.c.transfer, operations.c.kind)).all()
+        balances = dict(connection.execute(select(accounts.c.name, accounts.c.balance)).all())
+    assert sorted(rows) == sorted((f"payout-{n}", "deposit") for n in range(payouts))
+    assert balances == {name: payouts // 3 for name in ("alice", "bob", "carol")}
+
+
 def test_payouts_survive_a_killed_worker_exactly_once(pg_cluster, tmp_path):
     ledger_url = pg_cluster.create_database("payouts_ledger")
     init_ledger(ledger_url, {"alice": 0, "bob": 0, "carol": 0})
@@ -55,11 +64,7 @@ def test_payouts_survive_a_killed_worker_exactly_once(pg_cluster, tmp_path):
             out, err = client.communicate(timeout=180)
         assert client.returncode == 0, err
         assert len(out.splitlines()) == 12
-        with engine.connect() as connection:
-            rows = connection.execute(select(operations.c.transfer, operations.c.kind)).all()
-            balances = dict(connection.execute(select(accounts.c.name, accounts.c.balance)).all())
-        assert sorted(rows) == sorted((f"payout-{n}", "deposit") for n in range(12))
-        assert balances == {"alice": 4, "bob": 4, "carol": 4}
+        assert_each_paid_once(engine, 12)
     finally:
         for worker in workers:
             worker.kill()
@@ -100,11 +105,7 @@ def test_payouts_the_broker_lost_are_published_again_and_paid_once(pg_cluster, t
         assert client.returncode == 0, err
         assert len(out.splitlines()) == 6
         assert err.count("published again") >= 6, err
-        with engine.connect() as connection:
-            rows = connection.execute(select(operations.c.transfer, operations.c.kind)).all()
-            balances = dict(connection.execute(select(accounts.c.name, accounts.c.balance)).all())
-        assert sorted(rows) == sorted((f"payout-{n}", "deposit") for n in range(6))
-        assert balances == {"alice": 2, "bob": 2, "carol": 2}
+        assert_each_paid_once(engine, 6)
     finally:
         for worker in workers:
             worker.kill()
