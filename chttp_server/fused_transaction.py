@@ -59,7 +59,8 @@ def _end_on_checkin(dbapi_connection: Any, record: Any, reset_state: Any) -> Non
 
 
 def begin(connection: Connection) -> bool:
-    """Make ``connection``'s next store statement carry ``BEGIN`` (module docstring).
+    """Make ``connection``'s next store statement carry ``BEGIN`` (why:
+    :mod:`chttp_server.store_dbapi`).
 
     Returns False, changing nothing, where psycopg2 would send more than a plain
     ``BEGIN`` (an isolation level, read-only or deferrable set on the connection) or
@@ -144,15 +145,15 @@ _ENDED = ("chttp: the certified request's transaction was ended (COMMIT / ROLLBA
 def guard(connection: Connection) -> None:
     """Refuse, unsent, every later statement on a fused connection that finds no transaction.
 
-    A fused transaction runs in driver autocommit (module docstring). A handler that ends
-    it itself (``COMMIT`` / ``ROLLBACK`` / ``END`` sent as SQL) would otherwise run each
-    later statement as a transaction of its own, committed at once: after a ``ROLLBACK``
-    those writes would survive without their message, and the retry would make them
-    again. The guard makes the connection's cursors check the server's transaction
-    status (libpq's local state: no round trip) before each statement and raise
-    ``MessageTransactionEnded`` (a ``psycopg2.ProgrammingError``) instead; the store's own
-    stored response meets the same refusal and reports it as the claim lost. Removed
-    when the connection goes back to the pool (:func:`install`'s listener).
+    A fused transaction runs in driver autocommit (:mod:`chttp_server.store_dbapi`). A
+    handler that ends it itself (``COMMIT`` / ``ROLLBACK`` / ``END`` sent as SQL) would
+    otherwise run each later statement as a transaction of its own, committed at once:
+    after a ``ROLLBACK`` those writes would survive without their message, and the retry
+    would make them again. The guard makes the connection's cursors check the server's
+    transaction status (libpq's local state: no round trip) before each statement and
+    raise ``MessageTransactionEnded`` (a ``psycopg2.ProgrammingError``) instead; the
+    store's own stored response meets the same refusal and reports it as the claim lost.
+    Removed when the connection goes back to the pool (:func:`install`'s listener).
     """
     dbapi_connection = connection.connection.dbapi_connection
     if dbapi_connection is not None:
