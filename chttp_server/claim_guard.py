@@ -66,8 +66,6 @@ __all__ = ["PG_CLAIMING", "sqlstate", "claim_lost", "mark_sqlite", "release_sqli
 PG_CLAIMING = store_dbapi.CLAIMING
 #: SQLSTATE division_by_zero: :data:`PG_CLAIMING` found another transaction.
 _PG_NOT_CLAIMING = "22012"
-#: SQLSTATE invalid_sql_statement_name: EXECUTE of a statement the session lacks.
-_PG_NO_SUCH_STATEMENT = "26000"
 
 #: The SAVEPOINT that marks the claiming transaction on SQLite.
 _SQLITE_CLAIM_SAVEPOINT = "chttp_claim"
@@ -100,8 +98,8 @@ def claim_lost(error: sa_exc.DBAPIError) -> bool:
     """
     state = sqlstate(error)
     return (state == _PG_NOT_CLAIMING or refused_as_ended(error)
-            or (state == _PG_NO_SUCH_STATEMENT
-                and "EXECUTE chttp_complete_" in str(error.statement)))
+            or (state == store_dbapi.NO_SUCH_STATEMENT
+                and str(error.statement).startswith(store_dbapi.COMPLETE_EXECUTE)))
 
 
 def mark_sqlite(connection: Connection) -> None:

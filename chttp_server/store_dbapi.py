@@ -73,7 +73,7 @@ from sqlalchemy import exc as sa_exc
 from chttp_server.fused_transaction import IDLE, fused, guard, opening, transaction_status
 
 __all__ = ["supports", "prepares", "fuses", "end", "claim", "complete", "lookup", "CLAIM", "CLAIMING",
-           "COMPLETE", "LOOKUP", "CLAIM_PREPARE",
+           "COMPLETE", "LOOKUP", "NO_SUCH_STATEMENT", "CLAIM_PREPARE",
            "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
@@ -204,7 +204,7 @@ def end(connection: Connection, statement: str) -> None:
 
 
 #: SQLSTATE invalid_sql_statement_name: EXECUTE of a statement this session lacks.
-_PG_NO_SUCH_STATEMENT = "26000"
+NO_SUCH_STATEMENT = "26000"
 
 
 def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
@@ -213,19 +213,15 @@ def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> 
     A fused transaction that claimed is guarded from here on
     (:func:`~chttp_server.fused_transaction.guard`).
     """
-    if prepared:
-        _prepare(connection, CLAIM_PREPARE)
-        sql = CLAIM_EXECUTE
-    elif fused(connection) and transaction_status(connection) == IDLE:
-        sql = ""
-    else:
-        sql = CLAIM
-    row: Any
-    if sql:
-        row = _ClaimRow._make(_run(connection, opening(connection, sql), params, fetch=True))
-    else:
+    row: Any   # a _ClaimRow (its fields are untyped to mypy)
+    if not prepared and fused(connection) and transaction_status(connection) == IDLE:
         row = _ClaimRow._make(_claim_prepared_on_demand(connection, params))
         _PAIRED.add(connection)
+    else:
+        if prepared:
+            _prepare(connection, CLAIM_PREPARE)
+        sql = opening(connection, CLAIM_EXECUTE if prepared else CLAIM)
+        row = _ClaimRow._make(_run(connection, sql, params, fetch=True))
     if row.claimed and fused(connection):
         guard(connection)
     return row
@@ -245,7 +241,7 @@ def _claim_prepared_on_demand(connection: Connection, params: dict[str, Any]) ->
     try:
         return _run(connection, "BEGIN; " + CLAIM_EXECUTE, params, fetch=True)
     except sa_exc.DBAPIError as error:
-        if getattr(error.orig, "pgcode", None) != _PG_NO_SUCH_STATEMENT:
+        if getattr(error.orig, "pgcode", None) != NO_SUCH_STATEMENT:
             raise
     return _run(connection, f"ROLLBACK; {CLAIM_PREPARE}; {COMPLETE_PREPARE}; BEGIN; "
                 f"{CLAIM_EXECUTE}", params, fetch=True)
