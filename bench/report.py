@@ -98,6 +98,10 @@ _INFORMATIVE_RATIOS = (
      "one row write under an advisory lock: measured, not taken"),
     ("fastapi +1 insert / bare", "fastapi +1 insert", "fastapi bare",
      "one more row in the view's transaction, no chttp: any one-row design's best"),
+    ("django atomic / bare", "django atomic", "django bare",
+     "the bare view in a transaction of its own: the bound on Django certified / bare"),
+    ("django certified/atomic", "django certified", "django atomic",
+     "what chttp costs next to the transaction a certified view needs anyway"),
 )
 
 

@@ -35,6 +35,8 @@ FLASK_MODES = ("flask-bare", "flask-certified")
 #: The FastAPI app's dresses (bench/fastapi_app.py), served by uvicorn over asyncpg; the
 #: floor writes one more row in the view's transaction, without chttp.
 FASTAPI_MODES = ("fastapi-bare", "fastapi-certified", "fastapi-floor")
+#: The Django bare view under ``transaction.atomic`` (bench/django_app.py's ``items_atomic``).
+DJANGO_ATOMIC_PATH = "/items-atomic"
 #: The framework rows: mode prefix -> (the modules they need, the install hint).
 _FRAMEWORKS = {"django": (("django",), "pip install Django"),
                "flask": (("flask_sqlalchemy",), "pip install Flask Flask-SQLAlchemy"),
@@ -307,6 +309,11 @@ def _grid(db: BenchDatabase, servers: dict[str, Server], options: Options,
             runs.append((f"{framework} bare", _run_of(options, servers[bare_mode], "none")))
             runs.append((f"{framework} certified",
                          _run_of(options, servers[certified_mode], "new")))
+    if "django-bare" in servers:
+        # The bare view in a transaction of its own (ATOMIC_REQUESTS' BEGIN, INSERT, COMMIT):
+        # a certified request needs one, so this is the bound on Django certified / bare.
+        runs.append(("django atomic", lambda c: _load(options, servers["django-bare"], c,
+                                                      kind="none", path=DJANGO_ATOMIC_PATH)))
     if "fastapi-floor" in servers:
         runs.append(("fastapi +1 insert", _run_of(options, servers["fastapi-floor"], "new")))
     # Each cell is measured in `rounds` slices, the scenarios interleaved round by round,

@@ -200,6 +200,19 @@ def test_the_fastapi_floor_row_is_reported_against_the_bare_one() -> None:
     assert "any one-row design's best" in line
 
 
+def test_the_django_atomic_row_bounds_the_django_ratio() -> None:
+    """Django's bare view runs in autocommit (one round trip); a certified request needs a
+    transaction, so the bare view under ``atomic`` is reported against both."""
+    results = Results()
+    results.grid = {("django bare", 4): _result(100), ("django atomic", 4): _result(60),
+                    ("django certified", 4): _result(45)}
+    text = render(results, Options(concurrencies=(4,)))
+    bound = next(l for l in text.splitlines() if l.startswith("django atomic / bare"))
+    assert bound.split()[5] == "0.60" and "bound on Django certified / bare" in bound
+    cost = next(l for l in text.splitlines() if l.startswith("django certified/atomic"))
+    assert cost.split()[3] == "0.75"
+
+
 def test_report_shows_the_celery_ratio_and_commits_per_task() -> None:
     from bench.report import render
     from bench.scenarios import Options, Results
