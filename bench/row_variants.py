@@ -77,6 +77,22 @@ _ONE_COLUMN = dict(
     complete_types=(("status", "integer"), ("body", "bytea"), ("scope", "text"),
                     ("message_id", "text")))
 
+_CLAIM_UNGUARDED = re.sub(
+    r"FROM \(SELECT set_config.*AS bounded_wait ", "",
+    _CLAIM.replace("RETURNING set_config('lock_timeout', current_setting("
+                   "'chttp.saved_lock_timeout'), true)", "RETURNING 1"))
+_COMPLETE_UNGUARDED = _COMPLETE.replace(f" AND {store_dbapi.CLAIMING}", "")
+_READ_ONLY = ("SELECT 0 AS claimed, stored.* FROM (SELECT 1) AS one LEFT JOIN chttp_messages "
+              "AS stored ON stored.scope = %(scope)s AND stored.message_id = %(message_id)s "
+              "AND %(fingerprint)s || %(state)s || %(received_at)s || %(expires_at)s || "
+              "%(lock_timeout)s <> ''")
+_INSERT_ONCE = ("INSERT INTO chttp_messages (scope, message_id, fingerprint, state, status, "
+                "headers, body, received_at, expires_at) VALUES (%(scope)s, %(message_id)s, "
+                "%(fingerprint)s, 'completed', %(status)s, %(headers)s, %(body)s, now(), "
+                "now() + interval '15 days')")
+_ONCE_TYPES = (("scope", "text"), ("message_id", "text"), ("fingerprint", "text"),
+               ("status", "integer"), ("headers", "text"), ("body", "bytea"))
+
 #: name -> (DDL, certified script). "landed": the row and statements before issue 20
 #: (the stored response planned per request); "prepared": the receiver now
 #: (bench/floor.py's certified script). The others are "prepared" plus one change each,
@@ -105,6 +121,16 @@ VARIANTS: dict[str, tuple[str, str]] = {
                            _COMPLETE.replace("WHERE scope = %(scope)s AND message_id = "
                                              "%(message_id)s", f"WHERE key = {_DIGEST}"),
                            prepare_complete=True)),
+    # Without the claim's guard: no bounded lock wait (set_config of lock_timeout) and no
+    # check that the completing transaction is the claiming one (what those cost).
+    "-guard": (_TABLE + _BTREE, _certified(_CLAIM_UNGUARDED, _COMPLETE_UNGUARDED,
+                                           prepare_complete=True)),
+    # Without the b-tree on expires_at (the purge's index): what one index entry costs.
+    "-expiresidx": (_TABLE, SCRIPTS["certified"]),
+    # No claim at all: the stored row read, then inserted once with the response at the
+    # end (no lock: not a design, the floor of any row written once).
+    "once": (_TABLE + _BTREE, _certified(_READ_ONLY, _INSERT_ONCE, prepare_complete=True,
+                                         complete_types=_ONCE_TYPES)),
     # Byte-wise key comparisons (the cluster's collation is C.UTF-8).
     "+collate-c": (_TABLE.replace("varchar(255) NOT NULL", 'varchar(255) COLLATE "C" NOT NULL')
                    .replace("varchar(128) NOT NULL", 'varchar(128) COLLATE "C" NOT NULL')
