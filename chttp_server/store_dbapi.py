@@ -70,10 +70,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-from chttp_server.fused_transaction import IDLE, fused, guard, opening, transaction_status
+from chttp_server.fused_transaction import IDLE, fused, guard, guards, opening, transaction_status
+from chttp_server.replication import HOLD_SQL
 
-__all__ = ["supports", "prepares", "fuses", "end", "claim", "complete", "lookup", "CLAIM", "CLAIMING",
-           "COMPLETE", "LOOKUP", "NO_SUCH_STATEMENT", "CLAIM_PREPARE",
+__all__ = ["supports", "prepares", "fuses", "end", "claim", "complete", "lookup", "hold", "CLAIM",
+           "CLAIMING", "COMPLETE", "LOOKUP", "NO_SUCH_STATEMENT", "CLAIM_PREPARE",
            "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
@@ -210,7 +211,8 @@ NO_SUCH_STATEMENT = "26000"
 def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> Any:
     """Run :data:`CLAIM`; its one row (``claimed`` and the stored columns by name).
 
-    A fused transaction that claimed is guarded from here on
+    A fused transaction that claimed, and one on a connection a front end lent
+    (:func:`~chttp_server.fused_transaction.lend`), is guarded from here on
     (:func:`~chttp_server.fused_transaction.guard`).
     """
     row: Any   # a _ClaimRow (its fields are untyped to mypy)
@@ -222,7 +224,7 @@ def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> 
             _prepare(connection, CLAIM_PREPARE)
         sql = opening(connection, CLAIM_EXECUTE if prepared else CLAIM)
         row = _ClaimRow._make(_run(connection, sql, params, fetch=True))
-    if row.claimed and fused(connection):
+    if row.claimed and guards(connection):
         guard(connection)
     return row
 
@@ -241,7 +243,9 @@ def _claim_prepared_on_demand(connection: Connection, params: dict[str, Any]) ->
     try:
         return _run(connection, "BEGIN; " + CLAIM_EXECUTE, params, fetch=True)
     except sa_exc.DBAPIError as error:
-        if getattr(error.orig, "pgcode", None) != NO_SUCH_STATEMENT:
+        original = error.orig  # psycopg2 names the SQLSTATE pgcode, psycopg 3 sqlstate
+        if (getattr(original, "pgcode", None) or getattr(original, "sqlstate", None)) \
+                != NO_SUCH_STATEMENT:
             raise
     return _run(connection, f"ROLLBACK; {CLAIM_PREPARE}; {COMPLETE_PREPARE}; BEGIN; "
                 f"{CLAIM_EXECUTE}", params, fetch=True)
@@ -268,6 +272,15 @@ def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,
     _run(connection, sql, params, fetch=False)
 
 
+def hold(connection: Connection, *, commit: bool) -> bool:
+    """Run :data:`chttp_server.replication.HOLD_SQL`; with ``commit``, on a fused connection
+    or on psycopg 3 (module docstring), ``COMMIT`` travels with it. True if it did (the
+    front end's commit that follows then finds nothing left to do)."""
+    with_commit = commit and (fused(connection) or _psycopg3(connection))
+    _run(connection, f"{HOLD_SQL}; COMMIT" if with_commit else HOLD_SQL, None, fetch=False)
+    return with_commit
+
+
 def _prepare(connection: Connection, prepare: str) -> None:
     """Prepare once per connection (``PREPARE`` survives a rollback)."""
     done: set[str] = connection.connection.info.setdefault(_PREPARED_KEY, set())
@@ -288,7 +301,8 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
     assert dbapi_connection is not None
     dialect = connection.dialect
     dbapi = dialect.loaded_dbapi
-    cursor = _client_cursor(dbapi_connection) if _psycopg3(connection) else dbapi_connection.cursor()
+    psycopg3 = _psycopg3(connection)
+    cursor = _client_cursor(dbapi_connection) if psycopg3 else dbapi_connection.cursor()
     try:
         # SQLAlchemy's cursor events still see the statement (tracing, the fault tests'
         # injected kills). The flags are SQLAlchemy's own test before every event
@@ -299,6 +313,10 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
             for listener in connection.dispatch.before_cursor_execute:
                 listener(connection, cursor, sql, params, None, False)
         cursor.execute(sql, params)
+        if fetch and psycopg3:
+            # psycopg 3 stands on the first statement's result ("BEGIN"); the row is the last's.
+            while cursor.nextset():
+                pass
         result = cursor.fetchone() if fetch else cursor.rowcount
         if events and connection.dispatch.after_cursor_execute:
             for listener in connection.dispatch.after_cursor_execute:
