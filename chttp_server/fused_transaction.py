@@ -226,13 +226,14 @@ def guard(connection: Connection) -> None:
     transaction status (libpq's local state: no round trip) before each statement and
     raise ``MessageTransactionEnded`` (a ``psycopg2.ProgrammingError``) instead; the
     store's own stored response meets the same refusal and reports it as the claim lost.
-    Removed when the connection goes back to the pool (:func:`install`'s listener).
+    Removed when the connection goes back to the pool (:func:`install`'s listener), or
+    by the function :func:`lend` returned on a connection it lent.
 
     psycopg 3 (a connection :func:`lend` lent): the connection's own cursor class
-    (Django's) is wrapped by a subclass that checks first, and restored by the function
-    :func:`lend` returned; its error is a ``psycopg.ProgrammingError`` (Django's
-    ``ProgrammingError`` in a view). Cursors made without the connection's factory (a
-    named, server-side one: only a ``SELECT`` can be declared) are not guarded.
+    (Django's) is wrapped by a subclass that checks first; its error is a
+    ``psycopg.ProgrammingError`` (Django's ``ProgrammingError`` in a view). Cursors
+    made without the connection's factory (a named, server-side one: only a ``SELECT``
+    can be declared) are not guarded.
     """
     fairy = connection.connection
     dbapi_connection = fairy.dbapi_connection

@@ -20,6 +20,10 @@ mode (its rollback is ``transaction.set_rollback(True)``; its commit is leaving
 ``atomic``). Requests without an id pass through untouched, with ``request.chttp`` set
 to ``None``. When this middleware itself runs inside a transaction (Django's
 ``TestCase``), the message is a savepoint and is durable when that transaction commits.
+Otherwise, on psycopg 3, ``BEGIN`` travels with the claim and ``COMMIT`` with the stored
+response (or a replay's hold): a one-insert view costs three round trips, a replay two
+(:func:`chttp_server.fused_transaction.lend`, :mod:`chttp_server.store_dbapi`); a view
+that ends the transaction itself has its later statements refused, unsent.
 
 SQLite: the claim is the first statement of the message's transaction and a write, so
 it takes the database's write lock at once (waiting up to Django's ``timeout`` option)
