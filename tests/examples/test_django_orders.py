@@ -229,20 +229,16 @@ def test_a_429_after_writes_rolls_back_and_the_retry_runs_again(project):
 
 
 @pytest.mark.parametrize("then", ["return", "raise", "write"])
-def test_a_view_that_sends_commit_never_wedges_its_message(project, then, request):
+def test_a_view_that_sends_commit_never_wedges_its_message(project, then):
     """``cursor.execute("COMMIT")`` in a view (issue 23): the claim and the order before
     the COMMIT are durable, so the view must not run again, and there is no response to
     replay. Returning normally is refused (HandlerEndedTransaction, Django's 500); every
     retry and the message URL get 410 message-outcome-unknown problem+json, never a bare
-    500 until the expiry. A write after the COMMIT is never durable: on psycopg 3 the
-    message's transaction runs in driver autocommit (chttp_server.fused_transaction.lend),
-    where it would commit on its own, so the guard refuses it unsent."""
-    if then == "write" and project.db_url.startswith("sqlite"):
-        # Found here, not fixed: Django's SQLite backend runs the driver in autocommit and
-        # says BEGIN itself, so after the view's COMMIT its next write commits on its own
-        # (the store's SQLite guard sees only the store's statements, claim_guard).
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="Django on SQLite: a write after the view's own COMMIT is durable"))
+    500 until the expiry. A write after the COMMIT is never durable: where the driver
+    runs the message in autocommit (psycopg 3 in Django's outermost block,
+    chttp_server.fused_transaction.lend; Django's SQLite backend) it would commit on its
+    own, and psycopg2 would send it without BEGIN, so it is refused unsent
+    (fused_transaction.guard; on SQLite chttp_server.django.threads)."""
     message_id = f"commits-{then}"
     item = f"committed-{then}"
     url = f"{project.url}/orders/commits?item={item}&then={then}"
