@@ -412,10 +412,11 @@ class MessageStore:
         return True
 
     def lend(self, connection: Connection) -> Callable[[], None] | None:
-        """Django's outermost ``atomic`` on psycopg 3: the claim says ``BEGIN`` itself
-        (:func:`chttp_server.fused_transaction.lend`; the store's statements must be the
-        DB-API ones, :mod:`chttp_server.store_dbapi`). The function that undoes it, or
-        None where nothing changed."""
+        """Django's outermost ``atomic``: on psycopg 3 the claim says ``BEGIN`` itself, and
+        on psycopg 3 and psycopg2 a view's statements after it ended the transaction are
+        refused (:func:`chttp_server.fused_transaction.lend`; the store's statements must
+        be the DB-API ones, :mod:`chttp_server.store_dbapi`). The function that undoes
+        it, or None where nothing changed."""
         return fused_transaction.lend(connection) if self._dbapi else None
 
     def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
