@@ -391,17 +391,33 @@ class MessageStore:
         :meth:`hold_until_replicated` and a commit (PostgreSQL), not a rollback."""
         return self._postgresql
 
-    def hold_until_replicated(self, connection: Connection) -> bool:
+    def hold_until_replicated(self, connection: Connection, *, commit: bool = False) -> bool:
         """Make this transaction's end wait until the synchronous standbys hold what it read
         (:mod:`chttp_server.replication` says why). True if the caller must commit (not
         roll back) for that wait to happen; False on SQLite. (:meth:`commit` with
         ``hold_until_replicated`` sends it with the COMMIT where it can.)
+
+        ``commit``: the caller's commit follows at once and finds nothing to do if COMMIT
+        went already (a joined transaction whose front end's commit reads the server's
+        status: psycopg 3 under Django's outermost ``atomic``), so on psycopg 3 and on a
+        fused connection the COMMIT travels with the statement (:func:`store_dbapi.hold`).
         """
         if not self._postgresql:
             return False
         with _UNREACHABLE:
-            connection.execute(replication.HOLD_UNTIL_REPLICATED)
+            if self._dbapi:
+                store_dbapi.hold(connection, commit=commit)
+            else:
+                connection.execute(replication.HOLD_UNTIL_REPLICATED)
         return True
+
+    def lend(self, connection: Connection) -> Callable[[], None] | None:
+        """Django's outermost ``atomic``: on psycopg 3 the claim says ``BEGIN`` itself, and
+        on psycopg 3 and psycopg2 a view's statements after it ended the transaction are
+        refused (:func:`chttp_server.fused_transaction.lend`; the store's statements must
+        be the DB-API ones, :mod:`chttp_server.store_dbapi`). The function that undoes
+        it, or None where nothing changed."""
+        return fused_transaction.lend(connection) if self._dbapi else None
 
     def acknowledge(self, connection: Connection, key: MessageKey) -> StoredMessage | None:
         """Drop the stored response, keep the tombstone; return the row as it was, or None."""

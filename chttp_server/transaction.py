@@ -299,8 +299,9 @@ class MessageTransaction:
         commit a failover could still lose; elsewhere rolled back (it wrote nothing)."""
         if not self.store.holds_reads:
             self.rollback()
-        elif self.joined:  # the front end commits: the statement goes first
-            self.store.hold_until_replicated(self.connection)
+        elif self.joined:  # the front end commits: the statement goes first (with COMMIT
+            # where the front end's commit then finds nothing to do, store_dbapi.hold)
+            self.store.hold_until_replicated(self.connection, commit=self._commit_with_response)
             self.commit()
         else:
             self.commit(hold_until_replicated=True)

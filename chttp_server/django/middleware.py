@@ -20,6 +20,10 @@ mode (its rollback is ``transaction.set_rollback(True)``; its commit is leaving
 ``atomic``). Requests without an id pass through untouched, with ``request.chttp`` set
 to ``None``. When this middleware itself runs inside a transaction (Django's
 ``TestCase``), the message is a savepoint and is durable when that transaction commits.
+Otherwise, on psycopg 3, ``BEGIN`` travels with the claim and ``COMMIT`` with the stored
+response (or a replay's hold): a one-insert view costs three round trips, a replay two
+(:func:`chttp_server.fused_transaction.lend`, :mod:`chttp_server.store_dbapi`); a view
+that ends the transaction itself has its later statements refused, unsent.
 
 SQLite: the claim is the first statement of the message's transaction and a write, so
 it takes the database's write lock at once (waiting up to Django's ``timeout`` option)
@@ -225,7 +229,7 @@ class CertifiedMiddleware:
         with observe_message(request.META, message_id) as observed, \
                 self._store_errors(message_id):
             message = self.incoming(request, message_id)
-            with self._message_transaction(message.key, observed) as txn:
+            with self._message_transaction(message.key, observed, lend=True) as txn:
                 stored = txn.claim(message)
                 if stored is None:
                     response, expires_at = self._run_view(request, txn, message)
@@ -245,14 +249,19 @@ class CertifiedMiddleware:
             yield
 
     @contextmanager
-    def _message_transaction(self, key: MessageKey,
-                             observation: Any = NOOP) -> Iterator[MessageTransaction]:
+    def _message_transaction(self, key: MessageKey, observation: Any = NOOP, *,
+                             lend: bool = False) -> Iterator[MessageTransaction]:
         """``atomic`` on the alias, and the message transaction joined to its connection.
 
         Rolling back is ``set_rollback(True)``; committing is leaving ``atomic`` normally,
-        unless COMMIT already went with the stored response (psycopg 3, outermost block:
-        :mod:`chttp_server.store_dbapi`), after which Django's commit sends nothing and
-        runs its ``on_commit`` hooks as always.
+        unless COMMIT already went with the stored response or the replay's hold
+        (psycopg 3, outermost block: :mod:`chttp_server.store_dbapi`), after which
+        Django's commit sends nothing and runs its ``on_commit`` hooks as always.
+
+        ``lend`` (a certified request, whose first statement is the claim): on psycopg 3
+        in the outermost block ``BEGIN`` also travels with the claim
+        (:func:`chttp_server.fused_transaction.lend`), and the connection is given back
+        as Django left it before ``atomic`` is left, whatever happened.
         """
         self._ensure_ready()
         django_connection = connections[self.alias]
@@ -260,13 +269,18 @@ class CertifiedMiddleware:
         # caller's (Django's TestCase, AUTOCOMMIT = False) only releases a savepoint.
         outermost = django_connection.get_autocommit() and not django_connection.in_atomic_block
         with transaction.atomic(using=self.alias), self.engine.connect() as connection:
-            txn = MessageTransaction(
-                self.store, key, retry_after=self.conf.retry_after, connection=connection,
-                rollback=partial(transaction.set_rollback, True, using=self.alias),
-                commit_with_response=outermost, observation=observation,
-            )
-            with txn:
-                yield txn
+            give_back = self.store.lend(connection) if lend and outermost else None
+            try:
+                txn = MessageTransaction(
+                    self.store, key, retry_after=self.conf.retry_after, connection=connection,
+                    rollback=partial(transaction.set_rollback, True, using=self.alias),
+                    commit_with_response=outermost, observation=observation,
+                )
+                with txn:
+                    yield txn
+            finally:
+                if give_back is not None:
+                    give_back()
 
     def _run_view(self, request: HttpRequest, txn: MessageTransaction,
                   message: IncomingMessage) -> tuple[HttpResponseBase, Any]:

@@ -18,6 +18,13 @@ thread that carries the request's context is refused with
 ``execute_wrapper`` on every connection of the alias, installed as Django opens it).
 The context travels with ``sync_to_async`` and ``asyncio.to_thread``; a thread started
 by hand (``threading.Thread``, ``loop.run_in_executor``) carries none and is not seen.
+
+The same hook refuses, on SQLite, a statement of the view's own thread once the view
+has ended the message's transaction itself (``cursor.execute("COMMIT")``): Django runs
+the sqlite3 driver in autocommit and says ``BEGIN`` itself, so every later statement
+would commit on its own (PostgreSQL's drivers get the same refusal from
+:func:`chttp_server.fused_transaction.guard`). The view fails with
+:class:`~chttp_server.errors.HandlerEndedTransaction`; nothing more is written.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 
-from chttp_server.errors import StatementOutsideMessage
+from chttp_server.errors import HandlerEndedTransaction, StatementOutsideMessage
 
 __all__ = ["install", "message_thread"]
 
@@ -68,10 +75,18 @@ def _add_guard(connection: BaseDatabaseWrapper) -> None:
 
 def _refuse_foreign_threads(execute: Callable[..., Any], sql: str, params: Any, many: bool,
                             context: dict[str, Any]) -> Any:
-    """Django's ``execute_wrapper`` hook: one context-variable read per statement."""
+    """Django's ``execute_wrapper`` hook: one context-variable read per statement (and,
+    in a certified view on SQLite, one look at the driver's transaction state)."""
     owner = _OWNER.get()
-    if owner is not None and owner[1] != threading.get_ident():
-        alias = context["connection"].alias
-        if alias == owner[0]:
-            raise StatementOutsideMessage(alias)
+    if owner is not None:
+        connection = context["connection"]
+        if connection.alias == owner[0]:
+            if owner[1] != threading.get_ident():
+                raise StatementOutsideMessage(connection.alias)
+            if connection.vendor == "sqlite" and not connection.connection.in_transaction:
+                raise HandlerEndedTransaction(_ENDED)
     return execute(sql, params, many, context)
+
+
+_ENDED = ("chttp: the certified request's transaction was ended (COMMIT / ROLLBACK sent "
+          "by the view); this statement would run outside it and was not sent")

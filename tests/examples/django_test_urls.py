@@ -7,9 +7,9 @@ cannot undo that, so the tests can count runs across the server process.
 * ``POST /orders/explode`` — writes an order, then raises (Django answers 500);
 * ``POST /orders/busy`` — writes an order, then answers 429 (try again later);
 * ``POST /orders/severed`` — writes an order, then loses its PostgreSQL connection;
-* ``POST /orders/commits?item=…&then=raise|return`` — writes an order, sends ``COMMIT``
-  through Django's cursor, then raises or answers 201 (a view that ends the message's
-  transaction itself);
+* ``POST /orders/commits?item=…&then=raise|return|write`` — writes an order, sends
+  ``COMMIT`` through Django's cursor, then raises, answers 201, or writes an order
+  ``<item>-after`` and answers 201 (a view that ends the message's transaction itself);
 * ``POST /orders/cookie`` — answers with two cookies and a header of its own;
 * ``POST /orders/stream`` — a streaming answer whose generator writes an order;
 * ``POST /orders/held`` — writes an order; while ``$CHTTP_TEST_DIR/hold`` exists it
@@ -98,6 +98,8 @@ def commits(request: HttpRequest) -> HttpResponse:
         cursor.execute("COMMIT")
     if request.GET.get("then") == "raise":
         raise RuntimeError("the view failed after its own COMMIT")
+    if request.GET.get("then") == "write":  # refused, unsent, where psycopg is in autocommit
+        Order.objects.create(item=request.GET.get("item", "committed") + "-after", quantity=1)
     return JsonResponse({"committed": True}, status=201)
 
 

@@ -228,13 +228,17 @@ def test_a_429_after_writes_rolls_back_and_the_retry_runs_again(project):
     assert project.stored("b-1") == 0
 
 
-@pytest.mark.parametrize("then", ["return", "raise"])
+@pytest.mark.parametrize("then", ["return", "raise", "write"])
 def test_a_view_that_sends_commit_never_wedges_its_message(project, then):
     """``cursor.execute("COMMIT")`` in a view (issue 23): the claim and the order before
     the COMMIT are durable, so the view must not run again, and there is no response to
     replay. Returning normally is refused (HandlerEndedTransaction, Django's 500); every
     retry and the message URL get 410 message-outcome-unknown problem+json, never a bare
-    500 until the expiry."""
+    500 until the expiry. A write after the COMMIT is never durable: where the driver
+    runs the message in autocommit (psycopg 3 in Django's outermost block,
+    chttp_server.fused_transaction.lend; Django's SQLite backend) it would commit on its
+    own, and psycopg2 would send it without BEGIN, so it is refused unsent
+    (fused_transaction.guard; on SQLite chttp_server.django.threads)."""
     message_id = f"commits-{then}"
     item = f"committed-{then}"
     url = f"{project.url}/orders/commits?item={item}&then={then}"
@@ -249,6 +253,7 @@ def test_a_view_that_sends_commit_never_wedges_its_message(project, then):
         assert answer.headers["Content-Type"] == "application/problem+json"
         assert answer.json()["type"] == "message-outcome-unknown"
     assert project.orders(item) == 1
+    assert project.orders(f"{item}-after") == 0
     assert runs(project.test_dir).count(f"commits {message_id}") == 1
     assert scalar(project.db_url, "SELECT count(*) FROM chttp_messages WHERE message_id = "
                   ":id AND status IS NULL", id=message_id) == 1
