@@ -5,7 +5,8 @@ request costs the server's own process does not move as much. This drives the be
 application (bench/app.py) directly as a WSGI callable, ``--requests`` times per mode,
 on a durable throwaway cluster, and prints per-request wall and process CPU time
 (``time.process_time``: the server's Python, not PostgreSQL's) and, with ``--cprofile``,
-the top functions. Modes alternate in rounds so drift touches each alike.
+the top functions and the same profile summed by module (:func:`by_module`: where the
+receiver's own Python goes, next to SQLAlchemy's and the driver's). Modes alternate in rounds so drift touches each alike.
 
 It also prints what each request cost PostgreSQL: the CPU time of the server's client
 backends (``/proc/<pid>/stat``, same machine), per request. On two cores shared by the
@@ -24,6 +25,7 @@ import os
 import pstats
 import statistics
 import sys
+import sysconfig
 import time
 import uuid
 from pathlib import Path
@@ -32,7 +34,8 @@ from typing import Any, Callable, Iterable
 from bench.cluster import BenchDatabase
 from bench.load import BODY, PATH
 
-__all__ = ["main", "drive", "measure", "medians", "process_cpu_seconds", "backend_cpu_seconds"]
+__all__ = ["main", "drive", "measure", "medians", "process_cpu_seconds", "backend_cpu_seconds",
+           "by_module"]
 
 
 _PATHS = {"items": PATH, "transfer": "/transfer"}
@@ -106,6 +109,31 @@ def backend_cpu_seconds(db: BenchDatabase) -> float:
     return total
 
 
+def by_module(stats: pstats.Stats, requests: int) -> list[tuple[str, float, float]]:
+    """A profile's own time summed by module: (module, µs per request, calls per request),
+    largest first. SQLAlchemy counts as its subpackages (``sqlalchemy/engine``, ...); a C
+    function is named as cProfile names it (``{method 'execute' ...}``: the driver's
+    time, waits on the server included). cProfile's own overhead inflates every figure
+    alike: compare the rows, not the total, with the unprofiled CPU column."""
+    totals: dict[str, list[float]] = {}
+    for (filename, _line, function), entry in stats.stats.items():  # type: ignore[attr-defined]
+        calls, own = entry[1], entry[2]
+        if filename == "~":
+            module = function
+        else:
+            module = filename.split("site-packages/")[-1]
+            for root in (str(Path(__file__).resolve().parent.parent), sysconfig.get_paths()["stdlib"]):
+                module = module.removeprefix(root + "/")
+            if module.startswith("sqlalchemy/"):
+                module = "/".join(module.split("/")[:2])
+        total = totals.setdefault(module, [0.0, 0.0])
+        total[0] += own
+        total[1] += calls
+    rows = [(module, own / requests * 1e6, calls / requests)
+            for module, (own, calls) in totals.items()]
+    return sorted(rows, key=lambda row: row[1], reverse=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.app import make_app
 
@@ -153,8 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             drive(apps[mode], ids)
             profiler.disable()
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
+            stats = pstats.Stats(profiler, stream=out)
+            stats.sort_stats("tottime").print_stats(30)
             print(out.getvalue())
+            print(f"{'own time by module (profiled)':<60} {'us/req':>8} {'calls/req':>10}")
+            for module, micros, calls in by_module(stats, args.requests)[:25]:
+                print(f"{module[:60]:<60} {micros:>8.1f} {calls:>10.1f}")
     return 0
 
 

@@ -359,3 +359,23 @@ def test_settle_waits_for_the_load_to_fall_below_busy_and_gives_up_after_max_wai
     assert settle(60, read=lambda: next(loads), sleep=slept.append, step=5) == 10
     assert slept == [5, 5]
     assert settle(12, read=lambda: Load(3.0, 3, 3, 2), sleep=lambda _s: None, step=5) == 15
+
+
+def test_the_profile_by_module_sums_own_time_per_request_largest_first() -> None:
+    import cProfile
+    import json
+    import pstats
+
+    from bench.profile import by_module
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(50):
+        json.dumps({"a": list(range(200))})
+    profiler.disable()
+    rows = by_module(pstats.Stats(profiler), requests=50)
+    modules = [module for module, _micros, _calls in rows]
+    assert "json/__init__.py" in modules  # the standard library's prefix is cut
+    assert [micros for _m, micros, _c in rows] == sorted((m for _x, m, _c in rows), reverse=True)
+    calls = dict((module, per) for module, _micros, per in rows)
+    assert calls["json/__init__.py"] == 1.0  # one json.dumps per "request"
