@@ -69,10 +69,16 @@ class BenchDatabase:
 
     def __enter__(self) -> BenchDatabase:
         self.cluster.start()
-        self.url = self.cluster.create_database(self.name)
-        migrate.upgrade(self.url)
-        self.execute(ITEMS_DDL)
-        self.execute(ACCOUNTS_DDL)
+        try:
+            self.url = self.cluster.create_database(self.name)
+            migrate.upgrade(self.url)
+            self.execute(ITEMS_DDL)
+            self.execute(ACCOUNTS_DDL)
+        except BaseException:
+            # __exit__ does not run when __enter__ fails: a server left running would
+            # outlive the bench (found: a failed schema upgrade left one behind).
+            self.cluster.destroy()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
