@@ -79,7 +79,13 @@ def run_celery(db: BenchDatabase, options: Options) -> dict[str, object]:
             os.environ.update(BENCH_CELERY_BROKER=f"redis://127.0.0.1:{port}/0",
                               BENCH_CELERY_JOURNAL=journal_url,
                               BENCH_CELERY_RECEIVER=f"http://{server.address}/items")
-            tasks = importlib.import_module("bench.celery_app")
+            # The app reads its broker and journal from the environment when imported:
+            # a later run of the same process (--repeat) must build it again, or it keeps
+            # talking to the first run's Redis, long gone.
+            if "bench.celery_app" in sys.modules:
+                tasks = importlib.reload(sys.modules["bench.celery_app"])
+            else:
+                tasks = importlib.import_module("bench.celery_app")
             log = scratch / "worker.log"
             with open(log, "wb") as output:
                 worker = subprocess.Popen(
