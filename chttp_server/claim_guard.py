@@ -11,7 +11,7 @@ sent as stored while nothing was. This module is how the store knows, at no extr
 trip:
 
 * **PostgreSQL**: the claim sets a transaction-local setting (``chttp.saved_lock_timeout``,
-  :data:`chttp_server.store._PG_CLAIM`), which reads ``''`` in any later transaction.
+  :data:`chttp_server.store_sql.PG_CLAIM`), which reads ``''`` in any later transaction.
   The stored response's UPDATE carries :data:`PG_CLAIMING`, which divides by its length:
   SQLSTATE 22012 anywhere but in the claiming transaction (:func:`claim_lost`).
 * **SQLite** (no transaction-local settings): the claim sets a savepoint

@@ -28,16 +28,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
-from sqlalchemy import (
-    Connection,
-    Engine,
-    LargeBinary,
-    bindparam,
-    func,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -45,7 +36,7 @@ from chttp_core import migrate
 from chttp_core.db import begin_immediately
 from chttp_core.errors import ClaimLost, ClaimTimedOut
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
-from chttp_server import claim_guard, fused_transaction, replication, store_dbapi
+from chttp_server import claim_guard, fused_transaction, replication, store_dbapi, store_sql
 from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
 from chttp_server.purge import purge_expired
 from chttp_server.store_errors import unreachable_as_store_error
@@ -55,57 +46,6 @@ __all__ = ["MessageKey", "StoredMessage", "MessageStore", "unreachable_as_store_
 #: Every statement the store runs is wrapped in it (chttp_server.store_errors).
 _UNREACHABLE = unreachable_as_store_error()
 
-#: PostgreSQL's SQLSTATE for "lock_timeout expired" (lock_not_available).
-_PG_LOCK_NOT_AVAILABLE = "55P03"
-
-#: The claim on PostgreSQL, in one round trip that also reads the row of a retry.
-#:
-#: * The insert's row source sets a transaction-local ``lock_timeout`` before the insert
-#:   can wait on a concurrent claim of the same key, first saving the value in force in
-#:   the placeholder setting ``chttp.saved_lock_timeout`` (the nested call is an argument,
-#:   so it is evaluated first). ``RETURNING``, evaluated only for a row actually
-#:   inserted (after any wait), puts the saved value back, so the application's own
-#:   statements keep their lock_timeout. (Reading the default from the ``pg_settings``
-#:   view instead cost ~1.8 ms per claim: it formats every setting.)
-#: * The outer query always returns one row: ``claimed`` (1 if the insert happened) and
-#:   the stored row if one is visible to the statement's snapshot, so a retry of a
-#:   completed message is answered without a second query. After waiting on a concurrent
-#:   claimer that then committed, the snapshot predates that commit and the row is not
-#:   visible: the caller reads it with a separate lookup.
-#: * ``chttp.saved_lock_timeout`` is set for the rest of the transaction only (never
-#:   empty: it holds a lock_timeout), so it also marks the transaction as the one that
-#:   claimed: once that transaction ends — committed or rolled back by anyone, the
-#:   handler included — the setting reads ``''`` again, and the stored response's
-#:   UPDATE refuses to run (:data:`chttp_server.claim_guard.PG_CLAIMING`).
-_PG_CLAIM = text(
-    "WITH claim AS ("
-    "INSERT INTO chttp_messages (scope, message_id, fingerprint, state, received_at, "
-    "expires_at) "
-    "SELECT :scope, :message_id, :fingerprint, :state, :received_at, :expires_at "
-    "FROM (SELECT set_config('lock_timeout', :lock_timeout || left(set_config("
-    "'chttp.saved_lock_timeout', current_setting('lock_timeout'), true), 0), true)"
-    ") AS bounded_wait "
-    "ON CONFLICT (scope, message_id) DO NOTHING "
-    "RETURNING set_config('lock_timeout', current_setting('chttp.saved_lock_timeout'), true)"
-    ") "
-    "SELECT (SELECT count(*) FROM claim) AS claimed, stored.* "
-    "FROM (SELECT 1) AS one LEFT JOIN chttp_messages AS stored "
-    "ON stored.scope = :scope AND stored.message_id = :message_id"
-)
-
-#: Built once: constructing a statement per request costs more Python than running it.
-_LOOKUP = select(messages).where(
-    messages.c.scope == bindparam("key_scope"), messages.c.message_id == bindparam("key_id")
-)
-_COMPLETE = (
-    update(messages)
-    .where(messages.c.scope == bindparam("key_scope"),
-           messages.c.message_id == bindparam("key_id"))
-    .values(status=bindparam("new_status"), headers=bindparam("new_headers"),
-            body=bindparam("new_body", type_=LargeBinary))
-)
-#: The portable UPDATE with the claim guard, for PostgreSQL drivers other than psycopg2.
-_PG_COMPLETE = _COMPLETE.where(text(claim_guard.PG_CLAIMING))
 
 
 class MessageStore:
@@ -298,7 +238,7 @@ class MessageStore:
     def _insert_claim_postgresql(
         self, connection: Connection, key: MessageKey, fingerprint: str, now: datetime
     ) -> tuple[bool, StoredMessage | None]:
-        """Insert the claim row in one round trip (see :data:`_PG_CLAIM`).
+        """Insert the claim row in one round trip (see :data:`chttp_server.store_sql.PG_CLAIM`).
 
         ``(True, None)`` if claimed; ``(False, row)`` on a conflict, ``row`` being ``None``
         when the conflicting row is not visible to this statement.
@@ -317,9 +257,9 @@ class MessageStore:
             if self._dbapi:
                 row = store_dbapi.claim(connection, params, prepared=self._prepared)
             else:
-                row = connection.execute(_PG_CLAIM, params).one()
+                row = connection.execute(store_sql.PG_CLAIM, params).one()
         except sa_exc.OperationalError as exc:
-            if claim_guard.sqlstate(exc) == _PG_LOCK_NOT_AVAILABLE:
+            if claim_guard.sqlstate(exc) == store_sql.PG_LOCK_NOT_AVAILABLE:
                 raise ClaimTimedOut(
                     key.message_id, self.claim_timeout, retry_after=max(1, round(self.claim_timeout))
                 ) from exc
@@ -350,7 +290,7 @@ class MessageStore:
             try:
                 if not self._postgresql:
                     claim_guard.release_sqlite(connection, key.message_id)
-                    connection.execute(_COMPLETE, {
+                    connection.execute(store_sql.COMPLETE, {
                         "key_scope": key.scope, "key_id": key.message_id,
                         "new_status": status, "new_headers": json.dumps(headers),
                         "new_body": body,
@@ -361,7 +301,7 @@ class MessageStore:
                         "headers": json.dumps(headers), "body": body,
                     }, prepared=self._prepared, commit=commit)
                 else:
-                    connection.execute(_PG_COMPLETE, {
+                    connection.execute(store_sql.PG_COMPLETE, {
                         "key_scope": key.scope, "key_id": key.message_id,
                         "new_status": status, "new_headers": json.dumps(headers),
                         "new_body": body,
@@ -381,7 +321,7 @@ class MessageStore:
                 row = store_dbapi.lookup(connection, key.scope, key.message_id)
             else:
                 row = connection.execute(
-                    _LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
+                    store_sql.LOOKUP, {"key_scope": key.scope, "key_id": key.message_id}
                 ).first()
         return stored_message(row) if row is not None else None
 

@@ -91,7 +91,7 @@ _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", 
             "received_at", "expires_at")
 _SELECT_STORED = ", ".join(f"stored.{name}" for name in _COLUMNS)
 
-#: The claim of :data:`chttp_server.store._PG_CLAIM`, word for word, in psycopg2's
+#: The claim of :data:`chttp_server.store_sql.PG_CLAIM`, word for word, in psycopg2's
 #: parameter style and with the stored row's columns named (their order is the tuple's).
 CLAIM = (
     "WITH claim AS ("
@@ -111,7 +111,7 @@ CLAIM = (
 )
 
 #: True in the transaction that claimed, an error (SQLSTATE 22012) in any other: see
-#: :data:`chttp_server.store.PG_CLAIMING`, which is this text.
+#: :data:`chttp_server.claim_guard.PG_CLAIMING`, which is this text.
 CLAIMING = "1 / length(coalesce(current_setting('chttp.saved_lock_timeout', true), '')) >= 0"
 
 COMPLETE = (

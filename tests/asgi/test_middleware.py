@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from chttp_server import store as store_module
+from chttp_server import store_sql
 from chttp_server.asgi import CertifiedMiddleware, current_message, require_for_methods
 from chttp_server.errors import ConfigurationError
 from chttp_server.store import MessageStore
@@ -85,7 +85,7 @@ def test_the_async_front_end_runs_the_one_claim_of_the_core(async_db_url: str,
     assert calls.count("MessageTransaction.claim") == calls.count("MessageStore.claim") == 2
     assert calls.count("MessageTransaction.complete") == calls.count("MessageStore.complete") == 1
     if engine.dialect.name == "postgresql":
-        claim_sql = str(store_module._PG_CLAIM.compile(dialect=engine.sync_engine.dialect))
+        claim_sql = str(store_sql.PG_CLAIM.compile(dialect=engine.sync_engine.dialect))
         assert statements.count(claim_sql) == 2
 
 
