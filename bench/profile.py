@@ -35,7 +35,7 @@ from bench.cluster import BenchDatabase
 from bench.load import BODY, PATH
 
 __all__ = ["main", "drive", "measure", "medians", "process_cpu_seconds", "backend_cpu_seconds",
-           "by_module"]
+           "by_module", "warmed_apps"]
 
 
 _PATHS = {"items": PATH, "transfer": "/transfer"}
@@ -134,9 +134,20 @@ def by_module(stats: pstats.Stats, requests: int) -> list[tuple[str, float, floa
     return sorted(rows, key=lambda row: row[1], reverse=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def warmed_apps(db_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
+    """The application in each mode (``replay``: the certified one, whose message
+    ``template`` is stored for it to replay), each having answered a first request."""
     from bench.app import make_app
 
+    apps = {mode: make_app(mode, db_url) for mode in ("bare", "certified", "certified-default")}
+    apps["replay"] = apps["certified"]
+    drive(apps["certified"], ["template"])
+    drive(apps["certified-default"], ["template-default"])
+    drive(apps["bare"], [None] * 50)
+    return apps
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
@@ -148,12 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     global _path
     _path = _PATHS[args.scenario]
     with BenchDatabase() as db:
-        apps = {mode: make_app(mode, db.url) for mode in ("bare", "certified",
-                                                          "certified-default")}
-        apps["replay"] = apps["certified"]
-        drive(apps["certified"], ["template"])
-        drive(apps["certified-default"], ["template-default"])
-        drive(apps["bare"], [None] * 50)
+        apps = warmed_apps(db.url)
         samples: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in args.modes}
         for _round in range(args.rounds):
             for mode in args.modes:

@@ -120,7 +120,8 @@ def release_sqlite(connection: Connection, message_id: str) -> None:
 
 def end(connection: Connection) -> None:
     """The message claimed on ``connection`` is stored or being rolled back: unguard it."""
-    _SQLITE_CLAIMED.discard(connection)
+    if _SQLITE_CLAIMED:  # empty but on SQLite: skip the weak reference discard() makes
+        _SQLITE_CLAIMED.discard(connection)
 
 
 def install_sqlite(engine: Engine) -> None:

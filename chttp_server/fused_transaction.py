@@ -21,16 +21,19 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 __all__ = ["install", "begin", "lend", "guards", "fused", "transaction_status", "opening", "guard",
-           "ended", "IDLE"]
+           "ended", "IDLE", "FUSED_KEY"]
 
 
 #: Where a pooled connection records that the store switched it to autocommit for a
 #: transaction of its own (:func:`begin`); its pool record's ``info``, read on check-in.
-_FUSED_KEY = "chttp_fused_transaction"
+FUSED_KEY = "chttp_fused_transaction"
 #: Where a connection :func:`lend` lent is marked, and keeps the cursor class it had
 #: before :func:`guard`.
 _LENT_KEY = "chttp_lent_transaction"
 _FACTORY_KEY = "chttp_fused_cursor_factory"
+#: :data:`chttp_server.store_dbapi.PAIRED_KEY`, set only while :data:`FUSED_KEY` is, and
+#: dropped with it (that module imports this one).
+_PAIRED_KEY = "chttp_claim_prepared_on_demand"
 #: The engines whose pools carry the check-in listener of :func:`install`.
 _INSTALLED_KEY = "chttp_fused_reset_installed"
 #: ``psycopg2.extensions.TRANSACTION_STATUS_IDLE``: no transaction open on the server.
@@ -53,8 +56,9 @@ def install(engine: Engine) -> None:
 
 
 def _end_on_checkin(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
-    if record is None or not record.info.pop(_FUSED_KEY, False):
+    if record is None or not record.info.pop(FUSED_KEY, False):
         return
+    record.info.pop(_PAIRED_KEY, None)
     dbapi_connection.cursor_factory = None  # psycopg2's default cursor again
     if reset_state.terminate_only or dbapi_connection.closed:
         return  # being closed, or lost: the server drops the transaction
@@ -79,7 +83,7 @@ def begin(connection: Connection) -> bool:
             or dbapi_connection.isolation_level is not None
             or dbapi_connection.readonly is not None or dbapi_connection.deferrable is not None):
         return False
-    fairy.info[_FUSED_KEY] = True
+    fairy.info[FUSED_KEY] = True
     dbapi_connection.autocommit = True
     return True
 
@@ -127,11 +131,12 @@ def lend(connection: Connection) -> Callable[[], None] | None:
     info[_LENT_KEY] = True
     if fuses:
         raw.autocommit = True
-        info[_FUSED_KEY] = True
+        info[FUSED_KEY] = True
 
     def give_back() -> None:
         info.pop(_LENT_KEY, None)
-        info.pop(_FUSED_KEY, None)
+        info.pop(FUSED_KEY, None)
+        info.pop(_PAIRED_KEY, None)
         if _FACTORY_KEY in info:
             raw.cursor_factory = info.pop(_FACTORY_KEY)
         if fuses and not raw.closed and raw.pgconn.transaction_status == IDLE:
@@ -144,12 +149,12 @@ def guards(connection: Connection) -> bool:
     """True if a claim on ``connection`` must be followed by :func:`guard`: a fused
     transaction, or a connection :func:`lend` lent."""
     info = connection.connection.info
-    return bool(info.get(_FUSED_KEY) or info.get(_LENT_KEY))
+    return bool(info.get(FUSED_KEY) or info.get(_LENT_KEY))
 
 
 def fused(connection: Connection) -> bool:
     """True while ``connection`` is in a transaction :func:`begin` fused (until check-in)."""
-    return bool(connection.connection.info.get(_FUSED_KEY))
+    return bool(connection.connection.info.get(FUSED_KEY))
 
 
 def transaction_status(connection: Connection) -> int:

@@ -77,7 +77,15 @@ def read_body(environ: dict[str, Any], limit: int = DEFAULT_MAX_REQUEST_BYTES) -
         except ValueError:
             length = 0
         check_request_length(length, limit)
-        buffer = _read_up_to(stream, length, limit) if length > 0 else io.BytesIO()
+        if length > 0:
+            first: bytes = stream.read(length)
+            if len(first) == length:  # the common case: one read, kept as it is
+                environ["wsgi.input"] = io.BytesIO(first)
+                environ["CONTENT_LENGTH"] = str(length)
+                return first
+            buffer = _read_up_to(stream, length, limit, first)
+        else:
+            buffer = io.BytesIO()
         if buffer.getbuffer().nbytes < length:
             raise IncompleteBody(
                 f"Content-Length is {length} but the body ended after "
@@ -98,15 +106,18 @@ def read_body(environ: dict[str, Any], limit: int = DEFAULT_MAX_REQUEST_BYTES) -
 _CHUNK = 64 * 1024
 
 
-def _read_up_to(stream: Any, length: int | None, limit: int) -> io.BytesIO:
+def _read_up_to(stream: Any, length: int | None, limit: int,
+                first: bytes | None = None) -> io.BytesIO:
     """Read ``length`` bytes (or to the end if ``None``) into one buffer, 413 past ``limit``.
 
-    Fewer bytes only if the stream ends first (a short read is allowed of a file-like
-    object, so one ``read`` is not proof of a truncated body).
+    ``first``: what a first ``read`` already returned. Fewer bytes only if the stream
+    ends first (a short read is allowed of a file-like object, so one ``read`` is not
+    proof of a truncated body).
     """
-    first = stream.read(length if length is not None else _CHUNK)
+    if first is None:
+        first = stream.read(length if length is not None else _CHUNK)
     if length is not None and len(first) == length:
-        return io.BytesIO(first)  # the common case: one read, no copy
+        return io.BytesIO(first)  # one read, no copy
     buffer = io.BytesIO()
     buffer.write(first)
     total = len(first)

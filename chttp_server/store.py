@@ -23,7 +23,6 @@ serialised and a claimer can only ever meet committed rows.
 
 from __future__ import annotations
 
-import json
 import threading
 from datetime import datetime, timedelta
 from typing import Any, Callable
@@ -37,7 +36,14 @@ from chttp_core.db import begin_immediately
 from chttp_core.errors import ClaimLost, ClaimTimedOut
 from chttp_core.schema import STATE_ACKNOWLEDGED, STATE_COMPLETED, messages
 from chttp_server import claim_guard, fused_transaction, replication, store_dbapi, store_sql
-from chttp_server.messages import Headers, MessageKey, StoredMessage, stored_message, utcnow
+from chttp_server.messages import (
+    Headers,
+    MessageKey,
+    StoredMessage,
+    headers_json,
+    stored_message,
+    utcnow,
+)
 from chttp_server.purge import purge_expired
 from chttp_server.store_errors import unreachable_as_store_error
 
@@ -100,15 +106,14 @@ class MessageStore:
         """
         with _UNREACHABLE:
             connection = self.engine.connect()
-        try:
-            with _UNREACHABLE:
+            try:
                 # On SQLite the claim holds the write lock from the start (module docstring).
                 begin_immediately(connection).begin()
                 if self._fused:
                     fused_transaction.begin(connection)
-        except BaseException:
-            connection.close()
-            raise
+            except BaseException:
+                connection.close()
+                raise
         return connection
 
     def says_begin_itself(self, connection: Connection) -> bool:
@@ -292,18 +297,18 @@ class MessageStore:
                     claim_guard.release_sqlite(connection, key.message_id)
                     connection.execute(store_sql.COMPLETE, {
                         "key_scope": key.scope, "key_id": key.message_id,
-                        "new_status": status, "new_headers": json.dumps(headers),
+                        "new_status": status, "new_headers": headers_json(headers),
                         "new_body": body,
                     })
                 elif self._dbapi:
                     store_dbapi.complete(connection, {
                         "scope": key.scope, "message_id": key.message_id, "status": status,
-                        "headers": json.dumps(headers), "body": body,
+                        "headers": headers_json(headers), "body": body,
                     }, prepared=self._prepared, commit=commit)
                 else:
                     connection.execute(store_sql.PG_COMPLETE, {
                         "key_scope": key.scope, "key_id": key.message_id,
-                        "new_status": status, "new_headers": json.dumps(headers),
+                        "new_status": status, "new_headers": headers_json(headers),
                         "new_body": body,
                     })
             except sa_exc.DBAPIError as exc:

@@ -73,19 +73,26 @@ rewrite is not applied). Other drivers (and SQLite) keep the SQLAlchemy statemen
 from __future__ import annotations
 
 import hashlib
-import weakref
 from collections import namedtuple
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
-from chttp_server.fused_transaction import IDLE, fused, guard, guards, opening, transaction_status
+from chttp_server.fused_transaction import (
+    FUSED_KEY,
+    IDLE,
+    fused,
+    guard,
+    guards,
+    opening,
+    transaction_status,
+)
 from chttp_server.replication import HOLD_SQL
 
 __all__ = ["supports", "prepares", "fuses", "end", "claim", "complete", "lookup", "hold", "CLAIM",
            "CLAIMING", "COMPLETE", "LOOKUP", "NO_SUCH_STATEMENT", "CLAIM_PREPARE",
-           "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE"]
+           "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE", "PAIRED_KEY"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -158,9 +165,12 @@ CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, (
     ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
     ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
 ), paired=COMPLETE_PREPARE)
-#: Connections whose open transaction claimed through :data:`CLAIM_EXECUTE` prepared on
-#: demand: their session has :data:`COMPLETE_EXECUTE` too (:func:`complete`).
-_PAIRED: weakref.WeakSet[Connection] = weakref.WeakSet()
+#: Set in a pooled connection's ``info`` while its open transaction claimed through
+#: :data:`CLAIM_EXECUTE` prepared on demand: its session has :data:`COMPLETE_EXECUTE` too
+#: (:func:`complete`). Set only on a fused connection, dropped by :func:`end` and wherever
+#: the fused mark goes (check-in, :func:`~chttp_server.fused_transaction.lend`'s give-back):
+#: a plain dict entry, where a weak set of connections cost a weak reference per test.
+PAIRED_KEY = "chttp_claim_prepared_on_demand"
 #: Where a pooled connection remembers what it has prepared: its pool record's ``info``,
 #: which SQLAlchemy's own pools keep exactly as long as the DB-API connection (a
 #: reconnect is a new record and prepares again). See :func:`prepares`.
@@ -209,8 +219,9 @@ def end(connection: Connection, statement: str) -> None:
     On a connection that is not fused this does nothing: SQLAlchemy's own
     ``commit()`` / ``rollback()`` (which the caller runs next either way) does it.
     """
-    _PAIRED.discard(connection)
-    if fused(connection) and transaction_status(connection) != IDLE:
+    info = connection.connection.info
+    info.pop(PAIRED_KEY, None)
+    if info.get(FUSED_KEY) and transaction_status(connection) != IDLE:
         _run(connection, statement, None, fetch=False)
 
 
@@ -228,7 +239,7 @@ def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> 
     row: Any   # a _ClaimRow (its fields are untyped to mypy)
     if not prepared and fused(connection) and transaction_status(connection) == IDLE:
         row = _ClaimRow._make(_claim_prepared_on_demand(connection, params))
-        _PAIRED.add(connection)
+        connection.connection.info[PAIRED_KEY] = True
     else:
         if prepared:
             _prepare(connection, CLAIM_PREPARE)
@@ -273,7 +284,7 @@ def complete(connection: Connection, params: dict[str, Any], *, prepared: bool,
     if prepared:
         _prepare(connection, COMPLETE_PREPARE)
         sql = COMPLETE_EXECUTE
-    elif connection in _PAIRED:
+    elif connection.connection.info.get(PAIRED_KEY):
         sql = COMPLETE_EXECUTE
     else:
         sql = COMPLETE
@@ -311,7 +322,7 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
     assert dbapi_connection is not None
     dialect = connection.dialect
     dbapi = dialect.loaded_dbapi
-    psycopg3 = _psycopg3(connection)
+    psycopg3 = dialect.driver == "psycopg"
     cursor = _client_cursor(dbapi_connection) if psycopg3 else dbapi_connection.cursor()
     try:
         # SQLAlchemy's cursor events still see the statement (tracing, the fault tests'

@@ -116,9 +116,11 @@ def observe_message(environ: dict[str, Any], message_id: str) -> MessageObservat
 
     The shared no-op while OpenTelemetry is absent or unconfigured.
     """
+    if telemetry.unconfigured():
+        return NOOP
     tracer = telemetry.tracing()
     meter = telemetry.metering()
-    if tracer is None and meter is None:
+    if tracer is None and meter is None:  # configure(None) ran meanwhile
         return NOOP
     return MessageObservation(tracer, _instruments_for(meter), environ, message_id)
 

@@ -116,9 +116,11 @@ class MessageTransaction:
         self.outcome: Outcome | None = None
         # A weak reference: the guard lives in this object, and a cycle would leave every
         # request's transaction (and its Connection) to the cyclic garbage collector.
-        probe = weakref.WeakMethod(self.connection_lost)
+        # (weakref.ref of the object, not WeakMethod of the bound method: the same answer
+        # for a fraction of the cost, paid on every request.)
+        probe = weakref.ref(self)
         self._guard = store_errors(retry_after=retry_after, message_id=key.message_id,
-                                   lost=lambda: bool((method := probe()) and method()))
+                                   lost=lambda: bool((txn := probe()) and txn.connection_lost()))
         self.observed = observation
         #: Own mode: the transaction the store began, which the handler must not end.
         self._root: RootTransaction | None = None
@@ -167,7 +169,8 @@ class MessageTransaction:
             return
         connection, self._connection = self._connection, None
         try:
-            self._quiet_rollback(connection)
+            if self.outcome is None:  # else committed, rolled back or aborted already
+                self._quiet_rollback(connection)
         finally:
             connection.close()
 
@@ -329,23 +332,23 @@ class MessageTransaction:
     # -- commit / rollback -----------------------------------------------------------
 
     def commit(self, *, hold_until_replicated: bool = False) -> None:
-        if self._connection is not None:
-            self.store.end_claim(self._connection)
         with self._errors():
-            if not self.joined:
+            if not self.joined:  # the store's commit ends the claim's guard itself
                 self.store.commit(self.connection, hold_until_replicated=hold_until_replicated)
-            elif self._commit is not None:
-                self._commit()
+            else:
+                self.store.end_claim(self.connection)
+                if self._commit is not None:
+                    self._commit()
         self.outcome = Outcome.STORE
 
     def rollback(self) -> None:
-        if self._connection is not None:
-            self.store.end_claim(self._connection)
         with self._errors():
-            if not self.joined:
+            if not self.joined:  # the store's rollback ends the claim's guard itself
                 self.store.rollback(self.connection)
-            elif self._rollback is not None:
-                self._rollback()
+            else:
+                self.store.end_claim(self.connection)
+                if self._rollback is not None:
+                    self._rollback()
         self.outcome = Outcome.ROLL_BACK
 
     def abort(self) -> None:

@@ -379,3 +379,22 @@ def test_the_profile_by_module_sums_own_time_per_request_largest_first() -> None
     assert [micros for _m, micros, _c in rows] == sorted((m for _x, m, _c in rows), reverse=True)
     calls = dict((module, per) for module, _micros, per in rows)
     assert calls["json/__init__.py"] == 1.0  # one json.dumps per "request"
+
+
+def _created(environ, start_response):
+    environ["wsgi.input"].read()
+    start_response("201 Created", [("Content-Length", "0")])
+    return [b""]
+
+
+def test_bytecode_counts_are_exact_and_per_request() -> None:
+    from bench.bytecodes import by_module, count, module_of
+
+    once = by_module(count(_created, [None] * 5), requests=5)
+    again = by_module(count(_created, [None] * 5), requests=5)
+    twice_as_many = by_module(count(_created, [None] * 10), requests=10)
+    here = module_of(__file__)
+    assert here == "tests/bench/test_bench_report.py"
+    assert once[here] > 0
+    assert once == again  # counted, not timed: the same on every run
+    assert twice_as_many[here] == once[here]  # per request (the driver's own loop is not)
