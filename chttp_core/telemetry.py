@@ -12,8 +12,9 @@ exporters, as for any other instrumented library. Two promises shape this module
   sets a tracer provider (``trace.set_tracer_provider``) or a meter provider
   (``metrics.set_meter_provider``), :func:`tracing` and :func:`metering` answer
   ``None`` and the hooks stay no-ops. The API lets a global provider be set only once,
-  so a positive answer is cached; a negative one is asked again (two function calls)
-  so that a provider set after the middleware was built is still honoured.
+  so a positive answer is cached; a negative one is asked again on every request
+  (:func:`unconfigured`: two attribute reads) so that a provider set after the
+  middleware was built is still honoured.
 
 W3C trace context (https://www.w3.org/TR/trace-context/) travels in ``traceparent`` /
 ``tracestate``: :func:`trace_headers` gives them for the current span (the sender adds

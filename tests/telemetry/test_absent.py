@@ -8,6 +8,7 @@ cannot be unset in this test process.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -41,3 +42,23 @@ def test_unconfigured_is_a_no_op_until_the_application_sets_global_providers(tmp
                              "chttp.store"]
     assert {"chttp.server.messages", "chttp.client.sends", "chttp.client.attempts",
             "chttp.client.oplogs"} <= set(seen["metrics"])
+
+
+def test_a_provider_named_by_the_environment_is_honoured_from_the_first_request() -> None:
+    # The API loads such a provider on its getters' first call; the per-request test
+    # (chttp_core.telemetry.unconfigured) must not answer "off" before anyone called them.
+    code = ("from chttp_core import telemetry; "
+            "print(telemetry.unconfigured(), telemetry.tracing() is not None)")
+    for variable, group_entry in (("OTEL_PYTHON_TRACER_PROVIDER", "sdk_tracer_provider"),
+                                  ("OTEL_PYTHON_METER_PROVIDER", "sdk_meter_provider")):
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=120,
+                              env={**os.environ, variable: group_entry})
+        assert done.returncode == 0, done.stderr
+        unconfigured, _tracing = done.stdout.split()
+        assert unconfigured == "False", (variable, done.stdout)
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("OTEL_PYTHON_")})
+    assert done.stdout.split() == ["True", "False"], done.stderr
