@@ -21,13 +21,12 @@ import argparse
 import collections
 import sys
 import sysconfig
-import uuid
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Iterable
 
 from bench.cluster import BenchDatabase
-from bench.profile import drive, warmed_apps
+from bench.profile import drive, request_ids, warmed_apps
 
 __all__ = ["count", "by_module", "main"]
 
@@ -73,15 +72,6 @@ def by_module(counts: collections.Counter[tuple[str, str]], requests: int) -> di
     return {module: executed / requests for module, executed in totals.most_common()}
 
 
-def _ids(mode: str, requests: int) -> list[str | None]:
-    if mode == "bare":
-        return [None] * requests
-    if mode == "replay":
-        return ["template"] * requests
-    tag = uuid.uuid4().hex[:8]
-    return [f"{tag}-{n}" for n in range(requests)]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bytecodes", description=__doc__)
     parser.add_argument("--requests", type=int, default=300)
@@ -93,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         apps = warmed_apps(db.url)
         results: dict[str, dict[str, float]] = {}
         for mode in args.modes:
-            drive(apps[mode], _ids(mode, 20))  # warm: pools filled, statements prepared
-            counts = count(apps[mode], _ids(mode, args.requests))
+            drive(apps[mode], request_ids(mode, 20))  # warm: pools filled, statements prepared
+            counts = count(apps[mode], request_ids(mode, args.requests))
             results[mode] = by_module(counts, args.requests)
             if args.top:
                 print(f"-- {mode}: busiest functions (bytecodes per request)")

@@ -35,7 +35,7 @@ from bench.cluster import BenchDatabase
 from bench.load import BODY, PATH
 
 __all__ = ["main", "drive", "measure", "medians", "process_cpu_seconds", "backend_cpu_seconds",
-           "by_module", "warmed_apps"]
+           "by_module", "warmed_apps", "request_ids"]
 
 
 _PATHS = {"items": PATH, "transfer": "/transfer"}
@@ -147,6 +147,17 @@ def warmed_apps(db_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
     return apps
 
 
+def request_ids(mode: str, requests: int) -> list[str | None]:
+    """The message ids of ``requests`` requests in ``mode``: none (bare), the stored
+    ``template`` again and again (replay), or fresh ones (a certified mode)."""
+    if mode == "bare":
+        return [None] * requests
+    if mode == "replay":
+        return ["template"] * requests
+    tag = uuid.uuid4().hex[:8]
+    return [f"{tag}-{n}" for n in range(requests)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
@@ -163,15 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[tuple[float, float, float]]] = {mode: [] for mode in args.modes}
         for _round in range(args.rounds):
             for mode in args.modes:
-                tag = uuid.uuid4().hex[:8]
-                ids: list[str | None]
-                if mode == "bare":
-                    ids = [None] * args.requests
-                elif mode == "replay":
-                    ids = ["template"] * args.requests
-                else:
-                    ids = [f"{tag}-{n}" for n in range(args.requests)]
-                samples[mode].append(measure(apps[mode], ids, lambda: backend_cpu_seconds(db)))
+                samples[mode].append(measure(apps[mode], request_ids(mode, args.requests),
+                                             lambda: backend_cpu_seconds(db)))
         print(f"{'mode':<18} {'wall us/req':>12} {'cpu us/req':>11} {'postgres cpu':>13}  "
               f"(median of {args.rounds})")
         for mode in args.modes:
@@ -179,9 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{mode:<18} {wall:>12.0f} {cpu:>11.0f} {database:>13.0f}")
         if args.cprofile:
             mode = args.cprofile
-            ids = ([None] * args.requests if mode == "bare" else
-                   ["template"] * args.requests if mode == "replay" else
-                   [f"p-{mode}-{n}" for n in range(args.requests)])
+            ids = request_ids(mode, args.requests)
             profiler = cProfile.Profile()
             profiler.enable()
             drive(apps[mode], ids)

@@ -109,21 +109,21 @@ class _Api:
         self.propagate = propagate
         self.context = context
         self.proxy_tracer_provider = trace.ProxyTracerProvider
+        # Where this API version keeps its two global providers (unset: None), for
+        # :func:`unconfigured`; None where it keeps them elsewhere, or where an environment
+        # variable names a provider (the public getters load it on their first call).
+        self.globals: tuple[ModuleType, ModuleType] | None = None
         try:  # the API's placeholder until a meter provider is set (no public name)
+            from opentelemetry.metrics import _internal as metrics_internal
             from opentelemetry.metrics._internal import _ProxyMeterProvider
             self.proxy_meter_provider: type = _ProxyMeterProvider
         except ImportError:  # pragma: no cover - another API version
             self.proxy_meter_provider = type(metrics.get_meter_provider())
-        # Where this API version keeps its two global providers (unset: None), for
-        # :func:`unconfigured`; None where it keeps them elsewhere, or where an environment
-        # variable names a provider (the public getters load it on their first call).
-        from opentelemetry.metrics import _internal as metrics_internal
-
-        environment_names_one = any(name in os.environ for name in _PROVIDER_VARIABLES)
-        self.globals: tuple[ModuleType, ModuleType] | None = (
-            (trace, metrics_internal)
-            if not environment_names_one and hasattr(trace, "_TRACER_PROVIDER")
-            and hasattr(metrics_internal, "_METER_PROVIDER") else None)
+        else:
+            environment_names_one = any(name in os.environ for name in _PROVIDER_VARIABLES)
+            if (not environment_names_one and hasattr(trace, "_TRACER_PROVIDER")
+                    and hasattr(metrics_internal, "_METER_PROVIDER")):
+                self.globals = (trace, metrics_internal)
 
 
 #: The environment variables through which OpenTelemetry's API loads a provider itself.

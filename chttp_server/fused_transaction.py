@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 __all__ = ["install", "begin", "lend", "guards", "fused", "transaction_status", "opening", "guard",
-           "ended", "IDLE", "FUSED_KEY"]
+           "ended", "IDLE", "FUSED_KEY", "PAIRED_KEY"]
 
 
 #: Where a pooled connection records that the store switched it to autocommit for a
@@ -31,9 +31,11 @@ FUSED_KEY = "chttp_fused_transaction"
 #: before :func:`guard`.
 _LENT_KEY = "chttp_lent_transaction"
 _FACTORY_KEY = "chttp_fused_cursor_factory"
-#: :data:`chttp_server.store_dbapi.PAIRED_KEY`, set only while :data:`FUSED_KEY` is, and
-#: dropped with it (that module imports this one).
-_PAIRED_KEY = "chttp_claim_prepared_on_demand"
+#: Set by :func:`chttp_server.store_dbapi.claim` while the open transaction claimed through
+#: the claim prepared on demand (its session has the stored response prepared too); set
+#: only while :data:`FUSED_KEY` is, and dropped with it (here) and at the transaction's
+#: end (:func:`chttp_server.store_dbapi.end`).
+PAIRED_KEY = "chttp_claim_prepared_on_demand"
 #: The engines whose pools carry the check-in listener of :func:`install`.
 _INSTALLED_KEY = "chttp_fused_reset_installed"
 #: ``psycopg2.extensions.TRANSACTION_STATUS_IDLE``: no transaction open on the server.
@@ -58,7 +60,7 @@ def install(engine: Engine) -> None:
 def _end_on_checkin(dbapi_connection: Any, record: Any, reset_state: Any) -> None:
     if record is None or not record.info.pop(FUSED_KEY, False):
         return
-    record.info.pop(_PAIRED_KEY, None)
+    record.info.pop(PAIRED_KEY, None)
     dbapi_connection.cursor_factory = None  # psycopg2's default cursor again
     if reset_state.terminate_only or dbapi_connection.closed:
         return  # being closed, or lost: the server drops the transaction
@@ -136,7 +138,7 @@ def lend(connection: Connection) -> Callable[[], None] | None:
     def give_back() -> None:
         info.pop(_LENT_KEY, None)
         info.pop(FUSED_KEY, None)
-        info.pop(_PAIRED_KEY, None)
+        info.pop(PAIRED_KEY, None)
         if _FACTORY_KEY in info:
             raw.cursor_factory = info.pop(_FACTORY_KEY)
         if fuses and not raw.closed and raw.pgconn.transaction_status == IDLE:

@@ -110,14 +110,13 @@ def _read_up_to(stream: Any, length: int | None, limit: int,
                 first: bytes | None = None) -> io.BytesIO:
     """Read ``length`` bytes (or to the end if ``None``) into one buffer, 413 past ``limit``.
 
-    ``first``: what a first ``read`` already returned. Fewer bytes only if the stream
+    ``first``: what a first ``read`` already returned (short of ``length``: the one-read
+    case never comes here, :func:`read_body` keeps it). Fewer bytes only if the stream
     ends first (a short read is allowed of a file-like object, so one ``read`` is not
     proof of a truncated body).
     """
     if first is None:
         first = stream.read(length if length is not None else _CHUNK)
-    if length is not None and len(first) == length:
-        return io.BytesIO(first)  # one read, no copy
     buffer = io.BytesIO()
     buffer.write(first)
     total = len(first)

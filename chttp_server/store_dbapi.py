@@ -82,6 +82,7 @@ from sqlalchemy import exc as sa_exc
 from chttp_server.fused_transaction import (
     FUSED_KEY,
     IDLE,
+    PAIRED_KEY,
     fused,
     guard,
     guards,
@@ -92,7 +93,7 @@ from chttp_server.replication import HOLD_SQL
 
 __all__ = ["supports", "prepares", "fuses", "end", "claim", "complete", "lookup", "hold", "CLAIM",
            "CLAIMING", "COMPLETE", "LOOKUP", "NO_SUCH_STATEMENT", "CLAIM_PREPARE",
-           "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE", "PAIRED_KEY"]
+           "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
             "received_at", "expires_at")
@@ -165,12 +166,6 @@ CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, (
     ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
     ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
 ), paired=COMPLETE_PREPARE)
-#: Set in a pooled connection's ``info`` while its open transaction claimed through
-#: :data:`CLAIM_EXECUTE` prepared on demand: its session has :data:`COMPLETE_EXECUTE` too
-#: (:func:`complete`). Set only on a fused connection, dropped by :func:`end` and wherever
-#: the fused mark goes (check-in, :func:`~chttp_server.fused_transaction.lend`'s give-back):
-#: a plain dict entry, where a weak set of connections cost a weak reference per test.
-PAIRED_KEY = "chttp_claim_prepared_on_demand"
 #: Where a pooled connection remembers what it has prepared: its pool record's ``info``,
 #: which SQLAlchemy's own pools keep exactly as long as the DB-API connection (a
 #: reconnect is a new record and prepares again). See :func:`prepares`.

@@ -68,3 +68,18 @@ def test_stored_headers_are_json_dumps_text(headers: list[tuple[str, str]]) -> N
 def test_stored_headers_of_other_values_are_left_to_json() -> None:
     assert headers_json([("Retry-After", 5)]) == json.dumps([("Retry-After", 5)])  # type: ignore[list-item]
     assert headers_json([("a", "b", "c")]) == json.dumps([("a", "b", "c")])  # type: ignore[list-item]
+
+
+@given(st.text(max_size=30))
+def test_message_url_quotes_as_quote_does(message_id: str) -> None:
+    # The fast path skips quote() only for ids it would leave as they are.
+    from urllib.parse import quote
+
+    from chttp_server.decisions import message_url
+
+    try:
+        expected = quote(message_id, safe="")
+    except UnicodeEncodeError:  # a lone surrogate: quote() itself refuses it
+        return
+    assert message_url("/app", "/chttp/messages/", message_id) == \
+        "/app/chttp/messages/" + expected
