@@ -17,7 +17,9 @@ request for as long as the kernel retransmits — about 15 minutes on Linux — 
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+import time
 import weakref
 from typing import Any
 
@@ -174,7 +176,7 @@ def _configure_sqlite(engine: Engine, *, begin: str = "IMMEDIATE", foreign_keys:
         cursor = dbapi_connection.cursor()
         in_memory = engine.url.database in (None, "", ":memory:")
         if not in_memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _enter_wal(cursor)
         if foreign_keys:
             cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -183,6 +185,32 @@ def _configure_sqlite(engine: Engine, *, begin: str = "IMMEDIATE", foreign_keys:
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(_BEGIN_OPTION, begin)
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _enter_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
+
+    The first connections to a new file race to switch it from the rollback journal to
+    WAL, and SQLite answers the loser "database is locked" at once, without its busy
+    handler: the loser already holds a read lock and waiting for the write lock could
+    deadlock (found by CI: a sender's journal and a second journal opening one new file
+    together; one in ten such races fails). Once one connection has switched, the mode is
+    persistent and the retry is a no-op. Bounded by the connection's own busy timeout,
+    the wait the caller chose for the lock.
+    """
+    cursor.execute("PRAGMA busy_timeout")
+    busy_seconds = cursor.fetchone()[0] / 1000
+    deadline = time.monotonic() + busy_seconds
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 #: Modules of asyncio drivers whose connect errors SQLAlchemy hands on untranslated.
