@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterable
 from bench.cluster import BenchDatabase
 from bench.profile import drive, request_ids, warmed_apps
 
-__all__ = ["count", "by_module", "main"]
+__all__ = ["count", "by_module", "warmed_flask_apps", "main"]
 
 _ROOT = str(Path(__file__).resolve().parent.parent)
 _STDLIB = sysconfig.get_paths()["stdlib"]
@@ -72,15 +72,33 @@ def by_module(counts: collections.Counter[tuple[str, str]], requests: int) -> di
     return {module: executed / requests for module, executed in totals.most_common()}
 
 
+def warmed_flask_apps(db_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
+    """:func:`bench.profile.warmed_apps` for the Flask twin: ``bare``, ``certified``
+    and ``replay`` (a stored ``template``), each having answered a first request."""
+    from bench.flask_app import make_app
+
+    apps = {"bare": make_app("flask-bare", db_url), "certified": make_app("flask-certified", db_url)}
+    apps["replay"] = apps["certified"]
+    drive(apps["certified"], ["template"])
+    drive(apps["bare"], [None] * 50)
+    return apps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bytecodes", description=__doc__)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--modes", nargs="+", default=["bare", "certified", "replay"],
                         choices=["bare", "certified", "certified-default", "replay"])
     parser.add_argument("--top", type=int, default=0, help="also the N busiest functions")
+    parser.add_argument("--app", choices=["wsgi", "flask"], default="wsgi",
+                        help="the bench application (bench/app.py) or its Flask twin "
+                             "(bench/flask_app.py: Flask-SQLAlchemy's session, "
+                             "chttp_server.flask.Certified)")
     args = parser.parse_args(argv)
     with BenchDatabase() as db:
-        apps = warmed_apps(db.url)
+        apps = warmed_apps(db.url) if args.app == "wsgi" else warmed_flask_apps(db.url)
+        if not set(args.modes) <= set(apps):
+            parser.error(f"--app {args.app} has the modes {', '.join(sorted(apps))}")
         results: dict[str, dict[str, float]] = {}
         for mode in args.modes:
             drive(apps[mode], request_ids(mode, 20))  # warm: pools filled, statements prepared
