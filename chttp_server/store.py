@@ -263,7 +263,9 @@ class MessageStore:
                 row = store_dbapi.claim(connection, params, prepared=self._prepared)
             else:
                 row = connection.execute(store_sql.PG_CLAIM, params).one()
-        except sa_exc.OperationalError as exc:
+        except sa_exc.DBAPIError as exc:
+            # By SQLSTATE, not class: psycopg's lock timeout is an OperationalError,
+            # asyncpg's reaches SQLAlchemy as a plain DBAPIError.
             if claim_guard.sqlstate(exc) == store_sql.PG_LOCK_NOT_AVAILABLE:
                 raise ClaimTimedOut(
                     key.message_id, self.claim_timeout, retry_after=max(1, round(self.claim_timeout))

@@ -65,16 +65,25 @@ replay instead of four. (An earlier attempt, a psycopg 3 *pipeline* carrying psy
 own ``BEGIN`` with the claim, measured slower: 506 against 378 µs a claim.) Where the front end's
 transaction is already open (Django's ``TestCase``), nothing of this applies.
 
+**asyncpg** (the ASGI front end's usual driver): the claim, the stored response and the
+lookup run on the cursor of SQLAlchemy's asyncpg adapter (its BEGIN, its per-connection
+prepared statements, its translation of asyncpg's errors), as :data:`NUMBERED`: the
+same text with ``$n::type`` parameters. Skipping SQLAlchemy's execution layer there
+saved ~3,800 of a certified FastAPI request's ~25,700 bytecodes and ~120 of its
+~1,630 µs of CPU (``python -m bench.asgi_profile``, issue 20). Nothing travels together
+on asyncpg (one statement per round trip), so nothing of the fused transaction applies.
+
 SQLAlchemy's ``before_cursor_execute`` / ``after_cursor_execute`` listeners are called
 as SQLAlchemy calls them (without an execution context; a ``retval=True`` listener's
-rewrite is not applied). Other drivers (and SQLite) keep the SQLAlchemy statements of :mod:`chttp_server.store`.
+rewrite is not applied). Other drivers (psycopg 3's async adapter, SQLite) keep the SQLAlchemy statements of :mod:`chttp_server.store`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections import namedtuple
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
@@ -92,7 +101,7 @@ from chttp_server.fused_transaction import (
 from chttp_server.replication import HOLD_SQL
 
 __all__ = ["supports", "prepares", "fuses", "end", "claim", "complete", "lookup", "hold", "CLAIM",
-           "CLAIMING", "COMPLETE", "LOOKUP", "NO_SUCH_STATEMENT", "CLAIM_PREPARE",
+           "CLAIMING", "COMPLETE", "LOOKUP", "NUMBERED", "NO_SUCH_STATEMENT", "CLAIM_PREPARE",
            "CLAIM_EXECUTE", "COMPLETE_PREPARE", "COMPLETE_EXECUTE"]
 
 _COLUMNS = ("scope", "message_id", "fingerprint", "state", "status", "headers", "body",
@@ -158,14 +167,40 @@ def _prepared(kind: str, sql: str, parameters: tuple[tuple[str, str], ...],
 #: both are prepared once per pooled connection; in the store's own transactions both
 #: are prepared on demand by every server session that lacks them (:func:`claim`), the
 #: claim's name a digest of both texts: a session that has it has the response's too.
-COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("complete", COMPLETE, (
+#: Each statement's parameters and their PostgreSQL types, in the order they are numbered.
+_COMPLETE_PARAMETERS = (
     ("status", "integer"), ("headers", "text"), ("body", "bytea"), ("scope", "text"),
     ("message_id", "text"),
-))
-CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, (
+)
+_CLAIM_PARAMETERS = (
     ("scope", "text"), ("message_id", "text"), ("fingerprint", "text"), ("state", "text"),
     ("received_at", "timestamptz"), ("expires_at", "timestamptz"), ("lock_timeout", "text"),
-), paired=COMPLETE_PREPARE)
+)
+_LOOKUP_PARAMETERS = (("scope", "text"), ("message_id", "text"))
+
+COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("complete", COMPLETE, _COMPLETE_PARAMETERS)
+CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, _CLAIM_PARAMETERS,
+                                         paired=COMPLETE_PREPARE)
+
+
+def _numbered(sql: str, parameters: tuple[tuple[str, str], ...]
+              ) -> tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]]]:
+    """``sql`` for asyncpg (numbered parameters), and what makes its arguments of a
+    parameter dict (in the order they are numbered).
+
+    Each ``%(name)s`` becomes ``$n::type``: asyncpg has the server infer a parameter's
+    type, and in the claim's ``INSERT … SELECT`` list it would infer ``text`` for the
+    timestamps.
+    """
+    for number, (parameter, sql_type) in enumerate(parameters, start=1):
+        sql = sql.replace(f"%({parameter})s", f"${number}::{sql_type}")
+    return sql, operator.itemgetter(*(name for name, _type in parameters))
+
+
+#: The statements as asyncpg runs them (SQLAlchemy's ``numeric_dollar`` parameter style),
+#: keyed by their text above: :func:`_run` swaps one for the other.
+NUMBERED = {sql: _numbered(sql, parameters) for sql, parameters in (
+    (CLAIM, _CLAIM_PARAMETERS), (COMPLETE, _COMPLETE_PARAMETERS), (LOOKUP, _LOOKUP_PARAMETERS))}
 #: Where a pooled connection remembers what it has prepared: its pool record's ``info``,
 #: which SQLAlchemy's own pools keep exactly as long as the DB-API connection (a
 #: reconnect is a new record and prepares again). See :func:`prepares`.
@@ -178,11 +213,13 @@ _StoredRow = namedtuple("_StoredRow", _COLUMNS)  # type: ignore[misc]
 
 def supports(engine: Engine) -> bool:
     """True where the statements above run as they are: PostgreSQL through psycopg2, or
-    through psycopg 3 on a pool of a front end's connections (module docstring)."""
+    through psycopg 3 on a pool of a front end's connections (module docstring), or
+    through asyncpg (as :data:`NUMBERED`, on the cursor of SQLAlchemy's asyncpg adapter)."""
     if engine.dialect.name != "postgresql":
         return False
     driver = engine.dialect.driver
-    return driver == "psycopg2" or (driver == "psycopg" and not _sqlalchemy_pool(engine))
+    return (driver in ("psycopg2", "asyncpg")
+            or (driver == "psycopg" and not _sqlalchemy_pool(engine)))
 
 
 def prepares(engine: Engine) -> bool:
@@ -192,7 +229,11 @@ def prepares(engine: Engine) -> bool:
     and a pool that says so (``keeps_records = True``, as the Django front end's pool
     does). A pool that hands one session out through fresh records would meet
     "already exists" on the second ``PREPARE``; there the literal statements run.
+    Never on asyncpg, which prepares every statement itself (SQLAlchemy's adapter keeps
+    them per connection) and cannot send ``PREPARE`` with its parameters.
     """
+    if engine.dialect.driver == "asyncpg":
+        return False
     return _sqlalchemy_pool(engine) or bool(getattr(engine.pool, "keeps_records", False))
 
 
@@ -313,10 +354,15 @@ def lookup(connection: Connection, scope: str, message_id: str) -> Any | None:
 
 
 def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fetch: bool) -> Any:
+    """Run ``sql`` on the DB-API cursor: its one row (``fetch``) or its row count."""
     dbapi_connection = connection.connection.dbapi_connection
     assert dbapi_connection is not None
     dialect = connection.dialect
     dbapi = dialect.loaded_dbapi
+    arguments: Any = params
+    if params is not None and dialect.paramstyle == "numeric_dollar":  # asyncpg
+        sql, arguments_of = NUMBERED[sql]
+        arguments = arguments_of(params)
     psycopg3 = dialect.driver == "psycopg"
     cursor = _client_cursor(dbapi_connection) if psycopg3 else dbapi_connection.cursor()
     try:
@@ -327,8 +373,8 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
         events = connection._has_events or connection.engine._has_events
         if events and connection.dispatch.before_cursor_execute:
             for listener in connection.dispatch.before_cursor_execute:
-                listener(connection, cursor, sql, params, None, False)
-        cursor.execute(sql, params)
+                listener(connection, cursor, sql, arguments, None, False)
+        cursor.execute(sql, arguments)
         if fetch and psycopg3:
             # psycopg 3 stands on the first statement's result ("BEGIN"); the row is the last's.
             while cursor.nextset():
@@ -336,12 +382,12 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
         result = cursor.fetchone() if fetch else cursor.rowcount
         if events and connection.dispatch.after_cursor_execute:
             for listener in connection.dispatch.after_cursor_execute:
-                listener(connection, cursor, sql, params, None, False)
+                listener(connection, cursor, sql, arguments, None, False)
         return result
     except dbapi.Error as error:
         if dialect.is_disconnect(error, dbapi_connection, cursor):
             _fail_through_sqlalchemy(connection, error)
-        raise sa_exc.DBAPIError.instance(sql, params, error, dbapi.Error,
+        raise sa_exc.DBAPIError.instance(sql, arguments, error, dbapi.Error,
                                          dialect=dialect) from error
     finally:
         cursor.close()

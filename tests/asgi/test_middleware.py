@@ -20,11 +20,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from chttp_server import store_sql
+from chttp_server import store_dbapi, store_sql
 from chttp_server.asgi import CertifiedMiddleware, current_message, require_for_methods
 from chttp_server.errors import ConfigurationError
 from chttp_server.store import MessageStore
 from chttp_server.transaction import MessageTransaction
+from tests.asgi.conftest import as_driver
 
 
 
@@ -85,7 +86,10 @@ def test_the_async_front_end_runs_the_one_claim_of_the_core(async_db_url: str,
     assert calls.count("MessageTransaction.claim") == calls.count("MessageStore.claim") == 2
     assert calls.count("MessageTransaction.complete") == calls.count("MessageStore.complete") == 1
     if engine.dialect.name == "postgresql":
-        claim_sql = str(store_sql.PG_CLAIM.compile(dialect=engine.sync_engine.dialect))
+        if store_dbapi.supports(engine.sync_engine):  # asyncpg: straight to the adapter's cursor
+            claim_sql, _arguments = store_dbapi.NUMBERED[store_dbapi.CLAIM]
+        else:  # psycopg 3's async adapter: through SQLAlchemy
+            claim_sql = str(store_sql.PG_CLAIM.compile(dialect=engine.sync_engine.dialect))
         assert statements.count(claim_sql) == 2
 
 
@@ -257,6 +261,41 @@ def test_a_waiting_duplicate_does_not_block_the_loop(pg_url: str) -> None:
     assert [answer.status_code for answer in answers] == [201, 201]
     # Whichever task claimed first ran the view; the other waited and got its answer.
     assert sorted(answer.headers.get("Idempotent-Replayed", "") for answer in answers) == ["", "true"]
+
+
+@pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
+def test_a_duplicate_waiting_past_the_claim_timeout_is_409_in_progress(pg_url: str, driver: str) -> None:
+    """docs/protocol.rst §4: a duplicate that waits on the first delivery's claim for
+    longer than ``claim_timeout`` is answered 409 message-in-progress with Retry-After,
+    and the first delivery's answer is unaffected. (On asyncpg the lock timeout reaches
+    SQLAlchemy as a plain DBAPIError, not an OperationalError: it was answered 500.)"""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held(request: Request) -> PlainTextResponse:
+        entered.set()  # the first delivery claimed: its row is locked until it commits
+        await release.wait()
+        return PlainTextResponse("done", status_code=201)
+
+    app = Starlette(routes=[Route("/held", held, methods=["POST"])])
+    engine = create_async_engine(as_driver(pg_url, driver))
+    middleware = CertifiedMiddleware(app, engine=engine, upgrade_schema=True, claim_timeout=0.3)
+
+    async def scenario() -> list[httpx.Response]:
+        async with _client(middleware) as client:
+            first = asyncio.create_task(client.post("/held", headers={"X-Message-ID": "slow"}))
+            await asyncio.wait_for(entered.wait(), timeout=60)
+            second = await client.post("/held", headers={"X-Message-ID": "slow"})
+            release.set()
+            answers = [await first, second]
+        await engine.dispose()
+        return answers
+
+    first, second = asyncio.run(scenario())
+    assert first.status_code == 201
+    assert second.status_code == 409
+    assert second.headers["Content-Type"] == "application/problem+json"
+    assert second.json()["type"].endswith("message-in-progress")
+    assert int(second.headers["Retry-After"]) >= 1
 
 
 def test_joined_sessions_commit_with_the_message_and_roll_back_only_their_own_work(
