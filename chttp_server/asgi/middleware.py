@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chttp_core.db import configure_sqlite
 from chttp_core.store_urls import CREATE_HINT, check_sqlite_file, check_store_url
-from chttp_core.telemetry import NOOP
+from chttp_core.telemetry import NOOP, unconfigured
 from chttp_core.wire import is_valid_message_id, scope_key
 from chttp_server.async_transaction import AsyncMessageTransaction, run_step
 from chttp_server.asgi.context import AsyncCertifiedContext, _current
@@ -251,7 +251,10 @@ class CertifiedMiddleware:
                     raise MessageIdRequired("this request must carry X-Message-ID or Idempotency-Key")
                 await self.app(scope, receive, send)
                 return
-            with observe_message(environ_for_telemetry(scope), message_id) as observed:
+            # The trace headers are looked up only when there is telemetry to read them.
+            observed = NOOP if unconfigured() else observe_message(
+                environ_for_telemetry(scope), message_id)
+            with observed:
                 await self._certified(scope, receive, answered.send, message_id, root_path, observed)
         except ProtocolError as error:
             if answered.started:
