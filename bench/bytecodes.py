@@ -87,14 +87,19 @@ def warmed_flask_apps(db_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bytecodes", description=__doc__)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--modes", nargs="+", default=["bare", "certified", "replay"],
-                        choices=["bare", "certified", "certified-default", "replay"])
+    parser.add_argument("--modes", nargs="+", default=None,
+                        choices=["bare", "minimal", "certified", "certified-default", "replay"],
+                        help="default: bare, minimal (the bound of bench/minimal_certified.py: "
+                             "not with --app flask), certified, replay")
     parser.add_argument("--top", type=int, default=0, help="also the N busiest functions")
     parser.add_argument("--app", choices=["wsgi", "flask"], default="wsgi",
                         help="the bench application (bench/app.py) or its Flask twin "
                              "(bench/flask_app.py: Flask-SQLAlchemy's session, "
                              "chttp_server.flask.Certified)")
     args = parser.parse_args(argv)
+    if args.modes is None:
+        args.modes = ["bare", "certified", "replay"] if args.app == "flask" else \
+            ["bare", "minimal", "certified", "replay"]
     with BenchDatabase() as db:
         apps = warmed_apps(db.url) if args.app == "wsgi" else warmed_flask_apps(db.url)
         if not set(args.modes) <= set(apps):
@@ -122,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             own = sum(v for m, v in results[mode].items() if not m.startswith("sqlalchemy"))
             bare = sum(v for m, v in results["bare"].items() if not m.startswith("sqlalchemy"))
-            print(f"{mode}: the receiver's own Python (outside SQLAlchemy, minus bare's): "
+            what = ("the bound (bench/minimal_certified.py): its Python" if mode == "minimal"
+                    else "the receiver's own Python")
+            print(f"{mode}: {what} (outside SQLAlchemy, minus bare's): "
                   f"{own - bare:.0f} bytecodes per request")
     return 0
 

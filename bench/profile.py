@@ -13,7 +13,10 @@ backends (``/proc/<pid>/stat``, same machine), per request. On two cores shared 
 server, PostgreSQL and the load generator, the two CPU columns together are what a
 request costs once the machine is saturated: the bound on the ratios at 4 and 16 clients.
 ``certified`` prepares the store's statements (``prepared_statements=True``, as the
-bench's certified server does); ``certified-default`` runs the middleware's defaults.
+bench's certified server does); ``certified-default`` runs the middleware's defaults;
+``minimal`` is the bound of :mod:`bench.minimal_certified`: the same SQL as
+``certified`` with the least Python, so certified minus minimal is what the receiver's
+own layers cost.
 """
 
 from __future__ import annotations
@@ -136,13 +139,17 @@ def by_module(stats: pstats.Stats, requests: int) -> list[tuple[str, float, floa
 
 def warmed_apps(db_url: str) -> dict[str, Callable[..., Iterable[bytes]]]:
     """The application in each mode (``replay``: the certified one, whose message
-    ``template`` is stored for it to replay), each having answered a first request."""
+    ``template`` is stored for it to replay; ``minimal``: the bound of
+    :mod:`bench.minimal_certified`), each having answered a first request."""
+    from bench import minimal_certified
     from bench.app import make_app
 
     apps = {mode: make_app(mode, db_url) for mode in ("bare", "certified", "certified-default")}
     apps["replay"] = apps["certified"]
+    apps["minimal"] = minimal_certified.make_app(db_url)
     drive(apps["certified"], ["template"])
     drive(apps["certified-default"], ["template-default"])
+    drive(apps["minimal"], request_ids("minimal", 1))
     drive(apps["bare"], [None] * 50)
     return apps
 
@@ -162,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    modes = ["bare", "certified", "certified-default", "replay"]
+    modes = ["bare", "minimal", "certified", "certified-default", "replay"]
     parser.add_argument("--modes", nargs="+", choices=modes, default=modes)
     parser.add_argument("--cprofile", choices=modes, default=None)
     parser.add_argument("--scenario", choices=sorted(_PATHS), default="items")
@@ -181,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes:
             wall, cpu, database = medians(samples[mode])
             print(f"{mode:<18} {wall:>12.0f} {cpu:>11.0f} {database:>13.0f}")
+        if {"bare", "minimal", "certified"} <= set(args.modes):
+            cpu_of = {mode: medians(samples[mode])[1] for mode in ("bare", "minimal", "certified")}
+            print(f"CPU added to a bare request: certified {cpu_of['certified'] - cpu_of['bare']:.0f}"
+                  f" us; the bound with the same SQL and the least Python (minimal, "
+                  f"bench/minimal_certified.py) {cpu_of['minimal'] - cpu_of['bare']:.0f} us")
         if args.cprofile:
             mode = args.cprofile
             ids = request_ids(mode, args.requests)
