@@ -141,8 +141,9 @@ class MessageStore:
         claim_guard.end(connection)
         hold = hold_until_replicated and self._postgresql
         with _UNREACHABLE:
-            if self.says_begin_itself(connection):
-                store_dbapi.end(connection, f"{replication.HOLD_SQL}; COMMIT" if hold else "COMMIT")
+            if self._fused and store_dbapi.end(
+                    connection, f"{replication.HOLD_SQL}; COMMIT" if hold else "COMMIT"):
+                pass  # said COMMIT itself, or it went with the stored response
             elif hold:
                 connection.execute(replication.HOLD_UNTIL_REPLICATED)
             connection.commit()

@@ -249,16 +249,20 @@ def _sqlalchemy_pool(engine: Engine) -> bool:
     return type(engine.pool).__module__.startswith("sqlalchemy.")
 
 
-def end(connection: Connection, statement: str) -> None:
+def end(connection: Connection, statement: str) -> bool:
     """``COMMIT`` or ``ROLLBACK`` a fused transaction if the server is still in one.
+    True if the connection is fused (whether or not anything was left to end).
 
     On a connection that is not fused this does nothing: SQLAlchemy's own
     ``commit()`` / ``rollback()`` (which the caller runs next either way) does it.
     """
     info = connection.connection.info
     info.pop(PAIRED_KEY, None)
-    if info.get(FUSED_KEY) and transaction_status(connection) != IDLE:
+    if not info.get(FUSED_KEY):
+        return False
+    if transaction_status(connection) != IDLE:
         _run(connection, statement, None, fetch=False)
+    return True
 
 
 #: SQLSTATE invalid_sql_statement_name: EXECUTE of a statement this session lacks.
@@ -273,15 +277,19 @@ def claim(connection: Connection, params: dict[str, Any], *, prepared: bool) -> 
     (:func:`~chttp_server.fused_transaction.guard`).
     """
     row: Any   # a _ClaimRow (its fields are untyped to mypy)
-    if not prepared and fused(connection) and transaction_status(connection) == IDLE:
+    info = connection.connection.info
+    is_fused = bool(info.get(FUSED_KEY))
+    opens = is_fused and transaction_status(connection) == IDLE  # BEGIN goes with it
+    if opens and not prepared:
         row = _ClaimRow._make(_claim_prepared_on_demand(connection, params))
-        connection.connection.info[PAIRED_KEY] = True
+        info[PAIRED_KEY] = True
     else:
         if prepared:
             _prepare(connection, CLAIM_PREPARE)
-        sql = opening(connection, CLAIM_EXECUTE if prepared else CLAIM)
-        row = _ClaimRow._make(_run(connection, sql, params, fetch=True))
-    if row.claimed and guards(connection):
+        sql = CLAIM_EXECUTE if prepared else CLAIM
+        row = _ClaimRow._make(_run(connection, "BEGIN; " + sql if opens else sql, params,
+                                   fetch=True))
+    if row.claimed and (is_fused or guards(connection)):
         guard(connection)
     return row
 
@@ -340,7 +348,10 @@ def hold(connection: Connection, *, commit: bool) -> bool:
 
 def _prepare(connection: Connection, prepare: str) -> None:
     """Prepare once per connection (``PREPARE`` survives a rollback)."""
-    done: set[str] = connection.connection.info.setdefault(_PREPARED_KEY, set())
+    info = connection.connection.info
+    done: set[str] | None = info.get(_PREPARED_KEY)
+    if done is None:
+        done = info[_PREPARED_KEY] = set()
     if prepare not in done:
         _run(connection, prepare, None, fetch=False)
         done.add(prepare)

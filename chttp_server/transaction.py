@@ -152,7 +152,7 @@ class MessageTransaction:
     def begin(self) -> MessageTransaction:
         """Open a connection and begin (own mode); nothing in joined mode."""
         if self._connection is None:
-            with self._errors():
+            with self._guard:
                 self._open()
         return self
 
@@ -197,7 +197,7 @@ class MessageTransaction:
         A new claim of a message older than the retention raises 412.
         """
         now = self.store.clock()
-        with self.observed.claim(), self._errors():
+        with self.observed.claim(), self._guard:
             try:
                 existing = self.store.claim(self.connection, self.key, message.fingerprint, now)
             except StoreUnreachable as exc:
@@ -256,7 +256,7 @@ class MessageTransaction:
             # handler meant to undo are still in it, or writes it meant to make durable
             # would wait for the response. Roll back the whole message instead.
             raise HandlerEndedTransaction(ENDED)
-        with self._errors():
+        with self._guard:
             if decision is Outcome.ROLL_BACK:
                 if self.connection_lost():
                     # A 5xx the application built from its own failed statement (Flask
@@ -279,7 +279,7 @@ class MessageTransaction:
                               "retries are answered 410 message-outcome-unknown",
                               self.key.message_id, self.key.scope, lost.how)
                     raise HandlerEndedTransaction(ENDED) from lost
-                self.commit()
+                self._commit_guarded()
         self.observed.finish(PROCESSED, status)
         return True
 
@@ -288,7 +288,7 @@ class MessageTransaction:
     def fetch(self) -> StoredMessage | None:
         """The stored row (GET of the message URL), read and the transaction ended as a
         replay's is (:meth:`_end_reading`); ``None`` if unknown."""
-        with self._errors():
+        with self._guard:
             stored = self.store.lookup(self.connection, self.key)
             self._end_reading()
         if stored is not None:
@@ -324,7 +324,7 @@ class MessageTransaction:
 
     def acknowledge(self) -> StoredMessage | None:
         """Tombstone the row (DELETE of the message URL) and commit; the row as it was."""
-        with self._errors():
+        with self._guard:
             stored = self.store.acknowledge(self.connection, self.key)
             self.commit()
         return stored
@@ -332,17 +332,21 @@ class MessageTransaction:
     # -- commit / rollback -----------------------------------------------------------
 
     def commit(self, *, hold_until_replicated: bool = False) -> None:
-        with self._errors():
-            if not self.joined:  # the store's commit ends the claim's guard itself
-                self.store.commit(self.connection, hold_until_replicated=hold_until_replicated)
-            else:
-                self.store.end_claim(self.connection)
-                if self._commit is not None:
-                    self._commit()
+        with self._guard:
+            self._commit_guarded(hold_until_replicated)
+
+    def _commit_guarded(self, hold_until_replicated: bool = False) -> None:
+        """:meth:`commit`, for a caller already inside the transaction's error guard."""
+        if not self.joined:  # the store's commit ends the claim's guard itself
+            self.store.commit(self.connection, hold_until_replicated=hold_until_replicated)
+        else:
+            self.store.end_claim(self.connection)
+            if self._commit is not None:
+                self._commit()
         self.outcome = Outcome.STORE
 
     def rollback(self) -> None:
-        with self._errors():
+        with self._guard:
             if not self.joined:  # the store's rollback ends the claim's guard itself
                 self.store.rollback(self.connection)
             else:
@@ -370,9 +374,6 @@ class MessageTransaction:
             self.store.rollback(connection)
         except (StoreUnreachable, sa_exc.SQLAlchemyError):
             log.debug("rollback failed on a broken connection", exc_info=sys.exc_info())
-
-    def _errors(self) -> AbstractContextManager[None]:
-        return self._guard
 
     def __repr__(self) -> str:
         mode = "joined" if self.joined else "own"
