@@ -193,10 +193,10 @@ def _enter_wal(cursor: Any) -> None:
     The first connections to a new file race to switch it from the rollback journal to
     WAL, and SQLite answers the loser "database is locked" at once, without its busy
     handler: the loser already holds a read lock and waiting for the write lock could
-    deadlock (found by CI: a sender's journal and a second journal opening one new file
-    together; one in ten such races fails). Once one connection has switched, the mode is
-    persistent and the retry is a no-op. Bounded by the connection's own busy timeout,
-    the wait the caller chose for the lock.
+    deadlock. (Found by CI: a sender's journal and a second journal opening one new file
+    together. About one race of four new connections in twenty failed.) Once one
+    connection has switched, the mode is persistent and the retry is a no-op. Bounded
+    by the connection's own busy timeout, the wait the caller chose for the lock.
     """
     cursor.execute("PRAGMA busy_timeout")
     busy_seconds = cursor.fetchone()[0] / 1000

@@ -160,13 +160,6 @@ def _prepared(kind: str, sql: str, parameters: tuple[tuple[str, str], ...],
     return f"PREPARE {name} ({types}) AS {body}", f"EXECUTE {name} ({arguments})"
 
 
-#: The claim and the stored response as server-side prepared statements: PostgreSQL then
-#: neither parses nor plans them per request (planning the claim cost ~0.1-0.2 ms of the
-#: server's CPU, more than running it; planning the response's UPDATE ~45 µs, a tenth of
-#: the certified transaction's server CPU, issue 20). With ``prepared_statements=True``
-#: both are prepared once per pooled connection; in the store's own transactions both
-#: are prepared on demand by every server session that lacks them (:func:`claim`), the
-#: claim's name a digest of both texts: a session that has it has the response's too.
 #: Each statement's parameters and their PostgreSQL types, in the order they are numbered.
 _COMPLETE_PARAMETERS = (
     ("status", "integer"), ("headers", "text"), ("body", "bytea"), ("scope", "text"),
@@ -178,6 +171,13 @@ _CLAIM_PARAMETERS = (
 )
 _LOOKUP_PARAMETERS = (("scope", "text"), ("message_id", "text"))
 
+#: The claim and the stored response as server-side prepared statements: PostgreSQL then
+#: neither parses nor plans them per request (planning the claim cost ~0.1-0.2 ms of the
+#: server's CPU, more than running it; planning the response's UPDATE ~45 µs, a tenth of
+#: the certified transaction's server CPU, issue 20). With ``prepared_statements=True``
+#: both are prepared once per pooled connection; in the store's own transactions both
+#: are prepared on demand by every server session that lacks them (:func:`claim`), the
+#: claim's name a digest of both texts: a session that has it has the response's too.
 COMPLETE_PREPARE, COMPLETE_EXECUTE = _prepared("complete", COMPLETE, _COMPLETE_PARAMETERS)
 CLAIM_PREPARE, CLAIM_EXECUTE = _prepared("claim", CLAIM, _CLAIM_PARAMETERS,
                                          paired=COMPLETE_PREPARE)
@@ -201,6 +201,7 @@ def _numbered(sql: str, parameters: tuple[tuple[str, str], ...]
 #: keyed by their text above: :func:`_run` swaps one for the other.
 NUMBERED = {sql: _numbered(sql, parameters) for sql, parameters in (
     (CLAIM, _CLAIM_PARAMETERS), (COMPLETE, _COMPLETE_PARAMETERS), (LOOKUP, _LOOKUP_PARAMETERS))}
+
 #: Where a pooled connection remembers what it has prepared: its pool record's ``info``,
 #: which SQLAlchemy's own pools keep exactly as long as the DB-API connection (a
 #: reconnect is a new record and prepares again). See :func:`prepares`.
