@@ -75,7 +75,9 @@ on asyncpg (one statement per round trip), so nothing of the fused transaction a
 
 SQLAlchemy's ``before_cursor_execute`` / ``after_cursor_execute`` listeners are called
 as SQLAlchemy calls them (without an execution context; a ``retval=True`` listener's
-rewrite is not applied). Other drivers (psycopg 3's async adapter, SQLite) keep the SQLAlchemy statements of :mod:`chttp_server.store`.
+rewrite is not applied). psycopg 3's asyncio adapter runs the statements above as
+they are, one at a time (server-side binding: nothing travels together there either).
+SQLite keeps the SQLAlchemy statements of :mod:`chttp_server.store`.
 """
 
 from __future__ import annotations
@@ -214,13 +216,15 @@ _StoredRow = namedtuple("_StoredRow", _COLUMNS)  # type: ignore[misc]
 
 def supports(engine: Engine) -> bool:
     """True where the statements above run as they are: PostgreSQL through psycopg2, or
-    through psycopg 3 on a pool of a front end's connections (module docstring), or
-    through asyncpg (as :data:`NUMBERED`, on the cursor of SQLAlchemy's asyncpg adapter)."""
-    if engine.dialect.name != "postgresql":
+    through psycopg 3 on a pool of a front end's connections (module docstring), or on
+    the cursor of SQLAlchemy's asyncio adapter of asyncpg (as :data:`NUMBERED`) or of
+    psycopg 3."""
+    dialect = engine.dialect
+    if dialect.name != "postgresql":
         return False
-    driver = engine.dialect.driver
+    driver = dialect.driver
     return (driver in ("psycopg2", "asyncpg")
-            or (driver == "psycopg" and not _sqlalchemy_pool(engine)))
+            or (driver == "psycopg" and (dialect.is_async or not _sqlalchemy_pool(engine))))
 
 
 def prepares(engine: Engine) -> bool:
@@ -230,10 +234,11 @@ def prepares(engine: Engine) -> bool:
     and a pool that says so (``keeps_records = True``, as the Django front end's pool
     does). A pool that hands one session out through fresh records would meet
     "already exists" on the second ``PREPARE``; there the literal statements run.
-    Never on asyncpg, which prepares every statement itself (SQLAlchemy's adapter keeps
-    them per connection) and cannot send ``PREPARE`` with its parameters.
+    Never through an asyncio adapter: asyncpg prepares every statement itself
+    (SQLAlchemy's adapter keeps them per connection), psycopg 3 does after a few
+    executions, and neither binds the arguments of an ``EXECUTE`` on the client.
     """
-    if engine.dialect.driver == "asyncpg":
+    if engine.dialect.is_async:
         return False
     return _sqlalchemy_pool(engine) or bool(getattr(engine.pool, "keeps_records", False))
 
@@ -375,7 +380,7 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
     if params is not None and dialect.paramstyle == "numeric_dollar":  # asyncpg
         sql, arguments_of = NUMBERED[sql]
         arguments = arguments_of(params)
-    psycopg3 = dialect.driver == "psycopg"
+    psycopg3 = dialect.driver == "psycopg" and not dialect.is_async  # under Django
     cursor = _client_cursor(dbapi_connection) if psycopg3 else dbapi_connection.cursor()
     try:
         # SQLAlchemy's cursor events still see the statement (tracing, the fault tests'
@@ -406,7 +411,10 @@ def _run(connection: Connection, sql: str, params: dict[str, Any] | None, *, fet
 
 
 def _psycopg3(connection: Connection) -> bool:
-    return connection.dialect.driver == "psycopg"
+    """psycopg 3 on a connection a front end lent (Django's): not its asyncio adapter,
+    whose statements run one at a time with server-side binding."""
+    dialect = connection.dialect
+    return dialect.driver == "psycopg" and not dialect.is_async
 
 
 def _client_cursor(dbapi_connection: Any) -> Any:

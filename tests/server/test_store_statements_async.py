@@ -1,10 +1,12 @@
-"""The store's statements on asyncpg give the answers SQLAlchemy's statements give.
+"""The store's statements through SQLAlchemy's asyncio adapters give the answers
+SQLAlchemy's statements give.
 
-On asyncpg the claim, the stored response and the lookup go straight to the cursor of
-SQLAlchemy's asyncpg adapter (chttp_server.store_dbapi.NUMBERED: the psycopg2 text with
-numbered, typed parameters), skipping SQLAlchemy's execution layer as psycopg2's do.
-Each test runs both paths against the real PostgreSQL, in a greenlet as the ASGI front
-end runs the store (chttp_server.async_transaction).
+On asyncpg and on psycopg 3's asyncio adapter the claim, the stored response and the
+lookup go straight to the adapter's cursor (asyncpg: chttp_server.store_dbapi.NUMBERED,
+the psycopg2 text with numbered, typed parameters; psycopg: that text as it is),
+skipping SQLAlchemy's execution layer as psycopg2's do. Each test runs both paths on
+both drivers against the real PostgreSQL, in a greenlet as the ASGI front end runs the
+store (chttp_server.async_transaction).
 """
 
 from __future__ import annotations
@@ -26,16 +28,18 @@ from chttp_server.store import MessageKey, MessageStore, utcnow
 from tests.asgi.conftest import as_driver
 
 PATHS = pytest.mark.parametrize("dbapi_statements", [True, False], ids=["adapter-cursor", "sqlalchemy"])
+DRIVERS = pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
 
 
-def in_greenlet(pg_url: str, dbapi_statements: bool, steps: Callable[[MessageStore], Any]) -> Any:
-    """``steps(store)`` on an asyncpg engine's store, in a greenlet on an event loop."""
+def in_greenlet(pg_url: str, driver: str, dbapi_statements: bool,
+                steps: Callable[[MessageStore], Any]) -> Any:
+    """``steps(store)`` on an async engine's store, in a greenlet on an event loop."""
     schema = make_engine(pg_url)
     upgrade(schema)
     schema.dispose()
 
     async def scenario() -> Any:
-        engine = create_async_engine(as_driver(pg_url, "asyncpg"))
+        engine = create_async_engine(as_driver(pg_url, driver))
         store = MessageStore(engine.sync_engine, retention=timedelta(days=1), claim_timeout=0.2,
                              dbapi_statements=dbapi_statements)
         assert store_dbapi.supports(engine.sync_engine)
@@ -47,8 +51,9 @@ def in_greenlet(pg_url: str, dbapi_statements: bool, steps: Callable[[MessageSto
     return asyncio.run(scenario())
 
 
+@DRIVERS
 @PATHS
-def test_claim_complete_and_replay(pg_url, dbapi_statements):
+def test_claim_complete_and_replay(pg_url, driver, dbapi_statements):
     key = MessageKey("alice", f"m-{dbapi_statements}")
     now = utcnow()
 
@@ -74,11 +79,12 @@ def test_claim_complete_and_replay(pg_url, dbapi_statements):
         finally:
             connection.close()
 
-    in_greenlet(pg_url, dbapi_statements, steps)
+    in_greenlet(pg_url, driver, dbapi_statements, steps)
 
 
+@DRIVERS
 @PATHS
-def test_a_claim_held_by_another_transaction_times_out(pg_url, dbapi_statements):
+def test_a_claim_held_by_another_transaction_times_out(pg_url, driver, dbapi_statements):
     key = MessageKey("", "held")
 
     def steps(store: MessageStore) -> None:
@@ -94,7 +100,7 @@ def test_a_claim_held_by_another_transaction_times_out(pg_url, dbapi_statements)
             waiter.close()
             holder.close()
 
-    in_greenlet(pg_url, dbapi_statements, steps)
+    in_greenlet(pg_url, driver, dbapi_statements, steps)
 
 
 def test_the_numbered_statements_are_the_psycopg2_ones_renumbered():
