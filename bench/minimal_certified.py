@@ -26,11 +26,11 @@ from typing import Any, Callable, Iterable
 
 from bench.app import items_app
 from chttp_core.db import make_engine
+from chttp_core.schema import STATE_COMPLETED
 from chttp_core.wire import fingerprint, format_http_date
 from chttp_server import store_dbapi
 from chttp_server.context import ENVIRON_KEY
 from chttp_server.messages import headers_json
-from chttp_core.schema import STATE_COMPLETED
 
 __all__ = ["make_app"]
 
