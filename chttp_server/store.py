@@ -141,10 +141,10 @@ class MessageStore:
         claim_guard.end(connection)
         hold = hold_until_replicated and self._postgresql
         with _UNREACHABLE:
-            if self._fused and store_dbapi.end(
-                    connection, f"{replication.HOLD_SQL}; COMMIT" if hold else "COMMIT"):
-                pass  # said COMMIT itself, or it went with the stored response
-            elif hold:
+            # A fused transaction says COMMIT itself (or it went with the stored response).
+            said_commit = self._fused and store_dbapi.end(
+                connection, f"{replication.HOLD_SQL}; COMMIT" if hold else "COMMIT")
+            if hold and not said_commit:
                 connection.execute(replication.HOLD_UNTIL_REPLICATED)
             connection.commit()
 

@@ -14,20 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from bench.asgi_profile import drive
-from bench.cluster import ITEMS_DDL
 from bench.fastapi_app import MODES, make_app
-from chttp_core.db import make_engine
-from chttp_core.migrate import upgrade
-
-
-@pytest.fixture
-def database(pg_url):
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
-    with engine.begin() as connection:
-        connection.execute(text(ITEMS_DDL))
-    yield pg_url, engine
-    engine.dispose()
 
 
 def _counts(engine) -> tuple[int, int]:
@@ -43,8 +30,8 @@ def _counts(engine) -> tuple[int, int]:
     pytest.param("fastapi-floor", 8, 0, id="floor"),  # two rows each, no replay
     pytest.param("fastapi-certified", 3, 3, id="certified"),
 ])
-def test_each_mode_writes_what_its_row_stands_for(database, mode, items, stored):
-    url, engine = database
+def test_each_mode_writes_what_its_row_stands_for(items_database, mode, items, stored):
+    url, engine = items_database
     ids = [None] * 3 if mode == "fastapi-bare" else ["m-1", "m-2", "m-3", "m-1"]
 
     async def run() -> int:

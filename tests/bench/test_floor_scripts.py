@@ -9,20 +9,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import make_url, text
 
-from bench.cluster import ITEMS_DDL
 from bench.floor import SCRIPTS, pgbench_script
-from chttp_core.db import make_engine
-from chttp_core.migrate import upgrade
 
 
 @pytest.fixture
-def database(pg_url):
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
-    with engine.begin() as connection:
-        connection.execute(text(ITEMS_DDL))
-    yield make_url(pg_url), engine
-    engine.dispose()
+def database(items_database):
+    url, engine = items_database
+    return make_url(url), engine
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))

@@ -11,21 +11,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from bench.cluster import ITEMS_DDL
 from bench.minimal_certified import make_app as make_minimal
 from bench.profile import _environ, drive
-from chttp_core.db import make_engine
-from chttp_core.migrate import upgrade
-
-
-@pytest.fixture
-def database(pg_url):
-    upgrade(pg_url)
-    engine = make_engine(pg_url)
-    with engine.begin() as connection:
-        connection.execute(text(ITEMS_DDL))
-    yield pg_url, engine
-    engine.dispose()
 
 
 def _answer(app, message_id: str) -> tuple[str, dict[str, str], bytes]:
@@ -35,10 +22,10 @@ def _answer(app, message_id: str) -> tuple[str, dict[str, str], bytes]:
     return answered[0][0], answered[0][1], content
 
 
-def test_what_the_bound_stores_the_middleware_replays(database):
+def test_what_the_bound_stores_the_middleware_replays(items_database):
     from bench.app import make_app
 
-    url, engine = database
+    url, engine = items_database
     minimal = make_minimal(url, pool_size=2)
     middleware = make_app("certified", url, pool_size=2)
     status, headers, content = _answer(minimal, "bound-1")

@@ -29,11 +29,8 @@ def engine(pg_url):
     engine.dispose()
 
 
-@pytest.mark.parametrize("dbapi_statements", [True, False], ids=["dbapi", "sqlalchemy"])
-def test_claim_complete_and_replay(engine, dbapi_statements):
-    store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.5,
-                         dbapi_statements=dbapi_statements)
-    key = MessageKey("alice", f"m-{dbapi_statements}")
+def claim_complete_and_replay(store: MessageStore, key: MessageKey) -> None:
+    """Claim, store and commit; then a retry's claim returns the stored row, as a lookup does."""
     now = utcnow()
     connection = store.begin()
     try:
@@ -57,10 +54,9 @@ def test_claim_complete_and_replay(engine, dbapi_statements):
         connection.close()
 
 
-@pytest.mark.parametrize("dbapi_statements", [True, False], ids=["dbapi", "sqlalchemy"])
-def test_a_claim_held_by_another_transaction_times_out(engine, dbapi_statements):
-    store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.2,
-                         dbapi_statements=dbapi_statements)
+def claim_held_by_another_transaction_times_out(store: MessageStore) -> None:
+    """A second claim of a key claimed by an open transaction raises ClaimTimedOut
+    (lock_timeout's SQLSTATE) once the store's claim_timeout has passed."""
     key = MessageKey("", "held")
     holder = store.begin()
     waiter = store.begin()
@@ -73,6 +69,20 @@ def test_a_claim_held_by_another_transaction_times_out(engine, dbapi_statements)
         store.rollback(holder)
         waiter.close()
         holder.close()
+
+
+@pytest.mark.parametrize("dbapi_statements", [True, False], ids=["dbapi", "sqlalchemy"])
+def test_claim_complete_and_replay(engine, dbapi_statements):
+    store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.5,
+                         dbapi_statements=dbapi_statements)
+    claim_complete_and_replay(store, MessageKey("alice", f"m-{dbapi_statements}"))
+
+
+@pytest.mark.parametrize("dbapi_statements", [True, False], ids=["dbapi", "sqlalchemy"])
+def test_a_claim_held_by_another_transaction_times_out(engine, dbapi_statements):
+    store = MessageStore(engine, retention=timedelta(days=1), claim_timeout=0.2,
+                         dbapi_statements=dbapi_statements)
+    claim_held_by_another_transaction_times_out(store)
 
 
 class _OneSessionPool(Pool):

@@ -21,11 +21,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util import greenlet_spawn
 
 from chttp_core.db import make_engine
-from chttp_core.errors import ClaimTimedOut
 from chttp_core.migrate import upgrade
 from chttp_server import store_dbapi
-from chttp_server.store import MessageKey, MessageStore, utcnow
+from chttp_server.store import MessageKey, MessageStore
 from tests.asgi.conftest import as_driver
+from tests.server.test_store_statements import (
+    claim_complete_and_replay,
+    claim_held_by_another_transaction_times_out,
+)
 
 PATHS = pytest.mark.parametrize("dbapi_statements", [True, False], ids=["adapter-cursor", "sqlalchemy"])
 DRIVERS = pytest.mark.parametrize("driver", ["asyncpg", "psycopg"])
@@ -55,52 +58,14 @@ def in_greenlet(pg_url: str, driver: str, dbapi_statements: bool,
 @PATHS
 def test_claim_complete_and_replay(pg_url, driver, dbapi_statements):
     key = MessageKey("alice", f"m-{dbapi_statements}")
-    now = utcnow()
-
-    def steps(store: MessageStore) -> None:
-        connection = store.begin()
-        try:
-            assert store.claim(connection, key, "f" * 64, now) is None
-            store.complete(connection, key, 201, [("Content-Type", "text/plain")], b"\x00body")
-            store.commit(connection)
-        finally:
-            connection.close()
-        connection = store.begin()
-        try:
-            stored = store.claim(connection, key, "f" * 64, utcnow())
-            assert stored is not None
-            assert (stored.status, stored.headers, stored.body) == \
-                (201, [("Content-Type", "text/plain")], b"\x00body")
-            assert stored.fingerprint == "f" * 64 and stored.key == key
-            assert stored.received_at == now and stored.expires_at == now + timedelta(days=1)
-            assert store.lookup(connection, key) == stored
-            assert store.lookup(connection, MessageKey("alice", "unknown")) is None
-            store.rollback(connection)
-        finally:
-            connection.close()
-
-    in_greenlet(pg_url, driver, dbapi_statements, steps)
+    in_greenlet(pg_url, driver, dbapi_statements,
+                lambda store: claim_complete_and_replay(store, key))
 
 
 @DRIVERS
 @PATHS
 def test_a_claim_held_by_another_transaction_times_out(pg_url, driver, dbapi_statements):
-    key = MessageKey("", "held")
-
-    def steps(store: MessageStore) -> None:
-        holder = store.begin()
-        waiter = store.begin()
-        try:
-            assert store.claim(holder, key, "a" * 64, utcnow()) is None
-            with pytest.raises(ClaimTimedOut):  # lock_timeout's SQLSTATE, through the adapter
-                store.claim(waiter, key, "a" * 64, utcnow())
-        finally:
-            store.rollback(waiter)
-            store.rollback(holder)
-            waiter.close()
-            holder.close()
-
-    in_greenlet(pg_url, driver, dbapi_statements, steps)
+    in_greenlet(pg_url, driver, dbapi_statements, claim_held_by_another_transaction_times_out)
 
 
 def test_the_numbered_statements_are_the_psycopg2_ones_renumbered():
